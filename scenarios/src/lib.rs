@@ -1,0 +1,2 @@
+//! `ambient-scenarios` — the scenario language (version 1 of `SCENARIO-FORMAT.md`), the `World`
+//! both backends run, the `Outcome` they report, and the ambient in-pod rule generator.
