@@ -1,12 +1,39 @@
-//! `testbed` — the ambient-testbed command line. Thin: it parses arguments and calls the crates.
+//! `testbed` — the ambient-testbed command line.
+//!
+//! Thin by design: each subcommand lives in `src/cmd/<name>.rs` as an `Args` struct (clap) and a
+//! `run(args) -> anyhow::Result<ExitCode>` that parses input, calls the crates and prints. Exit
+//! codes: 0 success, 1 a check or expectation failed, 2 bad input (clap's own usage errors too).
 
-use clap::Parser;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+mod cmd;
 
 /// A deterministic simulator and a Linux network-namespace harness for the Istio Ambient data plane.
 #[derive(Debug, Parser)]
 #[command(name = "testbed", version, about)]
-struct Cli {}
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
 
-fn main() {
-    let _cli = Cli::parse();
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Print the in-pod redirection rules the CNI agent installs in a captured pod.
+    Rules(cmd::rules::Args),
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Rules(args) => cmd::rules::run(args),
+    };
+    match result {
+        Ok(code) => code,
+        Err(err) => {
+            eprintln!("testbed: error: {err:#}");
+            ExitCode::from(2)
+        }
+    }
 }

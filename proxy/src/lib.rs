@@ -3,3 +3,7 @@
 //! The proxy knows nothing of the simulator or of network namespaces as a testbed builds them:
 //! it talks to the network only through its socket seam, so the same code runs on real Linux
 //! sockets and on simulated ones.
+//!
+//! - [`inpod`] — ports, marks and routing constants of in-pod capture.
+
+pub mod inpod;

@@ -1,0 +1,3 @@
+//! One module per subcommand; see `main.rs` for the conventions.
+
+pub mod rules;
