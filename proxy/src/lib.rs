@@ -5,5 +5,7 @@
 //! sockets and on simulated ones.
 //!
 //! - [`inpod`] — ports, marks and routing constants of in-pod capture.
+//! - [`istio`] — Istio policy objects (AuthorizationPolicy, PeerAuthentication) as written in a cluster.
 
 pub mod inpod;
+pub mod istio;
