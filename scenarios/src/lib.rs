@@ -3,4 +3,6 @@
 //!
 //! - [`rules`] — a captured pod's redirection rules (`iptables-restore` text) and policy routing.
 
+pub mod diag;
 pub mod rules;
+pub mod yaml;
