@@ -4,5 +4,7 @@
 //! - [`rules`] — a captured pod's redirection rules (`iptables-restore` text) and policy routing.
 
 pub mod diag;
+pub mod outcome;
 pub mod rules;
+pub mod values;
 pub mod yaml;

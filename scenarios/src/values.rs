@@ -1,0 +1,473 @@
+//! The small textual forms of the scenario format and their parsers: sizes (`64KiB`), durations
+//! (`250ms`), node pairs (`node-a->node-b`), proxy references (`proxy@node-b`), connection targets
+//! (`echo.default:80`, `10.0.2.2:8080`), pod references (`client.default`), conntrack tuple
+//! patterns (`10.0.1.5:* -> 10.96.0.10:80`), rule references (`nat/ISTIO_OUTPUT/6`) and names.
+//!
+//! Each parser takes text and returns the value or a message saying what was expected; the
+//! decoder adds the position and key path. The parsed types are shared by the `World`, the
+//! `Outcome` and the expectation checker, and print back in the form they are written in.
+
+use std::fmt;
+use std::net::{IpAddr, Ipv4Addr};
+use std::str::FromStr;
+use std::time::Duration;
+
+use serde::{Serialize, Serializer};
+
+// ---------------------------------------------------------------- sizes and durations
+
+/// Byte sizes: a plain number of bytes (`1024`) or a number with a binary unit: `B`, `KiB`,
+/// `MiB`, `GiB` (`64KiB` = 65,536 bytes). Decimal units (`KB`, `MB`) are rejected on purpose:
+/// half the world reads them as 1,024 and half as 1,000.
+pub fn parse_size(text: &str) -> Result<u64, String> {
+    let t = text.trim();
+    let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
+    let (digits, unit) = (&t[..split], t[split..].trim_start());
+    let expected = "expected a size such as 1024, 512B, 64KiB or 1MiB";
+    if digits.is_empty() {
+        return Err(format!("{expected}, found {text:?}"));
+    }
+    let n: u64 = digits.parse().map_err(|_| format!("size {text:?} is too large"))?;
+    let mult: u64 = match unit {
+        "" | "B" => 1,
+        "KiB" => 1 << 10,
+        "MiB" => 1 << 20,
+        "GiB" => 1 << 30,
+        "K" | "k" | "KB" | "kB" | "Kb" | "kb" | "M" | "MB" | "Mb" | "mb" | "G" | "GB" | "gb" => {
+            return Err(format!("unit `{unit}` is ambiguous; use B, KiB (1024 bytes), MiB or GiB"));
+        }
+        _ => return Err(format!("{expected} (units B, KiB, MiB, GiB), found {text:?}")),
+    };
+    n.checked_mul(mult).ok_or_else(|| format!("size {text:?} is too large"))
+}
+
+/// Durations: one or more `<integer><unit>` parts with units `ms`, `s`, `m`, `h`
+/// (`250ms`, `30s`, `5m`, `2h`, `1m30s`). A bare number is rejected: its unit would be a guess.
+pub fn parse_duration(text: &str) -> Result<Duration, String> {
+    let expected = "expected a duration such as 250ms, 30s, 5m or 2h";
+    let t = text.trim();
+    if t.is_empty() {
+        return Err(format!("{expected}, found an empty string"));
+    }
+    if t.chars().all(|c| c.is_ascii_digit()) {
+        return Err(format!("{expected}; `{t}` has no unit"));
+    }
+    let mut rest = t;
+    let mut total_ms: u64 = 0;
+    while !rest.is_empty() {
+        let split = rest.find(|c: char| !c.is_ascii_digit()).unwrap_or(rest.len());
+        if split == 0 {
+            return Err(format!("{expected}, found {text:?}"));
+        }
+        let n: u64 = rest[..split].parse().map_err(|_| format!("duration {text:?} is too long"))?;
+        rest = &rest[split..];
+        let unit_len = rest.find(|c: char| c.is_ascii_digit()).unwrap_or(rest.len());
+        let ms = match &rest[..unit_len] {
+            "ms" => 1,
+            "s" => 1_000,
+            "m" => 60_000,
+            "h" => 3_600_000,
+            unit => {
+                return Err(format!("{expected}; unknown unit `{unit}` (units: ms, s, m, h)"));
+            }
+        };
+        rest = &rest[unit_len..];
+        total_ms = n
+            .checked_mul(ms)
+            .and_then(|v| total_ms.checked_add(v))
+            .ok_or_else(|| format!("duration {text:?} is too long"))?;
+    }
+    Ok(Duration::from_millis(total_ms))
+}
+
+/// Prints a duration the way the format writes it (`1m30s`, `250ms`, `0s`).
+pub fn format_duration(d: Duration) -> String {
+    let mut ms = u64::try_from(d.as_millis()).unwrap_or(u64::MAX);
+    if ms == 0 {
+        return "0s".to_string();
+    }
+    let mut out = String::new();
+    for (unit, size) in [("h", 3_600_000), ("m", 60_000), ("s", 1_000), ("ms", 1)] {
+        if ms >= size {
+            out.push_str(&format!("{}{unit}", ms / size));
+            ms %= size;
+        }
+    }
+    out
+}
+
+// ---------------------------------------------------------------- names
+
+/// A Kubernetes DNS-1123 label: 1–63 characters of `a-z`, `0-9`, `-`, starting and ending
+/// alphanumeric. Pod, service, namespace, node and external host names are labels (so `.`
+/// separates a name from its namespace and `->` separates node names unambiguously).
+pub fn check_label(name: &str) -> Result<(), String> {
+    let ok = !name.is_empty()
+        && name.len() <= 63
+        && name.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
+        && !name.starts_with('-')
+        && !name.ends_with('-');
+    if ok {
+        Ok(())
+    } else {
+        Err(format!(
+            "{name:?} is not a valid name: use 1-63 lowercase letters, digits and '-', starting and ending with a letter or digit"
+        ))
+    }
+}
+
+/// A DNS-1123 subdomain (labels joined by `.`), as service account names and trust domains are.
+pub fn check_subdomain(name: &str) -> Result<(), String> {
+    if name.is_empty() || name.len() > 253 || name.split('.').any(|l| check_label(l).is_err()) {
+        return Err(format!(
+            "{name:?} is not a valid DNS name: use lowercase letters, digits, '-' and '.'"
+        ));
+    }
+    Ok(())
+}
+
+/// A scenario id or tag: letters, digits, `-`, `_`, `.`; it names files and filters runs.
+pub fn check_id(id: &str) -> Result<(), String> {
+    let ok = !id.is_empty()
+        && id.len() <= 128
+        && id.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
+        && !id.starts_with('.');
+    if ok {
+        Ok(())
+    } else {
+        Err(format!("{id:?} is not a valid id: use letters, digits, '-', '_' and '.'"))
+    }
+}
+
+// ---------------------------------------------------------------- addresses
+
+/// Parses an IPv4 address a workload, VIP or external host can have: not loopback, link-local,
+/// multicast, broadcast, "this network" (0/8) or reserved (240/4, which the simulator keeps for
+/// its own substrate addresses).
+pub fn parse_host_ip(text: &str) -> Result<Ipv4Addr, String> {
+    let ip = parse_ipv4(text)?;
+    let o = ip.octets();
+    let why = if ip.is_loopback() {
+        Some("loopback")
+    } else if ip.is_link_local() {
+        Some("link-local (169.254/16, where kubelet probes come from)")
+    } else if ip.is_multicast() {
+        Some("multicast")
+    } else if ip.is_broadcast() || o[0] >= 240 {
+        Some("reserved (240/4)")
+    } else if o[0] == 0 {
+        Some("in 0.0.0.0/8")
+    } else {
+        None
+    };
+    match why {
+        Some(why) => Err(format!("{ip} is {why}; expected a unicast address")),
+        None => Ok(ip),
+    }
+}
+
+/// Parses an IPv4 address (this data plane model is IPv4 only).
+pub fn parse_ipv4(text: &str) -> Result<Ipv4Addr, String> {
+    match text.trim().parse::<IpAddr>() {
+        Ok(IpAddr::V4(ip)) => Ok(ip),
+        Ok(IpAddr::V6(_)) => Err(format!("{text:?} is an IPv6 address; scenarios are IPv4 only")),
+        Err(_) => Err(format!("{text:?} is not an IPv4 address")),
+    }
+}
+
+/// Checks an address block as Istio writes them in `ipBlocks`: `10.0.0.0/16`, `10.0.1.5`, or
+/// the IPv6 equivalents. The prefix must fit the family; host bits may be set (Istio masks them).
+pub fn check_cidr(text: &str) -> Result<(), String> {
+    let (addr, prefix) = match text.split_once('/') {
+        Some((a, p)) => (a, Some(p)),
+        None => (text, None),
+    };
+    let ip: IpAddr =
+        addr.parse().map_err(|_| format!("{text:?} is not an IP address or CIDR block"))?;
+    if let Some(p) = prefix {
+        let max = if ip.is_ipv4() { 32 } else { 128 };
+        match p.parse::<u8>() {
+            Ok(n) if n <= max => {}
+            _ => return Err(format!("{text:?} has a bad prefix length; expected 0-{max}")),
+        }
+    }
+    Ok(())
+}
+
+/// A port: 1–65535.
+pub fn parse_port(text: &str) -> Result<u16, String> {
+    match text.trim().parse::<u32>() {
+        Ok(p) if (1..=65535).contains(&p) => Ok(p as u16),
+        Ok(p) => Err(format!("port {p} is out of range 1-65535")),
+        Err(_) => Err(format!("{text:?} is not a port number (1-65535)")),
+    }
+}
+
+// ---------------------------------------------------------------- references
+
+/// `name` or `name.namespace`: how steps and expectations name a pod, service or host.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct NameRef {
+    pub name: String,
+    pub namespace: Option<String>,
+}
+
+impl FromStr for NameRef {
+    type Err = String;
+
+    fn from_str(text: &str) -> Result<Self, String> {
+        let (name, namespace) = match text.split_once('.') {
+            Some((n, ns)) => (n, Some(ns)),
+            None => (text, None),
+        };
+        check_label(name)?;
+        if let Some(ns) = namespace {
+            if ns.contains('.') {
+                return Err(format!("{text:?}: expected `name` or `name.namespace`"));
+            }
+            check_label(ns)?;
+        }
+        Ok(NameRef { name: name.to_string(), namespace: namespace.map(str::to_string) })
+    }
+}
+
+impl fmt::Display for NameRef {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match &self.namespace {
+            Some(ns) => write!(f, "{}.{ns}", self.name),
+            None => f.write_str(&self.name),
+        }
+    }
+}
+
+/// Where a `connect` goes, as written: `ip:port` or `name[.ns]:port`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum TargetRef {
+    Ip(Ipv4Addr, u16),
+    Name(NameRef, u16),
+}
+
+impl FromStr for TargetRef {
+    type Err = String;
+
+    fn from_str(text: &str) -> Result<Self, String> {
+        let expected = "expected `name[.namespace]:port` or `ip:port`";
+        let Some((host, port)) = text.rsplit_once(':') else {
+            return Err(format!("{expected}; {text:?} has no port"));
+        };
+        let port = parse_port(port)?;
+        if host.chars().next().is_some_and(|c| c.is_ascii_digit()) && host.parse::<IpAddr>().is_ok()
+        {
+            return Ok(TargetRef::Ip(parse_ipv4(host)?, port));
+        }
+        if host.contains(':') {
+            return Err(format!("{text:?}: IPv6 targets are not supported"));
+        }
+        let name = host.parse::<NameRef>().map_err(|e| format!("{expected}; {e}"))?;
+        Ok(TargetRef::Name(name, port))
+    }
+}
+
+/// A directed pair of nodes: `node-a->node-b` (spaces around `->` are allowed when writing).
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct NodePair {
+    pub from: String,
+    pub to: String,
+}
+
+impl FromStr for NodePair {
+    type Err = String;
+
+    fn from_str(text: &str) -> Result<Self, String> {
+        let Some((a, b)) = text.split_once("->") else {
+            return Err(format!("expected a node pair such as `node-a->node-b`, found {text:?}"));
+        };
+        let (a, b) = (a.trim(), b.trim());
+        check_label(a)?;
+        check_label(b)?;
+        Ok(NodePair { from: a.to_string(), to: b.to_string() })
+    }
+}
+
+impl fmt::Display for NodePair {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}->{}", self.from, self.to)
+    }
+}
+
+impl Serialize for NodePair {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(self)
+    }
+}
+
+/// `proxy@node-b`: the node proxy of a node (the fault forms restart/crash/start take it).
+pub fn parse_proxy_ref(text: &str) -> Result<String, String> {
+    match text.split_once('@') {
+        Some(("proxy", node)) => {
+            check_label(node)?;
+            Ok(node.to_string())
+        }
+        _ => Err(format!("expected `proxy@<node>`, found {text:?}")),
+    }
+}
+
+// ---------------------------------------------------------------- conntrack and counters
+
+/// One side of a conntrack tuple pattern: an address and a port, or `*` for any port (the
+/// ephemeral ports a test cannot know).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct AddrPattern {
+    pub ip: Ipv4Addr,
+    /// `None` = `*`.
+    pub port: Option<u16>,
+}
+
+impl AddrPattern {
+    pub fn matches(&self, ip: Ipv4Addr, port: u16) -> bool {
+        self.ip == ip && self.port.is_none_or(|p| p == port)
+    }
+}
+
+impl fmt::Display for AddrPattern {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.port {
+            Some(p) => write!(f, "{}:{p}", self.ip),
+            None => write!(f, "{}:*", self.ip),
+        }
+    }
+}
+
+/// `src:port -> dst:port` with `*` allowed for ports.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct TuplePattern {
+    pub src: AddrPattern,
+    pub dst: AddrPattern,
+}
+
+impl FromStr for TuplePattern {
+    type Err = String;
+
+    fn from_str(text: &str) -> Result<Self, String> {
+        let expected = "expected `ip:port -> ip:port` (a port may be `*`)";
+        let Some((a, b)) = text.split_once("->") else {
+            return Err(format!("{expected}, found {text:?}"));
+        };
+        let side = |s: &str| -> Result<AddrPattern, String> {
+            let s = s.trim();
+            let Some((ip, port)) = s.rsplit_once(':') else {
+                return Err(format!("{expected}; {s:?} has no port"));
+            };
+            let ip = parse_ipv4(ip)?;
+            let port = if port == "*" { None } else { Some(parse_port(port)?) };
+            Ok(AddrPattern { ip, port })
+        };
+        Ok(TuplePattern { src: side(a)?, dst: side(b)? })
+    }
+}
+
+impl fmt::Display for TuplePattern {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{} -> {}", self.src, self.dst)
+    }
+}
+
+/// The netfilter tables, in the order packets meet them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Table {
+    Raw,
+    Mangle,
+    Nat,
+    Filter,
+}
+
+impl Table {
+    pub fn name(self) -> &'static str {
+        match self {
+            Table::Raw => "raw",
+            Table::Mangle => "mangle",
+            Table::Nat => "nat",
+            Table::Filter => "filter",
+        }
+    }
+}
+
+impl FromStr for Table {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "raw" => Ok(Table::Raw),
+            "mangle" => Ok(Table::Mangle),
+            "nat" => Ok(Table::Nat),
+            "filter" => Ok(Table::Filter),
+            _ => Err(format!("unknown table {s:?}; tables are raw, mangle, nat, filter")),
+        }
+    }
+}
+
+/// A rule by position, `table/chain/N` (N 1-based, as `iptables -L --line-numbers` counts).
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct RuleRef {
+    pub table: Table,
+    pub chain: String,
+    pub index: u32,
+}
+
+impl FromStr for RuleRef {
+    type Err = String;
+
+    fn from_str(text: &str) -> Result<Self, String> {
+        let parts: Vec<&str> = text.split('/').collect();
+        let &[table, chain, index] = parts.as_slice() else {
+            return Err(format!(
+                "expected `table/chain/N` such as `nat/ISTIO_OUTPUT/6`, found {text:?}"
+            ));
+        };
+        let table = table.parse()?;
+        let chain_ok = !chain.is_empty()
+            && chain.len() <= 28
+            && chain.chars().all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-');
+        if !chain_ok {
+            return Err(format!("{chain:?} is not a chain name"));
+        }
+        let index = match index.parse::<u32>() {
+            Ok(n) if n >= 1 => n,
+            _ => return Err(format!("rule position {index:?} must be a number from 1")),
+        };
+        Ok(RuleRef { table, chain: chain.to_string(), index })
+    }
+}
+
+impl fmt::Display for RuleRef {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}/{}/{}", self.table.name(), self.chain, self.index)
+    }
+}
+
+impl Serialize for RuleRef {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(self)
+    }
+}
+
+/// The rules of an `iptables-restore` text, as `table/chain/N` → the rule's text, in order.
+pub fn rule_positions(restore_text: &str) -> Vec<(RuleRef, String)> {
+    let mut out = Vec::new();
+    let mut table = None;
+    let mut counts: std::collections::BTreeMap<(Table, String), u32> = Default::default();
+    for line in restore_text.lines().map(str::trim) {
+        if let Some(name) = line.strip_prefix('*') {
+            table = name.parse::<Table>().ok();
+        } else if let (Some(rest), Some(t)) = (line.strip_prefix("-A "), table) {
+            let chain = rest.split_whitespace().next().unwrap_or("").to_string();
+            let n = counts.entry((t, chain.clone())).or_default();
+            *n += 1;
+            out.push((RuleRef { table: t, chain, index: *n }, line.to_string()));
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests;
