@@ -89,6 +89,42 @@ impl fmt::Display for KeyPath {
     }
 }
 
+/// Where a value was written: its position and key path.
+#[derive(Debug, Clone, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
+pub struct At {
+    pub pos: Pos,
+    pub path: KeyPath,
+}
+
+impl At {
+    pub fn new(pos: Pos, path: KeyPath) -> Self {
+        At { pos, path }
+    }
+}
+
+impl fmt::Display for At {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{} ({})", self.path, self.pos)
+    }
+}
+
+/// A value with where it was written.
+#[derive(Debug, Clone, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Located<T> {
+    pub value: T,
+    pub at: At,
+}
+
+impl<T> Located<T> {
+    pub fn new(value: T, at: At) -> Self {
+        Located { value, at }
+    }
+
+    pub fn map<U>(self, f: impl FnOnce(T) -> U) -> Located<U> {
+        Located { value: f(self.value), at: self.at }
+    }
+}
+
 /// Errors stop a scenario from running; warnings are printed and do not.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
 #[serde(rename_all = "lowercase")]
@@ -144,6 +180,16 @@ impl Diagnostics {
         &self.file
     }
 
+    /// An error about the value written at `at`.
+    pub fn error_at(&mut self, at: &At, message: impl Into<String>) {
+        self.push(Severity::Error, at.pos, &at.path, message.into());
+    }
+
+    /// A warning about the value written at `at`.
+    pub fn warning_at(&mut self, at: &At, message: impl Into<String>) {
+        self.push(Severity::Warning, at.pos, &at.path, message.into());
+    }
+
     pub fn error(&mut self, pos: Pos, path: &KeyPath, message: impl Into<String>) {
         self.push(Severity::Error, pos, path, message.into());
     }
@@ -160,6 +206,11 @@ impl Diagnostics {
             path: path.clone(),
             message,
         });
+    }
+
+    /// Adds diagnostics found elsewhere (they keep their own file name).
+    pub fn extend(&mut self, items: impl IntoIterator<Item = Diagnostic>) {
+        self.items.extend(items);
     }
 
     pub fn has_errors(&self) -> bool {

@@ -1,10 +1,42 @@
-//! `ambient-scenarios` — the scenario language (version 1 of `SCENARIO-FORMAT.md`), the `World`
-//! both backends run, the `Outcome` they report, and the ambient in-pod rule generator.
+//! `ambient-scenarios` — the scenario language (version 1 of `SCENARIO-FORMAT.md`), the
+//! [`World`](world::World) both backends run, the [`Outcome`](outcome::Outcome) they report, the
+//! expectation checker, and the ambient in-pod rule generator.
 //!
+//! The pipeline, one module per stage:
+//!
+//! ```text
+//! text ──yaml::parse──▶ located tree ──decode──▶ document ──world::build──▶ World
+//!        (positions)                  (keys, types,        (references, defaults,
+//!                                      value syntax)        addresses, semantics)
+//! World ──backend (sim or netns)──▶ Outcome ──expect::check_outcome──▶ failures
+//! ```
+//!
+//! - [`load`] — load one file: [`load::load_file`], [`load::load_str`] → [`load::Loaded`].
+//! - [`catalog`] — files and folders, catalog-wide unique ids, tag filters, shards.
+//! - [`world`] — the resolved scenario: topology, policies, steps, faults, expectations.
+//! - [`outcome`] — what a backend reports (stable JSON).
+//! - [`expect`] — expectation types and the pure checker (World × Outcome → failures).
+//! - [`diag`] — positions, key paths, diagnostics (`file:line:col: path: message`).
+//! - [`values`] — the small text forms: sizes, durations, targets, tuples, rule refs.
+//! - [`yaml`] — YAML → located tree, and a serde deserializer over it (for Istio objects).
 //! - [`rules`] — a captured pod's redirection rules (`iptables-restore` text) and policy routing.
+//!
+//! Decoding is private (`decode`): its document type is an intermediate the World replaces.
 
+pub mod catalog;
+mod decode;
 pub mod diag;
+pub mod expect;
+pub mod load;
 pub mod outcome;
 pub mod rules;
 pub mod values;
+pub mod world;
 pub mod yaml;
+
+pub use catalog::{Catalog, Selection, Shard};
+pub use diag::Diagnostic;
+pub use expect::{Failure, check_outcome};
+pub use load::{Loaded, load_file, load_str};
+pub use outcome::Outcome;
+pub use world::World;
