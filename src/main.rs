@@ -20,6 +20,8 @@ struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Command {
+    /// Validate scenario files without running them.
+    Check(cmd::check::Args),
     /// Print the in-pod redirection rules the CNI agent installs in a captured pod.
     Rules(cmd::rules::Args),
 }
@@ -27,6 +29,7 @@ enum Command {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
+        Command::Check(args) => cmd::check::run(args),
         Command::Rules(args) => cmd::rules::run(args),
     };
     match result {

@@ -223,7 +223,7 @@ mod tests {
         let msg = c.files[1].diagnostics[0].to_string();
         assert_eq!(
             msg,
-            "b.yaml:1:1: scenario: scenario id \"same\" is already used by a.yaml; ids are unique in a catalog"
+            "b.yaml:1:11: scenario: scenario id \"same\" is already used by a.yaml; ids are unique in a catalog"
         );
     }
 }

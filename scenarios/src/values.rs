@@ -61,6 +61,11 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
         }
         let n: u64 = rest[..split].parse().map_err(|_| format!("duration {text:?} is too long"))?;
         rest = &rest[split..];
+        if rest.starts_with('.') {
+            return Err(format!(
+                "{expected}; durations take whole numbers (write 1500ms, not 1.5s)"
+            ));
+        }
         let unit_len = rest.find(|c: char| c.is_ascii_digit()).unwrap_or(rest.len());
         let ms = match &rest[..unit_len] {
             "ms" => 1,
@@ -223,7 +228,9 @@ impl FromStr for NameRef {
         check_label(name)?;
         if let Some(ns) = namespace {
             if ns.contains('.') {
-                return Err(format!("{text:?}: expected `name` or `name.namespace`"));
+                return Err(format!(
+                    "{text:?} has more than one dot; write `name` or `name.namespace`"
+                ));
             }
             check_label(ns)?;
         }

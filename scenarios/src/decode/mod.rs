@@ -219,7 +219,11 @@ impl Dec<'_> {
     pub fn size(&mut self, f: &Field<'_>) -> Option<u64> {
         match f.node.value {
             Value::Int(i) if i >= 0 => u64::try_from(i).ok(),
-            Value::Int(_) | Value::Str(_) => self.parse(f, values::parse_size),
+            Value::Int(i) => {
+                self.err(&f.at, format!("a size cannot be negative, found {i}"));
+                None
+            }
+            Value::Str(_) => self.parse(f, values::parse_size),
             _ => {
                 self.expected(f, "a size such as 1024, 64KiB or 1MiB");
                 None

@@ -28,8 +28,12 @@ pub(super) fn steps(d: &mut Dec<'_>, f: &Field<'_>) -> Vec<StepDoc> {
 }
 
 fn step(d: &mut Dec<'_>, f: &Field<'_>) -> Option<StepDoc> {
+    let before = d.diags.error_count();
     let m = d.map(f, STEP_KEYS)?;
     let keys = m.keys();
+    if keys.is_empty() && d.diags.error_count() > before {
+        return None; // the unknown key was reported; "needs one of" would repeat it
+    }
     if keys.len() != 1 {
         let msg = if keys.is_empty() {
             format!("a step needs one of {}", list(STEP_KEYS))
@@ -132,8 +136,12 @@ fn fault(d: &mut Dec<'_>, f: &Field<'_>) -> Option<FaultDoc> {
         d.err(&f.at, msg);
         return None;
     }
+    let before = d.diags.error_count();
     let m = d.map(f, FAULT_KEYS)?;
     let keys = m.keys();
+    if keys.is_empty() && d.diags.error_count() > before {
+        return None;
+    }
     if keys.len() != 1 {
         let msg = if keys.is_empty() {
             format!("a fault needs one of {}", list(FAULT_KEYS))
@@ -182,7 +190,11 @@ fn fault(d: &mut Dec<'_>, f: &Field<'_>) -> Option<FaultDoc> {
 fn between(d: &mut Dec<'_>, f: &Field<'_>) -> Option<Between> {
     let items = d.list(f)?;
     if items.len() != 2 {
-        d.err(&f.at, format!("expected two node names, found {} items", items.len()));
+        let n = items.len();
+        d.err(
+            &f.at,
+            format!("expected two node names, found {n} item{}", if n == 1 { "" } else { "s" }),
+        );
         return None;
     }
     let a = d.name(&items[0]);

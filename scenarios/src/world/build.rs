@@ -29,7 +29,6 @@ const PROXY_PORTS: [u16; 4] =
 #[derive(Debug, Clone)]
 pub(super) struct ConnInfo {
     pub at: At,
-    pub step: usize,
     pub background: bool,
 }
 
@@ -50,11 +49,16 @@ pub(super) struct Builder<'d> {
     pub external: BTreeMap<String, ExternalHost>,
     /// Policies in force: key → (kind, where written).
     pub policies: BTreeMap<ObjectKey, (&'static str, At)>,
+    /// Policies removed, with the step that removed them.
+    pub removed_policies: BTreeMap<ObjectKey, usize>,
     /// Crashed proxies: node → the step that crashed it.
     pub proxies_down: BTreeMap<String, usize>,
     /// Node links with a fault on them (unordered pairs).
     pub faulted_links: BTreeSet<(String, String)>,
     pub conns: BTreeMap<String, ConnInfo>,
+    /// Every connect id of the document with its first step, to explain references to
+    /// connections that are opened after the check naming them.
+    pub all_conns: BTreeMap<String, usize>,
 }
 
 /// Builds the World of a decoded document; `None` if any error was found.
@@ -86,18 +90,25 @@ pub(crate) fn build(doc: Doc, file: &str, stem: &str, d: &mut Diagnostics) -> Op
         services: BTreeMap::new(),
         external: BTreeMap::new(),
         policies: BTreeMap::new(),
+        removed_policies: BTreeMap::new(),
         proxies_down: BTreeMap::new(),
         faulted_links: BTreeSet::new(),
         conns: BTreeMap::new(),
+        all_conns: BTreeMap::new(),
     };
+    for (i, s) in doc.steps.iter().enumerate() {
+        if let crate::decode::ast::StepKind::Connect(c) = &s.kind {
+            b.all_conns.entry(c.id.value.clone()).or_insert(i);
+        }
+    }
     b.nodes(&doc.cluster.nodes);
     for p in &doc.cluster.pods {
         if let Some(pod) = b.pod(p) {
             b.pods.insert(pod.key.clone(), pod);
         }
     }
-    b.external_hosts(&doc);
     b.services(&doc);
+    b.external_hosts(&doc);
     let mut policies = Vec::new();
     for p in &doc.policies {
         if let Some(policy) = b.apply_policy(p, false) {
@@ -107,7 +118,7 @@ pub(crate) fn build(doc: Doc, file: &str, stem: &str, d: &mut Diagnostics) -> Op
     let initial_pods = b.pods.clone();
     let steps = b.steps(&doc.steps);
     let expect = match &doc.expect {
-        Some(e) => b.expectations(e, usize::MAX),
+        Some(e) => b.expectations(e),
         None => Default::default(),
     };
     if b.d.has_errors() {
@@ -394,9 +405,23 @@ impl Builder<'_> {
     pub(super) fn missing_pod(&self, key: &ObjectKey) -> String {
         match self.deleted.get(key) {
             Some(step) => format!("pod {key} was deleted at steps[{step}]"),
-            None => {
-                format!("unknown pod or host {key:?}; pods and hosts are {}", self.peer_names())
-            }
+            None => format!("unknown pod {key}; pods and hosts are {}", self.peer_names()),
+        }
+    }
+
+    /// " (did you mean server.apps?)" when a name without namespace exists in another namespace.
+    pub(super) fn namespace_hint(&self, r: &NameRef) -> String {
+        if r.namespace.is_some() {
+            return String::new();
+        }
+        let pods = self.pods.keys().filter(|k| k.name == r.name).map(ToString::to_string);
+        let svcs = self.services.keys().filter(|k| k.name == r.name).map(ToString::to_string);
+        let mut candidates: Vec<String> = pods.chain(svcs).collect();
+        candidates.sort();
+        candidates.dedup();
+        match candidates.len() {
+            0 => String::new(),
+            _ => format!(" (did you mean {}?)", candidates.join(" or ")),
         }
     }
 
@@ -421,8 +446,9 @@ impl Builder<'_> {
                 let msg = match self.deleted.get(&key) {
                     Some(_) => self.missing_pod(&key),
                     None => format!(
-                        "unknown pod or host \"{}\"; pods and hosts are {}",
+                        "unknown pod or host \"{}\"{}; pods and hosts are {}",
                         r.value,
+                        self.namespace_hint(&r.value),
                         self.peer_names()
                     ),
                 };

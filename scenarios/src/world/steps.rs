@@ -19,7 +19,7 @@ impl Builder<'_> {
                 StepKind::Fault(f) => self.fault(f, index).map(Action::Fault),
                 StepKind::Wait(d) => Some(Action::Wait(*d)),
                 StepKind::Check(e) => {
-                    let expect = self.expectations(e, index);
+                    let expect = self.expectations(e);
                     let settles = expect
                         .connections
                         .keys()
@@ -42,7 +42,7 @@ impl Builder<'_> {
                 format!("duplicate connection id {:?} (first at {})", c.id.value, first.at.pos);
             self.d.error_at(&c.id.at, msg);
         } else {
-            let info = ConnInfo { at: c.id.at.clone(), step, background: c.background };
+            let info = ConnInfo { at: c.id.at.clone(), background: c.background };
             self.conns.insert(c.id.value.clone(), info);
         }
         let from = self.peer(&c.from);
@@ -123,8 +123,9 @@ impl Builder<'_> {
         } else {
             let services = self.services.keys().map(ToString::to_string);
             format!(
-                "unknown target {:?}; services are {}; pods and hosts are {}",
+                "unknown target {:?}{}; services are {}; pods and hosts are {}",
                 r.to_string(),
+                self.namespace_hint(r),
                 list(services),
                 self.peer_names()
             )
@@ -246,11 +247,19 @@ impl Builder<'_> {
                     r.value.namespace.as_deref().unwrap_or("default"),
                 );
                 if self.policies.remove(&key).is_none() {
-                    let names = list(self.policies.keys().map(ToString::to_string));
-                    let msg = format!("no policy {key} is in force here; policies are {names}");
+                    let msg = match self.removed_policies.get(&key) {
+                        Some(at) => format!("policy {key} was already removed at steps[{at}]"),
+                        None => {
+                            let names = list(self.policies.keys().map(ToString::to_string));
+                            format!(
+                                "no policy {key} is in force here; policies in force are {names}"
+                            )
+                        }
+                    };
                     self.d.error_at(&r.at, msg);
                     return None;
                 }
+                self.removed_policies.insert(key.clone(), step);
                 Fault::Remove(key)
             }
         })
@@ -282,28 +291,25 @@ impl Builder<'_> {
         Some((peer.label(), key))
     }
 
-    /// An expect block, checked at step `step` (`usize::MAX` = at the end).
-    pub(super) fn expectations(&mut self, e: &ExpectDoc, step: usize) -> Expectations {
+    /// An expect block, checked at the current point of the walk through the steps.
+    pub(super) fn expectations(&mut self, e: &ExpectDoc) -> Expectations {
         let mut out = Expectations { at: e.at.clone(), ..Expectations::default() };
         for (id, ce) in &e.connections {
-            match self.conns.get(&id.value) {
-                Some(info) if info.step < step => {}
-                Some(info) => {
-                    let msg = format!(
-                        "connection {:?} is opened later, at steps[{}]; a check sees only connections opened before it",
-                        id.value, info.step
-                    );
-                    self.d.error_at(&id.at, msg);
-                    continue;
-                }
-                None => {
-                    let ids = list(self.conns.keys());
-                    self.d.error_at(
-                        &id.at,
-                        format!("unknown connection id {:?}; ids are {ids}", id.value),
-                    );
-                    continue;
-                }
+            if !self.conns.contains_key(&id.value) {
+                // Connections are registered as their steps are walked, so an id not seen yet is
+                // either opened after this check or does not exist.
+                let msg = match self.all_conns.get(&id.value) {
+                    Some(later) => format!(
+                        "connection {:?} is opened later, at steps[{later}]; a check sees only connections opened before it",
+                        id.value
+                    ),
+                    None => {
+                        let ids = list(self.all_conns.keys());
+                        format!("unknown connection id {:?}; ids are {ids}", id.value)
+                    }
+                };
+                self.d.error_at(&id.at, msg);
+                continue;
             }
             if let Some(ce) = self.conn_expect(ce) {
                 out.connections.insert(id.value.clone(), ce);
@@ -318,7 +324,10 @@ impl Builder<'_> {
         let mut seen: BTreeMap<String, At> = BTreeMap::new();
         let mut dup = |b: &mut Self, label: &str, at: &At, what: &str| {
             if let Some(first) = seen.get(&format!("{what}/{label}")) {
-                b.d.error_at(at, format!("{what} of {label} is already given at {}", first.pos));
+                b.d.error_at(
+                    at,
+                    format!("{label} is listed twice under {what} (first at {})", first.pos),
+                );
                 return true;
             }
             seen.insert(format!("{what}/{label}"), at.clone());
