@@ -15,7 +15,7 @@ impl Builder<'_> {
         let mut out = Vec::new();
         for (index, s) in docs.iter().enumerate() {
             let action = match &s.kind {
-                StepKind::Connect(c) => self.connect(c, index).map(Action::Connect),
+                StepKind::Connect(c) => self.connect(c).map(Action::Connect),
                 StepKind::Fault(f) => self.fault(f, index).map(Action::Fault),
                 StepKind::Wait(d) => Some(Action::Wait(*d)),
                 StepKind::Check(e) => {
@@ -36,7 +36,7 @@ impl Builder<'_> {
         out
     }
 
-    fn connect(&mut self, c: &ConnectDoc, step: usize) -> Option<Connect> {
+    fn connect(&mut self, c: &ConnectDoc) -> Option<Connect> {
         if let Some(first) = self.conns.get(&c.id.value) {
             let msg =
                 format!("duplicate connection id {:?} (first at {})", c.id.value, first.at.pos);
