@@ -426,3 +426,6 @@ impl World {
         pod.or(host).copied()
     }
 }
+
+#[cfg(test)]
+mod tests;
