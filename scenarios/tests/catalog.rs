@@ -52,3 +52,15 @@ fn the_catalog_covers_the_required_cases() {
     let hbone = Selection { include: vec!["hbone".into()], ..Default::default() };
     assert!(hbone.select(c.worlds()).len() >= 5);
 }
+
+#[test]
+fn the_readme_first_example_loads_with_the_addresses_it_claims() {
+    let readme = include_str!("../README.md");
+    let start = readme.find("## A first scenario").unwrap();
+    let block = &readme[start..];
+    let body = &block[block.find("```yaml\n").unwrap() + 8..];
+    let text = &body[..body.find("```").unwrap()];
+    let w = ambient_scenarios::load_str("first.yaml", text).into_result().unwrap();
+    let ips: Vec<String> = w.pods.values().map(|p| format!("{} {}", p.key, p.ip)).collect();
+    assert_eq!(ips, ["client.default 10.0.1.2", "server.default 10.0.2.2"]);
+}
