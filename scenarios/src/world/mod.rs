@@ -278,7 +278,8 @@ pub struct Connect {
     pub hold: Duration,
     /// Start it and go on at once; it settles by the end or at a `check` naming it.
     pub background: bool,
-    /// No answer within this → `timeout` (default 10s).
+    /// No answer within this → `timeout` (default 10s). It runs from the connection attempt and
+    /// does not count `hold`.
     pub deadline: Duration,
     pub expect: Option<ConnExpect>,
 }
