@@ -75,6 +75,10 @@ pub fn load_str(file: &str, text: &str) -> Loaded {
         }
         Ok(root) => {
             let doc = decode::decode(&root, &mut d);
+            // Seam for the proxy's mesh state (wired once the proxy core is merged): after
+            // `build`, compile every policy (`World::policies` and each `Fault::Apply`) with the
+            // proxy's compile step, and turn each compile error's key path into a diagnostic at
+            // `policy.source.locate(path)`, so policy errors are reported before anything runs.
             if d.has_errors() { None } else { world::build(doc, file, &stem, &mut d) }
         }
     };
