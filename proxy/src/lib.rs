@@ -6,6 +6,18 @@
 //!
 //! - [`inpod`] — ports, marks and routing constants of in-pod capture.
 //! - [`istio`] — Istio policy objects (AuthorizationPolicy, PeerAuthentication) as written in a cluster.
+//! - [`error`] — validation errors with key paths.
+//! - [`identity`] — SPIFFE workload identities.
+//! - [`mesh`] — the mesh state: workloads, services, policies, trust domain.
+//! - [`policy`] — policies compiled into L4 matchers, and the RBAC evaluator.
+//! - [`route`] — the outbound route decision (pure).
+//! - [`inbound`] — CONNECT validation → status code, self-calls, `Forwarded` (pure).
 
+pub mod error;
+pub mod identity;
+pub mod inbound;
 pub mod inpod;
 pub mod istio;
+pub mod mesh;
+pub mod policy;
+pub mod route;
