@@ -22,12 +22,15 @@ struct Cli {
 enum Command {
     /// Print the in-pod redirection rules the CNI agent installs in a captured pod.
     Rules(cmd::rules::Args),
+    /// Write a mesh CA and workload certificates (PEM) for tools outside the project.
+    Certs(cmd::certs::Args),
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Rules(args) => cmd::rules::run(args),
+        Command::Certs(args) => cmd::certs::run(args),
     };
     match result {
         Ok(code) => code,

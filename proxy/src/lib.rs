@@ -10,9 +10,16 @@
 //! - [`identity`] — SPIFFE workload identities.
 //! - [`mesh`] — the mesh state: workloads, services, policies, trust domain.
 //! - [`policy`] — policies compiled into L4 matchers, and the RBAC evaluator.
+//! - [`clock`] — wall-clock time derived from tokio time (certificate validity, TLS).
+//! - [`crypto`] — the injected rustls crypto provider, and a deterministic one for simulation.
+//! - [`ca`] — the mesh CA (Ed25519, rcgen), workload certificates and their rotation.
+//! - [`tls`] — HBONE's TLS configs and SPIFFE verifiers; [`x509`] reads URI SANs.
 //! - [`route`] — the outbound route decision (pure).
 //! - [`inbound`] — CONNECT validation → status code, self-calls, `Forwarded` (pure).
 
+pub mod ca;
+pub mod clock;
+pub mod crypto;
 pub mod error;
 pub mod identity;
 pub mod inbound;
@@ -21,3 +28,5 @@ pub mod istio;
 pub mod mesh;
 pub mod policy;
 pub mod route;
+pub mod tls;
+pub mod x509;
