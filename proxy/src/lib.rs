@@ -14,6 +14,7 @@
 //! - [`crypto`] — the injected rustls crypto provider, and a deterministic one for simulation.
 //! - [`ca`] — the mesh CA (Ed25519, rcgen), workload certificates and their rotation.
 //! - [`tls`] — HBONE's TLS configs and SPIFFE verifiers; [`x509`] reads URI SANs.
+//! - [`net`] — the socket seam ([`net::Network`]) and its Linux implementation.
 //! - [`route`] — the outbound route decision (pure).
 //! - [`inbound`] — CONNECT validation → status code, self-calls, `Forwarded` (pure).
 
@@ -26,6 +27,7 @@ pub mod inbound;
 pub mod inpod;
 pub mod istio;
 pub mod mesh;
+pub mod net;
 pub mod policy;
 pub mod route;
 pub mod tls;
