@@ -15,20 +15,32 @@
 //! - [`ca`] — the mesh CA (Ed25519, rcgen), workload certificates and their rotation.
 //! - [`tls`] — HBONE's TLS configs and SPIFFE verifiers; [`x509`] reads URI SANs.
 //! - [`net`] — the socket seam ([`net::Network`]) and its Linux implementation.
+//! - [`pool`] — the HBONE connection pool (pure choice + bookkeeping).
+//! - [`copy`] — bounded bidirectional copy TCP ⇄ h2 / TCP ⇄ TCP, closes and resets propagated.
+//! - [`events`] — access-log events, the injected sink, counters.
+//! - [`node`] — the node proxy: listeners per captured pod, outbound, inbound, lifecycle.
 //! - [`route`] — the outbound route decision (pure).
 //! - [`inbound`] — CONNECT validation → status code, self-calls, `Forwarded` (pure).
 
 pub mod ca;
 pub mod clock;
+pub mod copy;
 pub mod crypto;
 pub mod error;
+pub mod events;
 pub mod identity;
 pub mod inbound;
 pub mod inpod;
 pub mod istio;
 pub mod mesh;
 pub mod net;
+pub mod node;
 pub mod policy;
+pub mod pool;
 pub mod route;
 pub mod tls;
 pub mod x509;
+
+pub use mesh::{MeshHandle, MeshSpec, MeshState};
+pub use net::{Accepted, ConnectOptions, ListenOptions, Listener, Network};
+pub use node::{NodeProxy, PodSpec, ProxyConfig};
