@@ -24,6 +24,8 @@ enum Command {
     Rules(cmd::rules::Args),
     /// Write a mesh CA and workload certificates (PEM) for tools outside the project.
     Certs(cmd::certs::Args),
+    /// Run one node's proxy on the real kernel (pods' netns by path) until Ctrl-C, then drain.
+    Proxy(cmd::proxy::Args),
 }
 
 fn main() -> ExitCode {
@@ -31,6 +33,7 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Rules(args) => cmd::rules::run(args),
         Command::Certs(args) => cmd::certs::run(args),
+        Command::Proxy(args) => cmd::proxy::run(args),
     };
     match result {
         Ok(code) => code,

@@ -19,11 +19,15 @@
 //! - [`copy`] — bounded bidirectional copy TCP ⇄ h2 / TCP ⇄ TCP, closes and resets propagated.
 //! - [`events`] — access-log events, the injected sink, counters.
 //! - [`node`] — the node proxy: listeners per captured pod, outbound, inbound, lifecycle.
+//! - [`client`] — a standalone HBONE client (tools and tests).
+//! - [`config`] — the config file of a standalone node proxy (`testbed proxy`).
 //! - [`route`] — the outbound route decision (pure).
 //! - [`inbound`] — CONNECT validation → status code, self-calls, `Forwarded` (pure).
 
 pub mod ca;
+pub mod client;
 pub mod clock;
+pub mod config;
 pub mod copy;
 pub mod crypto;
 pub mod error;
