@@ -203,7 +203,7 @@ pub(crate) fn emit(sink: &dyn EventSink, event: ProxyEvent) {
 ///
 /// - `connections.<direction>.<result>` — result: `ok`, `denied`, `error`, `reset`, `revoked`
 /// - `bytes.<direction>.sent` / `.received`
-/// - `tunnels.opened`, `tunnels.reused`, `tunnels.closed`
+/// - `tunnels.opened`, `tunnels.reused`, `tunnels.closed`, `tunnels.keepalive_pongs`
 #[derive(Debug, Default)]
 pub struct Counters {
     values: Mutex<BTreeMap<String, u64>>,

@@ -350,3 +350,40 @@ async fn drain_closes_tunnels_and_crash_drops_connections() {
     let r = tokio::time::timeout(Duration::from_secs(5), s.read(&mut b)).await.unwrap();
     assert!(matches!(r, Ok(0) | Err(_)), "{r:?}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_idle_tunnel_is_closed_after_the_idle_timeout_and_keepalive_keeps_a_busy_one() {
+    let pool = ambient_proxy::pool::PoolConfig {
+        idle_timeout: Duration::from_millis(400),
+        keepalive_interval: Duration::from_millis(50),
+        keepalive_timeout: Duration::from_millis(500),
+        ..Default::default()
+    };
+    let w = world("127.72", WorldOptions { pool: Some(pool), ..Default::default() }).await;
+    let _app = App::start(addr("127.72.1.5:8080"), AppMode::Echo).await;
+    // A connection held open for longer than the idle timeout: pings flow, the tunnel stays.
+    let mut s = w.connect(addr("127.72.1.5:8080")).await.unwrap();
+    s.write_all(b"a").await.unwrap();
+    s.read_exact(&mut [0u8; 1]).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    assert_eq!(w.a.pooled_tunnels(), 1, "a tunnel with a live stream is not idle");
+    let pongs = w.a.counters()["tunnels.keepalive_pongs"];
+    assert!((5..=20).contains(&pongs), "a PING every 50 ms, each answered: {pongs}");
+    assert_eq!(exchange(&mut s, b"b").await.unwrap(), b"b");
+    // Then idle: closed after the timeout, with the reason logged.
+    eventually("idle tunnel closed", || w.a.pooled_tunnels() == 0).await;
+    let closed: Vec<String> = w
+        .events_a
+        .events()
+        .into_iter()
+        .filter_map(|e| match e {
+            ProxyEvent::TunnelClosed { reason, streams, .. } => Some(format!("{reason}/{streams}")),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(closed, ["idle for 400ms/1"]);
+    // The next connection dials a fresh tunnel.
+    let mut s = w.connect(addr("127.72.1.5:8080")).await.unwrap();
+    assert_eq!(exchange(&mut s, b"c").await.unwrap(), b"c");
+    assert_eq!(w.a.counters()["tunnels.opened"], 2);
+}

@@ -120,6 +120,7 @@ impl<N: Network> Inner<N> {
                     if let Err(e) = pong {
                         break format!("keepalive failed: {e}");
                     }
+                    self.count("tunnels.keepalive_pongs", 1);
                 }
                 _ = sleep_until(pong_deadline.unwrap_or(far)), if pong_deadline.is_some() => {
                     break format!("keepalive: no PING reply within {:?}", cfg.keepalive_timeout);

@@ -180,6 +180,8 @@ pub struct WorldOptions {
     pub policies: Vec<ambient_proxy::istio::PolicyObject>,
     /// Give node-b a CA of its own (so node-a's tunnels fail).
     pub foreign_ca_on_b: bool,
+    /// Pool settings of node-a.
+    pub pool: Option<ambient_proxy::pool::PoolConfig>,
 }
 
 pub fn mesh_spec(prefix: &str, policies: Vec<ambient_proxy::istio::PolicyObject>) -> MeshSpec {
@@ -223,6 +225,9 @@ pub async fn world(prefix: &str, opts: WorldOptions) -> World {
     let events_b = Arc::new(RecordingSink::default());
     let mut cfg_a = ProxyConfig::new("node-a", tls(ca.clone(), 10));
     cfg_a.sink = events_a.clone();
+    if let Some(pool) = opts.pool {
+        cfg_a.pool = pool;
+    }
     let mut cfg_b = ProxyConfig::new("node-b", tls(ca_b, 20));
     cfg_b.sink = events_b.clone();
     let a = NodeProxy::new(net.clone(), mesh.clone(), cfg_a);
