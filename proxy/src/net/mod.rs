@@ -4,7 +4,8 @@
 //! accept with the original destination (SO_ORIGINAL_DST), connect with a socket mark and an
 //! optional transparent (spoofed) source, and reset a stream. Half-close is the stream's own
 //! `AsyncWrite::poll_shutdown` (a FIN). Two implementations exist: real Linux sockets
-//! ([`linux::LinuxNetwork`], `cfg(target_os = "linux")`) and the simulator's (in `ambient-sim`).
+//! ([`linux::LinuxNetwork`], `cfg(target_os = "linux")`) and the simulator's (in `ambient-sim`);
+//! [`memory::MemoryNetwork`] is an in-process stand-in for tests that need no OS networking.
 //! Nothing else in the crate names a `tokio::net` type.
 
 use std::fmt::Debug;
@@ -16,6 +17,7 @@ use tokio::io::{AsyncRead, AsyncWrite};
 
 #[cfg(target_os = "linux")]
 pub mod linux;
+pub mod memory;
 
 /// Sockets for the proxy, in any network namespace.
 pub trait Network: Clone + Send + Sync + 'static {
