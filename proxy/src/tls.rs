@@ -7,7 +7,7 @@
 //!   learns the client's identity from its URI SAN ([`peer_identity`]).
 //!
 //! Certificates are served from the [`CertStore`] on every handshake, so rotation takes effect
-//! without rebuilding configs. Time comes from the injected [`WallClock`].
+//! without rebuilding configs. Time comes from the injected [`crate::clock::WallClock`].
 
 use std::fmt;
 use std::sync::Arc;

@@ -1,5 +1,5 @@
 //! Just enough DER to read a certificate's URI subject alternative names (the SPIFFE identity):
-//! Certificate → tbsCertificate → extensions [3] → subjectAltName (2.5.29.17) → GeneralName [6].
+//! Certificate → tbsCertificate → extensions `[3]` → subjectAltName (2.5.29.17) → GeneralName `[6]`.
 //! Chain validation is webpki's job; this only reads a field webpki does not expose.
 
 /// One DER element: (tag, contents, rest of the input).

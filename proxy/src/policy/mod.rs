@@ -1,5 +1,5 @@
 //! The proxy's own policy model: Istio `AuthorizationPolicy` and `PeerAuthentication` objects
-//! ([`crate::istio`], the wire format) compiled into L4 matchers ([`compile`]) and evaluated per
+//! ([`crate::istio`], the wire format) compiled into L4 matchers ([`compile_object`], [`PolicySet::compile`]) and evaluated per
 //! connection ([`rbac`]).
 //!
 //! Compilation is where the meaning of the Istio fields is decided (see `ambient-facts.md`):
