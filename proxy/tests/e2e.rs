@@ -387,3 +387,23 @@ async fn an_idle_tunnel_is_closed_after_the_idle_timeout_and_keepalive_keeps_a_b
     assert_eq!(exchange(&mut s, b"c").await.unwrap(), b"c");
     assert_eq!(w.a.counters()["tunnels.opened"], 2);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn drain_lets_a_running_connection_finish() {
+    let w = world("127.73", WorldOptions::default()).await;
+    let _app = App::start(addr("127.73.1.5:8080"), AppMode::Echo).await;
+    let mut s = w.connect(addr("127.73.1.5:8080")).await.unwrap();
+    s.write_all(b"first half ").await.unwrap();
+    let mut b = [0u8; 11];
+    s.read_exact(&mut b).await.unwrap();
+    // node-b drains while the connection is open: no new connections, this one goes on.
+    let b_proxy = w.b.clone();
+    let drain = tokio::spawn(async move { b_proxy.drain(Duration::from_secs(10)).await });
+    eventually("listeners closed", || w.b.pods().is_empty()).await;
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert!(!drain.is_finished(), "drain waits for the running connection");
+    assert_eq!(exchange(&mut s, b"second half").await.unwrap(), b"second half");
+    assert!(drain.await.unwrap(), "drain finished cleanly once the connection ended");
+    eventually("closed ok", || w.b.counters().get("connections.inbound-hbone.ok") == Some(&1))
+        .await;
+}
