@@ -73,7 +73,8 @@ pub enum ProxyEvent {
         service: Option<String>,
         source_identity: Option<String>,
         destination_identity: Option<String>,
-        /// HBONE only: rode an existing h2 connection (`true`) or opened one (`false`).
+        /// HBONE only: rode an existing h2 connection (`true`) or opened one (`false`);
+        /// `None` when no tunnel could be had (an `error` event follows).
         tunnel_reused: Option<bool>,
         /// HBONE only: `source-node->destination-node`.
         tunnel: Option<String>,

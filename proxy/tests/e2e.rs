@@ -174,6 +174,13 @@ async fn a_foreign_ca_is_rejected() {
     tokio::time::sleep(Duration::from_millis(50)).await;
     let a_ev = w.events_a.events();
     assert!(
+        a_ev.iter().any(|e| matches!(
+            e,
+            ProxyEvent::OutboundRoute { tunnel_reused: None, path: Path::Hbone, .. }
+        )),
+        "the route decision is logged even though no tunnel could be had: {a_ev:?}"
+    );
+    assert!(
         a_ev.iter().any(|e| matches!(e, ProxyEvent::Error { stage, message, .. }
             if stage == "tls" && message.starts_with("invalid peer certificate"))),
         "{a_ev:?}"

@@ -212,6 +212,28 @@ impl<N: Network> Inner<N> {
         }
     }
 
+    /// The route decision of an HBONE connection; `reused` is `None` when no tunnel could be had.
+    fn hbone_route_event(
+        &self,
+        client: SocketAddr,
+        original_dst: SocketAddr,
+        plan: &HbonePlan,
+        reused: Option<bool>,
+    ) {
+        self.emit(ProxyEvent::OutboundRoute {
+            node: self.config.node.clone(),
+            client,
+            original_dst,
+            path: Path::Hbone,
+            endpoint: plan.authority,
+            service: plan.service.clone(),
+            source_identity: Some(plan.source_identity.to_string()),
+            destination_identity: Some(plan.destination_identity.to_string()),
+            tunnel_reused: reused,
+            tunnel: Some(format!("{}->{}", self.config.node, plan.destination_node)),
+        });
+    }
+
     async fn outbound_hbone(
         self: &Arc<Self>,
         netns: N::Netns,
@@ -228,7 +250,10 @@ impl<N: Network> Inner<N> {
             attempt += 1;
             let (lease, reused) = match self.tunnel(&netns, plan, client.ip()).await {
                 Ok(t) => t,
-                Err((stage, message)) => return self.refuse(stream, client, &stage, message),
+                Err((stage, message)) => {
+                    self.hbone_route_event(client, original_dst, plan, None);
+                    return self.refuse(stream, client, &stage, message);
+                }
             };
             let req = self.connect_request(plan.authority, client, source);
             let sent = async {
@@ -250,18 +275,7 @@ impl<N: Network> Inner<N> {
         if reused {
             self.count("tunnels.reused", 1);
         }
-        self.emit(ProxyEvent::OutboundRoute {
-            node: self.config.node.clone(),
-            client,
-            original_dst,
-            path: Path::Hbone,
-            endpoint: plan.authority,
-            service: plan.service.clone(),
-            source_identity: Some(plan.source_identity.to_string()),
-            destination_identity: Some(plan.destination_identity.to_string()),
-            tunnel_reused: Some(reused),
-            tunnel: Some(format!("{}->{}", self.config.node, plan.destination_node)),
-        });
+        self.hbone_route_event(client, original_dst, plan, Some(reused));
         let response = match timeout(self.config.connect_timeout, response).await {
             Ok(Ok(r)) => r,
             Ok(Err(e)) => {
