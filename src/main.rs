@@ -24,6 +24,10 @@ enum Command {
     Check(cmd::check::Args),
     /// Print the in-pod redirection rules the CNI agent installs in a captured pod.
     Rules(cmd::rules::Args),
+    /// Write a mesh CA and workload certificates (PEM) for tools outside the project.
+    Certs(cmd::certs::Args),
+    /// Run one node's proxy on the real kernel (pods' netns by path) until Ctrl-C, then drain.
+    Proxy(cmd::proxy::Args),
 }
 
 fn main() -> ExitCode {
@@ -31,6 +35,8 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Check(args) => cmd::check::run(args),
         Command::Rules(args) => cmd::rules::run(args),
+        Command::Certs(args) => cmd::certs::run(args),
+        Command::Proxy(args) => cmd::proxy::run(args),
     };
     match result {
         Ok(code) => code,

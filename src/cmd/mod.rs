@@ -1,4 +1,6 @@
 //! One module per subcommand; see `main.rs` for the conventions.
 
+pub mod certs;
 pub mod check;
+pub mod proxy;
 pub mod rules;

@@ -1,0 +1,305 @@
+//! Ports 15008 (HBONE: TLS, h2, CONNECT) and 15006 (plaintext): validate, authorize, connect to
+//! the app with the client's address as source, copy; live connections are registered so a
+//! policy change can revoke them.
+
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
+
+use bytes::Bytes;
+use h2::RecvStream;
+use h2::server::SendResponse;
+use tokio::time::{Instant, timeout};
+
+use super::Inner;
+use crate::copy::{self, CopyError, Transferred};
+use crate::events::{CloseResult, Direction, ProxyEvent};
+use crate::identity::Identity;
+use crate::inbound::{ConnectRequest, check_connect, check_plaintext, parse_forwarded_for};
+use crate::inpod::PROXY_MARK;
+use crate::net::{Accepted, ConnectOptions, Network};
+use crate::policy::{ConnectionAttrs, Verdict, evaluate};
+use crate::tls::{describe_error, peer_identity};
+
+fn respond_status(respond: &mut SendResponse<Bytes>, status: u16) {
+    let mut resp = http::Response::new(());
+    *resp.status_mut() =
+        http::StatusCode::from_u16(status).unwrap_or(http::StatusCode::BAD_REQUEST);
+    let _ = respond.send_response(resp, true);
+}
+
+impl<N: Network> Inner<N> {
+    fn verdict_event(
+        &self,
+        client: SocketAddr,
+        direction: Direction,
+        destination: SocketAddr,
+        id: Option<&Identity>,
+        v: &Verdict,
+    ) {
+        self.emit(ProxyEvent::InboundVerdict {
+            node: self.config.node.clone(),
+            client,
+            direction,
+            destination,
+            source_identity: id.map(|i| i.to_string()),
+            allowed: v.allowed,
+            reason: v.reason.to_string(),
+            policy: v.policy.clone(),
+        });
+    }
+
+    /// One TLS + h2 connection on 15008; each CONNECT stream gets its own task.
+    pub(crate) async fn inbound_hbone(
+        self: Arc<Self>,
+        acceptor: tokio_rustls::TlsAcceptor,
+        acc: Accepted<N::Stream>,
+    ) {
+        const DIR: Direction = Direction::InboundHbone;
+        let _busy = self.busy();
+        let peer = acc.peer;
+        let tls = match timeout(self.config.connect_timeout, acceptor.accept(acc.stream)).await {
+            Ok(Ok(tls)) => tls,
+            Ok(Err(e)) => {
+                self.error(Some(peer), DIR, "tls", None, describe_error(&e));
+                return self.count_conn(DIR, "error");
+            }
+            Err(_) => {
+                self.error(Some(peer), DIR, "tls", None, "TLS handshake timed out".into());
+                return self.count_conn(DIR, "error");
+            }
+        };
+        let Some(peer_id) = peer_identity(tls.get_ref().1) else {
+            self.error(Some(peer), DIR, "tls", None, "client presented no SPIFFE identity".into());
+            return self.count_conn(DIR, "error");
+        };
+        let window = self.config.h2_window;
+        let handshake = h2::server::Builder::new()
+            .max_concurrent_streams(200)
+            .initial_window_size(window)
+            .initial_connection_window_size(window.saturating_mul(4))
+            .handshake::<_, Bytes>(tls);
+        let mut conn = match timeout(self.config.connect_timeout, handshake).await {
+            Ok(Ok(c)) => c,
+            Ok(Err(e)) => {
+                self.error(Some(peer), DIR, "h2", None, format!("h2 handshake: {e}"));
+                return self.count_conn(DIR, "error");
+            }
+            Err(_) => {
+                self.error(Some(peer), DIR, "h2", None, "h2 handshake timed out".into());
+                return self.count_conn(DIR, "error");
+            }
+        };
+        let mut draining = self.draining();
+        let mut going_away = false;
+        loop {
+            if !going_away && *draining.borrow() {
+                conn.graceful_shutdown();
+                going_away = true;
+            }
+            tokio::select! {
+                biased;
+                _ = draining.changed(), if !going_away => {}
+                r = conn.accept() => match r {
+                    Some(Ok((req, respond))) => {
+                        let me = self.clone();
+                        self.spawn(me.inbound_stream(req, respond, peer_id.clone(), peer));
+                    }
+                    Some(Err(e)) => {
+                        tracing::debug!(node = %self.config.node, %peer, error = %e, "inbound tunnel ended");
+                        break;
+                    }
+                    None => break,
+                },
+            }
+        }
+    }
+
+    async fn inbound_stream(
+        self: Arc<Self>,
+        req: http::Request<RecvStream>,
+        mut respond: SendResponse<Bytes>,
+        peer_id: Identity,
+        peer: SocketAddr,
+    ) {
+        const DIR: Direction = Direction::InboundHbone;
+        let _busy = self.busy();
+        let start = Instant::now();
+        let client = req
+            .headers()
+            .get("forwarded")
+            .and_then(|v| v.to_str().ok())
+            .and_then(parse_forwarded_for)
+            .unwrap_or(peer);
+        let mesh = self.mesh.load();
+        let authority = req.uri().authority().map(|a| a.as_str().to_string());
+        let checked = check_connect(
+            &mesh,
+            &self.config.node,
+            ConnectRequest { method: req.method().as_str(), authority: authority.as_deref() },
+        );
+        let (target, workload) = match checked {
+            Ok(t) => t,
+            Err(rej) => {
+                respond_status(&mut respond, rej.status);
+                self.error(Some(client), DIR, "request", Some(rej.status), rej.reason);
+                return self.count_conn(DIR, "error");
+            }
+        };
+        let attrs = ConnectionAttrs {
+            source_ip: peer.ip(),
+            source_identity: Some(peer_id),
+            destination_ip: target.ip(),
+            destination_port: target.port(),
+        };
+        let verdict = evaluate(mesh.policies(), workload, &attrs);
+        self.verdict_event(client, DIR, target, attrs.source_identity.as_ref(), &verdict);
+        if !verdict.allowed {
+            respond_status(&mut respond, 401);
+            return self.count_conn(DIR, "denied");
+        }
+        let workload_ip = workload.ip;
+        drop(mesh);
+        let Some(netns) = self.netns_of(target.ip()) else {
+            respond_status(&mut respond, 503);
+            self.error(
+                Some(client),
+                DIR,
+                "upstream",
+                Some(503),
+                format!("pod {} is not served by this proxy", target.ip()),
+            );
+            return self.count_conn(DIR, "error");
+        };
+        let mut app = match self.connect_app(&netns, target, peer.ip()).await {
+            Ok(s) => s,
+            Err(message) => {
+                respond_status(&mut respond, 503);
+                self.error(Some(client), DIR, "upstream", Some(503), message);
+                return self.count_conn(DIR, "error");
+            }
+        };
+        let mut resp = http::Response::new(());
+        *resp.status_mut() = http::StatusCode::OK;
+        let mut send = match respond.send_response(resp, false) {
+            Ok(s) => s,
+            Err(e) => {
+                self.network.reset(app);
+                self.error(Some(client), DIR, "h2", None, format!("responding: {e}"));
+                return self.count_conn(DIR, "error");
+            }
+        };
+        let mut recv = req.into_body();
+        let (live, revoked) = self.register_live(workload_ip, attrs);
+        let moved = Transferred::default();
+        let outcome = tokio::select! {
+            biased;
+            reason = revoked => Err(reason.ok()),
+            r = copy::tcp_h2(&mut app, &mut send, &mut recv, self.config.buffer_size, "app", &moved) => Ok(r),
+        };
+        self.unregister_live(live);
+        let result = match outcome {
+            Ok(Ok(())) => CloseResult::Ok,
+            Ok(Err(e)) => {
+                if let CopyError::Tcp { .. } = e {
+                    send.send_reset(h2::Reason::CANCEL);
+                }
+                self.network.reset(app);
+                CloseResult::Reset { side: e.side().to_string(), message: e.to_string() }
+            }
+            Err(reason) => {
+                send.send_reset(h2::Reason::CANCEL);
+                self.network.reset(app);
+                let reason = reason.unwrap_or_else(|| "revoked".into());
+                tracing::info!(node = %self.config.node, %client, %reason, "closing a connection no longer allowed");
+                CloseResult::PolicyRevoked { reason }
+            }
+        };
+        self.closed_in(DIR, client, target, &moved, start, result);
+    }
+
+    /// Connect to a local app as `client_ip` (transparent), marked so replies come back to us.
+    async fn connect_app(
+        &self,
+        netns: &N::Netns,
+        target: SocketAddr,
+        client_ip: IpAddr,
+    ) -> Result<N::Stream, String> {
+        let opts =
+            ConnectOptions { mark: Some(PROXY_MARK), source: Some(SocketAddr::new(client_ip, 0)) };
+        match timeout(self.config.connect_timeout, self.network.connect(netns, target, &opts)).await
+        {
+            Ok(Ok(s)) => Ok(s),
+            Ok(Err(e)) => Err(format!("connect to {target}: {e}")),
+            Err(_) => Err(format!("connect to {target} timed out")),
+        }
+    }
+
+    /// 15006: a plaintext connection from outside the mesh.
+    pub(crate) async fn inbound_plaintext(
+        self: Arc<Self>,
+        pod_ip: IpAddr,
+        acc: Accepted<N::Stream>,
+    ) {
+        const DIR: Direction = Direction::InboundPlaintext;
+        let _busy = self.busy();
+        let start = Instant::now();
+        let client = acc.peer;
+        let mut stream = acc.stream;
+        let dst = acc.original_dst.unwrap_or(acc.local);
+        let mesh = self.mesh.load();
+        let workload = match check_plaintext(&mesh, &self.config.node, dst) {
+            Ok(w) => w,
+            Err(rej) => {
+                self.error(Some(client), DIR, "request", None, rej.reason);
+                return self.count_conn(DIR, "error");
+            }
+        };
+        let attrs = ConnectionAttrs {
+            source_ip: client.ip(),
+            source_identity: None,
+            destination_ip: dst.ip(),
+            destination_port: dst.port(),
+        };
+        let verdict = evaluate(mesh.policies(), workload, &attrs);
+        self.verdict_event(client, DIR, dst, None, &verdict);
+        if !verdict.allowed {
+            return self.count_conn(DIR, "denied");
+        }
+        let workload_ip = workload.ip;
+        drop(mesh);
+        let netns = match self.netns_of(dst.ip()).or_else(|| self.netns_of(pod_ip)) {
+            Some(n) => n,
+            None => return self.count_conn(DIR, "error"),
+        };
+        let mut app = match self.connect_app(&netns, dst, client.ip()).await {
+            Ok(s) => s,
+            Err(message) => {
+                self.error(Some(client), DIR, "upstream", None, message);
+                self.network.reset(stream);
+                return self.count_conn(DIR, "error");
+            }
+        };
+        let (live, revoked) = self.register_live(workload_ip, attrs);
+        let moved = Transferred::default();
+        let outcome = tokio::select! {
+            biased;
+            reason = revoked => Err(reason.ok()),
+            r = copy::tcp_tcp(&mut stream, &mut app, self.config.buffer_size, ("client", "app"), &moved) => Ok(r),
+        };
+        self.unregister_live(live);
+        let result = match outcome {
+            Ok(Ok(())) => CloseResult::Ok,
+            Ok(Err(e)) => {
+                self.network.reset(stream);
+                self.network.reset(app);
+                CloseResult::Reset { side: e.side().to_string(), message: e.to_string() }
+            }
+            Err(reason) => {
+                self.network.reset(stream);
+                self.network.reset(app);
+                CloseResult::PolicyRevoked { reason: reason.unwrap_or_else(|| "revoked".into()) }
+            }
+        };
+        self.closed_in(DIR, client, dst, &moved, start, result);
+    }
+}

@@ -1,0 +1,425 @@
+//! The node proxy: one per node, serving every captured pod of the node from listeners inside
+//! each pod's network namespace (in-pod mode), over any [`Network`].
+//!
+//! Lifecycle, for a runtime, a simulator or a harness to drive:
+//! [`NodeProxy::new`] → [`add_pod`](NodeProxy::add_pod) / [`remove_pod`](NodeProxy::remove_pod)
+//! → [`update_mesh`](NodeProxy::update_mesh) (re-checks live connections) →
+//! [`drain`](NodeProxy::drain) (graceful) or [`crash`](NodeProxy::crash) (everything dropped
+//! now). Every task is `tokio::spawn`ed on the caller's runtime and tracked, so a crash can drop
+//! them all.
+
+mod hbone;
+mod inbound;
+mod outbound;
+
+use std::collections::BTreeMap;
+use std::future::Future;
+use std::io;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use rand::SeedableRng;
+use rand_chacha::ChaCha8Rng;
+use tokio::sync::{Notify, oneshot, watch};
+use tokio::task::AbortHandle;
+
+use crate::events::{Counters, Direction, EventSink, NoopSink, ProxyEvent, emit};
+use crate::inpod::{INBOUND_HBONE_PORT, INBOUND_PLAINTEXT_PORT, OUTBOUND_PORT, PROXY_MARK};
+use crate::mesh::{MeshHandle, MeshState};
+use crate::net::{ListenOptions, Listener, Network};
+use crate::policy::{ConnectionAttrs, evaluate};
+use crate::pool::{Pool, PoolConfig};
+use crate::tls::TlsContext;
+
+/// How a node proxy behaves; [`ProxyConfig::new`] gives the defaults of `ambient-facts.md`.
+#[derive(Debug, Clone)]
+pub struct ProxyConfig {
+    /// The node this proxy serves (pods with `node` equal to it are local).
+    pub node: String,
+    /// Seeds every choice the proxy makes (endpoint selection, trace ids).
+    pub seed: u64,
+    pub tls: TlsContext,
+    pub sink: Arc<dyn EventSink>,
+    pub pool: PoolConfig,
+    /// Read buffer per direction of a connection.
+    pub buffer_size: usize,
+    /// h2 stream flow-control window (the connection window is 4×).
+    pub h2_window: u32,
+    /// Deadline for TCP connects, TLS handshakes and the CONNECT response.
+    pub connect_timeout: Duration,
+}
+
+impl ProxyConfig {
+    pub fn new(node: impl Into<String>, tls: TlsContext) -> Self {
+        ProxyConfig {
+            node: node.into(),
+            seed: 0,
+            tls,
+            sink: Arc::new(NoopSink),
+            pool: PoolConfig::default(),
+            buffer_size: 16 * 1024,
+            h2_window: 256 * 1024,
+            connect_timeout: Duration::from_secs(10),
+        }
+    }
+}
+
+/// A captured pod as the proxy serves it.
+#[derive(Debug, Clone)]
+pub struct PodSpec<Ns> {
+    /// The pod's address (a workload of the mesh on this node).
+    pub ip: IpAddr,
+    /// Its network namespace: listeners and the proxy's sockets for it live there.
+    pub netns: Ns,
+    /// Where the listeners bind: `0.0.0.0` in a real pod netns; the pod IP when several pods
+    /// share one namespace (loopback tests).
+    pub listen_ip: IpAddr,
+}
+
+/// A connection authorized at this proxy that a policy change may revoke.
+struct LiveConn {
+    workload_ip: IpAddr,
+    attrs: ConnectionAttrs,
+    revoke: Option<oneshot::Sender<String>>,
+}
+
+struct Pod<Ns> {
+    spec: PodSpec<Ns>,
+    listener_tasks: Vec<u64>,
+}
+
+pub(crate) struct Inner<N: Network> {
+    network: N,
+    config: ProxyConfig,
+    mesh: MeshHandle,
+    counters: Counters,
+    rng: Mutex<ChaCha8Rng>,
+    pool: Arc<Pool>,
+    pods: Mutex<BTreeMap<IpAddr, Pod<N::Netns>>>,
+    live: Mutex<BTreeMap<u64, LiveConn>>,
+    tasks: Mutex<BTreeMap<u64, AbortHandle>>,
+    next_id: AtomicU64,
+    busy: AtomicUsize,
+    idle: Notify,
+    draining: watch::Sender<bool>,
+}
+
+/// A node proxy. Cheap to clone; all clones drive the same proxy.
+pub struct NodeProxy<N: Network> {
+    inner: Arc<Inner<N>>,
+}
+
+impl<N: Network> Clone for NodeProxy<N> {
+    fn clone(&self) -> Self {
+        NodeProxy { inner: self.inner.clone() }
+    }
+}
+
+impl<N: Network> std::fmt::Debug for NodeProxy<N> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("NodeProxy").field("node", &self.inner.config.node).finish()
+    }
+}
+
+impl<N: Network> NodeProxy<N> {
+    /// A proxy for `config.node` with no pods yet.
+    pub fn new(network: N, mesh: MeshState, config: ProxyConfig) -> Self {
+        let seed = config.seed ^ fnv(config.node.as_bytes());
+        let pool = Pool::new(config.pool.clone());
+        NodeProxy {
+            inner: Arc::new(Inner {
+                network,
+                mesh: MeshHandle::new(mesh),
+                counters: Counters::default(),
+                rng: Mutex::new(ChaCha8Rng::seed_from_u64(seed)),
+                pool,
+                pods: Mutex::new(BTreeMap::new()),
+                live: Mutex::new(BTreeMap::new()),
+                tasks: Mutex::new(BTreeMap::new()),
+                next_id: AtomicU64::new(1),
+                busy: AtomicUsize::new(0),
+                idle: Notify::new(),
+                draining: watch::channel(false).0,
+                config,
+            }),
+        }
+    }
+
+    pub fn node(&self) -> &str {
+        &self.inner.config.node
+    }
+
+    /// Start serving a captured pod: bind 15001, 15006 and 15008 in its namespace.
+    pub async fn add_pod(&self, pod: PodSpec<N::Netns>) -> io::Result<()> {
+        let inner = &self.inner;
+        let mesh = inner.mesh.load();
+        let w = mesh.local_captured(&inner.config.node, pod.ip).ok_or_else(|| {
+            io::Error::new(
+                io::ErrorKind::InvalidInput,
+                format!("{} is not a captured pod of node {}", pod.ip, inner.config.node),
+            )
+        })?;
+        let server_tls =
+            inner.config.tls.server_config(&mesh.identity(w)).map_err(io::Error::other)?;
+        if inner.pods.lock().unwrap_or_else(|e| e.into_inner()).contains_key(&pod.ip) {
+            return Err(io::Error::new(
+                io::ErrorKind::AlreadyExists,
+                format!("pod {} already added", pod.ip),
+            ));
+        }
+        let opts = ListenOptions { mark: Some(PROXY_MARK), transparent: false };
+        let at = |port| SocketAddr::new(pod.listen_ip, port);
+        let net = &inner.network;
+        let outbound = net.listen(&pod.netns, at(OUTBOUND_PORT), &opts).await?;
+        let plaintext = net.listen(&pod.netns, at(INBOUND_PLAINTEXT_PORT), &opts).await?;
+        let hbone = net.listen(&pod.netns, at(INBOUND_HBONE_PORT), &opts).await?;
+        let acceptor = tokio_rustls::TlsAcceptor::from(server_tls);
+        let (ip, ns) = (pod.ip, pod.netns.clone());
+        let tasks = vec![
+            inner.spawn(accept_loop(inner.clone(), outbound, move |i, a| {
+                i.spawn(i.clone().outbound(ip, ns.clone(), a));
+            })),
+            inner.spawn(accept_loop(inner.clone(), plaintext, move |i, a| {
+                i.spawn(i.clone().inbound_plaintext(ip, a));
+            })),
+            inner.spawn(accept_loop(inner.clone(), hbone, move |i, a| {
+                i.spawn(i.clone().inbound_hbone(acceptor.clone(), a));
+            })),
+        ];
+        inner
+            .pods
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(pod.ip, Pod { spec: pod, listener_tasks: tasks });
+        Ok(())
+    }
+
+    /// Stop serving a pod: its listeners close; its live connections go on until they end.
+    pub fn remove_pod(&self, ip: IpAddr) -> bool {
+        let pod = self.inner.pods.lock().unwrap_or_else(|e| e.into_inner()).remove(&ip);
+        match pod {
+            Some(pod) => {
+                for id in pod.listener_tasks {
+                    self.inner.abort(id);
+                }
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// The pods served, in address order.
+    pub fn pods(&self) -> Vec<PodSpec<N::Netns>> {
+        self.inner
+            .pods
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .values()
+            .map(|p| p.spec.clone())
+            .collect()
+    }
+
+    pub fn mesh(&self) -> Arc<MeshState> {
+        self.inner.mesh.load()
+    }
+
+    /// Swap in a new mesh state and re-check every live inbound connection against it; those no
+    /// longer allowed are closed (reset both ways) with the reason logged. Returns how many.
+    pub fn update_mesh(&self, mesh: MeshState) -> usize {
+        let inner = &self.inner;
+        inner.mesh.store(mesh);
+        let mesh = inner.mesh.load();
+        let mut closed = 0;
+        let mut live = inner.live.lock().unwrap_or_else(|e| e.into_inner());
+        for conn in live.values_mut() {
+            let reason = match mesh.workload(conn.workload_ip) {
+                None => Some("destination workload left the mesh".to_string()),
+                Some(w) => {
+                    let v = evaluate(mesh.policies(), w, &conn.attrs);
+                    (!v.allowed).then(|| match v.policy {
+                        Some(p) => format!("{} ({p})", v.reason),
+                        None => v.reason.to_string(),
+                    })
+                }
+            };
+            if let (Some(reason), Some(tx)) = (reason, conn.revoke.take()) {
+                let _ = tx.send(reason);
+                closed += 1;
+            }
+        }
+        closed
+    }
+
+    /// Counters, sorted by name.
+    pub fn counters(&self) -> BTreeMap<String, u64> {
+        self.inner.counters.snapshot()
+    }
+
+    /// Live h2 connections in the pool.
+    pub fn pooled_tunnels(&self) -> usize {
+        self.inner.pool.connections().len()
+    }
+
+    /// Graceful stop: close the listeners, send GOAWAY on inbound tunnels, close idle pooled
+    /// tunnels, let running connections finish — for at most `deadline`, then drop the rest.
+    /// Returns true if everything finished in time.
+    pub async fn drain(&self, deadline: Duration) -> bool {
+        let inner = &self.inner;
+        inner.draining.send_replace(true);
+        let pods: Vec<IpAddr> =
+            inner.pods.lock().unwrap_or_else(|e| e.into_inner()).keys().copied().collect();
+        for ip in pods {
+            self.remove_pod(ip);
+        }
+        for conn in inner.pool.connections() {
+            conn.wake.notify_one();
+        }
+        let wait = async {
+            loop {
+                let idle = inner.idle.notified();
+                if inner.busy.load(Ordering::SeqCst) == 0 {
+                    return;
+                }
+                idle.await;
+            }
+        };
+        let clean = tokio::time::timeout(deadline, wait).await.is_ok();
+        self.crash();
+        clean
+    }
+
+    /// Abrupt stop, as a crash: every task and socket of the proxy is dropped now.
+    pub fn crash(&self) {
+        let inner = &self.inner;
+        let tasks = std::mem::take(&mut *inner.tasks.lock().unwrap_or_else(|e| e.into_inner()));
+        for handle in tasks.into_values() {
+            handle.abort();
+        }
+        inner.pods.lock().unwrap_or_else(|e| e.into_inner()).clear();
+        inner.live.lock().unwrap_or_else(|e| e.into_inner()).clear();
+        for conn in inner.pool.connections() {
+            inner.pool.remove(&conn);
+        }
+    }
+}
+
+async fn accept_loop<N: Network>(
+    inner: Arc<Inner<N>>,
+    mut listener: N::Listener,
+    on_accept: impl Fn(&Arc<Inner<N>>, crate::net::Accepted<N::Stream>) + Send + 'static,
+) {
+    loop {
+        match listener.accept().await {
+            Ok(acc) => on_accept(&inner, acc),
+            Err(e) => {
+                // Out of descriptors or similar: back off instead of spinning.
+                tracing::warn!(node = %inner.config.node, error = %e, "accept failed");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+    }
+}
+
+/// Marks the proxy busy while alive (drain waits for none).
+pub(crate) struct Busy<N: Network>(Arc<Inner<N>>);
+
+impl<N: Network> Drop for Busy<N> {
+    fn drop(&mut self) {
+        if self.0.busy.fetch_sub(1, Ordering::SeqCst) == 1 {
+            self.0.idle.notify_waiters();
+        }
+    }
+}
+
+impl<N: Network> Inner<N> {
+    /// Spawn a tracked task (a crash aborts it).
+    pub(crate) fn spawn(self: &Arc<Self>, fut: impl Future<Output = ()> + Send + 'static) -> u64 {
+        let id = self.next_id.fetch_add(1, Ordering::SeqCst);
+        let me = Arc::downgrade(self);
+        let mut tasks = self.tasks.lock().unwrap_or_else(|e| e.into_inner());
+        let handle = tokio::spawn(async move {
+            fut.await;
+            if let Some(me) = me.upgrade() {
+                me.tasks.lock().unwrap_or_else(|e| e.into_inner()).remove(&id);
+            }
+        });
+        tasks.insert(id, handle.abort_handle());
+        id
+    }
+
+    fn abort(&self, id: u64) {
+        if let Some(h) = self.tasks.lock().unwrap_or_else(|e| e.into_inner()).remove(&id) {
+            h.abort();
+        }
+    }
+
+    pub(crate) fn busy(self: &Arc<Self>) -> Busy<N> {
+        self.busy.fetch_add(1, Ordering::SeqCst);
+        Busy(self.clone())
+    }
+
+    pub(crate) fn emit(&self, event: ProxyEvent) {
+        emit(self.config.sink.as_ref(), event);
+    }
+
+    pub(crate) fn count(&self, name: &str, n: u64) {
+        self.counters.add(name, n);
+    }
+
+    pub(crate) fn count_conn(&self, direction: Direction, result: &str) {
+        self.counters.add(&format!("connections.{}.{result}", direction.as_str()), 1);
+    }
+
+    pub(crate) fn error(
+        &self,
+        client: Option<SocketAddr>,
+        direction: Direction,
+        stage: &str,
+        status: Option<u16>,
+        message: String,
+    ) {
+        self.emit(ProxyEvent::Error {
+            node: self.config.node.clone(),
+            client,
+            direction,
+            stage: stage.to_string(),
+            status,
+            message,
+        });
+    }
+
+    pub(crate) fn netns_of(&self, ip: IpAddr) -> Option<N::Netns> {
+        self.pods.lock().unwrap_or_else(|e| e.into_inner()).get(&ip).map(|p| p.spec.netns.clone())
+    }
+
+    /// Register an authorized inbound connection; the receiver fires if a policy change revokes it.
+    pub(crate) fn register_live(
+        &self,
+        workload_ip: IpAddr,
+        attrs: ConnectionAttrs,
+    ) -> (u64, oneshot::Receiver<String>) {
+        let id = self.next_id.fetch_add(1, Ordering::SeqCst);
+        let (tx, rx) = oneshot::channel();
+        self.live
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(id, LiveConn { workload_ip, attrs, revoke: Some(tx) });
+        (id, rx)
+    }
+
+    pub(crate) fn unregister_live(&self, id: u64) {
+        self.live.lock().unwrap_or_else(|e| e.into_inner()).remove(&id);
+    }
+
+    pub(crate) fn draining(&self) -> watch::Receiver<bool> {
+        self.draining.subscribe()
+    }
+}
+
+fn fnv(bytes: &[u8]) -> u64 {
+    bytes
+        .iter()
+        .fold(0xcbf2_9ce4_8422_2325, |h, b| (h ^ u64::from(*b)).wrapping_mul(0x100_0000_01b3))
+}

@@ -1,0 +1,105 @@
+//! `testbed proxy --config FILE` — run one node's proxy on the real kernel: listeners inside
+//! each captured pod's network namespace (given by path), until Ctrl-C (or SIGTERM), then drain.
+//! Access-log events and diagnostics go to stderr through `tracing` (`RUST_LOG`, default
+//! `info`); the final counters are printed to stdout as JSON.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use ambient_proxy::config::ProxyFile;
+
+#[derive(Debug, clap::Args)]
+pub struct Args {
+    /// The proxy's config file (YAML or JSON); see `ambient_proxy::config` for its shape.
+    #[arg(long)]
+    config: PathBuf,
+    /// Only validate the file, then exit.
+    #[arg(long)]
+    check: bool,
+}
+
+pub fn run(args: Args) -> anyhow::Result<ExitCode> {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let _ =
+        tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).try_init();
+    let cfg = match ProxyFile::load(&args.config) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("testbed: error: {e}");
+            return Ok(ExitCode::from(2));
+        }
+    };
+    if args.check {
+        println!(
+            "{}: ok (node {}, {} pods)",
+            args.config.display(),
+            cfg.file.node,
+            cfg.file.pods.len()
+        );
+        return Ok(ExitCode::SUCCESS);
+    }
+    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    runtime.block_on(serve(cfg))
+}
+
+#[cfg(not(target_os = "linux"))]
+async fn serve(_: ambient_proxy::config::LoadedConfig) -> anyhow::Result<ExitCode> {
+    anyhow::bail!(
+        "`testbed proxy` runs on Linux only (network namespaces, SO_ORIGINAL_DST, IP_TRANSPARENT)"
+    )
+}
+
+#[cfg(target_os = "linux")]
+async fn serve(cfg: ambient_proxy::config::LoadedConfig) -> anyhow::Result<ExitCode> {
+    use ambient_proxy::ca::{CertStore, KeySource, MeshCa};
+    use ambient_proxy::clock::WallClock;
+    use ambient_proxy::crypto::default_provider;
+    use ambient_proxy::net::linux::{LinuxNetwork, NetnsPath};
+    use ambient_proxy::node::{NodeProxy, PodSpec, ProxyConfig};
+    use ambient_proxy::tls::TlsContext;
+    use anyhow::Context;
+
+    let file = &cfg.file;
+    let td = cfg.mesh.trust_domain().to_string();
+    let provider = default_provider();
+    let clock = WallClock::system();
+    let ca = match (file.ca.seed, &file.ca.cert_file, &file.ca.key_file) {
+        (Some(seed), _, _) => MeshCa::generate(&td, &KeySource::Seeded(seed), clock.now())?,
+        (None, Some(cert), Some(key)) => {
+            let read =
+                |p: &PathBuf| std::fs::read_to_string(p).with_context(|| p.display().to_string());
+            MeshCa::from_pem(&td, &read(cert)?, &read(key)?).context("ca")?
+        }
+        _ => unreachable!("validated"),
+    };
+    let keys = match file.key_seed {
+        Some(seed) => KeySource::Seeded(seed),
+        None => KeySource::Random(provider.clone()),
+    };
+    let store = CertStore::new(std::sync::Arc::new(ca), keys, clock, provider);
+    let mut config = ProxyConfig::new(&file.node, TlsContext::new(std::sync::Arc::new(store), &td));
+    config.seed = file.seed;
+    let proxy = NodeProxy::new(LinuxNetwork::new(), cfg.mesh.clone(), config);
+    for (i, pod) in file.pods.iter().enumerate() {
+        let spec =
+            PodSpec { ip: pod.ip, netns: NetnsPath(pod.netns.clone()), listen_ip: pod.listen_ip() };
+        if let Err(e) = proxy.add_pod(spec).await {
+            eprintln!("testbed: error: pods[{i}] ({}): {e}", pod.ip);
+            proxy.crash();
+            return Ok(ExitCode::from(1));
+        }
+    }
+    let pods: Vec<String> = file.pods.iter().map(|p| p.ip.to_string()).collect();
+    eprintln!("testbed proxy: node {} ready, serving {}", file.node, pods.join(", "));
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+    tokio::select! {
+        biased;
+        r = tokio::signal::ctrl_c() => r?,
+        _ = term.recv() => {}
+    }
+    eprintln!("testbed proxy: draining (at most {:?})", cfg.drain);
+    let clean = proxy.drain(cfg.drain).await;
+    println!("{}", serde_json::to_string_pretty(&proxy.counters())?);
+    Ok(if clean { ExitCode::SUCCESS } else { ExitCode::from(1) })
+}
