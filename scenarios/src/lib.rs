@@ -39,4 +39,4 @@ pub use diag::Diagnostic;
 pub use expect::{Failure, check_outcome};
 pub use load::{Loaded, load_file, load_str};
 pub use outcome::Outcome;
-pub use world::World;
+pub use world::{ClusterState, World};

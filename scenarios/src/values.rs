@@ -180,25 +180,6 @@ pub fn parse_ipv4(text: &str) -> Result<Ipv4Addr, String> {
     }
 }
 
-/// Checks an address block as Istio writes them in `ipBlocks`: `10.0.0.0/16`, `10.0.1.5`, or
-/// the IPv6 equivalents. The prefix must fit the family; host bits may be set (Istio masks them).
-pub fn check_cidr(text: &str) -> Result<(), String> {
-    let (addr, prefix) = match text.split_once('/') {
-        Some((a, p)) => (a, Some(p)),
-        None => (text, None),
-    };
-    let ip: IpAddr =
-        addr.parse().map_err(|_| format!("{text:?} is not an IP address or CIDR block"))?;
-    if let Some(p) = prefix {
-        let max = if ip.is_ipv4() { 32 } else { 128 };
-        match p.parse::<u8>() {
-            Ok(n) if n <= max => {}
-            _ => return Err(format!("{text:?} has a bad prefix length; expected 0-{max}")),
-        }
-    }
-    Ok(())
-}
-
 /// A port: 1–65535.
 pub fn parse_port(text: &str) -> Result<u16, String> {
     match text.trim().parse::<u32>() {

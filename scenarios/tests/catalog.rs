@@ -4,7 +4,7 @@
 use std::path::PathBuf;
 
 use ambient_scenarios::world::Action;
-use ambient_scenarios::{Catalog, Selection};
+use ambient_scenarios::{Catalog, ClusterState, Selection};
 
 fn catalog() -> Catalog {
     let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("catalog");
@@ -18,6 +18,23 @@ fn every_catalog_scenario_loads_without_errors_or_warnings() {
     let problems: Vec<String> =
         c.files.iter().flat_map(|f| f.diagnostics.iter().map(ToString::to_string)).collect();
     assert!(problems.is_empty(), "{}", problems.join("\n"));
+}
+
+#[test]
+fn every_catalog_scenario_gives_the_proxies_a_valid_mesh_after_every_step() {
+    for w in catalog().worlds() {
+        let mut state = ClusterState::initial(w);
+        state.mesh_state().unwrap_or_else(|e| panic!("{}: initial mesh: {e:?}", w.id));
+        for step in &w.steps {
+            if let Action::Fault(f) = &step.action
+                && state.apply(f)
+            {
+                state
+                    .mesh_state()
+                    .unwrap_or_else(|e| panic!("{}: step {}: {e:?}", w.id, step.index));
+            }
+        }
+    }
 }
 
 #[test]

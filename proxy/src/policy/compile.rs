@@ -15,8 +15,32 @@ use crate::mesh::DEFAULT_NAMESPACE;
 const L4_KEYS: [&str; 5] =
     ["source.ip", "source.namespace", "source.principal", "destination.ip", "destination.port"];
 
+/// What checking one object found: the compiled policy or every error that stopped it, and
+/// warnings — input that compiles but that an author most likely did not mean (an L7 field the
+/// node proxy cannot see, a principal written with `spiffe://`). Paths are relative to the object
+/// (`spec.rules[0]…`).
+#[derive(Debug, Clone)]
+pub struct Checked {
+    pub compiled: Result<Compiled, ValidationErrors>,
+    pub warnings: ValidationErrors,
+}
+
 /// Compile one object. Paths in errors are relative to the object (`spec.rules[0]…`).
 pub fn compile_object(obj: &PolicyObject) -> Result<Compiled, ValidationErrors> {
+    check_object(obj).compiled
+}
+
+/// Compile one object, keeping the warnings too.
+pub fn check_object(obj: &PolicyObject) -> Checked {
+    let mut warnings = ValidationErrors::default();
+    let compiled = compile_with(obj, &mut warnings);
+    Checked { compiled, warnings }
+}
+
+fn compile_with(
+    obj: &PolicyObject,
+    warnings: &mut ValidationErrors,
+) -> Result<Compiled, ValidationErrors> {
     let mut errors = ValidationErrors::default();
     if !istio::API_VERSIONS.contains(&obj.api_version()) {
         errors.push(
@@ -38,7 +62,8 @@ pub fn compile_object(obj: &PolicyObject) -> Result<Compiled, ValidationErrors> 
     }
     let compiled = match obj {
         PolicyObject::AuthorizationPolicy(p) => {
-            authorization(&meta.name, &namespace, &p.spec, &mut errors).map(Compiled::Authorization)
+            authorization(&meta.name, &namespace, &p.spec, &mut errors, warnings)
+                .map(Compiled::Authorization)
         }
         PolicyObject::PeerAuthentication(p) => {
             Some(Compiled::PeerAuthn(peer_authn(&meta.name, &namespace, &p.spec, &mut errors)))
@@ -59,6 +84,7 @@ fn authorization(
     namespace: &str,
     spec: &istio::AuthorizationPolicySpec,
     errors: &mut ValidationErrors,
+    warnings: &mut ValidationErrors,
 ) -> Option<Authorization> {
     let action = match spec.action {
         None | Some(Action::Allow) => AuthzAction::Allow,
@@ -94,7 +120,7 @@ fn authorization(
     let mut dropped_rules = 0;
     for (i, r) in spec.rules.iter().enumerate() {
         let at = format!("spec.rules[{i}]");
-        let (rule, has_l7) = compile_rule(r, &at, errors);
+        let (rule, has_l7) = compile_rule(r, &at, action, errors, warnings);
         if has_l7 && action == AuthzAction::Allow {
             // Fail closed: an ALLOW the proxy cannot fully check allows nothing.
             dropped_rules += 1;
@@ -113,17 +139,34 @@ fn authorization(
 }
 
 /// Returns the L4 part of the rule and whether it used L7 fields.
-fn compile_rule(r: &istio::Rule, at: &str, errors: &mut ValidationErrors) -> (AuthzRule, bool) {
-    let mut has_l7 = false;
+fn compile_rule(
+    r: &istio::Rule,
+    at: &str,
+    action: AuthzAction,
+    errors: &mut ValidationErrors,
+    warnings: &mut ValidationErrors,
+) -> (AuthzRule, bool) {
+    let mut l7_fields = Vec::new();
     let mut rule = AuthzRule::default();
     for (j, f) in r.from.iter().enumerate() {
         let at = format!("{at}.from[{j}].source");
         let s = &f.source;
-        let l7 = !s.request_principals.is_empty()
-            || !s.not_request_principals.is_empty()
-            || !s.remote_ip_blocks.is_empty()
-            || !s.not_remote_ip_blocks.is_empty();
-        has_l7 |= l7;
+        let before = l7_fields.len();
+        for (field, values) in [
+            ("requestPrincipals", &s.request_principals),
+            ("notRequestPrincipals", &s.not_request_principals),
+            ("remoteIpBlocks", &s.remote_ip_blocks),
+            ("notRemoteIpBlocks", &s.not_remote_ip_blocks),
+        ] {
+            if !values.is_empty() {
+                l7_fields.push((format!("{at}.{field}"), field.to_string()));
+            }
+        }
+        let l7 = l7_fields.len() > before;
+        for (field, values) in [("principals", &s.principals), ("notPrincipals", &s.not_principals)]
+        {
+            spiffe_prefix_warnings(values, &format!("{at}.{field}"), warnings);
+        }
         let m = SourceMatch {
             principals: strings(&s.principals, &format!("{at}.principals"), errors),
             not_principals: strings(&s.not_principals, &format!("{at}.notPrincipals"), errors),
@@ -169,13 +212,20 @@ fn compile_rule(r: &istio::Rule, at: &str, errors: &mut ValidationErrors) -> (Au
     for (j, t) in r.to.iter().enumerate() {
         let at = format!("{at}.to[{j}].operation");
         let o = &t.operation;
-        let l7 = !(o.hosts.is_empty()
-            && o.not_hosts.is_empty()
-            && o.methods.is_empty()
-            && o.not_methods.is_empty()
-            && o.paths.is_empty()
-            && o.not_paths.is_empty());
-        has_l7 |= l7;
+        let before = l7_fields.len();
+        for (field, values) in [
+            ("hosts", &o.hosts),
+            ("notHosts", &o.not_hosts),
+            ("methods", &o.methods),
+            ("notMethods", &o.not_methods),
+            ("paths", &o.paths),
+            ("notPaths", &o.not_paths),
+        ] {
+            if !values.is_empty() {
+                l7_fields.push((format!("{at}.{field}"), field.to_string()));
+            }
+        }
+        let l7 = l7_fields.len() > before;
         let m = PortMatch {
             ports: ports(&o.ports, &format!("{at}.ports"), errors),
             not_ports: ports(&o.not_ports, &format!("{at}.notPorts"), errors),
@@ -217,7 +267,7 @@ fn compile_rule(r: &istio::Rule, at: &str, errors: &mut ValidationErrors) -> (Au
                 not_values: ports(&c.not_values, &nv, errors),
             }),
             k if is_l7_key(k) => {
-                has_l7 = true;
+                l7_fields.push((format!("{at}.key"), k.to_string()));
                 None
             }
             k => {
@@ -228,9 +278,37 @@ fn compile_rule(r: &istio::Rule, at: &str, errors: &mut ValidationErrors) -> (Au
                 None
             }
         };
+        if c.key == "source.principal" {
+            spiffe_prefix_warnings(&c.values, &v, warnings);
+            spiffe_prefix_warnings(&c.not_values, &nv, warnings);
+        }
         rule.when.extend(m);
     }
-    (rule, has_l7)
+    let consequence = match action {
+        AuthzAction::Allow => "the proxy drops this ALLOW rule (it never matches)",
+        AuthzAction::Deny => "the proxy enforces this DENY rule on its L4 part only",
+    };
+    for (path, attribute) in &l7_fields {
+        warnings.push(
+            path.clone(),
+            format!("`{attribute}` is an L7 attribute, which needs a waypoint; {consequence}"),
+        );
+    }
+    (rule, !l7_fields.is_empty())
+}
+
+/// Principals are matched without the `spiffe://` scheme, so one written with it never matches.
+fn spiffe_prefix_warnings(values: &[String], at: &str, warnings: &mut ValidationErrors) {
+    for (i, v) in values.iter().enumerate() {
+        if v.starts_with("spiffe://") {
+            warnings.push(
+                format!("{at}[{i}]"),
+                format!(
+                    "principals are written without `spiffe://` (e.g. cluster.local/ns/default/sa/sleep); {v:?} never matches"
+                ),
+            );
+        }
+    }
 }
 
 /// Keys Istio knows that need an L7 proxy (waypoint) to evaluate.

@@ -15,7 +15,7 @@ use std::net::IpAddr;
 
 use serde::Serialize;
 
-pub use compile::compile_object;
+pub use compile::{Checked, check_object, compile_object};
 pub use rbac::{ConnectionAttrs, Verdict, VerdictReason, evaluate};
 
 use crate::error::ValidationErrors;

@@ -62,11 +62,6 @@ fn addresses() {
     assert!(parse_host_ip("240.0.0.1").unwrap_err().contains("reserved"));
     assert!(parse_host_ip("10.0.1").unwrap_err().contains("not an IPv4"));
     assert!(parse_host_ip("::1").unwrap_err().contains("IPv6"));
-    assert!(check_cidr("10.0.0.0/16").is_ok());
-    assert!(check_cidr("10.0.0.1").is_ok());
-    assert!(check_cidr("fd00::/8").is_ok());
-    assert!(check_cidr("10.0.0.0/33").unwrap_err().contains("prefix"));
-    assert!(check_cidr("10.0.0/8").is_err());
     assert_eq!(parse_port("8080"), Ok(8080));
     assert_eq!(parse_port("0").unwrap_err(), "port 0 is out of range 1-65535");
     assert_eq!(parse_port("70000").unwrap_err(), "port 70000 is out of range 1-65535");

@@ -13,6 +13,7 @@
 //! - an explicit pod `ip:` must lie in its node's subnet (`.2`–`.254`).
 
 mod build;
+mod mesh;
 mod policy;
 mod steps;
 
@@ -30,6 +31,7 @@ use crate::values::{NodePair, RuleRef, rule_positions};
 use crate::yaml;
 
 pub(crate) use build::build;
+pub use mesh::ClusterState;
 
 /// One scenario, resolved.
 #[derive(Debug, Clone, PartialEq)]
