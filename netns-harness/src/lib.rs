@@ -3,6 +3,7 @@
 #![cfg(target_os = "linux")]
 
 pub mod conntrack;
+pub mod diff;
 pub mod iptables;
 pub mod link;
 pub mod netns;

@@ -1,0 +1,172 @@
+//! Field-by-field comparison of two [`Observation`]s of the same case — the kernel's and the
+//! model's, or (until the model lands) the kernel's from two runs, which proves the compared
+//! fields do not depend on timing.
+//!
+//! Compared exactly:
+//! - the canonical rule text;
+//! - each rule's text, and its counters when it is "first packets only" (nat table, `--ctstate
+//!   NEW`), and the nat chains' policy counters; other counters are not compared. Exception: in a
+//!   ruleset with a `CT --zone` rule where some flow stalled, not even those (a zone-split
+//!   connection is tracked anew by its packets, retransmissions included);
+//! - per flow: connect result, client port (normalised), the accepting listener, the addresses it
+//!   saw (local, peer, SO_ORIGINAL_DST — not in a ruleset with `CT --zone`, where it races with
+//!   the stack's first ACK); the echo's outcome; the close unless a side marked the flow
+//!   `timing_sensitive`;
+//! - accepted connections no flow claims;
+//! - conntrack, both snapshots, both namespaces, as sorted normalised entries — except entries of
+//!   flows either side marked `timing_sensitive` (retransmissions may have moved their state).
+
+use std::collections::BTreeSet;
+use std::fmt;
+
+use super::case::{AcceptObservation, NormEntry, Observation};
+use super::normalize::entry_flow;
+
+/// One field that differs.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct Difference {
+    /// Which field (`flows[3].accepted`, `conntrack_closed.pod`, `rules[nat/OUTPUT/2].counters`).
+    pub field: String,
+    /// The left observation's value.
+    pub left: String,
+    /// The right observation's value.
+    pub right: String,
+}
+
+impl fmt::Display for Difference {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}:\n    left:  {}\n    right: {}", self.field, self.left, self.right)
+    }
+}
+
+fn push<T: fmt::Debug + PartialEq>(out: &mut Vec<Difference>, field: String, left: &T, right: &T) {
+    if left != right {
+        out.push(Difference { field, left: format!("{left:?}"), right: format!("{right:?}") });
+    }
+}
+
+/// Every compared field where `left` and `right` differ (empty: they agree).
+pub fn compare(left: &Observation, right: &Observation) -> Vec<Difference> {
+    let mut out = Vec::new();
+    if left.canonical_rules != right.canonical_rules {
+        let (l, r) = first_different_line(&left.canonical_rules, &right.canonical_rules);
+        out.push(Difference {
+            field: "canonical_rules (first differing line)".into(),
+            left: l,
+            right: r,
+        });
+    }
+    // A connection whose packets are split across conntrack zones (a CT --zone rule on some of
+    // them) is tracked anew by every packet that has no entry in its zone; then nat and NEW rules
+    // see those packets too, retransmissions of a stalled flow included: not comparable.
+    let zoned = left.canonical_rules.contains("-j CT --zone");
+    let zone_split_retransmits =
+        zoned && left.flows.iter().chain(&right.flows).any(|f| f.timing_sensitive);
+    let first_packets = |first: bool| first && !zone_split_retransmits;
+    let rule_keys: BTreeSet<_> =
+        left.rules.iter().chain(&right.rules).map(|r| r.key.clone()).collect();
+    for key in rule_keys {
+        let l = left.rules.iter().find(|r| r.key == key);
+        let r = right.rules.iter().find(|r| r.key == key);
+        match (l, r) {
+            (Some(l), Some(r)) => {
+                push(&mut out, format!("rules[{key}].text"), &l.text, &r.text);
+                if first_packets(l.first_packets_only || r.first_packets_only) {
+                    push(&mut out, format!("rules[{key}].counters"), &l.counters, &r.counters);
+                }
+            }
+            _ => push(&mut out, format!("rules[{key}]"), &l.map(|r| &r.text), &r.map(|r| &r.text)),
+        }
+    }
+    for l in &left.policies {
+        let r = right.policies.iter().find(|p| p.table == l.table && p.chain == l.chain);
+        let field = format!("policies[{}/{}]", l.table, l.chain);
+        match r {
+            None => push(&mut out, field, &Some(&l.policy), &None),
+            Some(r) => {
+                push(&mut out, format!("{field}.policy"), &l.policy, &r.policy);
+                if first_packets(l.first_packets_only || r.first_packets_only) {
+                    push(&mut out, format!("{field}.counters"), &l.counters, &r.counters);
+                }
+            }
+        }
+    }
+    let mut sensitive = BTreeSet::new();
+    push(&mut out, "flows (ids)".into(), &ids(left), &ids(right));
+    for l in &left.flows {
+        let Some(r) = right.flows.iter().find(|f| f.id == l.id) else { continue };
+        let field = |name: &str| format!("flows[{}].{name}", l.id);
+        push(&mut out, field("connect"), &l.connect, &r.connect);
+        push(&mut out, field("client_port"), &l.client_port, &r.client_port);
+        if zoned {
+            // SO_ORIGINAL_DST of a zone-split connection reads whatever default-zone entry exists
+            // at accept time, which races with the stack's first ACK: compare the rest.
+            let strip = |a: &Option<AcceptObservation>| {
+                a.clone()
+                    .map(|a| AcceptObservation { original_dst: Err("not compared".into()), ..a })
+            };
+            push(&mut out, field("accepted"), &strip(&l.accepted), &strip(&r.accepted));
+        } else {
+            push(&mut out, field("accepted"), &l.accepted, &r.accepted);
+        }
+        push(&mut out, field("echo"), &l.echo, &r.echo);
+        if l.timing_sensitive || r.timing_sensitive {
+            sensitive.insert(l.id);
+        } else {
+            push(&mut out, field("close"), &l.close, &r.close);
+        }
+    }
+    push(&mut out, "unclaimed_accepts".into(), &left.unclaimed_accepts, &right.unclaimed_accepts);
+    for (name, l, r) in [
+        ("conntrack_open", &left.conntrack_open, &right.conntrack_open),
+        ("conntrack_closed", &left.conntrack_closed, &right.conntrack_closed),
+    ] {
+        let sides: BTreeSet<_> = l.keys().chain(r.keys()).collect();
+        for side in sides {
+            let keep = |entries: Option<&Vec<NormEntry>>| -> Vec<NormEntry> {
+                let mut v: Vec<NormEntry> = entries
+                    .into_iter()
+                    .flatten()
+                    .filter(|e| entry_flow(e).is_none_or(|id| !sensitive.contains(&id)))
+                    .cloned()
+                    .collect();
+                v.sort();
+                v
+            };
+            let (le, re) = (keep(l.get(side)), keep(r.get(side)));
+            if le != re {
+                let only = |a: &[NormEntry], b: &[NormEntry]| {
+                    a.iter()
+                        .filter(|e| !b.contains(e))
+                        .map(|e| format!("{e:?}"))
+                        .collect::<Vec<_>>()
+                };
+                out.push(Difference {
+                    field: format!("{name}.{side}"),
+                    left: format!("only here: {:?}", only(&le, &re)),
+                    right: format!("only here: {:?}", only(&re, &le)),
+                });
+            }
+        }
+    }
+    out
+}
+
+fn ids(o: &Observation) -> Vec<u32> {
+    o.flows.iter().map(|f| f.id).collect()
+}
+
+fn first_different_line(a: &str, b: &str) -> (String, String) {
+    let (mut la, mut lb) = (a.lines(), b.lines());
+    loop {
+        match (la.next(), lb.next()) {
+            (Some(x), Some(y)) if x == y => continue,
+            (x, y) => {
+                return (
+                    x.unwrap_or("(end of text)").to_string(),
+                    y.unwrap_or("(end of text)").to_string(),
+                );
+            }
+        }
+    }
+}
