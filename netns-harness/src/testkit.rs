@@ -20,15 +20,17 @@ use crate::sandbox::Sandbox;
 /// What a case returns: `Ok(())`, or any error (its `Display`, with sources, is the failure text).
 pub type CaseResult = Result<(), Box<dyn std::error::Error + Send + Sync>>;
 
-type Body = Box<dyn FnOnce(&Sandbox) -> CaseResult>;
+type Body<C> = Box<dyn FnOnce(&C) -> CaseResult>;
 
-/// A list of named cases run inside one sandbox.
-pub struct Suite {
+/// A list of named cases, run inside one [`Sandbox`] (`Suite<Sandbox>`, from [`Suite::new`]) or
+/// on the host (`Suite<()>`, from [`Suite::on_host`]: for tests that watch a sandboxed child
+/// process from the outside).
+pub struct Suite<C = Sandbox> {
     name: String,
-    cases: Vec<(String, Body)>,
+    cases: Vec<(String, Body<C>)>,
 }
 
-impl std::fmt::Debug for Suite {
+impl<C> std::fmt::Debug for Suite<C> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Suite")
             .field("name", &self.name)
@@ -83,31 +85,50 @@ impl Args {
     }
 }
 
-impl Suite {
-    /// An empty suite; `name` prefixes nothing, it is printed in the header.
-    pub fn new(name: &str) -> Suite {
+impl Suite<Sandbox> {
+    /// An empty suite whose cases run inside the sandbox.
+    pub fn new(name: &str) -> Suite<Sandbox> {
         Suite { name: name.to_string(), cases: Vec::new() }
     }
 
+    /// Runs the suite with the process's arguments: enters the sandbox, then runs the cases. Call
+    /// first thing in `main`.
+    pub fn run(self) -> ExitCode {
+        let args = Args::parse(std::env::args().skip(1));
+        self.run_with(args, || {
+            let sandbox = Sandbox::enter().map_err(|err| {
+                format!("cannot enter the namespace sandbox, so this test cannot run: {err}")
+            })?;
+            println!("sandbox: {}", sandbox.mode());
+            Ok(sandbox)
+        })
+    }
+}
+
+impl Suite<()> {
+    /// An empty suite whose cases run in the calling process as it is (no sandbox).
+    pub fn on_host(name: &str) -> Suite<()> {
+        Suite { name: name.to_string(), cases: Vec::new() }
+    }
+
+    /// Runs the suite with the process's arguments.
+    pub fn run(self) -> ExitCode {
+        self.run_with(Args::parse(std::env::args().skip(1)), || Ok(()))
+    }
+}
+
+impl<C> Suite<C> {
     /// Adds a case.
-    pub fn case(
-        mut self,
-        name: &str,
-        body: impl FnOnce(&Sandbox) -> CaseResult + 'static,
-    ) -> Suite {
+    pub fn case(mut self, name: &str, body: impl FnOnce(&C) -> CaseResult + 'static) -> Suite<C> {
         self.cases.push((name.to_string(), Box::new(body)));
         self
     }
 
-    /// Runs the suite with the process's arguments. Call first thing in `main`.
-    pub fn run(self) -> ExitCode {
-        self.run_with(Args::parse(std::env::args().skip(1)))
-    }
-
-    /// Runs the suite with explicit arguments.
-    pub fn run_with(self, args: Args) -> ExitCode {
+    /// Runs the selected cases after `enter` produced their context (called only if a case is
+    /// selected; its error fails every selected case).
+    pub fn run_with(self, args: Args, enter: impl FnOnce() -> Result<C, String>) -> ExitCode {
         let total = self.cases.len();
-        let selected: Vec<(String, Body)> = if args.ignored {
+        let selected: Vec<(String, Body<C>)> = if args.ignored {
             Vec::new()
         } else {
             self.cases.into_iter().filter(|(name, _)| args.selects(name)).collect()
@@ -125,20 +146,16 @@ impl Suite {
         let mut failures: Vec<(String, String)> = Vec::new();
         let mut passed = 0usize;
         if !selected.is_empty() {
-            match Sandbox::enter() {
-                Err(err) => {
-                    let reason = format!(
-                        "cannot enter the namespace sandbox, so this test cannot run: {err}"
-                    );
+            match enter() {
+                Err(reason) => {
                     for (name, _) in selected {
                         println!("test {name} ... FAILED");
                         failures.push((name, reason.clone()));
                     }
                 }
-                Ok(sandbox) => {
-                    println!("sandbox: {}", sandbox.mode());
+                Ok(context) => {
                     for (name, body) in selected {
-                        let outcome = catch_unwind(AssertUnwindSafe(|| body(&sandbox)));
+                        let outcome = catch_unwind(AssertUnwindSafe(|| body(&context)));
                         let failure = match outcome {
                             Ok(Ok(())) => None,
                             Ok(Err(err)) => Some(error_chain(&*err)),

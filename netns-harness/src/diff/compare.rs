@@ -6,21 +6,23 @@
 //! - the canonical rule text;
 //! - each rule's text, and its counters when it is "first packets only" (nat table, `--ctstate
 //!   NEW`), and the nat chains' policy counters; other counters are not compared. Exception: in a
-//!   ruleset with a `CT --zone` rule where some flow stalled, not even those (a zone-split
-//!   connection is tracked anew by its packets, retransmissions included);
+//!   ruleset with a `CT --zone` rule that can apply to TCP, not even those (a zone-split connection is picked up anew
+//!   mid-stream by whichever of its packets comes first: a timing matter);
 //! - per flow: connect result, client port (normalised), the accepting listener, the addresses it
-//!   saw (local, peer, SO_ORIGINAL_DST — not in a ruleset with `CT --zone`, where it races with
+//!   saw (local, peer, SO_ORIGINAL_DST — not where a `CT --zone` rule can apply to TCP, as it races with
 //!   the stack's first ACK); the echo's outcome; the close unless a side marked the flow
 //!   `timing_sensitive`;
 //! - accepted connections no flow claims;
 //! - conntrack, both snapshots, both namespaces, as sorted normalised entries — except entries of
-//!   flows either side marked `timing_sensitive` (retransmissions may have moved their state).
+//!   flows either side marked `timing_sensitive` (retransmissions may have moved their state), and
+//!   without the connection mark when a rule reached by more than first packets writes it (the
+//!   mark is then the last such packet's doing: see [`connmark_follows_packets`]).
 
 use std::collections::BTreeSet;
 use std::fmt;
 
 use super::case::{AcceptObservation, NormEntry, Observation};
-use super::normalize::entry_flow;
+use super::normalize::{connmark_follows_packets, entry_flow, zone_may_split_tcp};
 
 /// One field that differs.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
@@ -57,12 +59,11 @@ pub fn compare(left: &Observation, right: &Observation) -> Vec<Difference> {
         });
     }
     // A connection whose packets are split across conntrack zones (a CT --zone rule on some of
-    // them) is tracked anew by every packet that has no entry in its zone; then nat and NEW rules
-    // see those packets too, retransmissions of a stalled flow included: not comparable.
-    let zoned = left.canonical_rules.contains("-j CT --zone");
-    let zone_split_retransmits =
-        zoned && left.flows.iter().chain(&right.flows).any(|f| f.timing_sensitive);
-    let first_packets = |first: bool| first && !zone_split_retransmits;
+    // them) is picked up anew, mid-stream, in the zone where it has no entry — by whichever of
+    // its packets gets there first (a delayed ACK or the first data segment: timing). Then nat and
+    // NEW rules count that packet, whatever it is: with a zone rule, no counter is comparable.
+    let zoned = zone_may_split_tcp(&left.canonical_rules);
+    let first_packets = |first: bool| first && !zoned;
     let rule_keys: BTreeSet<_> =
         left.rules.iter().chain(&right.rules).map(|r| r.key.clone()).collect();
     for key in rule_keys {
@@ -117,6 +118,7 @@ pub fn compare(left: &Observation, right: &Observation) -> Vec<Difference> {
         }
     }
     push(&mut out, "unclaimed_accepts".into(), &left.unclaimed_accepts, &right.unclaimed_accepts);
+    let marks_comparable = !connmark_follows_packets(&left.canonical_rules);
     for (name, l, r) in [
         ("conntrack_open", &left.conntrack_open, &right.conntrack_open),
         ("conntrack_closed", &left.conntrack_closed, &right.conntrack_closed),
@@ -128,7 +130,10 @@ pub fn compare(left: &Observation, right: &Observation) -> Vec<Difference> {
                     .into_iter()
                     .flatten()
                     .filter(|e| entry_flow(e).is_none_or(|id| !sensitive.contains(&id)))
-                    .cloned()
+                    .map(|e| NormEntry {
+                        mark: if marks_comparable { e.mark } else { 0 },
+                        ..e.clone()
+                    })
                     .collect();
                 v.sort();
                 v

@@ -19,7 +19,7 @@
 //!    `ESTABLISHED` entry whose reply tuple is (listener's local address → peer address the
 //!    listener saw) and whose original destination is the SO_ORIGINAL_DST answer.
 //!
-//! Rulesets with a `CT --zone` rule are exempt from 4's SO_ORIGINAL_DST part and from 5: when only
+//! Rulesets with a `CT --zone` rule that can apply to TCP are exempt from 4's SO_ORIGINAL_DST part and from 5: when only
 //! some packets of a connection get the zone (say raw PREROUTING but not OUTPUT), the kernel
 //! tracks one connection as two entries in two zones, and SO_ORIGINAL_DST (which looks in the
 //! default zone only) answers ENOENT or reads the entry the *reply* created — e.g. the client's own
@@ -30,6 +30,7 @@ use std::net::Ipv4Addr;
 
 use super::case::{Case, CloseResult, ConnectResult, EchoResult, Endpoint, Port, Side};
 use super::kernel::KernelRun;
+use super::normalize::zone_may_split_tcp;
 
 /// Every invariant the run violates, in words (empty: all hold).
 pub fn check(case: &Case, run: &KernelRun) -> Vec<String> {
@@ -41,7 +42,7 @@ pub fn check(case: &Case, run: &KernelRun) -> Vec<String> {
             obs.canonical_rules, run.relisted
         ));
     }
-    let zoned = case.ruleset.contains("-j CT --zone");
+    let zoned = zone_may_split_tcp(&obs.canonical_rules);
     let mut stalled = 0usize;
     for (spec, flow) in case.flows.iter().zip(&obs.flows) {
         let id = flow.id;

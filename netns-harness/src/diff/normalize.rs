@@ -105,6 +105,33 @@ pub fn first_packets_only(table: Table, spec: &str) -> bool {
     })
 }
 
+/// Whether a listing has a `CT --zone` rule that can apply to TCP (one not limited to `-p udp` or
+/// `-p icmp`): then TCP connections may be split across zones, and some fields become
+/// timing-dependent (see [`super::compare`] and [`super::invariants`]).
+pub fn zone_may_split_tcp(rules_text: &str) -> bool {
+    rules_text.lines().any(|line| {
+        let not_tcp =
+            !line.contains("! -p ") && (line.contains("-p udp") || line.contains("-p icmp"));
+        line.contains("-j CT --zone") && !not_tcp
+    })
+}
+
+/// Whether a listing may leave a connection's mark depending on which packets the TCP stack
+/// happened to send: some rule that writes the connmark (`CONNMARK --set-xmark` / `--save-mark`,
+/// as `iptables-save` prints them) is reached by more than first packets, so the mark the entry
+/// ends with is the last such packet's doing — a delayed ACK or a data segment, a timing matter.
+pub fn connmark_follows_packets(rules_text: &str) -> bool {
+    let mut table = None;
+    rules_text.lines().any(|line| {
+        if let Some(name) = line.strip_prefix('*') {
+            table = Table::from_name(name);
+        }
+        let writes = line.contains("-j CONNMARK")
+            && (line.contains("--set-xmark") || line.contains("--save-mark"));
+        writes && table.is_some_and(|t| !first_packets_only(t, line))
+    })
+}
+
 /// Rules and policies of a listing, with counters and the comparability flag.
 pub fn rule_observations(ruleset: &Ruleset) -> (Vec<RuleObservation>, Vec<PolicyObservation>) {
     let rules = ruleset
@@ -167,5 +194,28 @@ mod tests {
             "-m conntrack --ctstate NEW,ESTABLISHED -j ACCEPT"
         ));
         assert!(!first_packets_only(Table::Mangle, "-j MARK --set-xmark 0x1/0xff"));
+    }
+
+    #[test]
+    fn connmark_writers_outside_first_packets_make_marks_incomparable() {
+        let nat = "*nat\n-A OUTPUT -j CONNMARK --set-xmark 0x1/0xff\nCOMMIT\n";
+        assert!(!connmark_follows_packets(nat));
+        let mangle =
+            "*mangle\n-A OUTPUT -j CONNMARK --save-mark --nfmask 0xff --ctmask 0xff\nCOMMIT\n";
+        assert!(connmark_follows_packets(mangle));
+        let restore =
+            "*mangle\n-A OUTPUT -j CONNMARK --restore-mark --nfmask 0xff --ctmask 0xff\nCOMMIT\n";
+        assert!(!connmark_follows_packets(restore));
+        let new_only = "*mangle\n-A OUTPUT -m conntrack --ctstate NEW -j CONNMARK --set-xmark 0x1/0x1\nCOMMIT\n";
+        assert!(!connmark_follows_packets(new_only));
+    }
+
+    #[test]
+    fn only_zone_rules_that_can_reach_tcp_split_it() {
+        assert!(zone_may_split_tcp("-A PREROUTING -p tcp -j CT --zone 1\n"));
+        assert!(zone_may_split_tcp("-A OUTPUT -j CT --zone 2\n"));
+        assert!(!zone_may_split_tcp("-A OUTPUT -p udp -m udp --dport 53 -j CT --zone 1\n"));
+        assert!(!zone_may_split_tcp("-A OUTPUT -p tcp -j ACCEPT\n"));
+        assert!(zone_may_split_tcp("-A OUTPUT ! -p udp -j CT --zone 1\n"));
     }
 }
