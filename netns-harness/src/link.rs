@@ -16,7 +16,7 @@ use std::os::fd::AsRawFd as _;
 use std::path::Path;
 
 use futures_util::TryStreamExt as _;
-use netlink_packet_route::link::{InfoData, InfoKind, InfoVeth, LinkAttribute, LinkFlags};
+use netlink_packet_route::link::{InfoData, InfoKind, InfoVeth, LinkAttribute, LinkFlags, State};
 use netlink_packet_route::route::{RouteScope, RouteType};
 use netlink_packet_route::rule::{RuleAction, RuleAttribute};
 use rtnetlink::{Handle, LinkMessageBuilder, LinkUnspec, LinkVeth, RouteMessageBuilder};
@@ -36,6 +36,16 @@ pub enum LinkError {
         what: String,
         /// The netlink error.
         source: rtnetlink::Error,
+    },
+    /// A link did not become operational in time.
+    #[error("link {name} did not come up (operstate {state}) within {waited:?}")]
+    NotRunning {
+        /// The link.
+        name: String,
+        /// Its last operstate.
+        state: String,
+        /// How long it was given.
+        waited: std::time::Duration,
     },
     /// No link of that name in this namespace.
     #[error("no link named {0:?} in this namespace")]
@@ -206,6 +216,44 @@ impl Rtnl {
             what: format!("ip link set {name} {}", if up { "up" } else { "down" }),
             source,
         })
+    }
+
+    /// Waits until a link is operationally up. A veth end set up is not yet usable: until the
+    /// kernel's link-watch work has run (asynchronously, later under load) it has no queueing
+    /// discipline and drops what is sent — a lost SYN costs a 1 s retransmission. Use after
+    /// bringing both ends of a pair up.
+    pub async fn wait_running(
+        &self,
+        name: &str,
+        limit: std::time::Duration,
+    ) -> Result<(), LinkError> {
+        let started = tokio::time::Instant::now();
+        loop {
+            let mut links = self.handle.link().get().match_name(name.to_string()).execute();
+            let msg = links
+                .try_next()
+                .await
+                .map_err(|source| LinkError::Request {
+                    what: format!("ip link show {name}"),
+                    source,
+                })?
+                .ok_or_else(|| LinkError::NoSuchLink(name.to_string()))?;
+            let state = msg.attributes.iter().find_map(|a| match a {
+                LinkAttribute::OperState(s) => Some(*s),
+                _ => None,
+            });
+            if state == Some(State::Up) {
+                return Ok(());
+            }
+            if started.elapsed() > limit {
+                return Err(LinkError::NotRunning {
+                    name: name.to_string(),
+                    state: format!("{state:?}"),
+                    waited: limit,
+                });
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(1)).await;
+        }
     }
 
     /// Adds an IPv4 address to a link.

@@ -45,8 +45,11 @@ impl Default for ConnectOptions {
 pub enum ConnectErrorKind {
     /// ECONNREFUSED: a RST (no listener, REJECT tcp-reset) or an ICMP port unreachable.
     Refused,
-    /// No answer within the timeout (SYN or SYN-ACK dropped).
+    /// No answer within the timeout (SYN or SYN-ACK dropped — also a drop on the way out: the
+    /// kernel then retransmits rather than failing the connect).
     TimedOut,
+    /// ECONNRESET: reset after the handshake started (e.g. a RST answering the final ACK).
+    Reset,
     /// EHOSTUNREACH: ICMP host unreachable / admin prohibited, or no neighbour.
     HostUnreachable,
     /// ENETUNREACH: no route, or ICMP net unreachable.
@@ -63,6 +66,7 @@ impl ConnectErrorKind {
         match err.raw_os_error().map(Errno::from_raw) {
             Some(Errno::ECONNREFUSED) => ConnectErrorKind::Refused,
             Some(Errno::ETIMEDOUT) => ConnectErrorKind::TimedOut,
+            Some(Errno::ECONNRESET) => ConnectErrorKind::Reset,
             Some(Errno::EHOSTUNREACH) => ConnectErrorKind::HostUnreachable,
             Some(Errno::ENETUNREACH) => ConnectErrorKind::NetUnreachable,
             Some(Errno::EPERM | Errno::EACCES) => ConnectErrorKind::PermissionDenied,

@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 use ambient_netns::iptables::{Counters, RuleKey, Table};
 use ambient_netns::link::{LinkError, Route};
 use ambient_netns::netns::{Netns, NetnsError};
-use ambient_netns::sandbox::{NamespaceIds, Sandbox, SandboxMode, ns_inode};
+use ambient_netns::sandbox::{NamespaceIds, Sandbox, SandboxError, SandboxMode, ns_inode};
 use ambient_netns::socket::{self, ConnectErrorKind, ConnectOptions, ListenOptions};
 use ambient_netns::testkit::Suite;
 use ambient_netns::tools::ToolError;
@@ -26,6 +26,7 @@ const PEER: Ipv4Addr = Ipv4Addr::new(10, 0, 1, 1);
 fn main() -> ExitCode {
     Suite::new("ambient-netns primitives")
         .case("sandbox::namespaces_are_private", |sb| Ok(namespaces_are_private(sb)?))
+        .case("sandbox::refuses_a_threaded_process", |_| Ok(refuses_threads()?))
         .case("netns::create_path_and_drop", |sb| Ok(create_path_and_drop(sb)?))
         .case("netns::job_panic_is_an_error", |sb| Ok(job_panic_is_an_error(sb)?))
         .case("link::veth_addresses_routes_rules", |sb| Ok(veth_addresses_routes_rules(sb)?))
@@ -51,6 +52,18 @@ fn namespaces_are_private(sb: &Sandbox) -> anyhow::Result<()> {
     );
     ensure!(sb.netns_dir().is_dir(), "{} missing", sb.netns_dir().display());
     Ok(())
+}
+
+fn refuses_threads() -> anyhow::Result<()> {
+    let (tx, rx) = std::sync::mpsc::channel::<()>();
+    let other = std::thread::spawn(move || rx.recv());
+    let result = Sandbox::enter();
+    drop(tx);
+    let _ = other.join();
+    match result {
+        Err(SandboxError::NotSingleThreaded { threads }) if threads >= 2 => Ok(()),
+        other => bail!("entering the sandbox from a threaded process gave {other:?}"),
+    }
 }
 
 fn create_path_and_drop(sb: &Sandbox) -> anyhow::Result<()> {
@@ -117,6 +130,7 @@ fn pod_and_peer(sb: &Sandbox, tag: &str) -> anyhow::Result<(Netns, Netns)> {
     })
     .context("peer side")?;
     for ns in [&pod, &peer] {
+        ns.rtnl(|rt| async move { rt.wait_running("eth0", Duration::from_secs(5)).await })?;
         for key in ["all", "default", "lo", "eth0"] {
             ns.sysctl_write(&format!("net/ipv4/conf/{key}/rp_filter"), "0")?;
         }

@@ -129,6 +129,10 @@ pub fn run_case(sandbox: &Sandbox, case: &Case, tag: &str) -> Result<KernelRun, 
     for node in &case.topology.nodes {
         build_node(ns_of(node.side), node)?;
     }
+    for ns in [&pod, &peer] {
+        ns.rtnl(|rt| async move { rt.wait_running("eth0", Duration::from_secs(5)).await })
+            .map_err(step("waiting for eth0"))?;
+    }
     pod.iptables_restore(&case.ruleset, false).map_err(|e| {
         ExecError::RulesetRejected(quote_failing_line(&e.to_string(), &case.ruleset))
     })?;
@@ -530,5 +534,22 @@ fn observe(
         unclaimed_accepts: accepts.iter().map(accept_obs).collect(),
         conntrack_open: open.iter().map(|(side, e)| (*side, ports.entries(e))).collect(),
         conntrack_closed: closed.iter().map(|(side, e)| (*side, ports.entries(e))).collect(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::quote_failing_line;
+
+    #[test]
+    fn refusals_quote_the_line() {
+        let input = "*nat\n:OUTPUT ACCEPT [0:0]\n-A OUTPUT -j NOPE\nCOMMIT\n";
+        let nft =
+            "iptables-restore v1.8.9 (nf_tables): \nline 3: RULE_APPEND failed (Invalid argument)";
+        assert!(quote_failing_line(nft, input).ends_with("the line: -A OUTPUT -j NOPE"));
+        let usage =
+            "multiport needs `-p tcp'\nError occurred at line: 2\nTry `iptables-restore -h'";
+        assert!(quote_failing_line(usage, input).ends_with("the line: :OUTPUT ACCEPT [0:0]"));
+        assert_eq!(quote_failing_line("no number here", input), "no number here");
     }
 }
