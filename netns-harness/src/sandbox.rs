@@ -78,10 +78,11 @@ pub enum SandboxError {
     AlreadyEntered,
     /// The kernel refused the user namespace and the caller is not root.
     #[error(
-        "unshare(CLONE_NEWUSER) failed: {errno} — this kernel does not let unprivileged users create \
-         user namespaces. Allow them (sysctl kernel.unprivileged_userns_clone=1, \
-         user.max_user_namespaces>0, or on Ubuntu kernel.apparmor_restrict_unprivileged_userns=0) \
-         or run the tests as root"
+        "unshare(CLONE_NEWUSER) failed: {errno} — this process may not create a user namespace. \
+         Usual causes: unprivileged user namespaces are disabled (sysctl \
+         kernel.unprivileged_userns_clone=1; on Ubuntu kernel.apparmor_restrict_unprivileged_userns=0), \
+         the limit is reached (ENOSPC: user.max_user_namespaces), or the process runs chrooted or in \
+         a container whose seccomp profile forbids it. Fix one of those, or run the tests as root"
     )]
     UserNamespace {
         /// What the kernel said.

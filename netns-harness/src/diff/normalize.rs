@@ -1,4 +1,4 @@
-//! Turning raw backend output into comparable [`Observation`] parts: ephemeral ports replaced by
+//! Turning raw backend output into comparable [`Observation`](super::case::Observation) parts: ephemeral ports replaced by
 //! the flow that owned them (and ports picked at random from a source-NAT range by the range),
 //! conntrack entries stripped of timers and reference counts, and each
 //! rule marked "first packets only" or not.

@@ -1,6 +1,6 @@
 //! The seeded random ruleset generator: `iptables-restore` text drawn from the grammar of the
 //! kernel model (tables raw, mangle, nat, filter; policies; `-N`/`-A`/`-I`; `!`; the matches and
-//! targets listed in [`MatchKind`] and [`TargetKind`]).
+//! targets listed in `MatchKind` and `TargetKind`).
 //!
 //! Every ruleset it produces must load: user chains form a DAG (a chain only jumps or goes to
 //! chains later in a fixed order, so no loop is possible), and each match and target is only used
