@@ -393,3 +393,79 @@ pub struct Observation {
     /// Conntrack per namespace after every flow closed (TIME_WAIT / CLOSE).
     pub conntrack_closed: BTreeMap<Side, Vec<NormEntry>>,
 }
+
+/// A small, valid case and the kernel observation of it, for the comparison and invariant tests.
+#[cfg(test)]
+pub(crate) fn sample() -> (Case, Observation) {
+    use crate::iptables::{Counters, RuleKey, Table};
+    let pod = Ipv4Addr::new(10, 0, 1, 2);
+    let flow = FlowSpec {
+        id: 0,
+        from: Side::Pod,
+        dst: SocketAddrV4::new(Ipv4Addr::new(10, 0, 1, 1), 80),
+        mark: None,
+        src_port: None,
+        payload: 5,
+        close: CloseOrder::ClientFirst,
+    };
+    let sent = flow.bytes().len() as u32;
+    let ruleset =
+        "*nat\n:OUTPUT ACCEPT [0:0]\n-A OUTPUT -p tcp -j REDIRECT --to-ports 15001\nCOMMIT\n";
+    let case = Case {
+        seed: 7,
+        ruleset: ruleset.into(),
+        topology: Topology::standard(),
+        flows: vec![flow],
+    };
+    let ep = |ip: Ipv4Addr, port| Endpoint { ip, port };
+    let local = ep(Ipv4Addr::LOCALHOST, Port::Fixed(15001));
+    let client = ep(pod, Port::Ephemeral(0));
+    let asked = ep(Ipv4Addr::new(10, 0, 1, 1), Port::Fixed(80));
+    let entry = |state: &str| NormEntry {
+        proto: "tcp".into(),
+        state: Some(state.into()),
+        orig: NormTuple { src: client, dst: asked },
+        reply: NormTuple { src: local, dst: client },
+        unreplied: false,
+        assured: true,
+        mark: 0,
+        zone: None,
+    };
+    let observation = Observation {
+        seed: 7,
+        canonical_rules: "*nat\n:PREROUTING ACCEPT [0:0]\n:INPUT ACCEPT [0:0]\n:OUTPUT ACCEPT [0:0]\n:POSTROUTING ACCEPT [0:0]\n-A OUTPUT -p tcp -j REDIRECT --to-ports 15001\nCOMMIT\n".into(),
+        rules: vec![
+            RuleObservation {
+                key: RuleKey { table: Table::Nat, chain: "OUTPUT".into(), position: 1 },
+                text: "-A OUTPUT -p tcp -j REDIRECT --to-ports 15001".into(),
+                counters: Counters { packets: 1, bytes: 60 },
+                first_packets_only: true,
+            },
+            RuleObservation {
+                key: RuleKey { table: Table::Filter, chain: "OUTPUT".into(), position: 1 },
+                text: "-A OUTPUT -j ACCEPT".into(),
+                counters: Counters { packets: 9, bytes: 700 },
+                first_packets_only: false,
+            },
+        ],
+        policies: vec![],
+        flows: vec![FlowObservation {
+            id: 0,
+            client_port: Some(Port::Ephemeral(0)),
+            connect: ConnectResult::Connected,
+            accepted: Some(AcceptObservation {
+                listener: "capture-out".into(),
+                local,
+                peer: client,
+                original_dst: Ok(asked),
+            }),
+            echo: Some(EchoResult::Intact { bytes: sent }),
+            close: Some(CloseResult::Clean),
+            timing_sensitive: false,
+        }],
+        unclaimed_accepts: vec![],
+        conntrack_open: [(Side::Pod, vec![entry("ESTABLISHED")]), (Side::Peer, vec![])].into(),
+        conntrack_closed: [(Side::Pod, vec![entry("TIME_WAIT")]), (Side::Peer, vec![])].into(),
+    };
+    (case, observation)
+}

@@ -175,3 +175,51 @@ fn first_different_line(a: &str, b: &str) -> (String, String) {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::diff::case::{ConnectResult, sample};
+
+    #[test]
+    fn equal_observations_agree_and_each_compared_field_is_seen() {
+        let (_, base) = sample();
+        assert!(compare(&base, &base).is_empty());
+
+        let mut other = base.clone();
+        other.rules[0].counters.packets = 2; // a first-packets-only rule
+        let diffs = compare(&base, &other);
+        assert_eq!(diffs.len(), 1, "{diffs:?}");
+        assert_eq!(diffs[0].field, "rules[nat/OUTPUT/1].counters");
+
+        let mut other = base.clone();
+        other.rules[1].counters.packets = 12; // every-packet rule: not compared
+        assert!(compare(&base, &other).is_empty());
+
+        let mut other = base.clone();
+        other.flows[0].connect = ConnectResult::Failed(crate::socket::ConnectErrorKind::TimedOut);
+        assert!(compare(&base, &other).iter().any(|d| d.field == "flows[0].connect"));
+
+        let mut other = base.clone();
+        other.conntrack_closed.get_mut(&crate::diff::case::Side::Pod).unwrap()[0].state =
+            Some("CLOSE".into());
+        assert!(compare(&base, &other).iter().any(|d| d.field == "conntrack_closed.pod"));
+
+        let mut other = base.clone();
+        other.canonical_rules = other.canonical_rules.replace("15001", "15006");
+        assert!(compare(&base, &other).iter().any(|d| d.field.starts_with("canonical_rules")));
+    }
+
+    #[test]
+    fn timing_sensitive_flows_keep_outcome_but_not_close_or_conntrack() {
+        let (_, base) = sample();
+        let mut other = base.clone();
+        other.flows[0].timing_sensitive = true;
+        other.flows[0].close = Some(crate::diff::case::CloseResult::TimedOut);
+        other.conntrack_closed.get_mut(&crate::diff::case::Side::Pod).unwrap()[0].state =
+            Some("FIN_WAIT".into());
+        assert!(compare(&base, &other).is_empty());
+        other.flows[0].accepted = None;
+        assert!(compare(&base, &other).iter().any(|d| d.field == "flows[0].accepted"));
+    }
+}

@@ -133,3 +133,60 @@ pub fn check(case: &Case, run: &KernelRun) -> Vec<String> {
     }
     bad
 }
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+    use crate::diff::case::{AcceptObservation, sample};
+
+    fn run(observation: super::super::case::Observation) -> KernelRun {
+        KernelRun {
+            relisted: observation.canonical_rules.clone(),
+            observation,
+            listing: String::new(),
+            raw_conntrack_closed: vec![],
+            elapsed: Duration::ZERO,
+        }
+    }
+
+    #[test]
+    fn a_consistent_run_passes_and_each_violation_is_caught() {
+        let (case, base) = sample();
+        assert_eq!(check(&case, &run(base.clone())), Vec::<String>::new());
+
+        let mut bad = run(base.clone());
+        bad.relisted.push_str("-A OUTPUT -j ACCEPT\n");
+        assert!(check(&case, &bad)[0].contains("fixed point"));
+
+        let mut o = base.clone();
+        o.flows[0].echo = Some(EchoResult::Corrupt);
+        assert!(check(&case, &run(o)).iter().any(|v| v.contains("corrupted")));
+
+        let mut o = base.clone();
+        o.flows[0].accepted = None;
+        assert!(check(&case, &run(o)).iter().any(|v| v.contains("no listener accepted")));
+
+        let mut o = base.clone();
+        let a = o.flows[0].accepted.as_mut().unwrap();
+        a.original_dst = Ok(Endpoint { ip: Ipv4Addr::new(10, 0, 1, 9), port: Port::Fixed(80) });
+        assert!(check(&case, &run(o)).iter().any(|v| v.contains("SO_ORIGINAL_DST in the pod")));
+
+        let mut o = base.clone();
+        o.flows[0].accepted.as_mut().unwrap().listener = "pod-app".into(); // bound to 10.0.1.2:8080
+        assert!(check(&case, &run(o)).iter().any(|v| v.contains("bound to 10.0.1.2:8080")));
+
+        let mut o = base.clone();
+        o.conntrack_open.insert(Side::Pod, vec![]);
+        assert!(check(&case, &run(o)).iter().any(|v| v.contains("no ESTABLISHED pod conntrack")));
+
+        let mut o = base;
+        let stray = o.flows[0]
+            .accepted
+            .clone()
+            .map(|a| AcceptObservation { listener: "hbone".into(), ..a });
+        o.unclaimed_accepts.extend(stray);
+        assert!(check(&case, &run(o)).iter().any(|v| v.contains("no flow claims")));
+    }
+}
