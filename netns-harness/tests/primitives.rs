@@ -101,7 +101,12 @@ fn create_path_and_drop(sb: &Sandbox) -> anyhow::Result<()> {
 
 fn job_panic_is_an_error(sb: &Sandbox) -> anyhow::Result<()> {
     let ns = Netns::create(sb, "prim-panic")?;
-    match ns.run(|| async { panic!("boom in a job") }) {
+    // The panic is deliberate: keep its message and backtrace out of the test log.
+    let hook = std::panic::take_hook();
+    std::panic::set_hook(Box::new(|_| {}));
+    let result = ns.run(|| async { panic!("boom in a job") });
+    std::panic::set_hook(hook);
+    match result {
         Err(NetnsError::JobPanicked { message, .. }) if message.contains("boom") => {}
         other => bail!("a panicking job returned {other:?}"),
     }
