@@ -113,6 +113,10 @@ pub enum ProxyEvent {
         bytes_received: u64,
         duration_ms: u64,
         result: CloseResult,
+        /// This proxy's own connection to the destination, from its local address (for a
+        /// transparent connection, the spoofed client address): the peer the destination app
+        /// saw. `None` when the destination was reached through a tunnel.
+        upstream: Option<SocketAddr>,
     },
     /// An HBONE h2 connection was opened to another node proxy.
     TunnelOpened {

@@ -97,6 +97,19 @@ async fn ten_sequential_connections_ride_one_tunnel() {
     };
     assert_eq!(closed(&a_ev), (10_000, 10_000, CloseResult::Ok));
     assert_eq!(closed(&b_ev), (10_000, 10_000, CloseResult::Ok));
+    // The destination proxy says which of the app's accepts was this connection: its upstream
+    // socket's (spoofed) address is the peer the app saw. The source proxy reached the app
+    // through a tunnel, so it has no upstream socket of its own.
+    let upstream = |evs: &[ProxyEvent]| {
+        evs.iter().find_map(|e| match e {
+            ProxyEvent::ConnectionClosed { upstream, .. } => Some(*upstream),
+            _ => None,
+        })
+    };
+    assert_eq!(upstream(&a_ev), Some(None));
+    let b_upstream = upstream(&b_ev).flatten().expect("inbound close names its upstream");
+    assert_eq!(b_upstream.ip(), w.client);
+    assert!(peers.contains(&b_upstream), "{b_upstream} not among {peers:?}");
     assert_eq!(w.events_a.for_client(clients[9]).len(), 2);
 }
 
@@ -299,6 +312,12 @@ async fn passthrough_and_inbound_plaintext() {
     assert_eq!(w.a.counters().get("tunnels.opened"), None);
     eventually("passthrough counted", || w.a.counters().get("connections.outbound.ok") == Some(&1))
         .await;
+    let me = s.local_addr().unwrap();
+    let upstream = w.events_a.for_client(me).iter().find_map(|e| match e {
+        ProxyEvent::ConnectionClosed { upstream, .. } => *upstream,
+        _ => None,
+    });
+    assert_eq!(upstream, Some(legacy.peers.lock().unwrap()[0]), "passthrough names its socket");
     // Outsider (not captured) → server pod: arrives on 15006, authorized without identity.
     let server = App::start(addr("127.69.1.5:8080"), AppMode::Echo).await;
     let outsider = ip("127.69.0.9");

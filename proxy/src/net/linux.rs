@@ -213,6 +213,10 @@ impl Network for LinuxNetwork {
         let _ = SockRef::from(&stream).set_linger(Some(Duration::ZERO));
         drop(stream);
     }
+
+    fn local_addr(&self, stream: &TcpStream) -> io::Result<SocketAddr> {
+        stream.local_addr()
+    }
 }
 
 /// A listening socket in some namespace, driven by the tokio runtime.

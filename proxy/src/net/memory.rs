@@ -141,8 +141,9 @@ impl Network for MemoryNetwork {
         let (a, b) = tokio::io::duplex(PIPE_BYTES);
         let (a_reset, b_reset) =
             (Arc::new(AtomicBool::new(false)), Arc::new(AtomicBool::new(false)));
-        let client = MemoryStream { io: a, mine: a_reset.clone(), peers: b_reset.clone() };
-        let server = MemoryStream { io: b, mine: b_reset, peers: a_reset };
+        let client =
+            MemoryStream { io: a, local: source, mine: a_reset.clone(), peers: b_reset.clone() };
+        let server = MemoryStream { io: b, local: dst, mine: b_reset, peers: a_reset };
         tx.send(Accepted { stream: server, peer: source, local: dst, original_dst }).map_err(
             |_| {
                 io::Error::new(io::ErrorKind::ConnectionRefused, format!("{dst} stopped listening"))
@@ -153,6 +154,10 @@ impl Network for MemoryNetwork {
 
     fn reset(&self, stream: MemoryStream) {
         stream.mine.store(true, Ordering::SeqCst);
+    }
+
+    fn local_addr(&self, stream: &MemoryStream) -> io::Result<SocketAddr> {
+        Ok(stream.local)
     }
 }
 
@@ -179,6 +184,8 @@ impl Listener for MemoryListener {
 #[derive(Debug)]
 pub struct MemoryStream {
     io: DuplexStream,
+    /// This end's address.
+    local: SocketAddr,
     /// Set when this end was reset.
     mine: Arc<AtomicBool>,
     /// Set when the other end was reset.

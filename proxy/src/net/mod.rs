@@ -44,6 +44,10 @@ pub trait Network: Clone + Send + Sync + 'static {
 
     /// Close `stream` abortively (RST, linger 0): how the proxy propagates a reset.
     fn reset(&self, stream: Self::Stream);
+
+    /// The stream's own address (getsockname): for a transparent connection, the spoofed
+    /// source — the peer address the other end sees.
+    fn local_addr(&self, stream: &Self::Stream) -> io::Result<SocketAddr>;
 }
 
 /// A listening socket.

@@ -178,6 +178,7 @@ impl<N: Network> Inner<N> {
                 return self.count_conn(DIR, "error");
             }
         };
+        let app_local = self.network.local_addr(&app).ok();
         let mut resp = http::Response::new(());
         *resp.status_mut() = http::StatusCode::OK;
         let mut send = match respond.send_response(resp, false) {
@@ -214,7 +215,7 @@ impl<N: Network> Inner<N> {
                 CloseResult::PolicyRevoked { reason }
             }
         };
-        self.closed_in(DIR, client, target, &moved, start, result);
+        self.closed_in(DIR, client, target, &moved, start, result, app_local);
     }
 
     /// Connect to a local app as `client_ip` (transparent), marked so replies come back to us.
@@ -279,6 +280,7 @@ impl<N: Network> Inner<N> {
                 return self.count_conn(DIR, "error");
             }
         };
+        let app_local = self.network.local_addr(&app).ok();
         let (live, revoked) = self.register_live(workload_ip, attrs);
         let moved = Transferred::default();
         let outcome = tokio::select! {
@@ -300,6 +302,6 @@ impl<N: Network> Inner<N> {
                 CloseResult::PolicyRevoked { reason: reason.unwrap_or_else(|| "revoked".into()) }
             }
         };
-        self.closed_in(DIR, client, dst, &moved, start, result);
+        self.closed_in(DIR, client, dst, &moved, start, result, app_local);
     }
 }

@@ -95,6 +95,7 @@ impl<N: Network> Inner<N> {
                 );
             }
         };
+        let upstream_local = self.network.local_addr(&upstream).ok();
         let moved = Transferred::default();
         let r = copy::tcp_tcp(
             &mut stream,
@@ -114,7 +115,7 @@ impl<N: Network> Inner<N> {
                 result
             }
         };
-        self.closed(client, dst, &moved, start, result);
+        self.closed(client, dst, &moved, start, result, upstream_local);
     }
 
     /// Refuse a captured connection whose upstream could not be reached: reset, so the app sees
@@ -132,8 +133,9 @@ impl<N: Network> Inner<N> {
         moved: &Transferred,
         start: Instant,
         result: CloseResult,
+        upstream: Option<SocketAddr>,
     ) {
-        self.closed_in(DIR, client, dst, moved, start, result);
+        self.closed_in(DIR, client, dst, moved, start, result, upstream);
     }
 
     pub(crate) fn closed_in(
@@ -144,6 +146,7 @@ impl<N: Network> Inner<N> {
         moved: &Transferred,
         start: Instant,
         result: CloseResult,
+        upstream: Option<SocketAddr>,
     ) {
         let (sent, received) = moved.get();
         let d = direction.as_str();
@@ -167,6 +170,7 @@ impl<N: Network> Inner<N> {
             bytes_received: received,
             duration_ms: u64::try_from(start.elapsed().as_millis()).unwrap_or(u64::MAX),
             result,
+            upstream,
         });
     }
 
@@ -337,6 +341,6 @@ impl<N: Network> Inner<N> {
             }
         };
         drop(lease);
-        self.closed(client, plan.authority, &moved, start, result);
+        self.closed(client, plan.authority, &moved, start, result, None);
     }
 }

@@ -80,6 +80,10 @@ impl Network for Redirect {
     fn reset(&self, stream: TcpStream) {
         self.inner.reset(stream)
     }
+
+    fn local_addr(&self, stream: &TcpStream) -> io::Result<SocketAddr> {
+        self.inner.local_addr(stream)
+    }
 }
 
 impl Redirect {
