@@ -11,6 +11,7 @@ use h2::server::SendResponse;
 use tokio::time::{Instant, timeout};
 
 use super::Inner;
+use super::outbound::Ends;
 use crate::copy::{self, CopyError, Transferred};
 use crate::events::{CloseResult, Direction, ProxyEvent};
 use crate::identity::Identity;
@@ -215,7 +216,8 @@ impl<N: Network> Inner<N> {
                 CloseResult::PolicyRevoked { reason }
             }
         };
-        self.closed_in(DIR, client, target, &moved, start, result, app_local);
+        let ends = Ends { client, destination: target, upstream: app_local };
+        self.closed_in(DIR, ends, &moved, start, result);
     }
 
     /// Connect to a local app as `client_ip` (transparent), marked so replies come back to us.
@@ -302,6 +304,7 @@ impl<N: Network> Inner<N> {
                 CloseResult::PolicyRevoked { reason: reason.unwrap_or_else(|| "revoked".into()) }
             }
         };
-        self.closed_in(DIR, client, dst, &moved, start, result, app_local);
+        let ends = Ends { client, destination: dst, upstream: app_local };
+        self.closed_in(DIR, ends, &moved, start, result);
     }
 }

@@ -16,6 +16,14 @@ use crate::route::{HbonePlan, OutboundPlan, plan_outbound};
 
 const DIR: Direction = Direction::Outbound;
 
+/// Who a proxied connection joined: the client, where it went, and this proxy's own socket
+/// towards it (absent when it went through a tunnel).
+pub(crate) struct Ends {
+    pub client: SocketAddr,
+    pub destination: SocketAddr,
+    pub upstream: Option<SocketAddr>,
+}
+
 impl<N: Network> Inner<N> {
     pub(crate) async fn outbound(
         self: Arc<Self>,
@@ -115,7 +123,8 @@ impl<N: Network> Inner<N> {
                 result
             }
         };
-        self.closed(client, dst, &moved, start, result, upstream_local);
+        let ends = Ends { client, destination: dst, upstream: upstream_local };
+        self.closed_in(DIR, ends, &moved, start, result);
     }
 
     /// Refuse a captured connection whose upstream could not be reached: reset, so the app sees
@@ -126,28 +135,16 @@ impl<N: Network> Inner<N> {
         self.network.reset(stream);
     }
 
-    pub(crate) fn closed(
-        &self,
-        client: SocketAddr,
-        dst: SocketAddr,
-        moved: &Transferred,
-        start: Instant,
-        result: CloseResult,
-        upstream: Option<SocketAddr>,
-    ) {
-        self.closed_in(DIR, client, dst, moved, start, result, upstream);
-    }
-
+    /// A proxied connection ended: count it and log `connection-closed`.
     pub(crate) fn closed_in(
         &self,
         direction: Direction,
-        client: SocketAddr,
-        destination: SocketAddr,
+        ends: Ends,
         moved: &Transferred,
         start: Instant,
         result: CloseResult,
-        upstream: Option<SocketAddr>,
     ) {
+        let Ends { client, destination, upstream } = ends;
         let (sent, received) = moved.get();
         let d = direction.as_str();
         self.count(&format!("bytes.{d}.sent"), sent);
@@ -341,6 +338,7 @@ impl<N: Network> Inner<N> {
             }
         };
         drop(lease);
-        self.closed(client, plan.authority, &moved, start, result, None);
+        let ends = Ends { client, destination: plan.authority, upstream: None };
+        self.closed_in(DIR, ends, &moved, start, result);
     }
 }
