@@ -20,9 +20,13 @@
 //! - [`values`] — the small text forms: sizes, durations, targets, tuples, rule refs.
 //! - [`yaml`] — YAML → located tree, and a serde deserializer over it (for Istio objects).
 //! - [`rules`] — a captured pod's redirection rules (`iptables-restore` text) and policy routing.
+//! - [`traffic`] — the apps, the connect-step client and its payload: code both backends run.
+//! - [`assemble`] — what a backend observed (client reports, proxy events, app accepts) → the
+//!   Outcome's connections and tunnel counts, the same way for both backends.
 //!
 //! Decoding is private (`decode`): its document type is an intermediate the World replaces.
 
+pub mod assemble;
 pub mod catalog;
 mod decode;
 pub mod diag;
@@ -30,6 +34,7 @@ pub mod expect;
 pub mod load;
 pub mod outcome;
 pub mod rules;
+pub mod traffic;
 pub mod values;
 pub mod world;
 pub mod yaml;

@@ -9,7 +9,9 @@ use std::collections::BTreeMap;
 use ambient_proxy::mesh::{self, MeshSpec};
 use ambient_proxy::{MeshState, istio::PolicyObject};
 
-use super::{Fault, ObjectKey, Pod, Policy, World};
+use std::net::Ipv4Addr;
+
+use super::{App, Dest, Fault, ObjectKey, Pod, Policy, Target, World};
 
 /// The pods that exist and the policies in force.
 #[derive(Debug, Clone)]
@@ -96,6 +98,40 @@ impl<'w> ClusterState<'w> {
         MeshSpec { trust_domain: self.world.trust_domain.clone(), workloads, services, policies }
     }
 
+    /// The app serving `target` now: the pod's or host's app on that port; for a service, the
+    /// app on the target port if every current endpoint runs the same one. `None` when nothing
+    /// serves it (or endpoints disagree).
+    pub fn app_for(&self, target: &Target) -> Option<App> {
+        let pod_app = |ip: Ipv4Addr, port: u16| {
+            self.pods.values().find(|p| p.ip == ip).and_then(|p| p.serve.get(&port)).copied()
+        };
+        match &target.dest {
+            Dest::Service { key, port } => {
+                let svc = self.world.services.get(key)?;
+                let mut apps = self
+                    .pods
+                    .values()
+                    .filter(|p| svc.selects(p))
+                    .map(|p| p.serve.get(&port.target_port).copied());
+                let first = apps.next()??;
+                apps.all(|a| a == Some(first)).then_some(first)
+            }
+            Dest::Pod(_) | Dest::Address => {
+                pod_app(*target.addr.ip(), target.addr.port()).or_else(|| self.host_app(target))
+            }
+            Dest::External(_) => self.host_app(target),
+        }
+    }
+
+    fn host_app(&self, target: &Target) -> Option<App> {
+        self.world
+            .external
+            .values()
+            .find(|h| h.ip == *target.addr.ip())
+            .and_then(|h| h.serve.get(&target.addr.port()))
+            .copied()
+    }
+
     /// [`Self::mesh_spec`], validated. A loaded World always validates (the loader compiled its
     /// policies and checked its names and addresses), so an error here is a loader bug; it is
     /// returned rather than hidden.
@@ -159,5 +195,16 @@ steps:
         assert!(state.apply(faults[1]));
         assert!(state.mesh_spec().policies.is_empty());
         assert!(!state.apply(&Fault::Heal(None)));
+    }
+
+    #[test]
+    fn the_app_behind_a_target_follows_the_current_endpoints() {
+        let world = load_str("two.yaml", TWO_PODS).into_result().unwrap();
+        let (_, connect) = world.connects().next().unwrap();
+        let mut state = ClusterState::initial(&world);
+        // Both endpoints of `echo` (server and legacy) run an echo on the target port.
+        assert_eq!(state.app_for(&connect.to), Some(App::Echo));
+        state.pods.retain(|k, _| k.name == "client");
+        assert_eq!(state.app_for(&connect.to), None, "no endpoint left");
     }
 }

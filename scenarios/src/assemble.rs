@@ -1,0 +1,271 @@
+//! From what a backend observed to the Outcome's entries. Both backends call these functions, so
+//! where their Outcomes differ it is because they observed different things, never because they
+//! read them differently.
+//!
+//! A connection is joined to the proxies' events by the client's own `ip:port` (every connection
+//! event carries it; the destination proxy learns it from `Forwarded`), and to the server app's
+//! accept by the peer address the app saw: the client's own address when nothing was in between,
+//! otherwise the `upstream` socket of the last proxy (`connection-closed` names it).
+
+use std::collections::BTreeMap;
+use std::net::{IpAddr, SocketAddr};
+
+use ambient_proxy::events::{CloseResult, Direction, Path, ProxyEvent as Event};
+
+use crate::outcome::{ConnOutcome, Connection, EventKind, PathKind, ProxyEvent};
+use crate::traffic::{ClientEnd, ClientReport, ServeReport};
+use crate::world::App;
+
+/// One accept by a server app, in the order the backend saw them.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Accept {
+    pub app: App,
+    /// The peer address the app saw.
+    pub peer: SocketAddr,
+    /// What the app did (absent if it was still running when the run ended).
+    pub served: Option<ServeReport>,
+}
+
+/// Every server accept of a run; each is joined to at most one connection.
+#[derive(Debug, Clone, Default)]
+pub struct Accepts {
+    accepts: Vec<(Accept, bool)>,
+}
+
+impl Accepts {
+    pub fn push(&mut self, accept: Accept) {
+        self.accepts.push((accept, false));
+    }
+
+    /// The first accept not yet joined whose peer is one of `peers`, marked as joined.
+    fn take(&mut self, peers: &[SocketAddr]) -> Option<&Accept> {
+        let (accept, taken) =
+            self.accepts.iter_mut().find(|(a, taken)| !*taken && peers.contains(&a.peer))?;
+        *taken = true;
+        Some(accept)
+    }
+}
+
+/// The events every node proxy logged, by node, each list in the order it was logged.
+pub type EventLog = BTreeMap<String, Vec<Event>>;
+
+/// What the Outcome needs to know about one client connection besides what it observed.
+#[derive(Debug, Clone, Copy)]
+pub struct ConnLabels<'a> {
+    pub id: &'a str,
+    pub from: &'a str,
+    pub to: &'a str,
+    /// The app the cluster says serves the target ([`crate::ClusterState::app_for`]): what the
+    /// client should read back is decided by it, whether or not the connection reached it. The
+    /// app that actually accepted, when one did, takes precedence.
+    pub app: Option<App>,
+}
+
+/// Builds the Outcome's entry for one connection. `client` is the client socket's own address,
+/// when it got one (a refused or timed-out connect may not report it).
+pub fn connection(
+    labels: ConnLabels<'_>,
+    report: &ClientReport,
+    client: Option<SocketAddr>,
+    log: &EventLog,
+    accepts: &mut Accepts,
+) -> Connection {
+    let events = client.map(|c| events_of(log, c)).unwrap_or_default();
+    let route = events.iter().find_map(|(_, e)| match e {
+        Event::OutboundRoute { path, tunnel, tunnel_reused, .. } => {
+            Some((*path, tunnel.clone(), *tunnel_reused))
+        }
+        _ => None,
+    });
+    let verdict = events.iter().find_map(|(_, e)| match e {
+        Event::InboundVerdict { direction, allowed, source_identity, .. } => {
+            Some((*direction, *allowed, source_identity.clone()))
+        }
+        _ => None,
+    });
+    let path = match (&route, &verdict) {
+        (Some((Path::Hbone, ..)), _) => Some(PathKind::Hbone),
+        (Some((Path::Passthrough, ..)), _) => Some(PathKind::Passthrough),
+        (None, Some((Direction::InboundPlaintext, ..))) => Some(PathKind::InboundPlaintext),
+        (None, _) if client.is_some() || report.connected => Some(PathKind::Direct),
+        (None, _) => None,
+    };
+
+    // The app's accept: whoever the app saw as its peer.
+    let mut peers: Vec<SocketAddr> = events
+        .iter()
+        .filter_map(|(_, e)| match e {
+            Event::ConnectionClosed { upstream: Some(u), .. } => Some(*u),
+            _ => None,
+        })
+        .collect();
+    peers.extend(client);
+    let accept = accepts.take(&peers).cloned();
+    let app = accept.as_ref().map(|a| a.app).or(labels.app);
+    let expected = app.map_or(0, |a| a.expected_reply(report.sent));
+    let intact = report.intact(expected);
+
+    let denied = matches!(verdict, Some((_, false, _)))
+        || events.iter().any(|(_, e)| {
+            matches!(
+                e,
+                Event::Error { status: Some(401), .. }
+                    | Event::ConnectionClosed { result: CloseResult::PolicyRevoked { .. }, .. }
+            )
+        });
+    let no_upstream = events.iter().any(|(_, e)| {
+        matches!(e, Event::Error { stage, status, .. }
+            if matches!(stage.as_str(), "route" | "connect" | "upstream") || *status == Some(503))
+    });
+    let (outcome, error) = if denied {
+        (ConnOutcome::Denied, None)
+    } else if no_upstream && report.received == 0 {
+        (ConnOutcome::Refused, None)
+    } else {
+        match &report.end {
+            ClientEnd::Refused => (ConnOutcome::Refused, None),
+            ClientEnd::Timeout => (ConnOutcome::Timeout, None),
+            ClientEnd::Reset => (ConnOutcome::Reset, None),
+            ClientEnd::Error(e) => (ConnOutcome::Error, Some(e.clone())),
+            ClientEnd::Closed if intact => (ConnOutcome::Ok, None),
+            ClientEnd::Closed if !report.echoed => (
+                ConnOutcome::Error,
+                Some("the bytes read back differ from the bytes the server returns".into()),
+            ),
+            ClientEnd::Closed => (
+                ConnOutcome::Error,
+                Some(format!(
+                    "read back {} bytes of the {expected} the server returns",
+                    report.received
+                )),
+            ),
+        }
+    };
+
+    Connection {
+        id: labels.id.to_string(),
+        from: labels.from.to_string(),
+        to: labels.to.to_string(),
+        outcome,
+        error,
+        path,
+        sent: report.sent,
+        received: report.received,
+        intact,
+        server_peer: accept.as_ref().and_then(|a| match a.peer.ip() {
+            IpAddr::V4(ip) => Some(ip),
+            IpAddr::V6(_) => None,
+        }),
+        server_identity: verdict.and_then(|(_, _, id)| id),
+        tunnel: route.as_ref().and_then(|(_, t, _)| t.as_deref()?.parse().ok()),
+        reused: matches!(route, Some((_, _, Some(true)))),
+        proxy_events: events.iter().flat_map(|(node, e)| describe(node, e)).collect(),
+    }
+}
+
+/// The events about `client`, the source proxy's first (the node that routed it outbound), then
+/// the others by node name; each node's in the order it logged them.
+fn events_of(log: &EventLog, client: SocketAddr) -> Vec<(String, Event)> {
+    let mine = |evs: &Vec<Event>| evs.iter().filter(|e| e.client() == Some(client)).count();
+    let source = log
+        .iter()
+        .find(|(_, evs)| {
+            evs.iter().any(|e| matches!(e, Event::OutboundRoute { client: c, .. } if *c == client))
+        })
+        .map(|(n, _)| n.clone());
+    let mut nodes: Vec<&String> = log.keys().filter(|n| mine(&log[*n]) > 0).collect();
+    nodes.sort_by_key(|n| (Some(*n) != source.as_ref(), *n));
+    nodes
+        .into_iter()
+        .flat_map(|n| {
+            log[n].iter().filter(|e| e.client() == Some(client)).map(|e| (n.clone(), e.clone()))
+        })
+        .collect()
+}
+
+/// The Outcome's words for one proxy event: decisions only, nothing that varies between runs or
+/// backends (no ephemeral ports, no durations).
+fn describe(node: &str, e: &Event) -> Vec<ProxyEvent> {
+    let ev = |kind, detail: String| ProxyEvent { proxy: node.to_string(), kind, detail };
+    match e {
+        Event::OutboundRoute {
+            path: Path::Hbone,
+            endpoint,
+            service,
+            destination_identity,
+            tunnel_reused,
+            tunnel,
+            ..
+        } => {
+            let mut detail = format!(
+                "hbone {}:{} authority {endpoint}",
+                endpoint.ip(),
+                ambient_proxy::inpod::INBOUND_HBONE_PORT
+            );
+            if let Some(s) = service {
+                detail.push_str(&format!(" service {s}"));
+            }
+            if let Some(id) = destination_identity {
+                detail.push_str(&format!(" as {id}"));
+            }
+            let mut out = vec![ev(EventKind::Route, detail)];
+            if let (Some(reused), Some(t)) = (tunnel_reused, tunnel) {
+                let verb = if *reused { "reused" } else { "opened" };
+                out.push(ev(EventKind::Pool, format!("{verb} tunnel {t}")));
+            }
+            out
+        }
+        Event::OutboundRoute { path: Path::Passthrough, endpoint, service, .. } => {
+            let mut detail = format!("passthrough {endpoint}");
+            if let Some(s) = service {
+                detail.push_str(&format!(" service {s}"));
+            }
+            vec![ev(EventKind::Route, detail)]
+        }
+        Event::InboundVerdict { direction, allowed, reason, policy, source_identity, .. } => {
+            let verb = if *allowed { "allow" } else { "deny" };
+            let from = source_identity.as_deref().unwrap_or("no identity");
+            let mut detail = format!("{verb} {} from {from}: {reason}", direction.as_str());
+            if let Some(p) = policy {
+                detail.push_str(&format!(" ({p})"));
+            }
+            vec![ev(EventKind::Rbac, detail)]
+        }
+        Event::Error { stage, status, message, direction, .. } => {
+            let status = status.map(|s| format!(" {s}")).unwrap_or_default();
+            vec![ev(EventKind::Error, format!("{} {stage}{status}: {message}", direction.as_str()))]
+        }
+        Event::ConnectionClosed { result, direction, .. } => match result {
+            CloseResult::Ok => Vec::new(),
+            CloseResult::Reset { side, .. } => {
+                vec![ev(EventKind::Error, format!("{} reset by {side}", direction.as_str()))]
+            }
+            CloseResult::PolicyRevoked { reason } => {
+                vec![ev(EventKind::Rbac, format!("revoked {}: {reason}", direction.as_str()))]
+            }
+            CloseResult::Shutdown => {
+                vec![ev(
+                    EventKind::Error,
+                    format!("{} closed by proxy shutdown", direction.as_str()),
+                )]
+            }
+        },
+        Event::TunnelOpened { .. } | Event::TunnelClosed { .. } => Vec::new(),
+    }
+}
+
+/// h2 connections opened between node proxies, per direction, from every node's log.
+pub fn tunnels(log: &EventLog) -> BTreeMap<crate::values::NodePair, u64> {
+    let mut out = BTreeMap::new();
+    for e in log.values().flatten() {
+        if let Event::TunnelOpened { source_node, destination_node, .. } = e {
+            let pair =
+                crate::values::NodePair { from: source_node.clone(), to: destination_node.clone() };
+            *out.entry(pair).or_insert(0) += 1;
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests;
