@@ -11,6 +11,7 @@
 //! World ──backend (sim or netns)──▶ Outcome ──expect::check_outcome──▶ failures
 //! ```
 //!
+//! - [`backend`] — the seam both backends implement: World → [`Outcome`](outcome::Outcome).
 //! - [`load`] — load one file: [`load::load_file`], [`load::load_str`] → [`load::Loaded`].
 //! - [`catalog`] — files and folders, catalog-wide unique ids, tag filters, shards.
 //! - [`world`] — the resolved scenario: topology, policies, steps, faults, expectations.
@@ -27,6 +28,7 @@
 //! Decoding is private (`decode`): its document type is an intermediate the World replaces.
 
 pub mod assemble;
+pub mod backend;
 pub mod catalog;
 mod decode;
 pub mod diag;
@@ -39,6 +41,7 @@ pub mod values;
 pub mod world;
 pub mod yaml;
 
+pub use backend::{Backend, BackendError, Run, RunOptions};
 pub use catalog::{Catalog, Selection, Shard};
 pub use diag::Diagnostic;
 pub use expect::{Failure, check_outcome};
