@@ -1,0 +1,4 @@
+//! The kernel model (in progress).
+pub mod addr;
+pub mod packet;
+pub mod rules;
