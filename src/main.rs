@@ -22,12 +22,16 @@ struct Cli {
 enum Command {
     /// Print the in-pod redirection rules the CNI agent installs in a captured pod.
     Rules(cmd::rules::Args),
+    /// Run packets through the kernel model of one network namespace (netfilter, conntrack,
+    /// routing) and print one JSON line per packet.
+    Trace(cmd::trace::Args),
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Rules(args) => cmd::rules::run(args),
+        Command::Trace(args) => cmd::trace::run(args),
     };
     match result {
         Ok(code) => code,

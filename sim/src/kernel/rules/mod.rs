@@ -19,9 +19,10 @@ use serde::Serialize;
 
 use super::addr::{Cidr, IfaceMatch};
 
+pub(crate) use parse::parse_u32;
 pub use parse::{Command, ParseError, TableBlock, parse_restore};
 pub use print::save_string;
-pub use ruleset::RestoreOptions;
+pub use ruleset::{MAX_JUMP_DEPTH, RestoreOptions};
 
 /// The four tables the model implements, as ordinals into [`Ruleset`].
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
