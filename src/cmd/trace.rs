@@ -12,7 +12,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 
-use ambient_sim::kernel::trace::{Direction, Record, parse_line};
+use ambient_sim::kernel::trace::{Direction, Line, Record, parse_line};
 use ambient_sim::kernel::{Listeners, Netns, Protocol, RestoreOptions, SocketInfo, Trace};
 use anyhow::{Context as _, bail};
 
@@ -130,7 +130,11 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
             };
             anyhow::anyhow!("{source}: line {}:{token} expected {}", i + 1, e.expected)
         })?;
-        if let Some(t) = line.t {
+        let t = match &line {
+            Line::Packet(p) => p.t,
+            Line::Flush { t } => *t,
+        };
+        if let Some(t) = t {
             if t < now {
                 bail!(
                     "{source}: line {}: t={} goes back in time: expected t >= {}",
@@ -141,6 +145,10 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
             }
             now = t;
         }
+        let Line::Packet(line) = line else {
+            lines.push((i + 1, None, None, now));
+            continue;
+        };
         let iif = match (&line.direction, &line.iif) {
             (Direction::In, name) => {
                 let name = name.as_deref().unwrap_or("eth0");
@@ -150,12 +158,16 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
             }
             (Direction::Out, _) => None,
         };
-        lines.push((i + 1, line, iif, now));
+        lines.push((i + 1, Some(line), iif, now));
     }
 
     let end = now;
     let mut out = String::new();
     for (n, line, iif, now) in lines {
+        let Some(line) = line else {
+            netns.flush_conntrack();
+            continue;
+        };
         let mut trace = Trace::default();
         let outcome = match iif {
             Some(iif) => netns.input_traced(line.packet, iif, now, &sockets, &mut trace),

@@ -7,12 +7,17 @@
 //! ```text
 //! <out|in> <tcp|udp> <src-ip>:<port> > <dst-ip>:<port> [flags=S|SA|A|PA|FA|F|R|RA] [mark=0x..]
 //!          [iif=NAME] [len=N] [t=SECONDS] [nosocket]
+//! <out|in> icmp <src-ip> > <dst-ip> [type=N] [code=N] [id=N]
+//!          [inner=<tcp|udp>:<ip>:<port>><ip>:<port>] [mark=…] [iif=…] [len=…] [t=…] [nosocket]
+//! flush [t=SECONDS]
 //! ```
 //!
 //! `out` = sent by a local socket (its SO_MARK is `mark`; `nosocket` makes it kernel-generated),
-//! `in` = arriving on `iif` (default `eth0`). TCP flags default to `S`; `len` to 60 (TCP) or 28
-//! (UDP); `t` (seconds since the start, fractions allowed, never decreasing) to the previous
-//! line's.
+//! `in` = arriving on `iif` (default `eth0`). TCP flags default to `S`; `len` to 60 (TCP), 28
+//! (UDP) or 28 plus 40 with `inner` (ICMP); ICMP `type` to 8 (echo request); `inner` is the
+//! header an ICMP error quotes (required for error types). `t` (seconds since the start,
+//! fractions allowed, never decreasing) defaults to the previous line's. `flush` empties the
+//! conntrack table (`conntrack -F`).
 
 use std::net::{Ipv4Addr, SocketAddrV4};
 use std::time::Duration;
@@ -21,7 +26,7 @@ use serde::Serialize;
 
 use super::Netns;
 use super::conntrack::{CtInfo, Manip, TcpState};
-use super::packet::{Packet, Protocol, TcpFlags};
+use super::packet::{Icmp, Packet, Protocol, TcpFlags, Tuple, icmp_type};
 use super::path::{Disposition, Outcome, PacketVerdict};
 use super::rules::{Hook, Policy, TableKind};
 
@@ -92,6 +97,16 @@ pub struct PacketLine {
     pub no_socket: bool,
 }
 
+/// One parsed input line.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Line {
+    Packet(PacketLine),
+    /// `flush`: `conntrack -F`.
+    Flush {
+        t: Option<Duration>,
+    },
+}
+
 /// A bad packet line: the word at fault and what was expected.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct LineError {
@@ -107,31 +122,79 @@ fn sock(word: &str) -> Result<SocketAddrV4, LineError> {
     word.parse().map_err(|_| err(word, "an address as IPv4:PORT"))
 }
 
-/// Parses one packet line (not a comment or blank line).
-pub fn parse_line(line: &str) -> Result<PacketLine, LineError> {
-    let words: Vec<&str> = line.split_whitespace().collect();
-    let get = |i: usize, what: &str| words.get(i).copied().ok_or_else(|| err("", what));
-    let direction = match get(0, "`out` or `in`")? {
-        "out" => Direction::Out,
-        "in" => Direction::In,
-        w => return Err(err(w, "`out` or `in`")),
-    };
-    let proto = match get(1, "`tcp` or `udp`")? {
+fn parse_time(w: &str, val: &str) -> Result<Duration, LineError> {
+    let secs: f64 = val
+        .parse()
+        .ok()
+        .filter(|s: &f64| s.is_finite() && *s >= 0.0 && *s < 1e12)
+        .ok_or_else(|| err(w, "a time in seconds (>= 0)"))?;
+    Ok(Duration::from_secs_f64(secs))
+}
+
+/// `tcp:1.2.3.4:5>6.7.8.9:10`.
+fn parse_inner(w: &str, val: &str) -> Result<Tuple, LineError> {
+    let bad = || err(w, "inner=<tcp|udp>:IP:PORT>IP:PORT");
+    let (proto, rest) = val.split_once(':').ok_or_else(bad)?;
+    let proto = match proto {
         "tcp" => Protocol::Tcp,
         "udp" => Protocol::Udp,
-        w => return Err(err(w, "`tcp` or `udp`")),
+        _ => return Err(bad()),
     };
-    let src = sock(get(2, "a source IPv4:PORT")?)?;
-    match get(3, "`>`")? {
-        ">" => {}
-        w => return Err(err(w, "`>` between source and destination")),
+    let (a, b) = rest.split_once('>').ok_or_else(bad)?;
+    let (a, b): (SocketAddrV4, SocketAddrV4) =
+        (a.parse().map_err(|_| bad())?, b.parse().map_err(|_| bad())?);
+    Ok(Tuple { proto, src: *a.ip(), dst: *b.ip(), sport: a.port(), dport: b.port() })
+}
+
+/// Parses one input line (not a comment or blank line).
+pub fn parse_line(line: &str) -> Result<Line, LineError> {
+    let words: Vec<&str> = line.split_whitespace().collect();
+    if words.first() == Some(&"flush") {
+        let mut t = None;
+        for w in &words[1..] {
+            match w.split_once('=') {
+                Some(("t", v)) => t = Some(parse_time(w, v)?),
+                _ => return Err(err(w, "t=SECONDS after `flush`")),
+            }
+        }
+        return Ok(Line::Flush { t });
     }
-    let dst = sock(get(4, "a destination IPv4:PORT")?)?;
-    let mut packet = match proto {
-        Protocol::Tcp => Packet::tcp(src, dst, TcpFlags::S),
-        _ => Packet::udp(src, dst),
+    let get = |i: usize, what: &str| words.get(i).copied().ok_or_else(|| err("", what));
+    let direction = match get(0, "`out`, `in` or `flush`")? {
+        "out" => Direction::Out,
+        "in" => Direction::In,
+        w => return Err(err(w, "`out`, `in` or `flush`")),
     };
-    let (mut iif, mut t, mut no_socket) = (None, None, false);
+    let proto = match get(1, "`tcp`, `udp` or `icmp`")? {
+        "tcp" => Protocol::Tcp,
+        "udp" => Protocol::Udp,
+        "icmp" => Protocol::Icmp,
+        w => return Err(err(w, "`tcp`, `udp` or `icmp`")),
+    };
+    let mut packet = if proto == Protocol::Icmp {
+        let src = get(2, "a source IPv4 address")?;
+        let src: Ipv4Addr = src.parse().map_err(|_| err(src, "a source IPv4 address"))?;
+        match get(3, "`>`")? {
+            ">" => {}
+            w => return Err(err(w, "`>` between source and destination")),
+        }
+        let dst = get(4, "a destination IPv4 address")?;
+        let dst: Ipv4Addr = dst.parse().map_err(|_| err(dst, "a destination IPv4 address"))?;
+        let icmp = Icmp { kind: icmp_type::ECHO_REQUEST, code: 0, id: 0, inner: None };
+        Packet::icmp(src, dst, icmp)
+    } else {
+        let src = sock(get(2, "a source IPv4:PORT")?)?;
+        match get(3, "`>`")? {
+            ">" => {}
+            w => return Err(err(w, "`>` between source and destination")),
+        }
+        let dst = sock(get(4, "a destination IPv4:PORT")?)?;
+        match proto {
+            Protocol::Tcp => Packet::tcp(src, dst, TcpFlags::S),
+            _ => Packet::udp(src, dst),
+        }
+    };
+    let (mut iif, mut t, mut no_socket, mut len_given) = (None, None, false, false);
     for w in &words[5..] {
         if *w == "nosocket" {
             if direction != Direction::Out {
@@ -141,44 +204,67 @@ pub fn parse_line(line: &str) -> Result<PacketLine, LineError> {
             continue;
         }
         let Some((key, val)) = w.split_once('=') else {
-            return Err(err(w, "key=value (flags, mark, iif, len, t) or `nosocket`"));
+            return Err(err(
+                w,
+                "key=value (flags, mark, iif, len, t, type, code, id, inner) or `nosocket`",
+            ));
         };
-        match key {
-            "flags" if proto == Protocol::Tcp => {
+        let icmp = packet.icmp.as_mut();
+        match (key, icmp) {
+            ("flags", _) if proto == Protocol::Tcp => {
                 packet.tcp_flags = TcpFlags::parse(val)
                     .ok_or_else(|| err(w, "TCP flags such as S, SA, A, PA, FA, F, R, RA"))?;
             }
-            "flags" => return Err(err(w, "no flags on a udp packet")),
-            "mark" => {
+            ("flags", _) => return Err(err(w, "flags only on tcp packets")),
+            ("type", Some(i)) => i.kind = val.parse().map_err(|_| err(w, "an ICMP type 0-255"))?,
+            ("code", Some(i)) => i.code = val.parse().map_err(|_| err(w, "an ICMP code 0-255"))?,
+            ("id", Some(i)) => {
+                i.id = val.parse().map_err(|_| err(w, "an ICMP identifier 0-65535"))?
+            }
+            ("inner", Some(i)) => i.inner = Some(parse_inner(w, val)?),
+            ("type" | "code" | "id" | "inner", None) => {
+                return Err(err(w, "ICMP fields only on icmp packets"));
+            }
+            ("mark", _) => {
                 packet.mark = super::rules::parse_u32(val)
                     .ok_or_else(|| err(w, "a 32-bit mark (0x.. or decimal)"))?;
             }
-            "iif" if direction == Direction::In => {
+            ("iif", _) if direction == Direction::In => {
                 if super::addr::IfKey::new(val).is_none() {
                     return Err(err(w, "an interface name"));
                 }
                 iif = Some(val.to_string());
             }
-            "iif" => return Err(err(w, "iif only on `in` lines")),
-            "len" => {
+            ("iif", _) => return Err(err(w, "iif only on `in` lines")),
+            ("len", _) => {
                 packet.len = val
                     .parse()
                     .ok()
                     .filter(|l| (20..=65535).contains(l))
                     .ok_or_else(|| err(w, "an IP length 20-65535"))?;
+                len_given = true;
             }
-            "t" => {
-                let secs: f64 = val
-                    .parse()
-                    .ok()
-                    .filter(|s: &f64| s.is_finite() && *s >= 0.0 && *s < 1e12)
-                    .ok_or_else(|| err(w, "a time in seconds (>= 0)"))?;
-                t = Some(Duration::from_secs_f64(secs));
+            ("t", _) => t = Some(parse_time(w, val)?),
+            _ => {
+                return Err(err(
+                    w,
+                    "one of flags=, mark=, iif=, len=, t=, type=, code=, id=, inner=, nosocket",
+                ));
             }
-            _ => return Err(err(w, "one of flags=, mark=, iif=, len=, t=, nosocket")),
         }
     }
-    Ok(PacketLine { direction, packet, iif, t, no_socket })
+    if let Some(i) = packet.icmp {
+        if icmp_type::is_error(i.kind) && i.inner.is_none() {
+            return Err(err(
+                line.split_whitespace().nth(1).unwrap_or(""),
+                "inner=… on an ICMP error",
+            ));
+        }
+        if !len_given {
+            packet.len = 28 + if i.inner.is_some() { 40 } else { 0 };
+        }
+    }
+    Ok(Line::Packet(PacketLine { direction, packet, iif, t, no_socket }))
 }
 
 /// `ip:port` and mark of a packet as printed in records.
@@ -194,10 +280,11 @@ pub struct PacketView {
 
 impl From<&Packet> for PacketView {
     fn from(p: &Packet) -> Self {
+        let icmp = p.proto == Protocol::Icmp;
         PacketView {
             proto: p.proto,
-            src: p.src_sock().to_string(),
-            dst: p.dst_sock().to_string(),
+            src: if icmp { p.src.to_string() } else { p.src_sock().to_string() },
+            dst: if icmp { p.dst.to_string() } else { p.dst_sock().to_string() },
             mark: format!("0x{:x}", p.mark),
             flags: (p.proto == Protocol::Tcp).then(|| p.tcp_flags.to_string()),
         }
@@ -288,16 +375,35 @@ mod tests {
 
     #[test]
     fn lines_parse_with_defaults() {
-        let l = parse_line("out tcp 10.0.1.5:40000 > 10.9.9.9:80").unwrap();
+        let Line::Packet(l) = parse_line("out tcp 10.0.1.5:40000 > 10.9.9.9:80").unwrap() else {
+            panic!()
+        };
         assert_eq!(l.direction, Direction::Out);
         assert_eq!(l.packet.tcp_flags, TcpFlags::S);
         assert_eq!(l.packet.len, 60);
         assert_eq!(l.t, None);
-        let l = parse_line("in udp 10.0.2.7:53 > 10.0.1.5:5353 mark=0x539 iif=eth1 len=100 t=1.5")
-            .unwrap();
+        let Line::Packet(l) =
+            parse_line("in udp 10.0.2.7:53 > 10.0.1.5:5353 mark=0x539 iif=eth1 len=100 t=1.5")
+                .unwrap()
+        else {
+            panic!()
+        };
         assert_eq!((l.packet.mark, l.packet.len), (0x539, 100));
         assert_eq!(l.iif.as_deref(), Some("eth1"));
         assert_eq!(l.t, Some(Duration::from_millis(1500)));
+        let Line::Packet(l) = parse_line(
+            "in icmp 10.0.1.1 > 10.0.1.5 type=3 code=1 inner=tcp:10.0.1.5:1>10.9.9.9:80",
+        )
+        .unwrap() else {
+            panic!()
+        };
+        let i = l.packet.icmp.unwrap();
+        assert_eq!((i.kind, i.code, l.packet.len), (3, 1, 68));
+        assert_eq!(i.inner.unwrap().dport, 80);
+        assert_eq!(
+            parse_line("flush t=2").unwrap(),
+            Line::Flush { t: Some(Duration::from_secs(2)) }
+        );
     }
 
     #[test]
@@ -313,6 +419,13 @@ mod tests {
             ("in tcp 1.1.1.1:1 > 2.2.2.2:2 t=-1", "t=-1"),
             ("in tcp 1.1.1.1:1 > 2.2.2.2:2 bogus", "bogus"),
             ("in tcp 1.1.1.1:1 >", ""),
+            ("in icmp 1.1.1.1 > 2.2.2.2 type=3", "icmp"),
+            (
+                "in icmp 1.1.1.1 > 2.2.2.2 inner=sctp:1.1.1.1:1>2.2.2.2:2",
+                "inner=sctp:1.1.1.1:1>2.2.2.2:2",
+            ),
+            ("in tcp 1.1.1.1:1 > 2.2.2.2:2 type=3", "type=3"),
+            ("flush now", "now"),
         ];
         for (line, token) in cases {
             let e = parse_line(line).unwrap_err();
