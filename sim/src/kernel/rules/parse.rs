@@ -280,12 +280,10 @@ impl<'a> Words<'a> {
         self.words.get(self.pos).map(String::as_str)
     }
 
+    /// The option's argument: the next word, whatever it is (`--comment "!"` is a comment).
     fn value(&mut self, option: &str, what: &str) -> Result<&'a str, ParseError> {
-        match self.next() {
-            Some(v) if v != "!" => Ok(v),
-            Some(v) => Err(ParseError::new(self.line, v, format!("{what} after `{option}`"))),
-            None => Err(ParseError::new(self.line, "", format!("{what} after `{option}`"))),
-        }
+        self.next()
+            .ok_or_else(|| ParseError::new(self.line, "", format!("{what} after `{option}`")))
     }
 
     fn err(&self, token: &str, expected: impl Into<String>) -> ParseError {
