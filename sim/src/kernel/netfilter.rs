@@ -73,7 +73,8 @@ pub(crate) struct Env<'a> {
 pub(crate) fn run_table(table: &mut Table, skb: &mut Skb, env: &mut Env<'_>) -> Verdict {
     let Some(start) = table.hook_chain(skb.hook) else { return Verdict::Accept };
     let kind = table.kind;
-    let mut stack = [(0usize, 0usize); MAX_JUMP_DEPTH + 1];
+    // Return points of -j: (chain, next rule). Nesting is bounded at load time.
+    let mut stack = [(0u32, 0u32); MAX_JUMP_DEPTH + 1];
     let mut depth = 0usize;
     let (mut chain, mut pos) = (start, 0usize);
     loop {
@@ -82,7 +83,7 @@ pub(crate) fn run_table(table: &mut Table, skb: &mut Skb, env: &mut Env<'_>) -> 
             // End of chain: pop, or take the built-in chain's policy.
             if depth > 0 {
                 depth -= 1;
-                (chain, pos) = stack[depth];
+                (chain, pos) = (stack[depth].0 as usize, stack[depth].1 as usize);
                 continue;
             }
             return policy(table, start, skb, env);
@@ -114,10 +115,10 @@ pub(crate) fn run_table(table: &mut Table, skb: &mut Skb, env: &mut Env<'_>) -> 
                     return policy(table, start, skb, env);
                 }
                 depth -= 1;
-                (chain, pos) = stack[depth];
+                (chain, pos) = (stack[depth].0 as usize, stack[depth].1 as usize);
             }
             Target::Jump(c) => {
-                stack[depth] = (chain, pos + 1);
+                stack[depth] = (chain as u32, pos as u32 + 1);
                 depth += 1;
                 (chain, pos) = (c.index, 0);
             }

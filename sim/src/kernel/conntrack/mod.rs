@@ -211,10 +211,11 @@ impl Hasher for KeyHasher {
 
     #[inline]
     fn write_u128(&mut self, k: u128) {
-        let lo = k as u64;
-        let hi = (k >> 64) as u64;
-        let h = (lo ^ hi.rotate_left(29)).wrapping_mul(0x9e37_79b9_7f4a_7c15);
-        self.0 = h ^ (h >> 31);
+        // Mix the halves one after the other (XOR-ing them first would let address and port
+        // bits cancel out), then fold the high bits down: hashbrown indexes with the low bits.
+        let a = (k as u64).wrapping_mul(0x9e37_79b9_7f4a_7c15);
+        let b = ((k >> 64) as u64 ^ a.rotate_left(32)).wrapping_mul(0xd6e8_feb8_6659_fd93);
+        self.0 = b ^ (b >> 32);
     }
 }
 
@@ -282,10 +283,13 @@ impl Table {
         s
     }
 
-    /// `conntrack -F`.
+    /// `conntrack -F` (keeps the allocated capacity, like the kernel's preallocated hash).
     pub fn flush(&mut self) {
-        let config = self.config;
-        *self = Table::new(config);
+        self.slots.clear();
+        self.free.clear();
+        self.map.clear();
+        self.live = 0;
+        self.dying = None;
     }
 
     /// Removes expired entries; returns how many.
