@@ -13,6 +13,7 @@
 //!   (`conntrack::Table::track` + applying the recorded NAT), no hooks or rules;
 //! - floor: `HashMap<(u32, u32, u16, u16, u8), u32>` (std hasher) lookups of the same number of
 //!   5-tuples, round robin.
+//!
 //! Each figure is the best of five timed rounds.
 
 use std::collections::HashMap;
@@ -87,7 +88,7 @@ fn main() {
     } else {
         rate(secs, |_| {
             for _ in 0..BATCH {
-                if seq % 60_000 == 0 {
+                if seq.is_multiple_of(60_000) {
                     n.flush_conntrack();
                 }
                 let syn = Packet::tcp(app(seq), remote(seq), TcpFlags::S);

@@ -2,32 +2,110 @@
 //! real sockets in a real pod network namespace holding the reference rules (see `run.sh`);
 //! the kernel's `iptables-save -c` and `conntrack -L` after the run are in `NAME.counters` and
 //! `NAME.conntrack`, the packets that crossed the interfaces in `NAME.wire`. `NAME.packets` is
-//! the same traffic in `testbed trace` form (as the sockets sent it). Replaying it through the
-//! model must give exactly the kernel's rule and policy counters, and the same connections
-//! (states, tuples, flags, marks, zones; remaining timeouts are not compared).
+//! the same traffic in `testbed trace` form (as the sockets sent it), plus `socket …` lines that
+//! tell the model which local sockets exist (for `-m socket` and TPROXY). Replaying it through
+//! the model must give exactly the kernel's rule and policy counters, and the same connections
+//! (states, tuples, flags, marks, zones; remaining timeouts are not compared). Scenarios with
+//! their own `NAME.rules` and `NAME.setup` get those instead of the reference rules.
 
 use std::fs;
-use std::path::Path;
+use std::net::SocketAddrV4;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use ambient_sim::kernel::trace::{Direction, Line, parse_line};
-use ambient_sim::kernel::{Netns, NoSockets, RestoreOptions, SocketInfo};
+use ambient_sim::kernel::{Netns, Protocol, RestoreOptions, SocketInfo, SocketLookup};
 
 const REFERENCE: &str = include_str!("../../scenarios/testdata/istio-inpod.rules");
 
+fn dir() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data/kernel-runs")
+}
+
 /// The pod namespace of `run.sh`, in the model.
-fn pod() -> Netns {
+fn pod(name: &str) -> Netns {
     let mut n = Netns::new();
     for cmd in [
         "addr add 10.0.1.5/24 dev eth0",
+        "addr add 10.0.2.5/24 dev eth1",
         "route add default via 10.0.1.1 dev eth0",
         "rule add fwmark 0x111/0xfff pref 32764 lookup 100",
         "route add local 0.0.0.0/0 dev lo table 100",
     ] {
         n.ip(cmd).unwrap();
     }
-    n.restore(REFERENCE, RestoreOptions { noflush: true, counters: false }).unwrap();
+    match fs::read_to_string(dir().join(format!("{name}.rules"))) {
+        Ok(rules) => n.restore(&rules, RestoreOptions::default()).unwrap(),
+        Err(_) => n.restore(REFERENCE, RestoreOptions { noflush: true, counters: false }).unwrap(),
+    }
+    if let Ok(setup) = fs::read_to_string(dir().join(format!("{name}.setup"))) {
+        for cmd in setup.lines().map(str::trim).filter(|l| !l.is_empty() && !l.starts_with('#')) {
+            match cmd {
+                "sysctl -w net.ipv4.ip_forward=1" => n.forwarding = true,
+                ip => n.ip(ip).unwrap_or_else(|e| panic!("{name}.setup: {e}")),
+            }
+        }
+    }
     n
+}
+
+/// The sockets a scenario declares with `socket listen|connected …` lines.
+#[derive(Default)]
+struct Sockets {
+    listening: Vec<(Protocol, SocketAddrV4, SocketInfo)>,
+    connected: Vec<(Protocol, SocketAddrV4, SocketAddrV4, SocketInfo)>,
+}
+
+impl Sockets {
+    /// `socket listen tcp ADDR:PORT [transparent]` or
+    /// `socket connected tcp LOCAL:PORT REMOTE:PORT [transparent]`.
+    fn declare(&mut self, line: &str) {
+        let w: Vec<&str> = line.split_whitespace().collect();
+        let proto = if w[2] == "udp" { Protocol::Udp } else { Protocol::Tcp };
+        let info = |rest: &[&str]| SocketInfo {
+            transparent: rest.contains(&"transparent"),
+            ..SocketInfo::default()
+        };
+        match w[1] {
+            "listen" => {
+                let a: SocketAddrV4 = w[3].parse().unwrap();
+                let mut i = info(&w[4..]);
+                i.wildcard = a.ip().is_unspecified();
+                self.listening.push((proto, a, i));
+            }
+            "connected" => self.connected.push((
+                proto,
+                w[3].parse().unwrap(),
+                w[4].parse().unwrap(),
+                info(&w[5..]),
+            )),
+            other => panic!("socket {other}?"),
+        }
+    }
+}
+
+impl SocketLookup for Sockets {
+    fn established(
+        &self,
+        proto: Protocol,
+        local: SocketAddrV4,
+        remote: SocketAddrV4,
+    ) -> Option<SocketInfo> {
+        self.connected
+            .iter()
+            .find(|(p, l, r, _)| *p == proto && *l == local && *r == remote)
+            .map(|x| x.3)
+    }
+
+    fn listener(&self, proto: Protocol, local: SocketAddrV4) -> Option<SocketInfo> {
+        let exact = self.listening.iter().find(|(p, a, _)| *p == proto && *a == local);
+        let wild = || {
+            self.listening.iter().find(|(p, a, _)| {
+                *p == proto && a.ip().is_unspecified() && a.port() == local.port()
+            })
+        };
+        exact.or_else(wild).map(|x| x.2)
+    }
 }
 
 /// `conntrack -L` lines without the remaining-timeout and `use=` fields.
@@ -47,14 +125,18 @@ fn normalise(dump: &str) -> Vec<String> {
 }
 
 fn replay(name: &str) -> (String, Vec<String>) {
-    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data/kernel-runs");
-    let text = fs::read_to_string(dir.join(format!("{name}.packets"))).unwrap();
-    let mut n = pod();
+    let text = fs::read_to_string(dir().join(format!("{name}.packets"))).unwrap();
+    let mut n = pod(name);
     let eth0 = n.interface("eth0").unwrap();
+    let mut sockets = Sockets::default();
     let mut now = Duration::ZERO;
     for (i, raw) in text.lines().enumerate() {
         let raw = raw.trim();
         if raw.is_empty() || raw.starts_with('#') {
+            continue;
+        }
+        if raw.starts_with("socket ") {
+            sockets.declare(raw);
             continue;
         }
         match parse_line(raw).unwrap_or_else(|e| panic!("{name}.packets:{}: {e:?}", i + 1)) {
@@ -66,12 +148,12 @@ fn replay(name: &str) -> (String, Vec<String>) {
                 now = p.t.unwrap_or(now);
                 match p.direction {
                     Direction::In => {
-                        n.input(p.packet, eth0, now, &NoSockets);
+                        let iif = p.iif.as_deref().map_or(eth0, |i| n.interface(i).unwrap());
+                        n.input(p.packet, iif, now, &sockets);
                     }
                     Direction::Out => {
-                        let sock = (!p.no_socket)
-                            .then(|| SocketInfo { mark: p.packet.mark, ..SocketInfo::default() });
-                        n.output(p.packet, sock, now, &NoSockets);
+                        let sock = p.sender.socket(p.packet.mark);
+                        n.output(p.packet, sock, now, &sockets);
                     }
                 }
             }
@@ -81,9 +163,8 @@ fn replay(name: &str) -> (String, Vec<String>) {
 }
 
 fn check(name: &str) {
-    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data/kernel-runs");
-    let counters = fs::read_to_string(dir.join(format!("{name}.counters"))).unwrap();
-    let conntrack = fs::read_to_string(dir.join(format!("{name}.conntrack"))).unwrap();
+    let counters = fs::read_to_string(dir().join(format!("{name}.counters"))).unwrap();
+    let conntrack = fs::read_to_string(dir().join(format!("{name}.conntrack"))).unwrap();
     let (got_counters, got_conntrack) = replay(name);
     assert_eq!(got_counters, counters, "{name}: counters differ from the kernel's");
     assert_eq!(got_conntrack, normalise(&conntrack), "{name}: conntrack differs from the kernel's");
@@ -127,4 +208,24 @@ fn flush_midstream() {
 #[test]
 fn flush_proxy_first() {
     check("flush-proxy-first");
+}
+
+#[test]
+fn reject() {
+    check("reject");
+}
+
+#[test]
+fn tproxy() {
+    check("tproxy");
+}
+
+#[test]
+fn forward_nat() {
+    check("forward-nat");
+}
+
+#[test]
+fn chains() {
+    check("chains");
 }

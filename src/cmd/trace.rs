@@ -172,8 +172,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         let outcome = match iif {
             Some(iif) => netns.input_traced(line.packet, iif, now, &sockets, &mut trace),
             None => {
-                let sock = (!line.no_socket)
-                    .then(|| SocketInfo { mark: line.packet.mark, ..SocketInfo::default() });
+                let sock = line.sender.socket(line.packet.mark);
                 netns.output_traced(line.packet, sock, now, &sockets, &mut trace)
             }
         };

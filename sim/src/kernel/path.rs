@@ -349,20 +349,27 @@ impl Netns {
     }
 
     fn reject(&mut self, w: Walk, by: RuleRef, with: RejectWith, cx: &mut Ctx<'_>) -> Outcome {
+        if let (RejectWith::TcpReset, Some((id, _))) = (with, w.skb.ct) {
+            // nf_send_reset closes a confirmed connection (nf_ct_set_closing).
+            self.conntrack.set_closing(id, cx.now);
+        }
         let reply = self.reject_reply(&w.skb.pkt, with).map(|pkt| {
-            let attached = match (with, w.skb.ct) {
-                (RejectWith::TcpReset, Some((id, info))) => Some((
-                    id,
-                    if info.dir() == Dir::Original {
+            // The reset carries the connection (as a related reply) and no socket; an ICMP
+            // error is looked up afresh and leaves through the kernel's ICMP socket.
+            let (attached, socket) = match (with, w.skb.ct) {
+                (RejectWith::TcpReset, Some((id, info))) => {
+                    let info = if info.dir() == Dir::Original {
                         CtInfo::RelatedReply
                     } else {
                         CtInfo::Related
-                    },
-                )),
-                _ => None,
+                    };
+                    (Some((id, info)), None)
+                }
+                (RejectWith::TcpReset, None) => (None, None),
+                _ => (None, Some(SocketInfo::kernel())),
             };
             let mut sub = Ctx { now: cx.now, sockets: cx.sockets, trace: None };
-            Box::new(self.output_walk(pkt, None, attached, &mut sub))
+            Box::new(self.output_walk(pkt, socket, attached, &mut sub))
         });
         self.finish_with(w, PacketVerdict::Reject { by, with }, Disposition::None, reply, cx)
     }

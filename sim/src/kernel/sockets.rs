@@ -2,8 +2,12 @@
 //!
 //! The model has no sockets of its own. `-m socket` and TPROXY ask the caller, through
 //! [`SocketLookup`], whether a local socket would take a packet; `-m owner --socket-exists`
-//! looks at the sending socket the caller passes with a locally generated packet (none for
-//! packets the kernel makes itself: a RST for a closed port, REJECT's replies).
+//! looks at the sending socket the caller passes with a locally generated packet.
+//!
+//! Packets the kernel makes itself are not all socketless (checked on kernel 6.18): the TCP
+//! stack's resets for closed ports and every ICMP error (REJECT's included) leave through the
+//! kernel's per-namespace control sockets, so `--socket-exists` matches them — pass
+//! [`SocketInfo::kernel`]. Only REJECT's TCP reset has no socket at all (`None`).
 
 use std::net::SocketAddrV4;
 
@@ -24,6 +28,13 @@ pub struct SocketInfo {
     pub mark: u32,
     /// A TCP socket in TIME_WAIT (not a full socket).
     pub time_wait: bool,
+}
+
+impl SocketInfo {
+    /// The kernel's control socket (TCP resets for closed ports, ICMP errors).
+    pub fn kernel() -> Self {
+        SocketInfo { id: u64::MAX, ..SocketInfo::default() }
+    }
 }
 
 /// Socket lookups the way the kernel's early demux does them.

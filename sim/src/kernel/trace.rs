@@ -6,13 +6,15 @@
 //!
 //! ```text
 //! <out|in> <tcp|udp> <src-ip>:<port> > <dst-ip>:<port> [flags=S|SA|A|PA|FA|F|R|RA] [mark=0x..]
-//!          [iif=NAME] [len=N] [t=SECONDS] [nosocket]
+//!          [iif=NAME] [len=N] [t=SECONDS] [nosocket|kernel]
 //! <out|in> icmp <src-ip> > <dst-ip> [type=N] [code=N] [id=N]
-//!          [inner=<tcp|udp>:<ip>:<port>><ip>:<port>] [mark=…] [iif=…] [len=…] [t=…] [nosocket]
+//!          [inner=<tcp|udp>:<ip>:<port>><ip>:<port>] [mark=…] [iif=…] [len=…] [t=…]
+//!          [nosocket|kernel]
 //! flush [t=SECONDS]
 //! ```
 //!
-//! `out` = sent by a local socket (its SO_MARK is `mark`; `nosocket` makes it kernel-generated),
+//! `out` = sent by a local socket (its SO_MARK is `mark`); `kernel` = sent by the kernel's
+//! control socket (a TCP reset for a closed port, an ICMP error); `nosocket` = no socket at all;
 //! `in` = arriving on `iif` (default `eth0`). TCP flags default to `S`; `len` to 60 (TCP), 28
 //! (UDP) or 28 plus 40 with `inner` (ICMP); ICMP `type` to 8 (echo request); `inner` is the
 //! header an ICMP error quotes (required for error types). `t` (seconds since the start,
@@ -93,8 +95,30 @@ pub struct PacketLine {
     pub packet: Packet,
     pub iif: Option<String>,
     pub t: Option<Duration>,
-    /// `out` without a sending socket (kernel-generated).
-    pub no_socket: bool,
+    /// Who sent an `out` packet.
+    pub sender: Sender,
+}
+
+/// The socket behind an `out` line.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Sender {
+    /// A local socket whose SO_MARK is the packet's mark.
+    App,
+    /// The kernel's control socket (`kernel`).
+    Kernel,
+    /// No socket (`nosocket`).
+    None,
+}
+
+impl Sender {
+    /// The socket to pass to `Netns::output` for a packet with `mark`.
+    pub fn socket(self, mark: u32) -> Option<super::sockets::SocketInfo> {
+        match self {
+            Sender::App => Some(super::sockets::SocketInfo { mark, ..Default::default() }),
+            Sender::Kernel => Some(super::sockets::SocketInfo::kernel()),
+            Sender::None => None,
+        }
+    }
 }
 
 /// One parsed input line.
@@ -194,19 +218,19 @@ pub fn parse_line(line: &str) -> Result<Line, LineError> {
             _ => Packet::udp(src, dst),
         }
     };
-    let (mut iif, mut t, mut no_socket, mut len_given) = (None, None, false, false);
+    let (mut iif, mut t, mut sender, mut len_given) = (None, None, Sender::App, false);
     for w in &words[5..] {
-        if *w == "nosocket" {
+        if *w == "nosocket" || *w == "kernel" {
             if direction != Direction::Out {
-                return Err(err(w, "`nosocket` only on `out` lines"));
+                return Err(err(w, "`nosocket`/`kernel` only on `out` lines"));
             }
-            no_socket = true;
+            sender = if *w == "kernel" { Sender::Kernel } else { Sender::None };
             continue;
         }
         let Some((key, val)) = w.split_once('=') else {
             return Err(err(
                 w,
-                "key=value (flags, mark, iif, len, t, type, code, id, inner) or `nosocket`",
+                "key=value (flags, mark, iif, len, t, type, code, id, inner), `nosocket` or `kernel`",
             ));
         };
         let icmp = packet.icmp.as_mut();
@@ -248,7 +272,7 @@ pub fn parse_line(line: &str) -> Result<Line, LineError> {
             _ => {
                 return Err(err(
                     w,
-                    "one of flags=, mark=, iif=, len=, t=, type=, code=, id=, inner=, nosocket",
+                    "one of flags=, mark=, iif=, len=, t=, type=, code=, id=, inner=, nosocket, kernel",
                 ));
             }
         }
@@ -264,7 +288,7 @@ pub fn parse_line(line: &str) -> Result<Line, LineError> {
             packet.len = 28 + if i.inner.is_some() { 40 } else { 0 };
         }
     }
-    Ok(Line::Packet(PacketLine { direction, packet, iif, t, no_socket }))
+    Ok(Line::Packet(PacketLine { direction, packet, iif, t, sender }))
 }
 
 /// `ip:port` and mark of a packet as printed in records.

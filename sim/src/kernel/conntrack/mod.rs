@@ -508,6 +508,21 @@ impl Table {
         true
     }
 
+    /// `nf_conntrack_tcp_set_closing` (REJECT's TCP reset): a confirmed TCP connection goes to
+    /// CLOSE with the CLOSE timeout.
+    pub fn set_closing(&mut self, id: EntryId, now: Duration) {
+        let e = self.entry_mut(id);
+        if !e.has(status::CONFIRMED) {
+            return;
+        }
+        if let ProtoState::Tcp(c) = &mut e.proto
+            && c.state != TcpState::Close
+        {
+            c.state = TcpState::Close;
+            e.expires = now + TcpState::Close.timeout();
+        }
+    }
+
     /// Discards an unconfirmed entry whose packet was dropped.
     pub fn discard_unconfirmed(&mut self, id: EntryId) {
         if self.slots[id.0 as usize].as_ref().is_some_and(|e| !e.has(status::CONFIRMED))

@@ -29,6 +29,7 @@ def original_dst(sock):
     return f'{socket.inet_ntoa(ip)}:{port}'
 
 
-def in_peer(code):
-    """Runs python code in the peer namespace (argv[1]) in the background."""
-    return subprocess.Popen(['ip', 'netns', 'exec', sys.argv[1], 'python3', '-c', code])
+def in_peer(code, peer=1):
+    """Runs python code in the first (10.0.1.9) or second (10.0.2.9) peer namespace, in the
+    background."""
+    return subprocess.Popen(['ip', 'netns', 'exec', sys.argv[peer], 'python3', '-c', code])
