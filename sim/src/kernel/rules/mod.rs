@@ -1,12 +1,25 @@
 //! The ruleset: tables, chains and rules as `iptables-restore` describes them.
 //!
-//! The types here serve both directions. [`parse`] turns restore text into commands (already in
-//! canonical form: addresses masked, marks as value/mask pairs, implicit `-m tcp` placed where
-//! iptables places it); [`Ruleset::restore`] applies them to a ruleset the way
-//! `iptables-restore [--noflush]` does, then [`Ruleset::relink`] resolves jumps to chain indices
-//! and checks what the kernel checks on load (loops, targets valid only in some tables/hooks).
-//! [`print`] writes the canonical `iptables-save [-c]` text back. Evaluation (`netfilter`) reads
-//! these same structures: nothing in them needs a string comparison at packet time.
+//! The types here serve both directions. [`parse_restore`] turns restore text into commands
+//! (already in canonical form: addresses masked, marks as value/mask pairs, implicit `-m tcp`
+//! placed where iptables places it); [`Ruleset::restore`] applies them the way
+//! `iptables-restore [--noflush] [-c]` does, then [`Ruleset::relink`] resolves jumps to chain
+//! indices and checks what the kernel checks on load (loops, nesting, targets and matches only
+//! valid in some tables/hooks). [`Ruleset::save`] prints canonical `iptables-save [-c]` text.
+//! Evaluation (`netfilter`) reads these same structures; nothing in them needs a string
+//! comparison at packet time.
+//!
+//! Implemented: tables raw, mangle, nat, filter; commands `-A -I -D -N -P -F -X` and `:CHAIN`
+//! lines; `[!] -s/-d/-p/-i/-o` (`+` wildcards), `[!] -f`; matches `tcp` (`--sport --dport`
+//! ranges, `--tcp-flags`, `--syn`), `udp`, `icmp --icmp-type`, `mark`, `connmark`,
+//! `conntrack --ctstate`, `state --state`, `addrtype` (`--src-type --dst-type
+//! --limit-iface-in/out`), `multiport` (`--sports --dports --ports`), `socket` (`--transparent
+//! --nowildcard --restore-skmark`), `owner --socket-exists`, `comment`; targets ACCEPT, DROP,
+//! RETURN, chain jumps and `-g` gotos, REJECT (all `--reject-with` types), LOG, MARK (all set
+//! forms, printed as `--set-xmark`), CONNMARK (`--set-xmark`/`--set-mark`/`--and/or/xor-mark`,
+//! `--save-mark`/`--restore-mark` with `--mask`/`--nfmask`/`--ctmask`), CT (`--zone`,
+//! `--notrack`), NOTRACK, REDIRECT, DNAT, SNAT, MASQUERADE (with port ranges, `--random`,
+//! `--random-fully`, `--persistent`), TPROXY.
 
 mod parse;
 mod print;
