@@ -72,6 +72,9 @@ pub(crate) struct Env<'a> {
 /// Runs `table`'s chain for `skb.hook`. A table without that hook accepts.
 pub(crate) fn run_table(table: &mut Table, skb: &mut Skb, env: &mut Env<'_>) -> Verdict {
     let Some(start) = table.hook_chain(skb.hook) else { return Verdict::Accept };
+    if table.chains[start].rules.is_empty() {
+        return policy(table, start, skb, env);
+    }
     let kind = table.kind;
     // Return points of -j: (chain, next rule). Nesting is bounded at load time.
     let mut stack = [(0u32, 0u32); MAX_JUMP_DEPTH + 1];

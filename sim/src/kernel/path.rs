@@ -179,6 +179,7 @@ fn route_text(r: &Result<RouteResult, RouteError>, n: &Netns) -> String {
 }
 
 impl Netns {
+    #[inline]
     fn table(&mut self, kind: TableKind, skb: &mut Skb, cx: &mut Ctx<'_>) -> Verdict {
         let Some(table) = self.rules.table_mut(kind) else { return Verdict::Accept };
         let mut env = Env {
@@ -190,12 +191,14 @@ impl Netns {
         run_table(table, skb, &mut env)
     }
 
+    #[inline]
     fn enter(&self, skb: &mut Skb, hook: Hook, cx: &mut Ctx<'_>) {
         skb.hook = hook;
         let name = |i: Option<IfIndex>| i.map(|i| self.routing.interface(i).name.clone());
         cx.event(|| Event::Hook { hook, iif: name(skb.iif), oif: name(skb.oif) });
     }
 
+    #[inline]
     fn set_route(&self, w: &mut Walk, r: RouteResult) {
         w.skb.oif = Some(r.dev);
         w.skb.oif_key = self.routing.interface(r.dev).key;
@@ -203,6 +206,7 @@ impl Netns {
         w.route = Some(r);
     }
 
+    #[inline]
     fn route_output(&self, w: &mut Walk, cx: &mut Ctx<'_>) -> Result<(), RouteError> {
         let p = &w.skb.pkt;
         let r = self.routing.output(p.dst, p.src, p.mark);
@@ -215,6 +219,7 @@ impl Netns {
         Ok(())
     }
 
+    #[inline]
     fn conntrack_in(&mut self, w: &mut Walk, cx: &mut Ctx<'_>) -> Result<(), DropCause> {
         if w.skb.ct.is_some() || w.skb.untracked || !self.ct_enabled {
             return Ok(());
@@ -253,6 +258,7 @@ impl Netns {
 
     /// `nf_nat_inet_fn`: the nat chain for the first packet of a connection (then a null
     /// binding if no rule set one), the connection's bindings for every packet.
+    #[inline]
     fn nat_hook(&mut self, skb: &mut Skb, manip: Manip, cx: &mut Ctx<'_>) -> Verdict {
         if self.rules.table(TableKind::Nat).is_none() {
             return Verdict::Accept;
@@ -282,6 +288,7 @@ impl Netns {
         Verdict::Accept
     }
 
+    #[inline]
     fn confirm(&mut self, w: &mut Walk, cx: &mut Ctx<'_>) -> Result<(), DropCause> {
         let Some((id, info)) = w.skb.ct else { return Ok(()) };
         if info.dir() != Dir::Original || self.conntrack.entry(id).has(status::CONFIRMED) {
@@ -298,10 +305,12 @@ impl Netns {
         }
     }
 
+    #[inline]
     fn finish(&mut self, w: Walk, verdict: PacketVerdict, cx: &mut Ctx<'_>) -> Outcome {
         self.finish_with(w, verdict, Disposition::None, None, cx)
     }
 
+    #[inline]
     fn finish_with(
         &mut self,
         w: Walk,
@@ -462,6 +471,7 @@ impl Netns {
     }
 
     /// The second half of a locally routed packet: back in through `lo`.
+    #[inline]
     fn loopback(&mut self, mut w: Walk, cx: &mut Ctx<'_>) -> Outcome {
         cx.event(|| Event::Loopback);
         w.skb.iif = Some(IfIndex::LO);
@@ -481,6 +491,7 @@ impl Netns {
     }
 
     /// INPUT hook and delivery.
+    #[inline]
     fn local_in(&mut self, mut w: Walk, cx: &mut Ctx<'_>) -> Outcome {
         self.enter(&mut w.skb, Hook::Input, cx);
         pass!(self, w, cx, self.table(TableKind::Mangle, &mut w.skb, cx));
