@@ -80,6 +80,20 @@ impl Table {
         pos
     }
 
+    /// iptables refuses `-o` on chains named PREROUTING/INPUT and `-i` on OUTPUT/POSTROUTING
+    /// (by name, whatever the table; user chains are not checked).
+    fn check_direction(chain: &str, rule: &Rule) -> Result<(), ParseError> {
+        let (bad, opt) = match chain {
+            "PREROUTING" | "INPUT" => (rule.oif.is_some(), "-o"),
+            "OUTPUT" | "POSTROUTING" => (rule.iif.is_some(), "-i"),
+            _ => (false, ""),
+        };
+        if bad {
+            return Err(ParseError::new(rule.line, opt, format!("no `{opt}` in chain {chain}")));
+        }
+        Ok(())
+    }
+
     fn check_jump(&self, rule: &Rule) -> Result<(), ParseError> {
         if let Target::Jump(c) | Target::Goto(c) = &rule.target {
             match self.chain_index(&c.name) {
@@ -143,11 +157,13 @@ impl Table {
             }
             Command::Append { chain, rule } => {
                 let i = self.chain_or_err(rule.line, &chain)?;
+                Self::check_direction(&chain, &rule)?;
                 self.check_jump(&rule)?;
                 self.chains[i].rules.push(clean(rule));
             }
             Command::Insert { chain, pos, rule } => {
                 let i = self.chain_or_err(rule.line, &chain)?;
+                Self::check_direction(&chain, &rule)?;
                 self.check_jump(&rule)?;
                 let len = self.chains[i].rules.len();
                 if pos > len + 1 {
