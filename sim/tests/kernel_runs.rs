@@ -229,3 +229,8 @@ fn forward_nat() {
 fn chains() {
     check("chains");
 }
+
+#[test]
+fn icmp() {
+    check("icmp");
+}
