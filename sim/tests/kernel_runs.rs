@@ -234,3 +234,8 @@ fn chains() {
 fn icmp() {
     check("icmp");
 }
+
+#[test]
+fn forward_icmp() {
+    check("forward-icmp");
+}

@@ -223,3 +223,39 @@ fn addresses_and_sources() {
     // Marked 0x111: routed to table 100 (local), the destination itself is the source.
     assert_eq!(n.source_for(Ipv4Addr::new(10, 9, 9, 9), 0x111), Ok(Ipv4Addr::new(10, 9, 9, 9)));
 }
+
+#[test]
+fn icmp_errors_about_nated_flows_are_translated_inside_and_out() {
+    let mut n = Netns::new();
+    n.ip("addr add 10.0.1.5/24 dev eth0").unwrap();
+    n.ip("addr add 10.0.2.5/24 dev eth1").unwrap();
+    n.forwarding = true;
+    n.restore(
+        "*nat\n-A PREROUTING -d 10.0.1.5/32 -p udp -m udp --dport 5353 -j DNAT --to-destination 10.0.2.9:5354\n-A POSTROUTING -o eth1 -p udp -j MASQUERADE --to-ports 20000\nCOMMIT\n",
+        RestoreOptions::default(),
+    )
+    .unwrap();
+    let (eth0, eth1) = (n.interface("eth0").unwrap(), n.interface("eth1").unwrap());
+    let q = Packet::udp(sa("10.0.1.9:41200"), sa("10.0.1.5:5353"));
+    let out = n.input(q, eth0, secs(0), &NoSockets);
+    assert_eq!(
+        (out.packet.src_sock(), out.packet.dst_sock()),
+        (sa("10.0.2.5:20000"), sa("10.0.2.9:5354"))
+    );
+    let icmp = ambient_sim::kernel::packet::Icmp {
+        kind: 3,
+        code: 3,
+        id: 0,
+        inner: Some(out.packet.tuple()),
+    };
+    let err =
+        Packet::icmp(Ipv4Addr::new(10, 0, 2, 9), Ipv4Addr::new(10, 0, 2, 5), icmp).with_len(57);
+    let back = n.input(err, eth1, secs(0), &NoSockets);
+    assert_eq!(back.ctstate, CtState::Related);
+    assert_eq!(
+        (back.packet.src, back.packet.dst),
+        (Ipv4Addr::new(10, 0, 1, 5), Ipv4Addr::new(10, 0, 1, 9))
+    );
+    // The embedded header is the client's own packet again.
+    assert_eq!(back.packet.icmp.unwrap().inner, Some(q.tuple()));
+}

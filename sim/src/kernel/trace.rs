@@ -300,6 +300,9 @@ pub struct PacketView {
     pub mark: String,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub flags: Option<String>,
+    /// ICMP: `type=T code=C [id=N] [inner=proto:src>dst]`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub icmp: Option<String>,
 }
 
 impl From<&Packet> for PacketView {
@@ -311,6 +314,16 @@ impl From<&Packet> for PacketView {
             dst: if icmp { p.dst.to_string() } else { p.dst_sock().to_string() },
             mark: format!("0x{:x}", p.mark),
             flags: (p.proto == Protocol::Tcp).then(|| p.tcp_flags.to_string()),
+            icmp: p.icmp.filter(|_| icmp).map(|i| {
+                let mut s = format!("type={} code={}", i.kind, i.code);
+                if i.id != 0 {
+                    s += &format!(" id={}", i.id);
+                }
+                if let Some(t) = i.inner {
+                    s += &format!(" inner={}:{}:{}>{}:{}", t.proto, t.src, t.sport, t.dst, t.dport);
+                }
+                s
+            }),
         }
     }
 }
