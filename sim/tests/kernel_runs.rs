@@ -239,3 +239,65 @@ fn icmp() {
 fn forward_icmp() {
     check("forward-icmp");
 }
+
+/// `tcp-states.out` (from `tcp-states.py`): raw TCP segments forwarded through a pod namespace,
+/// with the kernel's ctstate and conntrack entry after every one. The model must agree on both,
+/// segment by segment.
+#[test]
+fn tcp_state_machine_segment_by_segment() {
+    use ambient_sim::kernel::{Packet, TcpFlags};
+    let text = fs::read_to_string(dir().join("tcp-states.out")).unwrap();
+    let mut n = Netns::new();
+    for cmd in [
+        "addr add 10.0.1.5/24 dev eth0",
+        "addr add 10.0.2.5/24 dev eth1",
+        "route add 10.0.8.0/24 via 10.0.1.9",
+        "route add 10.0.9.0/24 via 10.0.2.9",
+    ] {
+        n.ip(cmd).unwrap();
+    }
+    n.forwarding = true;
+    n.restore(
+        "*filter\n:FORWARD DROP [0:0]\n-A FORWARD -m conntrack --ctstate INVALID -j ACCEPT\n-A FORWARD -m conntrack --ctstate NEW -j ACCEPT\n-A FORWARD -m conntrack --ctstate ESTABLISHED -j ACCEPT\n-A FORWARD -m conntrack --ctstate RELATED -j ACCEPT\n-A FORWARD -m conntrack --ctstate UNTRACKED -j ACCEPT\nCOMMIT\n",
+        RestoreOptions::default(),
+    )
+    .unwrap();
+    let (eth0, eth1) = (n.interface("eth0").unwrap(), n.interface("eth1").unwrap());
+    let mut now = Duration::ZERO;
+    let mut mismatches = Vec::new();
+    let mut segments = 0;
+    for line in text.lines() {
+        if line.starts_with('#') {
+            n.flush_conntrack();
+            continue;
+        }
+        let (head, entry) = line.split_once(" | ").unwrap();
+        let (seq, rest) = head.split_once(": ").unwrap();
+        let w: Vec<&str> = rest.split_whitespace().collect();
+        let (dir, flags, state) = (w[0], w[1], w[3]);
+        let cport = 30000 + seq.parse::<u16>().unwrap();
+        let (client, server) =
+            (SocketAddrV4::new([10, 0, 8, 1].into(), cport), "10.0.9.1:80".parse().unwrap());
+        let flags = TcpFlags::parse(flags).unwrap();
+        let (pkt, iif) = match dir {
+            "o" => (Packet::tcp(client, server, flags), eth0),
+            _ => (Packet::tcp(server, client, flags), eth1),
+        };
+        now += Duration::from_millis(50);
+        let o = n.input(pkt, iif, now, &Sockets::default());
+        let got_state = if o.accepted() { o.ctstate.name() } else { "DROPPED" };
+        let dump = normalise(&n.conntrack_dump(now));
+        let got_entry = dump.first().cloned().unwrap_or_else(|| "-".to_string());
+        if got_state != state || got_entry != entry {
+            mismatches.push(format!("{line}\n   model: {got_state} | {got_entry}"));
+        }
+        segments += 1;
+    }
+    assert!(segments >= 90, "{segments} segments");
+    assert!(
+        mismatches.is_empty(),
+        "{} of {segments} differ:\n{}",
+        mismatches.len(),
+        mismatches.join("\n")
+    );
+}
