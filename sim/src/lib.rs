@@ -12,14 +12,16 @@
 //! # The kernel model's stated simplifications
 //!
 //! Checked against kernel 6.18 with iptables 1.8.9 (nf_tables): the canonical printer against a
-//! captured corpus (`tests/data/canonical`), packet semantics against twelve real-socket runs
-//! whose per-rule counters and conntrack entries the model reproduces exactly
-//! (`tests/data/kernel-runs`). Where it differs from the kernel, on purpose:
+//! captured corpus (`tests/data/canonical`), packet semantics against fourteen real-socket runs
+//! whose per-rule counters and conntrack entries the model reproduces exactly, and the TCP
+//! conntrack state machine against 23 raw-segment sequences, state, flags and timeout after
+//! every segment (`tests/data/kernel-runs`). Where it differs from the kernel, on purpose:
 //!
 //! - IPv4 only; no IP options, fragments (`-f` is parsed and never matches), TTL or checksums.
-//! - TCP conntrack has no sequence/window tracking: every segment is in window, the
-//!   retransmission and unacknowledged-data timeouts are not used, and where the kernel
-//!   compares an acknowledgement number with a recorded one the model assumes they agree.
+//! - TCP conntrack has no sequence/window tracking: every segment is in window, an ACK
+//!   acknowledges everything the other side sent (so the 5-minute cap while data is
+//!   unacknowledged lifts on the next ACK), where the kernel compares an acknowledgement number
+//!   with a recorded one the model assumes they agree, and retransmissions are not counted.
 //! - No conntrack helpers or expectations (RELATED comes only from ICMP errors and REJECT's
 //!   reset), no accounting, no labels; when the table is full a new connection's packet is
 //!   dropped after expired entries are purged (the kernel's early drop of unassured entries is

@@ -155,6 +155,8 @@ pub struct Packet {
     pub mark: u32,
     /// IP total length in bytes (what rule byte counters add up).
     pub len: u32,
+    /// TCP/UDP payload bytes (conntrack notes unacknowledged TCP data).
+    pub payload: u32,
 }
 
 impl Packet {
@@ -174,6 +176,7 @@ impl Packet {
             icmp: None,
             mark: 0,
             len: Self::DEFAULT_TCP_LEN,
+            payload: 0,
         }
     }
 
@@ -188,6 +191,7 @@ impl Packet {
             icmp: None,
             mark: 0,
             len: Self::DEFAULT_UDP_LEN,
+            payload: 0,
         }
     }
 
@@ -202,6 +206,7 @@ impl Packet {
             icmp: Some(icmp),
             mark: 0,
             len: 28 + if icmp.inner.is_some() { 28 } else { 0 },
+            payload: 0,
         }
     }
 
@@ -212,6 +217,11 @@ impl Packet {
 
     pub fn with_len(mut self, len: u32) -> Self {
         self.len = len;
+        self
+    }
+
+    pub fn with_payload(mut self, payload: u32) -> Self {
+        self.payload = payload;
         self
     }
 

@@ -6,7 +6,7 @@
 //!
 //! ```text
 //! <out|in> <tcp|udp> <src-ip>:<port> > <dst-ip>:<port> [flags=S|SA|A|PA|FA|F|R|RA] [mark=0x..]
-//!          [iif=NAME] [len=N] [t=SECONDS] [nosocket|kernel]
+//!          [iif=NAME] [len=N] [payload=N] [t=SECONDS] [nosocket|kernel]
 //! <out|in> icmp <src-ip> > <dst-ip> [type=N] [code=N] [id=N]
 //!          [inner=<tcp|udp>:<ip>:<port>><ip>:<port>] [mark=…] [iif=…] [len=…] [t=…]
 //!          [nosocket|kernel]
@@ -16,7 +16,9 @@
 //! `out` = sent by a local socket (its SO_MARK is `mark`); `kernel` = sent by the kernel's
 //! control socket (a TCP reset for a closed port, an ICMP error); `nosocket` = no socket at all;
 //! `in` = arriving on `iif` (default `eth0`). TCP flags default to `S`; `len` to 60 (TCP), 28
-//! (UDP) or 28 plus 40 with `inner` (ICMP); ICMP `type` to 8 (echo request); `inner` is the
+//! (UDP) or 28 plus 40 with `inner` (ICMP); `payload` (bytes of data; conntrack notes TCP data
+//! awaiting an ACK) to `len` minus the headers Linux sends — 28 for UDP, 52 for TCP (timestamp
+//! option), 60 for a SYN — or 0 without `len`; ICMP `type` to 8 (echo request); `inner` is the
 //! header an ICMP error quotes (required for error types). `t` (seconds since the start,
 //! fractions allowed, never decreasing) defaults to the previous line's. `flush` empties the
 //! conntrack table (`conntrack -F`).
@@ -219,6 +221,7 @@ pub fn parse_line(line: &str) -> Result<Line, LineError> {
         }
     };
     let (mut iif, mut t, mut sender, mut len_given) = (None, None, Sender::App, false);
+    let mut payload_given = false;
     for w in &words[5..] {
         if *w == "nosocket" || *w == "kernel" {
             if direction != Direction::Out {
@@ -268,14 +271,30 @@ pub fn parse_line(line: &str) -> Result<Line, LineError> {
                     .ok_or_else(|| err(w, "an IP length 20-65535"))?;
                 len_given = true;
             }
+            ("payload", _) if proto != Protocol::Icmp => {
+                packet.payload = val
+                    .parse()
+                    .ok()
+                    .filter(|p| *p <= 65535)
+                    .ok_or_else(|| err(w, "a payload length 0-65535"))?;
+                payload_given = true;
+            }
             ("t", _) => t = Some(parse_time(w, val)?),
             _ => {
                 return Err(err(
                     w,
-                    "one of flags=, mark=, iif=, len=, t=, type=, code=, id=, inner=, nosocket, kernel",
+                    "one of flags=, mark=, iif=, len=, payload=, t=, type=, code=, id=, inner=, nosocket, kernel",
                 ));
             }
         }
+    }
+    if len_given && !payload_given {
+        let headers = match proto {
+            Protocol::Udp => 28,
+            _ if packet.tcp_flags.has(TcpFlags::SYN) => 60,
+            _ => 52,
+        };
+        packet.payload = packet.len.saturating_sub(headers);
     }
     if let Some(i) = packet.icmp {
         if icmp_type::is_error(i.kind) && i.inner.is_none() {
@@ -425,7 +444,7 @@ mod tests {
         else {
             panic!()
         };
-        assert_eq!((l.packet.mark, l.packet.len), (0x539, 100));
+        assert_eq!((l.packet.mark, l.packet.len, l.packet.payload), (0x539, 100, 72));
         assert_eq!(l.iif.as_deref(), Some("eth1"));
         assert_eq!(l.t, Some(Duration::from_millis(1500)));
         let Line::Packet(l) = parse_line(

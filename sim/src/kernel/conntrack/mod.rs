@@ -429,6 +429,7 @@ impl Table {
                     match c.packet(
                         dir as u8,
                         pkt.tcp_flags.0,
+                        pkt.payload,
                         seen_reply,
                         e.status & status::ASSURED != 0,
                     ) {

@@ -3,11 +3,13 @@
 //! States, the transition table indexed by (direction, flag class, state), the default timeouts,
 //! the "ignore" handling, reopening from TIME_WAIT/CLOSE, simultaneous open, the RFC 5961
 //! challenge-ACK case in LAST_ACK, loose pick-up of mid-stream connections, deleting a
-//! connection whose only reply is a RST, not renewing the timeout on SYN retransmits, and
-//! ASSURED all follow the kernel. Not modelled: sequence numbers and windows (`tcp_in_window`
-//! always accepts, and where the kernel compares an ACK with a recorded sequence number the
-//! model assumes they agree), the retransmission/unacknowledged-data timeouts (5 min) that
-//! depend on them, and per-packet flag checksums.
+//! connection whose only reply is a RST, not renewing the timeout on SYN retransmits, the
+//! 5-minute cap while data is unacknowledged, and ASSURED all follow the kernel
+//! (checked segment by segment against kernel 6.18, `tests/data/kernel-runs/tcp-states.*`).
+//! Not modelled: sequence numbers and windows — `tcp_in_window` always accepts, an ACK is taken
+//! to acknowledge everything the other side sent, and where the kernel compares an ACK with a
+//! recorded sequence number the model assumes they agree — and so the retransmission count
+//! (3 identical segments cap the timeout at 5 minutes) is not kept.
 
 use std::time::Duration;
 
@@ -165,6 +167,8 @@ pub struct TcpConn {
     last_index: u8,
     /// A FIN was seen from this direction (IP_CT_TCP_FLAG_CLOSE_INIT).
     close_init: [bool; 2],
+    /// Sent data not yet acknowledged (IP_CT_TCP_FLAG_DATA_UNACKNOWLEDGED).
+    unacked: [bool; 2],
     simultaneous_open: bool,
     challenge_ack: bool,
 }
@@ -183,6 +187,18 @@ pub enum TcpVerdict {
 }
 
 impl TcpConn {
+    /// A RST in a closing state skips the window check (tcp_can_early_drop).
+    fn rst_skips_window(&self, old: TcpState) -> bool {
+        matches!(
+            old,
+            TcpState::FinWait
+                | TcpState::LastAck
+                | TcpState::TimeWait
+                | TcpState::Close
+                | TcpState::CloseWait
+        )
+    }
+
     /// tcp_new: whether a packet may create a connection; `loose` is nf_conntrack_tcp_loose.
     pub fn new(flags: u8, loose: bool) -> Option<TcpConn> {
         let first = TRANSITIONS[0][usize::from(flag_class(flags))][0];
@@ -194,14 +210,22 @@ impl TcpConn {
             last_dir: 0,
             last_index: NONE,
             close_init: [false; 2],
+            unacked: [false; 2],
             simultaneous_open: false,
             challenge_ack: false,
         })
     }
 
-    /// Runs one segment (direction 0 = original, 1 = reply) through the state machine.
-    /// `seen_reply` and `assured` are the entry's status before this packet.
-    pub fn packet(&mut self, dir: u8, flags: u8, seen_reply: bool, assured: bool) -> TcpVerdict {
+    /// Runs one segment (direction 0 = original, 1 = reply; `payload` bytes of data) through
+    /// the state machine. `seen_reply` and `assured` are the entry's status before this packet.
+    pub fn packet(
+        &mut self,
+        dir: u8,
+        flags: u8,
+        payload: u32,
+        seen_reply: bool,
+        assured: bool,
+    ) -> TcpVerdict {
         if !valid_flags(flags) {
             return TcpVerdict::Invalid;
         }
@@ -257,6 +281,18 @@ impl TcpConn {
         } else {
             (old, TcpState::from_index(new))
         };
+        if !(index == RST && self.rst_skips_window(old)) {
+            // tcp_in_window's bookkeeping: data is unacknowledged until the other side
+            // acknowledges (everything, in the model). SYNs never count (conntrack starts
+            // each side's window at its SYN), and a FIN only leads to states whose timeouts
+            // are below the 5-minute cap.
+            if payload > 0 {
+                self.unacked[d] = true;
+            }
+            if flags & crate::kernel::packet::TcpFlags::ACK != 0 {
+                self.unacked[1 - d] = false;
+            }
+        }
 
         self.last_index = index;
         self.last_dir = dir;
@@ -264,7 +300,13 @@ impl TcpConn {
         if old != new && new == TcpState::FinWait {
             self.close_init[d] = true;
         }
-        let mut timeout = if index == RST { TcpState::Close.timeout() } else { new.timeout() };
+        let mut timeout = if index == RST {
+            TcpState::Close.timeout()
+        } else if (self.unacked[0] || self.unacked[1]) && new.timeout() > UNACK_TIMEOUT {
+            UNACK_TIMEOUT
+        } else {
+            new.timeout()
+        };
         let mut set_assured = false;
         if !seen_reply {
             if index == RST {
@@ -304,7 +346,7 @@ mod tests {
         let (mut seen, mut assured) = (false, false);
         let mut states = vec![];
         for &(dir, flags) in seq {
-            match c.packet(dir, flags, seen, assured) {
+            match c.packet(dir, flags, 0, seen, assured) {
                 TcpVerdict::Accept { assured: a, .. } => assured |= a,
                 other => panic!("unexpected {other:?}"),
             }
@@ -349,17 +391,17 @@ mod tests {
     fn timeouts_follow_the_state_and_the_pickup_cap() {
         let mut c = TcpConn::new(S, true).unwrap();
         assert_eq!(
-            c.packet(0, S, false, false),
+            c.packet(0, S, 0, false, false),
             TcpVerdict::Accept { timeout: Some(Duration::from_secs(120)), assured: false }
         );
         // SYN retransmit: timeout not renewed.
         assert_eq!(
-            c.packet(0, S, false, false),
+            c.packet(0, S, 0, false, false),
             TcpVerdict::Accept { timeout: None, assured: false }
         );
         let mut picked = TcpConn::new(A, true).unwrap();
         assert_eq!(
-            picked.packet(0, A, false, false),
+            picked.packet(0, A, 0, false, false),
             TcpVerdict::Accept { timeout: Some(UNACK_TIMEOUT), assured: false }
         );
         assert_eq!(picked.state, TcpState::Established);
@@ -372,14 +414,14 @@ mod tests {
     #[test]
     fn rst_before_any_reply_kills_and_invalid_flags_are_invalid() {
         let mut c = TcpConn::new(S, true).unwrap();
-        c.packet(0, S, false, false);
-        assert_eq!(c.packet(1, R | A, false, false), TcpVerdict::Kill);
+        c.packet(0, S, 0, false, false);
+        assert_eq!(c.packet(1, R | A, 0, false, false), TcpVerdict::Kill);
         let mut c = TcpConn::new(S, true).unwrap();
-        c.packet(0, S, false, false);
-        assert_eq!(c.packet(0, F::FIN, false, false), TcpVerdict::Invalid);
-        assert_eq!(c.packet(0, S | F::FIN, false, false), TcpVerdict::Invalid);
+        c.packet(0, S, 0, false, false);
+        assert_eq!(c.packet(0, F::FIN, 0, false, false), TcpVerdict::Invalid);
+        assert_eq!(c.packet(0, S | F::FIN, 0, false, false), TcpVerdict::Invalid);
         // ACK from the client before the SYN/ACK: invalid.
-        assert_eq!(c.packet(0, A, false, false), TcpVerdict::Invalid);
+        assert_eq!(c.packet(0, A, 0, false, false), TcpVerdict::Invalid);
     }
 
     #[test]
@@ -393,9 +435,9 @@ mod tests {
             (1, FA, true),
             (0, A, true),
         ] {
-            c.packet(d, f, seen, false);
+            c.packet(d, f, 0, seen, false);
         }
         assert_eq!(c.state, TcpState::TimeWait);
-        assert_eq!(c.packet(0, S, true, true), TcpVerdict::Reopen);
+        assert_eq!(c.packet(0, S, 0, true, true), TcpVerdict::Reopen);
     }
 }

@@ -10,7 +10,8 @@ numbers are kept consistent per side (a SYN carries the ISN - a new one after th
 bytes with PSH; acknowledgements acknowledge everything the other side sent), so the kernel's
 window checks pass as the model assumes; nf_conntrack_tcp_be_liberal stays 0.
 
-Output: tcp-states.out, one line per segment: `SEQ N: DIR FLAGS -> CTSTATE | ENTRY`.
+Output: tcp-states.out, one line per segment:
+`SEQ: DIR FLAGS -> CTSTATE | REMAINING-TIMEOUT | ENTRY` (the entry without timeout and use=).
 """
 import os, struct, subprocess, sys, time
 
@@ -142,9 +143,11 @@ def main():
                 ct = sh("ip", "netns", "exec", pod, "conntrack", "-L").strip() or "-"
                 entry = " ".join(w for w in ct.split() if not w.startswith("use="))
                 words = entry.split()
+                timeout = "-"
                 if len(words) > 3:
-                    entry = " ".join(words[:2] + words[3:])  # drop the remaining timeout
-                out.append(f"{i}: {d} {fl} -> {','.join(hit) or 'DROPPED'} | {entry}")
+                    timeout = words[2]
+                    entry = " ".join(words[:2] + words[3:])
+                out.append(f"{i}: {d} {fl} -> {','.join(hit) or 'DROPPED'} | {timeout} | {entry}")
         for p in inj.values():
             p.stdin.close()
             p.wait()
