@@ -120,7 +120,7 @@ fn matches_for(proto: Option<&'static str>) -> BoxedStrategy<Vec<String>> {
 fn target_for(table: &'static str, proto: Option<&'static str>) -> BoxedStrategy<String> {
     let mut t: Vec<BoxedStrategy<String>> = vec![
         Just("-j ACCEPT".to_string()).boxed(),
-        Just("-j DROP".to_string()).boxed(),
+        Just(if table == "nat" { "-j ACCEPT" } else { "-j DROP" }.to_string()).boxed(),
         Just("-j RETURN".to_string()).boxed(),
         Just("-j OTHER".to_string()).boxed(),
         Just("-g OTHER".to_string()).boxed(),

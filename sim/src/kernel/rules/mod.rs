@@ -322,11 +322,24 @@ impl PortMatch {
 }
 
 /// `-m tcp`: ports and `--tcp-flags MASK COMP` (`--syn` is `FIN,SYN,RST,ACK SYN`).
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+///
+/// Each `-m tcp` of a rule (explicit or implied by `-p tcp`) is its own instance, evaluated
+/// like the kernel's separate expressions; the printer merges them the way iptables-nft does.
+/// Options the kernel drops (a full port range, negated or not; a flag mask of NONE) are not
+/// kept; `marker` says whether the instance was given only default values, in which case
+/// iptables-nft still prints a bare `-m tcp` for it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct TcpMatch {
     pub sport: Option<PortMatch>,
     pub dport: Option<PortMatch>,
     pub flags: Option<TcpFlagsMatch>,
+    pub marker: bool,
+}
+
+impl Default for TcpMatch {
+    fn default() -> Self {
+        TcpMatch { sport: None, dport: None, flags: None, marker: true }
+    }
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -336,11 +349,18 @@ pub struct TcpFlagsMatch {
     pub negated: bool,
 }
 
-/// `-m udp`: ports.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+/// `-m udp`: ports (instances and `marker` as for [`TcpMatch`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct UdpMatch {
     pub sport: Option<PortMatch>,
     pub dport: Option<PortMatch>,
+    pub marker: bool,
+}
+
+impl Default for UdpMatch {
+    fn default() -> Self {
+        UdpMatch { sport: None, dport: None, marker: true }
+    }
 }
 
 /// `-m icmp [!] --icmp-type TYPE[/CODE]` (`any` = every type).

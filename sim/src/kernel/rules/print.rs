@@ -79,10 +79,55 @@ pub(crate) fn print_rule(out: &mut String, rule: &Rule) {
         neg(out, n);
         out.push_str(" -f");
     }
+    // iptables-nft keeps tcp/udp options as separate expressions and rebuilds one match from
+    // all of them, at the first instance that has any (later values win); an instance given
+    // only defaults prints as a bare `-m tcp`.
+    let (tcp, udp) = merged_ports(rule);
+    let (mut tcp_done, mut udp_done) = (false, false);
     for m in &rule.matches {
-        print_match(out, m);
+        match m {
+            Match::Tcp(t) if has_options(t.sport, t.dport, t.flags.is_some()) => {
+                if !std::mem::replace(&mut tcp_done, true) {
+                    print_match(out, &Match::Tcp(tcp));
+                }
+            }
+            Match::Udp(u) if has_options(u.sport, u.dport, false) => {
+                if !std::mem::replace(&mut udp_done, true) {
+                    print_match(out, &Match::Udp(udp));
+                }
+            }
+            Match::Tcp(t) if t.marker => out.push_str(" -m tcp"),
+            Match::Udp(u) if u.marker => out.push_str(" -m udp"),
+            Match::Tcp(_) | Match::Udp(_) => {}
+            other => print_match(out, other),
+        }
     }
     print_target(out, &rule.target);
+}
+
+fn has_options(sport: Option<PortMatch>, dport: Option<PortMatch>, flags: bool) -> bool {
+    sport.is_some() || dport.is_some() || flags
+}
+
+/// All tcp and all udp options of a rule folded into one match each (later ones win).
+fn merged_ports(rule: &Rule) -> (super::TcpMatch, super::UdpMatch) {
+    let mut tcp = super::TcpMatch::default();
+    let mut udp = super::UdpMatch::default();
+    for m in &rule.matches {
+        match m {
+            Match::Tcp(t) => {
+                tcp.sport = t.sport.or(tcp.sport);
+                tcp.dport = t.dport.or(tcp.dport);
+                tcp.flags = t.flags.or(tcp.flags);
+            }
+            Match::Udp(u) => {
+                udp.sport = u.sport.or(udp.sport);
+                udp.dport = u.dport.or(udp.dport);
+            }
+            _ => {}
+        }
+    }
+    (tcp, udp)
 }
 
 pub(crate) fn proto_name(n: u8) -> String {

@@ -8,7 +8,7 @@
 //! ruleset is unchanged.
 
 use super::parse::{Command, ParseError, TableBlock, parse_restore};
-use super::{Chain, Counters, Hook, Match, Rule, Ruleset, Table, TableKind, Target};
+use super::{Chain, Counters, Hook, Match, Policy, Rule, Ruleset, Table, TableKind, Target};
 
 /// Options of `iptables-restore`.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -203,6 +203,13 @@ impl Table {
                         "a built-in chain (user chains have no policy)",
                     ));
                 }
+                if self.kind == TableKind::Nat && policy == Policy::Drop {
+                    return Err(ParseError::new(
+                        line,
+                        "DROP",
+                        "ACCEPT (iptables refuses a DROP policy set with -P in the nat table)",
+                    ));
+                }
                 self.chains[i].policy = policy;
             }
             Command::Flush { line, chain } => match chain {
@@ -346,10 +353,17 @@ fn check_placement(table: TableKind, reach: u8, rule: &Rule) -> Result<(), Parse
         Target::Masquerade(_) => (&[TableKind::Nat], &[Postrouting]),
         Target::Tproxy { .. } => (&[TableKind::Mangle], &[Prerouting]),
         Target::Ct { .. } | Target::Notrack => (&[TableKind::Raw], &Hook::ALL),
-        Target::Reject(_) => (&TableKind::ALL, &[Input, Forward, Output]),
+        Target::Reject(_) => (&[TableKind::Filter], &[Input, Forward, Output]),
         _ => (&TableKind::ALL, &Hook::ALL),
     };
     let name = rule.target.name();
+    if table == TableKind::Nat && rule.target == Target::Drop {
+        return Err(ParseError::new(
+            rule.line,
+            "DROP",
+            "a target other than DROP (iptables refuses DROP in the nat table: it is not for filtering)",
+        ));
+    }
     if !tables.contains(&table) {
         let list: Vec<&str> = tables.iter().map(|t| t.name()).collect();
         return Err(ParseError::new(

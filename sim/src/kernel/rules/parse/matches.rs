@@ -13,25 +13,10 @@ pub(super) fn load_match(w: &Words<'_>, b: &mut Builder, name: &str) -> Result<(
     let m = match name {
         "tcp" => {
             needs_proto("tcp")?;
-            // iptables-nft folds a second tcp match into the first one.
-            if let Some(i) = r.matches.iter().position(|m| matches!(m, Match::Tcp(_))) {
-                let m = r.matches.remove(i);
-                r.matches.push(m);
-                let g = b.given.remove(i);
-                b.given.push(g);
-                return Ok(());
-            }
             Match::Tcp(TcpMatch::default())
         }
         "udp" => {
             needs_proto("udp")?;
-            if let Some(i) = r.matches.iter().position(|m| matches!(m, Match::Udp(_))) {
-                let m = r.matches.remove(i);
-                r.matches.push(m);
-                let g = b.given.remove(i);
-                b.given.push(g);
-                return Ok(());
-            }
             Match::Udp(UdpMatch::default())
         }
         "icmp" => {
@@ -64,7 +49,7 @@ pub(super) fn load_match(w: &Words<'_>, b: &mut Builder, name: &str) -> Result<(
         }
     };
     r.matches.push(m);
-    b.given.push(false);
+    b.given.push(Vec::new());
     Ok(())
 }
 
@@ -168,22 +153,24 @@ pub(super) fn parse_mark(w: &Words<'_>, v: &str) -> Result<(u32, u32), ParseErro
     }
 }
 
+/// A `--sport`/`--dport` of tcp or udp, stored the way the kernel keeps it: a full range
+/// (negated or not) is dropped, `! 0:N` becomes `N+1:65535`. Returns whether the option left
+/// the instance at its defaults (see `TcpMatch::marker`).
 pub(super) fn set_port(
     w: &Words<'_>,
     slot: &mut Option<PortMatch>,
-    opt: &str,
     v: &str,
     neg: bool,
-) -> Result<(), ParseError> {
-    if slot.is_some() {
-        return Err(w.err(opt, format!("`{opt}` at most once")));
-    }
+) -> Result<bool, ParseError> {
     let range = parse_port_range(w, v)?;
-    // The full range matches everything; iptables-nft drops it (unless negated).
-    if range != PortRange::ALL || neg {
-        *slot = Some(PortMatch { range, negated: neg });
-    }
-    Ok(())
+    *slot = match range {
+        PortRange::ALL => None,
+        PortRange { lo: 0, hi } if neg && hi > 0 => {
+            Some(PortMatch { range: PortRange { lo: hi + 1, hi: 65535 }, negated: false })
+        }
+        range => Some(PortMatch { range, negated: neg }),
+    };
+    Ok(range == PortRange::ALL && !neg)
 }
 
 const TCP_FLAG_NAMES: [(&str, u8); 8] = [
@@ -209,6 +196,10 @@ pub(super) fn parse_tcp_flag_list(w: &Words<'_>, v: &str) -> Result<u8, ParseErr
     Ok(bits)
 }
 
+fn once(w: &Words<'_>, again: bool, opt: &str) -> Result<(), ParseError> {
+    if again { Err(w.err(opt, format!("`{opt}` at most once per match"))) } else { Ok(()) }
+}
+
 pub(super) fn match_option(
     w: &mut Words<'_>,
     m: &mut Match,
@@ -223,16 +214,16 @@ pub(super) fn match_option(
         Match::Tcp(t) => match opt {
             "--source-port" | "--sport" => {
                 let v = w.value(opt, "a port")?;
-                set_port(w, &mut t.sport, "--sport", v, neg)?;
+                once(w, again, "--sport")?;
+                t.marker &= set_port(w, &mut t.sport, v, neg)?;
             }
             "--destination-port" | "--dport" => {
                 let v = w.value(opt, "a port")?;
-                set_port(w, &mut t.dport, "--dport", v, neg)?;
+                once(w, again, "--dport")?;
+                t.marker &= set_port(w, &mut t.dport, v, neg)?;
             }
             "--tcp-flags" | "--syn" => {
-                if t.flags.is_some() {
-                    return Err(w.err(opt, "one of --tcp-flags and --syn, once"));
-                }
+                once(w, again, "--tcp-flags")?;
                 let (mask, comp) = if opt == "--syn" {
                     (0x17, 0x02)
                 } else {
@@ -241,7 +232,9 @@ pub(super) fn match_option(
                     let comp = w.value(opt, "the flags that must be set")?;
                     (mask, parse_tcp_flag_list(w, comp)?)
                 };
-                t.flags = Some(TcpFlagsMatch { mask, comp, negated: neg });
+                // A NONE mask tests nothing: the kernel drops it.
+                t.flags = (mask != 0).then_some(TcpFlagsMatch { mask, comp, negated: neg });
+                t.marker &= mask == 0 && comp == 0 && !neg;
             }
             _ => {
                 return Err(w.err(
@@ -252,11 +245,10 @@ pub(super) fn match_option(
         },
         Match::Udp(u) => {
             let v = w.value(opt, "a port")?;
-            if opt.contains("source") || opt == "--sport" {
-                set_port(w, &mut u.sport, "--sport", v, neg)?;
-            } else {
-                set_port(w, &mut u.dport, "--dport", v, neg)?;
-            }
+            let src = opt.contains("source") || opt == "--sport";
+            once(w, again, if src { "--sport" } else { "--dport" })?;
+            let slot = if src { &mut u.sport } else { &mut u.dport };
+            u.marker &= set_port(w, slot, v, neg)?;
         }
         Match::Icmp(i) => {
             let v = w.value(opt, "an ICMP type")?;

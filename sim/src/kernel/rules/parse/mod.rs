@@ -417,8 +417,8 @@ struct Builder {
     target: Option<TargetBuilder>,
     /// Whether `-p` was given (modules such as tcp check it).
     proto_seen: bool,
-    /// Per match: whether any of its options was given (for "missing option" errors).
-    given: Vec<bool>,
+    /// Per match: the options given so far (for "at most once" and "missing option" errors).
+    given: Vec<Vec<&'static str>>,
 }
 
 fn parse_rule(w: &mut Words<'_>, counters: Option<Counters>) -> Result<Rule, ParseError> {
@@ -589,6 +589,17 @@ fn proto_module(r: &Rule) -> Option<&'static str> {
     }
 }
 
+/// Options that are spellings of the same one.
+fn option_key(name: &'static str) -> &'static str {
+    match name {
+        "--source-port" => "--sport",
+        "--destination-port" => "--dport",
+        "--syn" => "--tcp-flags",
+        "--source-ports" | "--sports" | "--destination-ports" | "--dports" | "--ports" => "ports",
+        other => other,
+    }
+}
+
 /// Dispatches a `--option` to the target or a loaded match (newest first), loading the
 /// protocol's match implicitly when nothing else takes it.
 fn parse_module_option(
@@ -605,7 +616,9 @@ fn parse_module_option(
     for i in (0..b.rule.matches.len()).rev() {
         let opts = match_options(&b.rule.matches[i]);
         if let Some(name) = resolve(opt, opts).map_err(|h| ambiguous(w, opt, &h))? {
-            let again = std::mem::replace(&mut b.given[i], true);
+            let key = option_key(name);
+            let again = b.given[i].contains(&key);
+            b.given[i].push(key);
             return match_option(w, &mut b.rule.matches[i], name, neg, again);
         }
     }
@@ -624,7 +637,7 @@ fn parse_module_option(
 }
 
 fn finish_rule(w: &Words<'_>, mut b: Builder) -> Result<Rule, ParseError> {
-    for (m, given) in b.rule.matches.iter().zip(&b.given) {
+    for (m, given) in b.rule.matches.iter().zip(b.given.iter().map(|g| !g.is_empty())) {
         let required = match m {
             Match::Mark(_) => Some(("mark", "--mark")),
             Match::Connmark(_) => Some(("connmark", "--mark")),
@@ -636,7 +649,7 @@ fn finish_rule(w: &Words<'_>, mut b: Builder) -> Result<Rule, ParseError> {
             Match::Comment(_) => Some(("comment", "--comment")),
             _ => None,
         };
-        if let (Some((name, opt)), false) = (required, *given) {
+        if let (Some((name, opt)), false) = (required, given) {
             return Err(w.err(name, format!("`{opt}` for `-m {name}`")));
         }
     }
