@@ -25,6 +25,7 @@ fn dir() -> PathBuf {
 /// The pod namespace of `run.sh`, in the model.
 fn pod(name: &str) -> Netns {
     let mut n = Netns::new();
+    let setup = fs::read_to_string(dir().join(format!("{name}.setup"))).unwrap_or_default();
     for cmd in [
         "addr add 10.0.1.5/24 dev eth0",
         "addr add 10.0.2.5/24 dev eth1",
@@ -32,6 +33,10 @@ fn pod(name: &str) -> Netns {
         "rule add fwmark 0x111/0xfff pref 32764 lookup 100",
         "route add local 0.0.0.0/0 dev lo table 100",
     ] {
+        // `ip route del default` in a setup file means: never add it.
+        if cmd.contains("default") && setup.contains("ip route del default") {
+            continue;
+        }
         n.ip(cmd).unwrap();
     }
     match fs::read_to_string(dir().join(format!("{name}.rules"))) {
@@ -42,6 +47,7 @@ fn pod(name: &str) -> Netns {
         for cmd in setup.lines().map(str::trim).filter(|l| !l.is_empty() && !l.starts_with('#')) {
             match cmd {
                 "sysctl -w net.ipv4.ip_forward=1" => n.forwarding = true,
+                "ip route del default" => {}
                 ip => n.ip(ip).unwrap_or_else(|e| panic!("{name}.setup: {e}")),
             }
         }
@@ -310,4 +316,9 @@ fn tcp_state_machine_segment_by_segment() {
         mismatches.len(),
         mismatches.join("\n")
     );
+}
+
+#[test]
+fn no_route() {
+    check("no-route");
 }

@@ -14,8 +14,9 @@
 //! → mangle POSTROUTING → nat POSTROUTING → confirm → out.
 //!
 //! A drop before confirm discards the new conntrack entry. REJECT's reply (TCP RST, attached to
-//! the connection as RELATED, or an ICMP error) is itself sent through the output path and
-//! returned in [`Outcome::reply`].
+//! the connection as RELATED, or an ICMP error) and the ICMP unreachable the kernel sends for a
+//! packet it cannot forward are themselves sent through the output path and returned in
+//! [`Outcome::reply`].
 
 use std::net::{Ipv4Addr, SocketAddrV4};
 use std::time::Duration;
@@ -109,7 +110,8 @@ pub struct Outcome {
     /// The connection's original destination when it has a destination binding (what
     /// SO_ORIGINAL_DST returns).
     pub orig_dst: Option<SocketAddrV4>,
-    /// REJECT's reply, after its own trip through the output path.
+    /// What the kernel sent back: REJECT's reply, or ICMP unreachable for a packet it could not
+    /// forward — after its own trip through the output path.
     pub reply: Option<Box<Outcome>>,
 }
 
@@ -394,20 +396,43 @@ impl Netns {
                 let flags = if p.tcp_flags.has(TcpFlags::ACK) { TcpFlags::R } else { TcpFlags::RA };
                 Some(Packet::tcp(p.dst_sock(), p.src_sock(), flags).with_len(40))
             }
-            Some(code) => {
-                if p.icmp.is_some_and(|i| icmp_type::is_error(i.kind)) {
-                    return None;
-                }
-                let src = if self.routing.is_local_address(p.dst) {
-                    p.dst
-                } else {
-                    self.routing.source_for(p.src, 0).ok()?
-                };
-                let icmp =
-                    Icmp { kind: icmp_type::DEST_UNREACH, code, id: 0, inner: Some(p.tuple()) };
-                Some(Packet::icmp(src, p.src, icmp).with_len(28 + p.len.min(548)))
-            }
+            Some(code) => self.unreachable(p, code),
         }
+    }
+
+    /// ICMP destination unreachable about `p` (`icmp_send`): from `p`'s destination if that is
+    /// ours, else from the address facing `p`'s source; quoting `p`'s header. None for an error
+    /// about an error.
+    fn unreachable(&self, p: &Packet, code: u8) -> Option<Packet> {
+        if p.icmp.is_some_and(|i| icmp_type::is_error(i.kind)) {
+            return None;
+        }
+        let src = if self.routing.is_local_address(p.dst) {
+            p.dst
+        } else {
+            self.routing.source_for(p.src, 0).ok()?
+        };
+        let icmp = Icmp { kind: icmp_type::DEST_UNREACH, code, id: 0, inner: Some(p.tuple()) };
+        Some(Packet::icmp(src, p.src, icmp).with_len(28 + p.len.min(548)))
+    }
+
+    /// `ip_error`: a packet the kernel would forward but cannot route gets ICMP net/host
+    /// unreachable (or communication prohibited) back, when forwarding is on. The kernel
+    /// rate-limits these per sender; the model does not.
+    fn no_route(&mut self, w: Walk, e: RouteError, cx: &mut Ctx<'_>) -> Outcome {
+        let code = match e {
+            RouteError::NetUnreachable => Some(0),
+            RouteError::HostUnreachable => Some(1),
+            RouteError::Prohibited => Some(13),
+            _ => None,
+        };
+        let reply = code.filter(|_| self.forwarding).and_then(|c| self.unreachable(&w.skb.pkt, c));
+        let reply = reply.map(|pkt| {
+            let mut sub = Ctx { now: cx.now, sockets: cx.sockets, trace: None };
+            Box::new(self.output_walk(pkt, Some(SocketInfo::kernel()), None, &mut sub))
+        });
+        let verdict = PacketVerdict::Drop(DropCause::Route(e));
+        self.finish_with(w, verdict, Disposition::None, reply, cx)
     }
 
     /// A packet from a local socket (`socket`; `None` for kernel-generated packets).
@@ -537,7 +562,7 @@ impl Netns {
         });
         let r = match r {
             Ok(r) => r,
-            Err(e) => return self.finish(w, PacketVerdict::Drop(DropCause::Route(e)), cx),
+            Err(e) => return self.no_route(w, e, cx),
         };
         if matches!(r.kind, RouteType::Local | RouteType::Broadcast) {
             w.route = Some(r);
