@@ -4,3 +4,4 @@ pub mod certs;
 pub mod check;
 pub mod proxy;
 pub mod rules;
+pub mod trace;
