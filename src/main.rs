@@ -30,6 +30,9 @@ enum Command {
     Certs(cmd::certs::Args),
     /// Run one node's proxy on the real kernel (pods' netns by path) until Ctrl-C, then drain.
     Proxy(cmd::proxy::Args),
+    /// Run packets through the kernel model of one network namespace (netfilter, conntrack,
+    /// routing) and print one JSON line per packet.
+    Trace(cmd::trace::Args),
 }
 
 fn main() -> ExitCode {
@@ -40,6 +43,7 @@ fn main() -> ExitCode {
         Command::Rules(args) => cmd::rules::run(args),
         Command::Certs(args) => cmd::certs::run(args),
         Command::Proxy(args) => cmd::proxy::run(args),
+        Command::Trace(args) => cmd::trace::run(args),
     };
     match result {
         Ok(code) => code,

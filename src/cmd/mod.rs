@@ -5,3 +5,4 @@ pub mod check;
 pub mod proxy;
 pub mod rules;
 pub mod run;
+pub mod trace;
