@@ -144,7 +144,7 @@ impl ScenarioResult {
                 out
             }
             Status::BackendFailed { error, .. } => {
-                vec![format!("{}: the backend could not run it: {error}", self.file)]
+                vec![format!("{}: backend error: {error}", self.file)]
             }
             Status::Ran { world, run, failures, problems } => {
                 let mut out: Vec<String> =
