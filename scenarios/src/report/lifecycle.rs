@@ -21,11 +21,15 @@ use std::net::{Ipv4Addr, SocketAddrV4};
 
 use ambient_proxy::inpod::{
     CONNMARK, INBOUND_HBONE_PORT, INBOUND_PLAINTEXT_PORT, MARK_MASK, OUTBOUND_PORT, PROXY_MARK,
+    ROUTE_TABLE,
 };
 
 use crate::outcome::{ConnOutcome, Connection, EventKind, PathKind, ProxyEvent};
 use crate::values::Table;
-use crate::world::{Action, Capture, Connect, Dest, Fault, Pod, World};
+use crate::world::{Action, Connect, Dest, Fault, Pod, World};
+use rules::{find, redirect};
+
+mod rules;
 
 /// The participants, in the order they are drawn.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
@@ -83,6 +87,16 @@ pub fn escape(text: &str) -> String {
         }
     }
     out
+}
+
+/// Which of a connection's proxy events: the source proxy's (route, pool, outbound errors), the
+/// destination proxy's (verdicts, inbound errors), or a part of the latter.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Events {
+    Source,
+    Destination,
+    Verdicts,
+    DestinationErrors,
 }
 
 /// Where a connection went, as far as the World and the route decision tell.
@@ -239,20 +253,25 @@ impl<'a> Diagram<'a> {
         self.dest.addr.map_or_else(|| self.target.to_string(), |a| a.to_string())
     }
 
-    fn proxy_events(&self, outbound: bool) -> Vec<&'a ProxyEvent> {
+    fn proxy_events(&self, which: Events) -> Vec<&'a ProxyEvent> {
         self.conn
             .proxy_events
             .iter()
-            .filter(|e| match e.kind {
-                EventKind::Route | EventKind::Pool => outbound,
-                EventKind::Rbac => !outbound,
-                EventKind::Error => e.detail.starts_with("outbound") == outbound,
+            .filter(|e| {
+                let source = matches!(e.kind, EventKind::Route | EventKind::Pool)
+                    || (e.kind == EventKind::Error && e.detail.starts_with("outbound"));
+                match which {
+                    Events::Source => source,
+                    Events::Destination => !source,
+                    Events::Verdicts => e.kind == EventKind::Rbac,
+                    Events::DestinationErrors => !source && e.kind != EventKind::Rbac,
+                }
             })
             .collect()
     }
 
-    fn event_notes(&mut self, over: P, outbound: bool) -> usize {
-        let events = self.proxy_events(outbound);
+    fn event_notes(&mut self, over: P, which: Events) -> usize {
+        let events = self.proxy_events(which);
         for e in &events {
             let text = format!("{} {}: {}", e.proxy, kind_word(e.kind), e.detail);
             self.note(&[over], &text);
@@ -262,8 +281,7 @@ impl<'a> Diagram<'a> {
 
     /// The destination proxy allowed it (its RBAC verdict says `allow`).
     fn allowed(&self) -> Option<bool> {
-        let verdict =
-            self.proxy_events(false).into_iter().rev().find(|e| e.kind == EventKind::Rbac);
+        let verdict = self.proxy_events(Events::Verdicts).into_iter().next_back();
         verdict.map(|e| e.detail.starts_with("allow"))
     }
 
@@ -323,9 +341,12 @@ impl<'a> Diagram<'a> {
     }
 
     /// From the destination proxy's verdict to the app and back (hbone: through the tunnel;
-    /// inbound-plaintext: straight back to the client).
+    /// inbound-plaintext: straight back to the client). The destination's errors are noted
+    /// where it learnt of them: after the verdict, the failed connect, or the app's end.
     fn destination_side(&mut self, back: P) {
+        self.event_notes(P::DestProxy, Events::Verdicts);
         if self.allowed() == Some(false) {
+            self.event_notes(P::DestProxy, Events::DestinationErrors);
             if back == P::Tunnel {
                 self.msg(P::DestProxy, "--x", P::Tunnel, "401 Unauthorized (RBAC denied)");
                 self.msg(P::Tunnel, "--x", P::SourceProxy, "401: the stream is refused");
@@ -333,6 +354,7 @@ impl<'a> Diagram<'a> {
             return;
         }
         if self.allowed().is_none() && self.conn.server_peer.is_none() {
+            self.event_notes(P::DestProxy, Events::DestinationErrors);
             return;
         }
         let src_ip = self.conn.server_peer.unwrap_or(self.client_ip);
@@ -354,26 +376,39 @@ impl<'a> Diagram<'a> {
         }
         let Some(peer) = self.conn.server_peer else {
             self.note(&[P::ServerNetns], "no server app accepted it");
+            self.event_notes(P::DestProxy, Events::DestinationErrors);
             return;
         };
         self.msg(P::ServerNetns, "->>", P::ServerApp, &format!("accepted · peer {peer}"));
+        if self.conn.outcome != ConnOutcome::Ok && self.conn.received == 0 {
+            let text = format!("no reply: the connection ends ({})", self.conn.outcome);
+            self.msg(P::ServerApp, "--x", P::DestProxy, &text);
+            self.event_notes(P::DestProxy, Events::DestinationErrors);
+            if back == P::Tunnel {
+                self.msg(P::DestProxy, "--x", P::Tunnel, "the CONNECT stream ends");
+                self.msg(P::Tunnel, "--x", P::SourceProxy, "the stream ends");
+            }
+            return;
+        }
         let restore = capture
             .and_then(|c| find(c, Table::Mangle, "ISTIO_OUTPUT", "--restore-mark"))
             .map(|r| format!("mangle OUTPUT → {r} restores mark 0x{CONNMARK:x}"))
             .unwrap_or_else(|| format!("connmark 0x{CONNMARK:x} restored as the packet mark"));
         let reply = format!(
-            "replies: {restore} · ip rule fwmark 0x{CONNMARK:x}/0x{MARK_MASK:x} → table 100 (local) → the proxy's transparent socket"
+            "replies: {restore} · ip rule fwmark 0x{CONNMARK:x}/0x{MARK_MASK:x} → table {ROUTE_TABLE} (local) → the proxy's transparent socket"
         );
         self.msg(P::ServerApp, "-->>", P::DestProxy, &reply);
+        self.event_notes(P::DestProxy, Events::DestinationErrors);
         if back == P::Tunnel {
-            self.msg(P::DestProxy, "-->>", P::Tunnel, "bytes back on the CONNECT stream");
+            let text = format!("{} B back on the CONNECT stream", self.conn.received);
+            self.msg(P::DestProxy, "-->>", P::Tunnel, &text);
             self.msg(P::Tunnel, "-->>", P::SourceProxy, "bytes back");
         }
     }
 
     fn hbone(&mut self) {
         self.captured_first_packet();
-        self.event_notes(P::SourceProxy, true);
+        self.event_notes(P::SourceProxy, Events::Source);
         if self.route.is_some() {
             let gateway = self.dest.pod.map(|p| p.ip).or(self.dest.addr.map(|a| *a.ip()));
             let gateway =
@@ -391,7 +426,8 @@ impl<'a> Diagram<'a> {
                 );
                 self.msg(P::SourceProxy, "->>", P::Tunnel, &text);
             }
-            let reached = !self.proxy_events(false).is_empty() || self.conn.server_peer.is_some();
+            let reached = !self.proxy_events(Events::Destination).is_empty()
+                || self.conn.server_peer.is_some();
             if reached {
                 let authority = self.app_addr();
                 let who = self.conn.server_identity.as_deref().unwrap_or("no verified identity");
@@ -413,7 +449,6 @@ impl<'a> Diagram<'a> {
                     .unwrap_or_default();
                 let text = format!("CONNECT {authority} from {who}{exempt}");
                 self.msg(P::Tunnel, "->>", P::DestProxy, &text);
-                self.event_notes(P::DestProxy, false);
                 self.destination_side(P::Tunnel);
             } else {
                 self.note(&[P::Tunnel], "no event from the destination proxy for this connection");
@@ -425,7 +460,7 @@ impl<'a> Diagram<'a> {
 
     fn passthrough(&mut self) {
         self.captured_first_packet();
-        self.event_notes(P::SourceProxy, true);
+        self.event_notes(P::SourceProxy, Events::Source);
         if self.route.is_some() {
             let text = format!(
                 "plain TCP {}:* → {} · source not spoofed, SO_MARK 0x{PROXY_MARK:x} (not redirected again)",
@@ -479,7 +514,6 @@ impl<'a> Diagram<'a> {
 
     fn inbound_plaintext(&mut self) {
         self.plaintext_first_packet();
-        self.event_notes(P::DestProxy, false);
         self.destination_side(P::ClientApp);
         self.ending(P::DestProxy);
         self.later_packets(&[P::ClientApp, P::ServerNetns]);
@@ -492,7 +526,7 @@ impl<'a> Diagram<'a> {
         if let Some(pod) = self.client_pod.filter(|p| p.is_captured()) {
             let n = node(pod);
             self.captured_first_packet();
-            if self.event_notes(P::SourceProxy, true) == 0 {
+            if self.event_notes(P::SourceProxy, Events::Source) == 0 {
                 let text = format!("no event from proxy@{n} for this connection");
                 self.note(&[P::SourceProxy], &text);
             }
@@ -500,7 +534,7 @@ impl<'a> Diagram<'a> {
         } else if let Some(pod) = self.dest.pod.filter(|p| p.is_captured()) {
             let n = node(pod);
             self.plaintext_first_packet();
-            if self.event_notes(P::DestProxy, false) == 0 {
+            if self.event_notes(P::DestProxy, Events::Destination) == 0 {
                 let text = format!("no event from proxy@{n} for this connection");
                 self.note(&[P::DestProxy], &text);
             }
@@ -526,66 +560,6 @@ fn kind_word(kind: EventKind) -> &'static str {
         EventKind::Pool => "pool",
         EventKind::Error => "error",
     }
-}
-
-/// `nat OUTPUT rule 1 → ISTIO_OUTPUT rule 6: REDIRECT → 127.0.0.1:15001`, from the pod's rules.
-fn redirect(capture: &Capture, builtin: &str, chain: &str, port: u16) -> Option<String> {
-    let rules = capture.rule_positions();
-    let jump = rules.iter().find(|(r, text)| {
-        r.table == Table::Nat && r.chain == builtin && text.ends_with(&format!("-j {chain}"))
-    })?;
-    let target = rules.iter().find(|(r, text)| {
-        r.table == Table::Nat
-            && r.chain == chain
-            && text.contains(&format!("-j REDIRECT --to-ports {port}"))
-            && !text.contains("--dport 53")
-    })?;
-    let to = if builtin == "OUTPUT" { format!("127.0.0.1:{port}") } else { format!("port {port}") };
-    Some(format!(
-        "nat {builtin} rule {} → {chain} rule {}: REDIRECT → {to}",
-        jump.0.index, target.0.index
-    ))
-}
-
-/// `ISTIO_PRERT rule 1`: the first rule of `table`/`chain` whose text contains `needle`.
-fn find(capture: &Capture, table: Table, chain: &str, needle: &str) -> Option<String> {
-    capture
-        .rule_positions()
-        .into_iter()
-        .find(|(r, text)| r.table == table && r.chain == chain && text.contains(needle))
-        .map(|(r, _)| format!("{} rule {}", r.chain, r.index))
-}
-
-/// Repetitions of one connect step that tell the same story, collapsed: each distinct
-/// connection with the 1-based positions (among the step's connections) that look like it.
-pub fn collapse<'a>(connections: &[&'a Connection]) -> Vec<(Vec<usize>, &'a Connection)> {
-    let mut out: Vec<(Vec<usize>, &Connection)> = Vec::new();
-    for (i, c) in connections.iter().enumerate() {
-        match out.iter_mut().find(|(_, seen)| *seen == *c) {
-            Some((which, _)) => which.push(i + 1),
-            None => out.push((vec![i + 1], c)),
-        }
-    }
-    out
-}
-
-/// `1`, `2–10`, `1, 3, 5–7`.
-pub fn ranges(which: &[usize]) -> String {
-    let mut parts: Vec<String> = Vec::new();
-    let mut i = 0;
-    while i < which.len() {
-        let mut j = i;
-        while j + 1 < which.len() && which[j + 1] == which[j] + 1 {
-            j += 1;
-        }
-        parts.push(if i == j {
-            which[i].to_string()
-        } else {
-            format!("{}–{}", which[i], which[j])
-        });
-        i = j + 1;
-    }
-    parts.join(", ")
 }
 
 #[cfg(test)]

@@ -14,7 +14,7 @@
 //! | module | what it is |
 //! | --- | --- |
 //! | [`driver`] | load → select → run each scenario → check → write; [`driver::Clock`] and [`driver::Progress`] are injected |
-//! | [`verdict`] | per-connection verdicts and the from × to truth table (pure) |
+//! | [`verdict`] | per-connection verdicts, the from × to truth table, repetitions collapsed by story (pure) |
 //! | [`lifecycle`] | a connection's packet lifecycle as a Mermaid `sequenceDiagram` (pure) |
 //! | [`summary`] | `summary.md`: overall table, then per scenario its truth table, failures, diagrams |
 //! | [`junit`] | `junit.xml`: one testsuite, one testcase per scenario |

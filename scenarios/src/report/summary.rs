@@ -12,8 +12,8 @@
 
 use std::fmt::Write as _;
 
-use super::lifecycle::{self, collapse, ranges};
-use super::verdict::{self, LEGEND, Mark, TruthTable};
+use super::lifecycle;
+use super::verdict::{self, LEGEND, Mark, TruthTable, collapse, ranges};
 use super::{RunReport, ScenarioResult, Status};
 use crate::outcome::Connection;
 

@@ -159,6 +159,38 @@ impl TruthTable {
     }
 }
 
+/// Repetitions of one connect step that tell the same story, collapsed: each distinct
+/// connection with the 1-based positions (among the step's connections) that look like it.
+pub fn collapse<'a>(connections: &[&'a Connection]) -> Vec<(Vec<usize>, &'a Connection)> {
+    let mut out: Vec<(Vec<usize>, &Connection)> = Vec::new();
+    for (i, c) in connections.iter().enumerate() {
+        match out.iter_mut().find(|(_, seen)| *seen == *c) {
+            Some((which, _)) => which.push(i + 1),
+            None => out.push((vec![i + 1], c)),
+        }
+    }
+    out
+}
+
+/// `1`, `2–10`, `1, 3, 5–7`.
+pub fn ranges(which: &[usize]) -> String {
+    let mut parts: Vec<String> = Vec::new();
+    let mut i = 0;
+    while i < which.len() {
+        let mut j = i;
+        while j + 1 < which.len() && which[j + 1] == which[j] + 1 {
+            j += 1;
+        }
+        parts.push(if i == j {
+            which[i].to_string()
+        } else {
+            format!("{}–{}", which[i], which[j])
+        });
+        i = j + 1;
+    }
+    parts.join(", ")
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -2,6 +2,7 @@ use super::*;
 use crate::load::load_str;
 use crate::outcome::Connection;
 use crate::report::tests::fixture;
+use crate::report::verdict::{collapse, ranges};
 use crate::world::World;
 
 fn mesh() -> World {
@@ -99,6 +100,16 @@ fn hbone_denied_stops_at_the_destination_proxy() {
     insta::assert_snapshot!("hbone_denied", d);
     assert!(d.contains("401 Unauthorized"), "{d}");
     assert!(!d.contains("participant sapp"), "the app never sees it: {d}");
+}
+
+#[test]
+fn hbone_reset_by_the_app_shows_no_reply() {
+    let d = draw("pooled", &fixture::hbone_reset("pooled", 40009));
+    assert_well_formed(&d);
+    insta::assert_snapshot!("hbone_reset", d);
+    assert!(d.contains("node-b error: inbound-hbone reset by upstream"), "{d}");
+    assert!(d.contains("sapp--xdproxy: no reply: the connection ends (reset)"), "{d}");
+    assert!(!d.contains("replies:"), "{d}");
 }
 
 #[test]

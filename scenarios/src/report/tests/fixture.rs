@@ -181,6 +181,24 @@ pub(crate) fn hbone_ok(id: &str, port: u16, reused: bool) -> Connection {
     conn((id, "sleep.default", "echo.default:80"), ok(1024), client, events, Some(&upstream))
 }
 
+/// Allowed, but the server app resets it after accepting.
+pub(crate) fn hbone_reset(id: &str, port: u16) -> Connection {
+    let client = a(&format!("10.0.1.2:{port}"));
+    let upstream = format!("10.0.1.2:{}", port + 10_000);
+    let mut closed_b = closed("node-b", client, Direction::InboundHbone, Some(&upstream));
+    if let Event::ConnectionClosed { result, .. } = &mut closed_b {
+        *result =
+            CloseResult::Reset { side: "upstream".into(), message: "connection reset".into() };
+    }
+    let events = vec![
+        ("node-a", hbone_route(client, true)),
+        ("node-b", verdict(client, Direction::InboundHbone, Some(SLEEP), false)),
+        ("node-b", closed_b),
+    ];
+    let report = ClientReport { received: 0, end: ClientEnd::Reset, ..ok(1024) };
+    conn((id, "sleep.default", "echo.default:80"), report, client, events, Some(&upstream))
+}
+
 pub(crate) fn hbone_denied(id: &str, port: u16) -> Connection {
     let client = a(&format!("10.0.1.2:{port}"));
     let events = vec![
