@@ -89,6 +89,12 @@ pub fn escape(text: &str) -> String {
     out
 }
 
+/// A message or note: escaped, each ` · `-separated part on a line of its own (Mermaid does not
+/// wrap; `<br/>` is its line break).
+fn label(text: &str) -> String {
+    escape(text).replace(" · ", "<br/>")
+}
+
 /// Which of a connection's proxy events: the source proxy's (route, pool, outbound errors), the
 /// destination proxy's (verdicts, inbound errors), or a part of the latter.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -226,7 +232,7 @@ impl<'a> Diagram<'a> {
     fn msg(&mut self, from: P, arrow: &str, to: P, text: &str) {
         self.touch(from);
         self.touch(to);
-        self.lines.push(format!("    {}{arrow}{}: {}", from.id(), to.id(), escape(text)));
+        self.lines.push(format!("    {}{arrow}{}: {}", from.id(), to.id(), label(text)));
     }
 
     fn note(&mut self, over: &[P], text: &str) {
@@ -234,7 +240,7 @@ impl<'a> Diagram<'a> {
             self.touch(*p);
         }
         let ids: Vec<&str> = over.iter().map(|p| p.id()).collect();
-        self.lines.push(format!("    Note over {}: {}", ids.join(","), escape(text)));
+        self.lines.push(format!("    Note over {}: {}", ids.join(","), label(text)));
     }
 
     fn finish(self) -> String {
@@ -273,7 +279,7 @@ impl<'a> Diagram<'a> {
     fn event_notes(&mut self, over: P, which: Events) -> usize {
         let events = self.proxy_events(which);
         for e in &events {
-            let text = format!("{} {}: {}", e.proxy, kind_word(e.kind), e.detail);
+            let text = format!("proxy@{} {} · {}", e.proxy, kind_word(e.kind), e.detail);
             self.note(&[over], &text);
         }
         events.len()

@@ -47,7 +47,7 @@ fn assert_well_formed(text: &str) {
     let mut declared: Vec<&str> = Vec::new();
     for line in lines {
         let l = line.trim_start();
-        let bare = without_entity_codes(l);
+        let bare = without_entity_codes(&l.replace("<br/>", " "));
         assert!(!bare.contains([';', '"', '#', '<', '>', '{', '}']), "unescaped text: {l}");
         if let Some(rest) = l.strip_prefix("participant ") {
             declared.push(rest.split(" as ").next().unwrap());
@@ -107,7 +107,7 @@ fn hbone_reset_by_the_app_shows_no_reply() {
     let d = draw("pooled", &fixture::hbone_reset("pooled", 40009));
     assert_well_formed(&d);
     insta::assert_snapshot!("hbone_reset", d);
-    assert!(d.contains("node-b error: inbound-hbone reset by upstream"), "{d}");
+    assert!(d.contains("proxy@node-b error<br/>inbound-hbone reset by upstream"), "{d}");
     assert!(d.contains("sapp--xdproxy: no reply: the connection ends (reset)"), "{d}");
     assert!(!d.contains("replies:"), "{d}");
 }
@@ -143,7 +143,7 @@ fn a_connection_its_own_proxy_refused_stops_there() {
     assert_well_formed(&d);
     insta::assert_snapshot!("refused_no_endpoint", d);
     assert!(
-        d.contains("node-a error: outbound route: service echo.default has no endpoint"),
+        d.contains("proxy@node-a error<br/>outbound route: service echo.default has no endpoint"),
         "{d}"
     );
     assert!(!d.contains("participant tunnel"), "{d}");
