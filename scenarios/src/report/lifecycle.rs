@@ -13,6 +13,10 @@
 //! connection, annotated with what the Outcome observed (decisions, identities, the peer the app
 //! saw, bytes); it is not a packet trace (that is `--pcap` / `--trace`).
 //!
+//! Simplifications: the destination pod is found by address (the route decision's authority or
+//! passthrough endpoint, else the target), among the pods at the start and those `add-pod`
+//! creates; an address that `add-pod` reuses is attributed to the first pod that had it.
+//!
 //! Every piece of text goes through [`escape`]: Mermaid ends a statement at `;` and reads `#`
 //! as the start of an entity code, and GitHub's renderer strips what looks like HTML.
 
