@@ -3,6 +3,24 @@
 //!
 //! # Map
 //!
+//! The backend ([`SimBackend`], [`run`]): a scenario's `World` becomes a simulated cluster —
+//! every pod, node and external host a namespace with the kernel model, apps and clients of the
+//! scenario (`ambient_scenarios::traffic`) and one real `ambient_proxy::NodeProxy` per node on
+//! simulated sockets — driven on simulated time into an `Outcome`.
+//!
+//! - [`backend`] — `SimBackend` and `run`: one run, its Outcome and artifacts (trace, pcaps).
+//! - [`topology`] — namespaces (pods, nodes, external hosts), addresses, routes, segments.
+//! - [`substrate`] — turmoil-net hosts under the namespaces; per-namespace socket tables that
+//!   translate a substrate socket to the kernel's view of it.
+//! - [`fabric`] — the packet loop: egress → sender's model → link (faults) → receiver's model →
+//!   delivery; REJECT/ICMP replies; drops.
+//! - [`tcp`] — retransmission on Linux's timers (the substrate's own is count-based, off).
+//! - [`pump`] — simulated time: the paused runtime, the pump, `settle`.
+//! - [`net`] — the proxy's socket seam (`Network`) and the apps' streams on simulated sockets.
+//! - [`cluster`] — the proxies (deterministic keys, crypto, clock) and the apps.
+//! - [`driver`] — steps, faults, waits, checks; the Outcome via `ambient_scenarios::assemble`.
+//! - [`observe`] — conntrack and counters per namespace as the Outcome reports them.
+//! - [`trace`] — the readable trace; [`pcap`] — packets per namespace as pcap files.
 //! - [`kernel`] — one network namespace as the kernel sees it: [`kernel::Netns`] loads the same
 //!   `iptables-restore` text and `ip … add` commands as a real namespace, runs packets through
 //!   the hooks in kernel order (raw → conntrack → mangle → nat → filter, routing and re-routing,
@@ -37,4 +55,19 @@
 //!   error naming line, word and what was expected. An unterminated `"` is an error (the real
 //!   iptables-restore lets the quote run to the end of the line).
 
+pub mod backend;
+pub mod cluster;
+pub mod driver;
+pub mod fabric;
 pub mod kernel;
+pub mod net;
+pub mod observe;
+pub mod pcap;
+pub mod pump;
+pub mod shared;
+pub mod substrate;
+pub mod tcp;
+pub mod topology;
+pub mod trace;
+
+pub use backend::{SimBackend, SimRun, run};
