@@ -6,6 +6,7 @@
 //! it and nothing is global; two runs on two threads are independent. A run is a pure function
 //! of (World, seed): the same inputs give a byte-identical Outcome, trace and pcaps.
 
+use std::collections::BTreeMap;
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::sync::Arc;
 
@@ -16,7 +17,7 @@ use ambient_scenarios::world::World;
 use turmoil_net::{KernelConfig, Net};
 
 use crate::driver::Driver;
-use crate::fabric::{Fabric, Stats};
+use crate::fabric::{Fabric, Stats, Walks};
 use crate::pump::pump;
 use crate::shared::Shared;
 use crate::topology::Topology;
@@ -46,6 +47,8 @@ pub struct SimRun {
     /// The readable trace, when asked for.
     pub trace: Option<String>,
     pub stats: Stats,
+    /// What each namespace's model saw, by the Outcome's label (nodes included).
+    pub walks: BTreeMap<String, Walks>,
 }
 
 /// The substrate's TCP settings: its own count-based retransmission off (the harness
@@ -95,6 +98,7 @@ fn run_inner(world: &World, opts: &RunOptions) -> Result<SimRun, BackendError> {
         drop(shared.take_resets());
         let mut f = shared.state();
         let stats = f.stats;
+        let walks = f.walks.iter().map(|(id, w)| (f.topo.slot(*id).label.clone(), *w)).collect();
         let mut artifacts = Vec::new();
         let trace = shared.log().trace.take().map(|t| t.text());
         if let Some(t) = &trace {
@@ -106,7 +110,7 @@ fn run_inner(world: &World, opts: &RunOptions) -> Result<SimRun, BackendError> {
                 artifacts.push(Artifact { name, bytes });
             }
         }
-        Ok(SimRun { outcome, artifacts, trace, stats })
+        Ok(SimRun { outcome, artifacts, trace, stats, walks })
     });
     // Tasks still alive drop their sockets with the runtime, which needs the substrate.
     drop(rt);

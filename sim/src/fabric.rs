@@ -130,6 +130,17 @@ pub struct Stats {
     pub retransmissions: u64,
 }
 
+/// Packets one namespace's model saw (to check rule counters against).
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Walks {
+    /// Packets sent by its sockets or its kernel (the output path, raw OUTPUT first).
+    pub output: u64,
+    /// Of those, delivered locally through `lo` (they traverse PREROUTING too).
+    pub looped: u64,
+    /// Packets that arrived on an interface.
+    pub input: u64,
+}
+
 /// The packet loop's state: namespaces, sockets, in-flight packets, faults.
 #[derive(Debug)]
 pub struct Fabric {
@@ -143,6 +154,7 @@ pub struct Fabric {
     tracing: bool,
     pub captures: Option<Captures<NetnsId>>,
     pub stats: Stats,
+    pub walks: BTreeMap<NetnsId, Walks>,
     egress: Vec<SubPacket>,
 }
 
@@ -252,6 +264,7 @@ impl Fabric {
             tracing: trace,
             captures,
             stats: Stats::default(),
+            walks: BTreeMap::new(),
             egress: Vec::new(),
         }
     }
@@ -450,6 +463,9 @@ impl Fabric {
         if let (Some(c), true) = (self.captures.as_mut(), outcome.accepted()) {
             c.record(netns, cx.now, &outcome.packet, &wire.tcp());
         }
+        let w = self.walks.entry(netns).or_default();
+        w.output += 1;
+        w.looped += u64::from(outcome.accepted() && outcome.is_local());
         self.dispose(cx, netns, outcome, wire, 0);
     }
 
@@ -467,6 +483,7 @@ impl Fabric {
             return;
         }
         self.stats.walks += 1;
+        self.walks.entry(netns).or_default().input += 1;
         if let Some(c) = self.captures.as_mut() {
             c.record(netns, cx.now, &pkt, &wire.tcp());
         }
