@@ -14,7 +14,7 @@
 //! ```
 //!
 //! - A pod has `eth0` with its address in the node's /24 and a default route via the node's
-//!   gateway; a captured pod also gets the in-pod rules and policy routing of its [`Capture`].
+//!   gateway; a captured pod also gets the in-pod rules and policy routing of its `Capture`.
 //!   Pods of one node share a bridge-like segment (`cni@node`), so same-node traffic goes
 //!   pod to pod without crossing the node's namespace, as on a bridge without
 //!   `bridge-nf-call-iptables`.

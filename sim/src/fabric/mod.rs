@@ -27,13 +27,17 @@ use turmoil_net::{EnterGuard, Packet as SubPacket, TcpFlags as SubFlags, TcpSegm
 
 use crate::kernel::conntrack::TcpState;
 use crate::kernel::path::{Disposition, Outcome, PacketVerdict};
-use crate::kernel::{self, IfIndex, Packet, Protocol, SocketInfo, TcpFlags, Trace};
+use crate::kernel::{IfIndex, Packet, SocketInfo, TcpFlags, Trace};
 use crate::net::SimStream;
 use crate::pcap::{Captures, TcpWire};
 use crate::shared::{Log, Shared};
 use crate::substrate::{SockKey, Sockets};
 use crate::tcp::{self, Expiry, Flights};
+
+mod deliver;
+
 use crate::topology::{NetnsId, Topology};
+use deliver::abort_in_place;
 
 /// Linux errnos the harness reports.
 pub mod errno {
@@ -227,24 +231,6 @@ fn reset(shared: &Shared, cx: &Cx<'_>, mut stream: SimStream) {
     shared.state().egressed(cx, rst, true);
 }
 
-/// Aborts a substrate socket without any packet on the wire: a RST only its host sees.
-fn abort_in_place(guard: &EnterGuard, host: Ipv4Addr, port: u16, remote: SocketAddrV4) {
-    guard.deliver(SubPacket {
-        src: IpAddr::V4(*remote.ip()),
-        dst: IpAddr::V4(host),
-        ttl: 64,
-        payload: Transport::Tcp(TcpSegment {
-            src_port: remote.port(),
-            dst_port: port,
-            seq: 0,
-            ack: 0,
-            flags: SubFlags { rst: true, ..SubFlags::default() },
-            window: 0,
-            payload: Bytes::new(),
-        }),
-    });
-}
-
 impl Fabric {
     pub fn new(topo: Topology, seed: u64, trace: bool, pcap: Option<Duration>) -> Self {
         let mut captures = pcap.map(Captures::new);
@@ -337,12 +323,11 @@ impl Fabric {
                         self.stats.retransmissions += 1;
                         if self.tracing {
                             cx.note(format!(
-                                "{} retransmit {}:{} > {} seq={}",
+                                "{} retransmit {} > {} seq={}",
                                 self.topo.slot(key.0).label,
                                 self.sockets
                                     .view(&key)
                                     .map_or(String::from("?"), |v| v.local.to_string()),
-                                key.1,
                                 key.2,
                                 seg.seq
                             ));
@@ -604,102 +589,5 @@ impl Fabric {
             }
         }
         self.input(cx, to, iif, pkt, wire, hops + 1);
-    }
-
-    /// The model delivered `pkt` to the local stack of `netns`.
-    fn local(&mut self, cx: &Cx<'_>, netns: NetnsId, pkt: Packet, wire: Wire) {
-        match pkt.proto {
-            Protocol::Tcp => {}
-            Protocol::Icmp => return self.icmp(cx, netns, &pkt),
-            Protocol::Udp => return,
-        }
-        let Some(host) = self.topo.slot(netns).host else {
-            // No sockets here (a node): the kernel answers with a reset.
-            if !pkt.tcp_flags.has(TcpFlags::RST) {
-                let flags =
-                    if pkt.tcp_flags.has(TcpFlags::ACK) { TcpFlags::R } else { TcpFlags::RA };
-                let rst = Packet::tcp(pkt.dst_sock(), pkt.src_sock(), flags).with_len(40);
-                let len = wire.payload.len() as u32
-                    + u32::from(pkt.tcp_flags.has(TcpFlags::SYN))
-                    + u32::from(pkt.tcp_flags.has(TcpFlags::FIN));
-                let w = Wire { seq: wire.ack, ack: wire.seq.wrapping_add(len), ..Wire::default() };
-                self.output(cx, netns, rst, Some(SocketInfo::kernel()), w);
-            }
-            return;
-        };
-        let local = pkt.dst_sock();
-        let remote = pkt.src_sock();
-        let flags = to_sub_flags(pkt.tcp_flags);
-        let port = self.sockets.deliver_port(netns, local, remote, flags.syn && !flags.ack);
-        let key = (netns, port, remote);
-        let seg = TcpSegment {
-            src_port: remote.port(),
-            dst_port: port,
-            seq: wire.seq,
-            ack: wire.ack,
-            flags,
-            window: wire.window,
-            payload: wire.payload,
-        };
-        self.flights.received(&key, &seg, cx.now);
-        if flags.syn && flags.ack {
-            self.sockets.established(&key);
-        }
-        // A segment entirely below what this socket already acknowledged: the kernel would
-        // answer with a duplicate ACK (the sender's ACK may have been lost).
-        let len = tcp::seq_len(&seg);
-        let dup = match self.sockets.view(&key) {
-            Some(v) if len > 0 && !flags.syn && !flags.rst => v
-                .rcv_ack
-                .filter(|&acked| tcp::seq_le(seg.seq.wrapping_add(len), acked))
-                .map(|acked| (v.snd_nxt, acked, v.window)),
-            _ => None,
-        };
-        cx.guard.deliver(SubPacket {
-            src: IpAddr::V4(*remote.ip()),
-            dst: IpAddr::V4(host.addr),
-            ttl: 64,
-            payload: Transport::Tcp(seg),
-        });
-        if let Some((seq, ack, window)) = dup {
-            let p = SubPacket {
-                src: IpAddr::V4(host.addr),
-                dst: IpAddr::V4(*remote.ip()),
-                ttl: 64,
-                payload: Transport::Tcp(TcpSegment {
-                    src_port: port,
-                    dst_port: remote.port(),
-                    seq,
-                    ack,
-                    flags: SubFlags { ack: true, ..SubFlags::default() },
-                    window,
-                    payload: Bytes::new(),
-                }),
-            };
-            self.egressed(cx, p, true);
-        }
-    }
-
-    /// An ICMP error reached a namespace: a socket still connecting fails with the errno
-    /// Linux maps it to (`icmp_err_convert`); an established one ignores it (a soft error).
-    fn icmp(&mut self, cx: &Cx<'_>, netns: NetnsId, pkt: &Packet) {
-        let Some(icmp) = pkt.icmp else { return };
-        let Some(inner) = icmp.inner else { return };
-        if icmp.kind != kernel::packet::icmp_type::DEST_UNREACH || inner.proto != Protocol::Tcp {
-            return;
-        }
-        let local = SocketAddrV4::new(inner.src, inner.sport);
-        let remote = SocketAddrV4::new(inner.dst, inner.dport);
-        let Some(key) = self.sockets.by_view(netns, local, remote) else { return };
-        if !self.sockets.is_handshaking(&key) {
-            return;
-        }
-        let err = match icmp.code {
-            0 | 6 | 9 | 11 => errno::ENETUNREACH,
-            3 => errno::ECONNREFUSED,
-            4 => return,
-            _ => errno::EHOSTUNREACH,
-        };
-        self.fail(cx, key, err, &format!("ICMP destination unreachable code {}", icmp.code));
     }
 }
