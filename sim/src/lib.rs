@@ -3,11 +3,63 @@
 //!
 //! # Map
 //!
+//! The backend ([`SimBackend`], [`run`]): a scenario's `World` becomes a simulated cluster —
+//! every pod, node and external host a namespace with the kernel model, apps and clients of the
+//! scenario (`ambient_scenarios::traffic`) and one real `ambient_proxy::NodeProxy` per node on
+//! simulated sockets — driven on simulated time into an `Outcome`.
+//!
+//! - [`backend`] — `SimBackend` and `run`: one run, its Outcome and artifacts (trace, pcaps).
+//! - [`topology`] — namespaces (pods, nodes, external hosts), addresses, routes, segments.
+//! - [`substrate`] — turmoil-net hosts under the namespaces; per-namespace socket tables that
+//!   translate a substrate socket to the kernel's view of it.
+//! - [`fabric`] — the packet loop: egress → sender's model → link (faults) → receiver's model →
+//!   delivery; REJECT/ICMP replies; drops.
+//! - [`tcp`] — retransmission on Linux's timers (the substrate's own is count-based, off).
+//! - [`pump`] — simulated time: the paused runtime, the pump, `settle`.
+//! - [`net`] — the proxy's socket seam (`Network`) and the apps' streams on simulated sockets.
+//! - [`cluster`] — the proxies (deterministic keys, crypto, clock) and the apps.
+//! - [`driver`] — steps, faults, waits, checks; the Outcome via `ambient_scenarios::assemble`.
+//! - [`observe`] — conntrack and counters per namespace as the Outcome reports them.
+//! - [`trace`] — the readable trace; [`pcap`] — packets per namespace as pcap files.
 //! - [`kernel`] — one network namespace as the kernel sees it: [`kernel::Netns`] loads the same
 //!   `iptables-restore` text and `ip … add` commands as a real namespace, runs packets through
 //!   the hooks in kernel order (raw → conntrack → mangle → nat → filter, routing and re-routing,
 //!   loopback, forwarding), keeps per-rule counters and a conntrack table with NAT, and prints
 //!   `iptables-save -c` and `conntrack -L`. `testbed trace` is its command-line face.
+//!
+//! # The simulator's stated simplifications
+//!
+//! Where it can not be the kernel, it says so here; `testbed conform` lists what that changes
+//! in `scenarios/expected-differences.yaml`.
+//!
+//! - **Topology** (`topology.rs`): a node is a namespace that forwards between its pods'
+//!   segment (bridge-like: same-node pods reach each other without crossing the node) and the
+//!   underlay; nodes load no rules, so they track no connections, and there is no kube-proxy:
+//!   a service VIP means something only to a captured client, whose proxy resolves it. A next
+//!   hop nobody answers for drops the packet (no ARP, so no EHOSTUNREACH after its timeout).
+//!   A packet that crosses namespaces loses its mark, as in the kernel.
+//! - **TCP is turmoil-net's**: every segment is acknowledged at once (no delayed ACKs, no
+//!   Nagle), the MSS is 1,460 on every path (Linux's `lo` uses about 65,000), the window is at
+//!   most 64 KiB (no scaling), sockets have no TIME_WAIT of their own (conntrack has its own),
+//!   no SACK or fast retransmit. So packet counts — and the counters of rules *every* packet
+//!   traverses — differ from the kernel's; counters of first packets (nat, ctstate NEW) and
+//!   conntrack entries and states do not. Segment lengths the model counts are Linux's: 60 for
+//!   a SYN (options), 52 + data otherwise (timestamps), 40 for a reset.
+//! - **Retransmission** is the harness's (`tcp.rs`), on Linux's timers (1 s for SYN/SYN-ACK,
+//!   200 ms for data, doubling to 120 s; 6/5/15 retries, then ETIMEDOUT), go-back-N, with a
+//!   duplicate ACK for a segment already acknowledged.
+//! - **Ports**: ephemeral ports come from one counter for the whole run (32768 upwards), so they
+//!   never collide across namespaces; the kernel randomises them (conformance normalises).
+//! - **ICMP errors** reach sockets only while they connect: the errno Linux maps the error to
+//!   (ENETUNREACH, EHOSTUNREACH, ECONNREFUSED); established sockets ignore them (soft errors).
+//! - **No UDP** (the proxy has no DNS proxy on 15053), and an app's connect to `127.0.0.0/8` is
+//!   refused with an error rather than simulated.
+//! - **Faults**: `restart` is `crash` then `start` (the proxy loses connections and pools); a
+//!   deleted pod's apps stop and its namespace leaves the network at once (client tasks from it
+//!   go on and fail); link faults act on the underlay between two nodes, both directions.
+//! - **Settling**: "a step starts when the previous one has settled" means the network is quiet
+//!   — no packet moving, no socket used, nothing held on a link — at the current simulated
+//!   instant; timers (retransmissions, keepalives, apps' holds) are not waited for.
 //!
 //! # The kernel model's stated simplifications
 //!
@@ -37,4 +89,19 @@
 //!   error naming line, word and what was expected. An unterminated `"` is an error (the real
 //!   iptables-restore lets the quote run to the end of the line).
 
+pub mod backend;
+pub mod cluster;
+pub mod driver;
+pub mod fabric;
 pub mod kernel;
+pub mod net;
+pub mod observe;
+pub mod pcap;
+pub mod pump;
+pub mod shared;
+pub mod substrate;
+pub mod tcp;
+pub mod topology;
+pub mod trace;
+
+pub use backend::{SimBackend, SimRun, run};

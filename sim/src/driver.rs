@@ -1,0 +1,384 @@
+//! The scenario driver: sets the cluster up, runs the steps in order on simulated time, and
+//! assembles the Outcome.
+//!
+//! - `connect`: one client task per connection (`traffic::run_client` on a simulated socket in
+//!   the client's namespace); `count` runs them one after another in one task, `parallel` all
+//!   at once. A foreground step waits for its connections, then for the network to settle; a
+//!   background one goes on at once and settles at a `check` naming it, or at the end.
+//! - `fault`: link faults go to the packet loop; proxy faults crash and start the real proxy;
+//!   cluster changes (`add-pod`, `delete-pod`, `apply`, `remove`) go through `ClusterState`, and
+//!   every running proxy gets the new mesh.
+//! - `wait`: sleeps (simulated). `check`: settles the named connections and the network, then
+//!   snapshots the state.
+//!
+//! The Outcome's connections are assembled at the end, from every proxy's events and every
+//! app's accepts, with `ambient_scenarios::assemble`, as the netns backend does.
+
+use std::net::{SocketAddr, SocketAddrV4};
+use std::sync::{Arc, Mutex};
+
+use ambient_proxy::net::{ConnectOptions, Network};
+use ambient_scenarios::BackendError;
+use ambient_scenarios::ClusterState;
+use ambient_scenarios::assemble::{self, ConnLabels};
+use ambient_scenarios::outcome::{Outcome, Snapshot};
+use ambient_scenarios::traffic::{ClientReport, ClientSpec, Payload, run_client};
+use ambient_scenarios::world::{
+    Action, App, Connect, Fault, NodeLink, Peer, PeerKind, Repeat, World,
+};
+use tokio::task::JoinHandle;
+
+use crate::cluster::Cluster;
+use crate::net::SimNetwork;
+use crate::observe;
+use crate::pump::settle;
+use crate::shared::Shared;
+use crate::topology::NetnsId;
+
+type ReportCell = Arc<Mutex<Option<(ClientReport, Option<SocketAddr>)>>>;
+
+/// One connection the run opened.
+#[derive(Debug)]
+struct Conn {
+    id: String,
+    from: String,
+    to: String,
+    app: Option<App>,
+    result: ReportCell,
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// Drives one run.
+#[derive(Debug)]
+pub struct Driver<'w> {
+    world: &'w World,
+    seed: u64,
+    shared: Arc<Shared>,
+    cluster: Cluster,
+    state: ClusterState<'w>,
+    conns: Vec<Conn>,
+    /// Running client tasks, by connect id.
+    running: Vec<(String, JoinHandle<()>)>,
+    checks: Vec<Snapshot>,
+}
+
+async fn one_connection(
+    net: SimNetwork,
+    netns: NetnsId,
+    dst: SocketAddrV4,
+    spec: ClientSpec,
+) -> (ClientReport, Option<SocketAddr>) {
+    let client = Arc::new(Mutex::new(None));
+    let seen = client.clone();
+    let connect = async move {
+        let s = net.connect(&netns, SocketAddr::V4(dst), &ConnectOptions::default()).await?;
+        *lock(&seen) = Some(SocketAddr::V4(s.local()));
+        Ok(s)
+    };
+    let report = run_client(connect, &spec).await;
+    let addr = *lock(&client);
+    (report, addr)
+}
+
+fn internal(e: impl std::fmt::Display) -> BackendError {
+    BackendError::new(format!("simulator: {e}"))
+}
+
+impl<'w> Driver<'w> {
+    pub fn new(world: &'w World, seed: u64, shared: Arc<Shared>) -> Result<Self, BackendError> {
+        let cluster = Cluster::new(shared.clone(), seed, &world.trust_domain)?;
+        Ok(Driver {
+            world,
+            seed,
+            shared,
+            cluster,
+            state: ClusterState::initial(world),
+            conns: Vec::new(),
+            running: Vec::new(),
+            checks: Vec::new(),
+        })
+    }
+
+    fn node_index(&self, name: &str) -> Result<usize, BackendError> {
+        self.world
+            .node(name)
+            .map(|n| n.index)
+            .ok_or_else(|| internal(format!("unknown node {name}")))
+    }
+
+    fn netns_of(&self, peer: &Peer) -> Result<NetnsId, BackendError> {
+        let f = self.shared.state();
+        let id = match &peer.kind {
+            PeerKind::Pod(key) => f.topo.pods.get(key).copied(),
+            PeerKind::External(name) => f.topo.externals.get(name).copied(),
+        };
+        id.ok_or_else(|| internal(format!("{} has no namespace now", peer.label())))
+    }
+
+    /// The captured pods of `node` now: (IP, namespace).
+    fn captured_on(&self, node: &str) -> Vec<(std::net::Ipv4Addr, NetnsId)> {
+        let f = self.shared.state();
+        self.state
+            .pods
+            .values()
+            .filter(|p| p.node == node && p.is_captured())
+            .filter_map(|p| f.topo.pods.get(&p.key).map(|&id| (p.ip, id)))
+            .collect()
+    }
+
+    async fn start_proxy(&mut self, node: &str) -> Result<(), BackendError> {
+        let mesh = Cluster::mesh(&self.state)?;
+        let pods = self.captured_on(node);
+        self.cluster.start_proxy(node, mesh, &pods).await
+    }
+
+    /// Sets the cluster up, runs every step, and returns the Outcome.
+    pub async fn run(mut self) -> Result<Outcome, BackendError> {
+        let world = self.world;
+        for node in &world.nodes {
+            self.start_proxy(&node.name).await?;
+        }
+        let apps: Vec<(NetnsId, String, _)> = {
+            let f = self.shared.state();
+            let pods = world
+                .pods
+                .values()
+                .filter_map(|p| Some((*f.topo.pods.get(&p.key)?, p.label(), p.serve.clone())));
+            let hosts = world.external.values().filter_map(|h| {
+                Some((*f.topo.externals.get(&h.name)?, h.name.clone(), h.serve.clone()))
+            });
+            pods.chain(hosts).collect()
+        };
+        for (netns, label, serve) in apps {
+            self.cluster.start_apps(netns, &label, &serve).await?;
+        }
+        settle(&self.shared).await;
+        for step in &world.steps {
+            self.shared.note(format!("step {} {}", step.index, describe(&step.action)));
+            match &step.action {
+                Action::Connect(c) => self.connect(c).await?,
+                Action::Fault(f) => {
+                    self.fault(f, step.index).await?;
+                    settle(&self.shared).await;
+                }
+                Action::Wait(d) => tokio::time::sleep(*d).await,
+                Action::Check(check) => {
+                    for id in &check.settles {
+                        self.join(Some(id)).await?;
+                    }
+                    settle(&self.shared).await;
+                    let state = self.snapshot();
+                    self.checks.push(Snapshot { step: step.index, state });
+                }
+            }
+        }
+        self.join(None).await?;
+        settle(&self.shared).await;
+        self.shared.note("end");
+        let end = self.snapshot();
+        let log = self.cluster.event_log();
+        let mut accepts = self.cluster.accepts();
+        let mut connections = Vec::with_capacity(self.conns.len());
+        for c in &self.conns {
+            let Some((report, client)) = lock(&c.result).clone() else {
+                return Err(internal(format!("connection {} never reported", c.id)));
+            };
+            let labels = ConnLabels { id: &c.id, from: &c.from, to: &c.to, app: c.app };
+            connections.push(assemble::connection(labels, &report, client, &log, &mut accepts));
+        }
+        self.cluster.shutdown();
+        Ok(Outcome {
+            scenario: world.id.clone(),
+            seed: self.seed,
+            connections,
+            checks: std::mem::take(&mut self.checks),
+            end,
+            skipped: Vec::new(),
+        })
+    }
+
+    fn snapshot(&self) -> ambient_scenarios::outcome::State {
+        let log = self.cluster.event_log();
+        let now = self.shared.now();
+        observe::state(&self.shared.state(), &log, now)
+    }
+
+    /// Waits for the client tasks of connect `id` (every one if `None`).
+    async fn join(&mut self, id: Option<&str>) -> Result<(), BackendError> {
+        let (wait, keep): (Vec<_>, Vec<_>) = std::mem::take(&mut self.running)
+            .into_iter()
+            .partition(|(i, _)| id.is_none_or(|id| id == i));
+        self.running = keep;
+        for (i, h) in wait {
+            h.await
+                .map_err(|e| internal(format!("connection {i}: the client task failed: {e}")))?;
+        }
+        Ok(())
+    }
+
+    async fn connect(&mut self, c: &Connect) -> Result<(), BackendError> {
+        let netns = self.netns_of(&c.from)?;
+        let app = self.state.app_for(&c.to);
+        let n = c.repeat.count();
+        let mut cells = Vec::with_capacity(n as usize);
+        for _ in 0..n {
+            let ordinal = self.conns.len() as u64;
+            let result: ReportCell = Arc::new(Mutex::new(None));
+            self.conns.push(Conn {
+                id: c.id.clone(),
+                from: c.from.label(),
+                to: c.to.label.clone(),
+                app,
+                result: result.clone(),
+            });
+            let spec = ClientSpec {
+                send: c.send,
+                hold: c.hold,
+                deadline: c.deadline,
+                payload: Payload::key(self.seed, ordinal),
+            };
+            cells.push((result, spec));
+        }
+        let net = self.cluster.net.clone();
+        let dst = c.to.addr;
+        let handles: Vec<JoinHandle<()>> = match c.repeat {
+            Repeat::Sequential(_) => vec![tokio::spawn(async move {
+                for (cell, spec) in cells {
+                    let r = one_connection(net.clone(), netns, dst, spec).await;
+                    *lock(&cell) = Some(r);
+                }
+            })],
+            Repeat::Parallel(_) => cells
+                .into_iter()
+                .map(|(cell, spec)| {
+                    let net = net.clone();
+                    tokio::spawn(async move {
+                        let r = one_connection(net, netns, dst, spec).await;
+                        *lock(&cell) = Some(r);
+                    })
+                })
+                .collect(),
+        };
+        self.running.extend(handles.into_iter().map(|h| (c.id.clone(), h)));
+        if !c.background {
+            self.join(Some(&c.id)).await?;
+            settle(&self.shared).await;
+        }
+        Ok(())
+    }
+
+    fn link(&self, l: &NodeLink) -> Result<(usize, usize), BackendError> {
+        Ok((self.node_index(&l.a)?, self.node_index(&l.b)?))
+    }
+
+    async fn fault(&mut self, fault: &Fault, step: usize) -> Result<(), BackendError> {
+        match fault {
+            Fault::Partition(l) => {
+                let (a, b) = self.link(l)?;
+                self.shared.state().link_fault(a, b).partitioned = true;
+            }
+            Fault::Heal(l) => {
+                let link = l.as_ref().map(|l| self.link(l)).transpose()?;
+                self.shared.state().heal(link);
+            }
+            Fault::Latency { link, add } => {
+                let (a, b) = self.link(link)?;
+                self.shared.state().link_fault(a, b).latency = *add;
+            }
+            Fault::Loss { link, rate } => {
+                let (a, b) = self.link(link)?;
+                self.shared.state().link_fault(a, b).loss = *rate;
+            }
+            Fault::RestartProxy(node) => {
+                self.cluster.crash_proxy(node).await;
+                self.start_proxy(node).await?;
+            }
+            Fault::CrashProxy(node) => self.cluster.crash_proxy(node).await,
+            Fault::StartProxy(node) => self.start_proxy(node).await?,
+            Fault::FlushConntrack(peer) => {
+                let netns = self.netns_of(peer)?;
+                self.shared.state().topo.slot_mut(netns).model.flush_conntrack();
+            }
+            Fault::DeletePod { pod, .. } => {
+                let (netns, p) = {
+                    let f = self.shared.state();
+                    let netns = f.topo.pods.get(pod).copied();
+                    (netns, self.state.pods.get(pod).cloned())
+                };
+                let (Some(netns), Some(p)) = (netns, p) else {
+                    return Err(internal(format!("delete-pod: {pod} does not exist")));
+                };
+                self.state.apply(fault);
+                self.cluster.update_mesh(&Cluster::mesh(&self.state)?);
+                if p.is_captured() {
+                    self.cluster.remove_pod(&p.node, p.ip);
+                }
+                self.cluster.stop_apps(netns).await;
+                let mut f = self.shared.state();
+                f.topo.pods.remove(pod);
+                f.topo.tear_down(netns);
+            }
+            Fault::AddPod { pod, .. } => {
+                let netns = {
+                    let mut f = self.shared.state();
+                    let Some(&netns) = f.topo.added.get(&step) else {
+                        return Err(internal(format!("add-pod at step {step} has no namespace")));
+                    };
+                    f.topo.bring_up(netns);
+                    f.topo.pods.insert(pod.key.clone(), netns);
+                    netns
+                };
+                self.state.apply(fault);
+                self.cluster.update_mesh(&Cluster::mesh(&self.state)?);
+                self.cluster.start_apps(netns, &pod.label(), &pod.serve).await?;
+                if pod.is_captured() {
+                    self.cluster.add_pod(&pod.node, pod.ip, netns).await?;
+                }
+            }
+            Fault::Apply(_) | Fault::Remove(_) => {
+                self.state.apply(fault);
+                self.cluster.update_mesh(&Cluster::mesh(&self.state)?);
+            }
+        }
+        Ok(())
+    }
+}
+
+/// A step, in a few words, for the trace.
+fn describe(a: &Action) -> String {
+    match a {
+        Action::Connect(c) => {
+            let n = match c.repeat {
+                Repeat::Sequential(1) => String::new(),
+                Repeat::Sequential(n) => format!(" count {n}"),
+                Repeat::Parallel(n) => format!(" parallel {n}"),
+            };
+            let bg = if c.background { " background" } else { "" };
+            format!("connect {} {} -> {} ({}){n}{bg}", c.id, c.from.label(), c.to.label, c.to.addr)
+        }
+        Action::Fault(f) => format!("fault {}", describe_fault(f)),
+        Action::Wait(d) => format!("wait {}", ambient_scenarios::values::format_duration(*d)),
+        Action::Check(_) => "check".into(),
+    }
+}
+
+fn describe_fault(f: &Fault) -> String {
+    match f {
+        Fault::Partition(l) => format!("partition {} {}", l.a, l.b),
+        Fault::Heal(Some(l)) => format!("heal {} {}", l.a, l.b),
+        Fault::Heal(None) => "heal everything".into(),
+        Fault::Latency { link, add } => format!("latency {} {} +{add:?}", link.a, link.b),
+        Fault::Loss { link, rate } => format!("loss {} {} {rate}", link.a, link.b),
+        Fault::RestartProxy(n) => format!("restart proxy@{n}"),
+        Fault::CrashProxy(n) => format!("crash proxy@{n}"),
+        Fault::StartProxy(n) => format!("start proxy@{n}"),
+        Fault::FlushConntrack(p) => format!("flush-conntrack {}", p.label()),
+        Fault::DeletePod { pod, .. } => format!("delete-pod {pod}"),
+        Fault::AddPod { pod, .. } => format!("add-pod {} ({})", pod.key, pod.ip),
+        Fault::Apply(p) => format!("apply {}", p.key),
+        Fault::Remove(k) => format!("remove {k}"),
+    }
+}

@@ -1,0 +1,130 @@
+//! The last step of the packet loop: what the kernel delivered locally reaches its substrate
+//! socket (or, in a namespace without sockets, gets the kernel's reset); ICMP errors fail
+//! sockets that are still connecting; a segment already acknowledged gets a duplicate ACK.
+
+use std::net::{IpAddr, Ipv4Addr, SocketAddrV4};
+
+use bytes::Bytes;
+use turmoil_net::{EnterGuard, Packet as SubPacket, TcpFlags as SubFlags, TcpSegment, Transport};
+
+use super::{Cx, Fabric, Wire, errno, to_sub_flags};
+use crate::kernel::{self, Packet, Protocol, SocketInfo, TcpFlags};
+use crate::tcp;
+use crate::topology::NetnsId;
+
+/// Aborts a substrate socket without any packet on the wire: a RST only its host sees.
+pub(super) fn abort_in_place(guard: &EnterGuard, host: Ipv4Addr, port: u16, remote: SocketAddrV4) {
+    guard.deliver(SubPacket {
+        src: IpAddr::V4(*remote.ip()),
+        dst: IpAddr::V4(host),
+        ttl: 64,
+        payload: Transport::Tcp(TcpSegment {
+            src_port: remote.port(),
+            dst_port: port,
+            seq: 0,
+            ack: 0,
+            flags: SubFlags { rst: true, ..SubFlags::default() },
+            window: 0,
+            payload: Bytes::new(),
+        }),
+    });
+}
+
+impl Fabric {
+    /// The model delivered `pkt` to the local stack of `netns`.
+    pub(super) fn local(&mut self, cx: &Cx<'_>, netns: NetnsId, pkt: Packet, wire: Wire) {
+        match pkt.proto {
+            Protocol::Tcp => {}
+            Protocol::Icmp => return self.icmp(cx, netns, &pkt),
+            Protocol::Udp => return,
+        }
+        let Some(host) = self.topo.slot(netns).host else {
+            // No sockets here (a node): the kernel answers with a reset.
+            if !pkt.tcp_flags.has(TcpFlags::RST) {
+                let flags =
+                    if pkt.tcp_flags.has(TcpFlags::ACK) { TcpFlags::R } else { TcpFlags::RA };
+                let rst = Packet::tcp(pkt.dst_sock(), pkt.src_sock(), flags).with_len(40);
+                let len = wire.payload.len() as u32
+                    + u32::from(pkt.tcp_flags.has(TcpFlags::SYN))
+                    + u32::from(pkt.tcp_flags.has(TcpFlags::FIN));
+                let w = Wire { seq: wire.ack, ack: wire.seq.wrapping_add(len), ..Wire::default() };
+                self.output(cx, netns, rst, Some(SocketInfo::kernel()), w);
+            }
+            return;
+        };
+        let local = pkt.dst_sock();
+        let remote = pkt.src_sock();
+        let flags = to_sub_flags(pkt.tcp_flags);
+        let port = self.sockets.deliver_port(netns, local, remote, flags.syn && !flags.ack);
+        let key = (netns, port, remote);
+        let seg = TcpSegment {
+            src_port: remote.port(),
+            dst_port: port,
+            seq: wire.seq,
+            ack: wire.ack,
+            flags,
+            window: wire.window,
+            payload: wire.payload,
+        };
+        self.flights.received(&key, &seg, cx.now);
+        if flags.syn && flags.ack {
+            self.sockets.established(&key);
+        }
+        // A segment entirely below what this socket already acknowledged: the kernel would
+        // answer with a duplicate ACK (the sender's ACK may have been lost).
+        let len = tcp::seq_len(&seg);
+        let dup = match self.sockets.view(&key) {
+            Some(v) if len > 0 && !flags.syn && !flags.rst => v
+                .rcv_ack
+                .filter(|&acked| tcp::seq_le(seg.seq.wrapping_add(len), acked))
+                .map(|acked| (v.snd_nxt, acked, v.window)),
+            _ => None,
+        };
+        cx.guard.deliver(SubPacket {
+            src: IpAddr::V4(*remote.ip()),
+            dst: IpAddr::V4(host.addr),
+            ttl: 64,
+            payload: Transport::Tcp(seg),
+        });
+        if let Some((seq, ack, window)) = dup {
+            let p = SubPacket {
+                src: IpAddr::V4(host.addr),
+                dst: IpAddr::V4(*remote.ip()),
+                ttl: 64,
+                payload: Transport::Tcp(TcpSegment {
+                    src_port: port,
+                    dst_port: remote.port(),
+                    seq,
+                    ack,
+                    flags: SubFlags { ack: true, ..SubFlags::default() },
+                    window,
+                    payload: Bytes::new(),
+                }),
+            };
+            self.egressed(cx, p, true);
+        }
+    }
+
+    /// An ICMP error reached a namespace: a socket still connecting fails with the errno
+    /// Linux maps it to (`icmp_err_convert`); an established one ignores it (a soft error).
+    fn icmp(&mut self, cx: &Cx<'_>, netns: NetnsId, pkt: &Packet) {
+        let Some(icmp) = pkt.icmp else { return };
+        let Some(inner) = icmp.inner else { return };
+        if icmp.kind != kernel::packet::icmp_type::DEST_UNREACH || inner.proto != Protocol::Tcp {
+            return;
+        }
+        let local = SocketAddrV4::new(inner.src, inner.sport);
+        let remote = SocketAddrV4::new(inner.dst, inner.dport);
+        let Some(key) = self.sockets.by_view(netns, local, remote) else { return };
+        if !self.sockets.is_handshaking(&key) {
+            return;
+        }
+        let err = match icmp.code {
+            0 | 6 | 9 | 11 => errno::ENETUNREACH,
+            3 => errno::ECONNREFUSED,
+            4 => return,
+            _ => errno::EHOSTUNREACH,
+        };
+        self.fail(cx, key, err, &format!("ICMP destination unreachable code {}", icmp.code));
+    }
+}

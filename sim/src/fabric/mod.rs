@@ -1,0 +1,593 @@
+//! The packet loop: every segment a substrate host emits goes through the kernel model of the
+//! namespace that sent it and of every namespace it reaches, exactly where the kernel would run
+//! it, and is delivered to the owning host only if the model delivers it locally.
+//!
+//! ```text
+//! host egress ─▶ translate source (socket table) ─▶ sender netns OUTPUT … POSTROUTING
+//!     ├─ local (lo, incl. REDIRECT) ─▶ deliver to the namespace's host
+//!     └─ sent out <dev> via <next hop> ─▶ segment: who owns the next hop
+//!            └─ underlay between two nodes: partition / seeded loss / latency (held)
+//!               ─▶ receiver netns PREROUTING … INPUT ─▶ deliver, or FORWARD ─▶ next hop …
+//! ```
+//!
+//! REJECT replies and the kernel's own ICMP errors travel the same way. A packet the model
+//! delivers to a namespace without sockets (a node) gets the kernel's reset; an ICMP error
+//! delivered to a socket that is still connecting fails it with the errno Linux maps the error
+//! to. Drops are traced with their cause. One [`pass`] moves everything that is ready *now*;
+//! the pump (`pump.rs`) decides when time moves.
+
+use std::collections::BTreeMap;
+use std::net::{IpAddr, Ipv4Addr, SocketAddrV4};
+use std::time::Duration;
+
+use bytes::Bytes;
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+use turmoil_net::{EnterGuard, Packet as SubPacket, TcpFlags as SubFlags, TcpSegment, Transport};
+
+use crate::kernel::conntrack::TcpState;
+use crate::kernel::path::{Disposition, Outcome, PacketVerdict};
+use crate::kernel::{IfIndex, Packet, SocketInfo, TcpFlags, Trace};
+use crate::net::SimStream;
+use crate::pcap::{Captures, TcpWire};
+use crate::shared::{Log, Shared};
+use crate::substrate::{SockKey, Sockets};
+use crate::tcp::{self, Expiry, Flights};
+
+mod deliver;
+
+use crate::topology::{NetnsId, Topology};
+use deliver::abort_in_place;
+
+/// Linux errnos the harness reports.
+pub mod errno {
+    pub const ETIMEDOUT: i32 = 110;
+    pub const ECONNREFUSED: i32 = 111;
+    pub const ENETUNREACH: i32 = 101;
+    pub const EHOSTUNREACH: i32 = 113;
+}
+
+/// The longest path a packet may take (a routing loop ends here).
+const MAX_HOPS: u8 = 16;
+
+/// The TCP fields of a segment the model does not keep.
+#[derive(Debug, Clone, Default)]
+pub struct Wire {
+    pub seq: u32,
+    pub ack: u32,
+    pub window: u16,
+    pub payload: Bytes,
+}
+
+impl Wire {
+    fn tcp(&self) -> TcpWire<'_> {
+        TcpWire { seq: self.seq, ack: self.ack, window: self.window, payload: &self.payload }
+    }
+}
+
+fn to_model_flags(f: SubFlags) -> TcpFlags {
+    let mut b = 0;
+    for (on, bit) in [
+        (f.fin, TcpFlags::FIN),
+        (f.syn, TcpFlags::SYN),
+        (f.rst, TcpFlags::RST),
+        (f.psh, TcpFlags::PSH),
+        (f.ack, TcpFlags::ACK),
+        (f.urg, TcpFlags::URG),
+    ] {
+        if on {
+            b |= bit;
+        }
+    }
+    TcpFlags(b)
+}
+
+fn to_sub_flags(f: TcpFlags) -> SubFlags {
+    SubFlags {
+        syn: f.has(TcpFlags::SYN),
+        ack: f.has(TcpFlags::ACK),
+        fin: f.has(TcpFlags::FIN),
+        rst: f.has(TcpFlags::RST),
+        psh: f.has(TcpFlags::PSH),
+        urg: f.has(TcpFlags::URG),
+    }
+}
+
+/// The IP total length Linux would put on this segment: 60 for a SYN (MSS, SACK-permitted,
+/// timestamps, window scale), 40 for a reset, 52 + data otherwise (timestamps).
+fn linux_len(flags: SubFlags, payload: usize) -> u32 {
+    if flags.syn {
+        60
+    } else if flags.rst {
+        40
+    } else {
+        52 + payload as u32
+    }
+}
+
+/// Faults on the underlay between two nodes (both directions).
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct LinkFault {
+    pub partitioned: bool,
+    pub latency: Duration,
+    pub loss: f64,
+}
+
+/// A packet held on a link.
+#[derive(Debug)]
+struct Held {
+    to: NetnsId,
+    iif: IfIndex,
+    pkt: Packet,
+    wire: Wire,
+    hops: u8,
+}
+
+/// Counts for the bench and the report.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct Stats {
+    /// Segments hosts emitted (retransmissions included).
+    pub segments: u64,
+    /// Walks through a namespace's model.
+    pub walks: u64,
+    pub drops: u64,
+    pub retransmissions: u64,
+}
+
+/// Packets one namespace's model saw (to check rule counters against).
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Walks {
+    /// Packets sent by its sockets or its kernel (the output path, raw OUTPUT first).
+    pub output: u64,
+    /// Of those, delivered locally through `lo` (they traverse PREROUTING too).
+    pub looped: u64,
+    /// Packets that arrived on an interface.
+    pub input: u64,
+}
+
+/// The packet loop's state: namespaces, sockets, in-flight packets, faults.
+#[derive(Debug)]
+pub struct Fabric {
+    pub topo: Topology,
+    pub sockets: Sockets,
+    flights: Flights,
+    links: BTreeMap<(usize, usize), LinkFault>,
+    held: BTreeMap<(Duration, u64), Held>,
+    next_held: u64,
+    rng: ChaCha8Rng,
+    tracing: bool,
+    pub captures: Option<Captures<NetnsId>>,
+    pub stats: Stats,
+    pub walks: BTreeMap<NetnsId, Walks>,
+    egress: Vec<SubPacket>,
+}
+
+/// Per-pass context.
+struct Cx<'a> {
+    guard: &'a EnterGuard,
+    now: Duration,
+    log: &'a std::sync::Mutex<Log>,
+}
+
+impl Cx<'_> {
+    fn note(&self, text: impl AsRef<str>) {
+        if let Some(t) = self.log.lock().unwrap_or_else(|e| e.into_inner()).trace.as_mut() {
+            t.push(self.now, text);
+        }
+    }
+}
+
+/// Moves everything that is ready now: queued resets, held packets and retransmissions that
+/// are due, and every host's egress. Returns whether anything moved.
+pub fn pass(shared: &Shared, guard: &EnterGuard) -> bool {
+    let now = shared.now();
+    let cx = Cx { guard, now, log: &shared.log };
+    let resets = shared.take_resets();
+    let mut moved = !resets.is_empty();
+    for stream in resets {
+        reset(shared, &cx, stream);
+    }
+    let mut f = shared.state();
+    moved |= f.due(&cx);
+    let mut out = std::mem::take(&mut f.egress);
+    guard.egress_all(&mut out);
+    moved |= !out.is_empty();
+    for p in out.drain(..) {
+        f.egressed(&cx, p, false);
+    }
+    f.egress = out;
+    moved
+}
+
+/// A stream closed abortively: the socket is aborted in place (no packet), closed, and the
+/// RST its kernel would send goes out through the model.
+fn reset(shared: &Shared, cx: &Cx<'_>, mut stream: SimStream) {
+    let Some((host, key, inner)) = stream.take_for_reset() else { return };
+    let (_, port, remote) = key;
+    let rst = {
+        let mut f = shared.state();
+        f.flights.forget(&key);
+        let view = f.sockets.view(&key).copied();
+        let (seq, ack) = view.map_or((0, 0), |v| (v.snd_nxt, v.rcv_ack.unwrap_or(0)));
+        SubPacket {
+            src: IpAddr::V4(host.addr),
+            dst: IpAddr::V4(*remote.ip()),
+            ttl: 64,
+            payload: Transport::Tcp(TcpSegment {
+                src_port: port,
+                dst_port: remote.port(),
+                seq,
+                ack,
+                flags: SubFlags { rst: true, ack: true, ..SubFlags::default() },
+                window: 0,
+                payload: Bytes::new(),
+            }),
+        }
+    };
+    abort_in_place(cx.guard, host.addr, port, remote);
+    turmoil_net::set_current(host.id);
+    drop(inner);
+    drop(stream);
+    shared.state().egressed(cx, rst, true);
+}
+
+impl Fabric {
+    pub fn new(topo: Topology, seed: u64, trace: bool, pcap: Option<Duration>) -> Self {
+        let mut captures = pcap.map(Captures::new);
+        if let Some(c) = captures.as_mut() {
+            for i in 0..topo.slots.len() {
+                c.open(NetnsId(i as u32));
+            }
+        }
+        Fabric {
+            topo,
+            sockets: Sockets::default(),
+            flights: Flights::default(),
+            links: BTreeMap::new(),
+            held: BTreeMap::new(),
+            next_held: 0,
+            rng: ChaCha8Rng::seed_from_u64(seed ^ 0x5eed_f00d_1055),
+            tracing: trace,
+            captures,
+            stats: Stats::default(),
+            walks: BTreeMap::new(),
+            egress: Vec::new(),
+        }
+    }
+
+    /// When the loop next has something to do without a socket being used.
+    pub fn next_deadline(&self) -> Option<Duration> {
+        let held = self.held.keys().next().map(|(t, _)| *t);
+        match (held, self.flights.next_deadline()) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
+    }
+
+    /// A connect was given up before it completed: its SYN is not retransmitted any more.
+    pub fn abandon_connect(&mut self, netns: NetnsId, remote: SocketAddrV4, ticket: u64) {
+        if let Some(port) = self.sockets.abandon(ticket) {
+            self.flights.forget(&(netns, port, remote));
+        }
+    }
+
+    /// Packets held on a link (latency).
+    pub fn in_flight(&self) -> bool {
+        !self.held.is_empty()
+    }
+
+    pub fn next_release(&self) -> Option<Duration> {
+        self.held.keys().next().map(|(t, _)| *t)
+    }
+
+    fn link_key(a: usize, b: usize) -> (usize, usize) {
+        (a.min(b), a.max(b))
+    }
+
+    pub fn link_fault(&mut self, a: usize, b: usize) -> &mut LinkFault {
+        self.links.entry(Self::link_key(a, b)).or_default()
+    }
+
+    /// Removes faults between `a` and `b`, or everywhere.
+    pub fn heal(&mut self, link: Option<(usize, usize)>) {
+        match link {
+            Some((a, b)) => {
+                self.links.remove(&Self::link_key(a, b));
+            }
+            None => self.links.clear(),
+        }
+    }
+
+    fn due(&mut self, cx: &Cx<'_>) -> bool {
+        let mut moved = false;
+        while let Some(entry) = self.held.first_entry() {
+            if entry.key().0 > cx.now {
+                break;
+            }
+            let h = entry.remove();
+            moved = true;
+            self.input(cx, h.to, h.iif, h.pkt, h.wire, h.hops);
+        }
+        for e in self.flights.expire(cx.now) {
+            moved = true;
+            match e {
+                Expiry::Resend(key, segs) => {
+                    let Some(host) = self.topo.slot(key.0).host else { continue };
+                    let (ack, window) =
+                        self.sockets.view(&key).map_or((None, 0), |v| (v.rcv_ack, v.window));
+                    for mut seg in segs {
+                        if let (Some(a), true) = (ack, seg.flags.ack) {
+                            seg.ack = a;
+                            seg.window = window;
+                        }
+                        self.stats.retransmissions += 1;
+                        if self.tracing {
+                            cx.note(format!(
+                                "{} retransmit {} > {} seq={}",
+                                self.topo.slot(key.0).label,
+                                self.sockets
+                                    .view(&key)
+                                    .map_or(String::from("?"), |v| v.local.to_string()),
+                                key.2,
+                                seg.seq
+                            ));
+                        }
+                        let p = SubPacket {
+                            src: IpAddr::V4(host.addr),
+                            dst: IpAddr::V4(*key.2.ip()),
+                            ttl: 64,
+                            payload: Transport::Tcp(seg),
+                        };
+                        self.egressed(cx, p, true);
+                    }
+                }
+                Expiry::GiveUp(key) => {
+                    self.fail(cx, key, errno::ETIMEDOUT, "retransmission timeout")
+                }
+            }
+        }
+        moved
+    }
+
+    /// The harness fails a socket: it reports `errno` and is aborted in place.
+    fn fail(&mut self, cx: &Cx<'_>, key: SockKey, err: i32, why: &str) {
+        self.flights.forget(&key);
+        self.sockets.set_error(key, err);
+        let Some(host) = self.topo.slot(key.0).host else { return };
+        if self.tracing {
+            let local = self.sockets.view(&key).map(|v| v.local.to_string()).unwrap_or_default();
+            cx.note(format!(
+                "{} socket {local} > {} fails: {why} (errno {err})",
+                self.topo.slot(key.0).label,
+                key.2
+            ));
+        }
+        abort_in_place(cx.guard, host.addr, key.1, key.2);
+    }
+
+    /// A segment a host emitted (`retransmit`: one the harness resends).
+    fn egressed(&mut self, cx: &Cx<'_>, p: SubPacket, retransmit: bool) {
+        self.stats.segments += 1;
+        let (IpAddr::V4(src), IpAddr::V4(dst), Transport::Tcp(seg)) = (p.src, p.dst, p.payload)
+        else {
+            self.stats.drops += 1;
+            cx.note("substrate: a non-TCP or IPv6 packet was dropped (not modelled)");
+            return;
+        };
+        let Some(&netns) = self.topo.by_host_addr.get(&src) else { return };
+        let remote = SocketAddrV4::new(dst, seg.dst_port);
+        let key = (netns, seg.src_port, remote);
+        let fresh_syn = seg.flags.syn && !seg.flags.ack && !retransmit;
+        let (view, abandoned) = if fresh_syn {
+            self.sockets.place_syn(key).map_or((None, false), |(v, a)| (Some(v), a))
+        } else {
+            (self.sockets.view(&key).copied(), false)
+        };
+        let Some(view) = view else {
+            self.stats.drops += 1;
+            cx.note(format!(
+                "{} substrate: no socket view for port {} > {remote}; segment dropped",
+                self.topo.slot(netns).label,
+                seg.src_port
+            ));
+            return;
+        };
+        if let Some(v) = self.sockets.view_mut(&key) {
+            let end = seg.seq.wrapping_add(tcp::seq_len(&seg));
+            if !tcp::seq_le(end, v.snd_nxt) || v.snd_nxt == 0 {
+                v.snd_nxt = end;
+            }
+            if seg.flags.ack {
+                v.rcv_ack = Some(seg.ack);
+                v.window = seg.window;
+            }
+        }
+        if !retransmit && !abandoned {
+            self.flights.sent(key, &seg, cx.now);
+        }
+        let flags = to_model_flags(seg.flags);
+        let pkt = Packet::tcp(view.local, remote, flags)
+            .with_len(linux_len(seg.flags, seg.payload.len()))
+            .with_payload(seg.payload.len() as u32);
+        let pkt = Packet { mark: view.info.mark, ..pkt };
+        let wire = Wire { seq: seg.seq, ack: seg.ack, window: seg.window, payload: seg.payload };
+        self.output(cx, netns, pkt, Some(view.info), wire);
+    }
+
+    fn ct_before(&self, netns: NetnsId, pkt: &Packet, now: Duration) -> Option<TcpState> {
+        let ct = self.topo.slot(netns).model.conntrack();
+        let (id, _) = ct.get(&pkt.tuple(), 0, now)?;
+        ct.entry(id).tcp_state()
+    }
+
+    fn output(
+        &mut self,
+        cx: &Cx<'_>,
+        netns: NetnsId,
+        pkt: Packet,
+        socket: Option<SocketInfo>,
+        wire: Wire,
+    ) {
+        if !self.topo.slot(netns).alive {
+            self.stats.drops += 1;
+            return;
+        }
+        self.stats.walks += 1;
+        let outcome = if self.tracing {
+            let before = self.ct_before(netns, &pkt, cx.now);
+            let mut trace = Trace::default();
+            let lookup = self.sockets.lookup(netns);
+            let slot = &mut self.topo.slots[netns.0 as usize];
+            let o = slot.model.output_traced(pkt, socket, cx.now, &lookup, &mut trace);
+            self.trace_walk(cx, netns, None, &pkt, &o, &trace, before);
+            o
+        } else {
+            let lookup = self.sockets.lookup(netns);
+            self.topo.slots[netns.0 as usize].model.output(pkt, socket, cx.now, &lookup)
+        };
+        if let (Some(c), true) = (self.captures.as_mut(), outcome.accepted()) {
+            c.record(netns, cx.now, &outcome.packet, &wire.tcp());
+        }
+        let w = self.walks.entry(netns).or_default();
+        w.output += 1;
+        w.looped += u64::from(outcome.accepted() && outcome.is_local());
+        self.dispose(cx, netns, outcome, wire, 0);
+    }
+
+    fn input(
+        &mut self,
+        cx: &Cx<'_>,
+        netns: NetnsId,
+        iif: IfIndex,
+        pkt: Packet,
+        wire: Wire,
+        hops: u8,
+    ) {
+        if !self.topo.slot(netns).alive {
+            self.stats.drops += 1;
+            return;
+        }
+        self.stats.walks += 1;
+        self.walks.entry(netns).or_default().input += 1;
+        if let Some(c) = self.captures.as_mut() {
+            c.record(netns, cx.now, &pkt, &wire.tcp());
+        }
+        let outcome = if self.tracing {
+            let before = self.ct_before(netns, &pkt, cx.now);
+            let mut trace = Trace::default();
+            let lookup = self.sockets.lookup(netns);
+            let slot = &mut self.topo.slots[netns.0 as usize];
+            let o = slot.model.input_traced(pkt, iif, cx.now, &lookup, &mut trace);
+            let name = slot.model.routing().interface(iif).name.clone();
+            self.trace_walk(cx, netns, Some(&name), &pkt, &o, &trace, before);
+            o
+        } else {
+            let lookup = self.sockets.lookup(netns);
+            self.topo.slots[netns.0 as usize].model.input(pkt, iif, cx.now, &lookup)
+        };
+        self.dispose(cx, netns, outcome, wire, hops);
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn trace_walk(
+        &self,
+        cx: &Cx<'_>,
+        netns: NetnsId,
+        iif: Option<&str>,
+        pkt: &Packet,
+        o: &Outcome,
+        trace: &Trace,
+        before: Option<TcpState>,
+    ) {
+        let slot = self.topo.slot(netns);
+        if let Some(t) = cx.log.lock().unwrap_or_else(|e| e.into_inner()).trace.as_mut() {
+            t.packet(cx.now, &slot.label, &slot.model, iif, pkt, o, trace, before);
+        }
+    }
+
+    /// Where an outcome sends the packet next.
+    fn dispose(&mut self, cx: &Cx<'_>, netns: NetnsId, mut o: Outcome, wire: Wire, hops: u8) {
+        if let Some(reply) = o.reply.take() {
+            // REJECT's reply or the kernel's ICMP error: it has been through the output path.
+            let rw = Wire { seq: wire.ack, ack: wire.seq.wrapping_add(1), ..Wire::default() };
+            if self.tracing {
+                cx.note(format!("{} kernel reply {}", self.topo.slot(netns).label, reply.packet));
+            }
+            if let Some(c) = self.captures.as_mut() {
+                c.record(netns, cx.now, &reply.packet, &rw.tcp());
+            }
+            self.dispose(cx, netns, *reply, rw, hops);
+        }
+        match (o.verdict, o.disposition) {
+            (PacketVerdict::Accept, Disposition::Local { .. }) => {
+                self.local(cx, netns, o.packet, wire)
+            }
+            (PacketVerdict::Accept, Disposition::Sent { oif, next_hop, .. }) => {
+                self.link(cx, netns, oif, next_hop, o.packet, wire, hops)
+            }
+            _ => self.stats.drops += 1,
+        }
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn link(
+        &mut self,
+        cx: &Cx<'_>,
+        from: NetnsId,
+        oif: IfIndex,
+        next_hop: Ipv4Addr,
+        mut pkt: Packet,
+        wire: Wire,
+        hops: u8,
+    ) {
+        let label = |f: &Self| f.topo.slot(from).label.clone();
+        if hops >= MAX_HOPS {
+            self.stats.drops += 1;
+            cx.note(format!("{} DROP {pkt}: more than {MAX_HOPS} hops", label(self)));
+            return;
+        }
+        let neighbour = self
+            .topo
+            .segment_of(from, oif)
+            .and_then(|seg| Some((seg, self.topo.neighbour(seg, next_hop)?)));
+        let Some((seg, (to, iif))) = neighbour else {
+            self.stats.drops += 1;
+            if self.tracing {
+                cx.note(format!("{} DROP {pkt}: no neighbour answers for {next_hop}", label(self)));
+            }
+            return;
+        };
+        // A packet that leaves a namespace leaves its mark behind.
+        pkt.mark = 0;
+        if self.topo.is_underlay(seg)
+            && let (Some(a), Some(b)) = (self.topo.node_of(from), self.topo.node_of(to))
+            && let Some(fault) = self.links.get(&Self::link_key(a, b)).copied()
+        {
+            let between = format!("{}->{}", label(self), self.topo.slot(to).label);
+            if fault.partitioned {
+                self.stats.drops += 1;
+                if self.tracing {
+                    cx.note(format!("link {between} DROP {pkt}: partition"));
+                }
+                return;
+            }
+            if fault.loss > 0.0 {
+                let draw = (self.rng.next_u64() >> 11) as f64 / (1u64 << 53) as f64;
+                if draw < fault.loss {
+                    self.stats.drops += 1;
+                    if self.tracing {
+                        cx.note(format!("link {between} DROP {pkt}: loss"));
+                    }
+                    return;
+                }
+            }
+            if !fault.latency.is_zero() {
+                let at = cx.now + fault.latency;
+                self.next_held += 1;
+                self.held.insert((at, self.next_held), Held { to, iif, pkt, wire, hops: hops + 1 });
+                return;
+            }
+        }
+        self.input(cx, to, iif, pkt, wire, hops + 1);
+    }
+}

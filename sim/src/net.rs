@@ -1,0 +1,431 @@
+//! Simulated sockets: the proxy's socket seam ([`Network`]) and the apps' streams, on
+//! turmoil-net hosts, with the kernel's view of every socket kept in the namespace's table.
+//!
+//! - `listen` binds a substrate listener and records the view listener (mark, transparent) that
+//!   the model's socket lookups see.
+//! - `accept` returns the view of the accepted socket: local = where the kernel delivered the
+//!   SYN (after REDIRECT, `127.0.0.1:15001`), `original_dst` = SO_ORIGINAL_DST from the
+//!   namespace's modelled conntrack (present whenever conntrack tracks the connection, as on
+//!   Linux).
+//! - `connect` picks the view source — the transparent address the caller bound
+//!   (IP_TRANSPARENT + IP_FREEBIND), or the namespace's route source for the destination with the
+//!   socket's SO_MARK — and an ephemeral port, queues them as a ticket for the SYN, and
+//!   connects the substrate socket. SO_MARK becomes the packet mark the model sees.
+//! - `reset` aborts: no FIN, the peer gets a RST (SO_LINGER 0).
+//! - Errors read as the Linux kernel's (`Connection refused (os error 111)`), so proxy messages
+//!   are the same on both backends.
+//!
+//! turmoil-net sockets carry no host: every poll, address query and drop first makes the
+//! socket's host current. Every operation that can produce a segment kicks the packet loop.
+
+use std::future::{Future, poll_fn};
+use std::io;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr, SocketAddrV4};
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+
+use ambient_proxy::net::{Accepted, ConnectOptions, ListenOptions, Listener, Network};
+use ambient_scenarios::traffic::AppStream;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use turmoil_net::shim::tokio::net::{TcpListener, TcpStream};
+
+use crate::kernel::SocketInfo;
+use crate::shared::Shared;
+use crate::substrate::{SockKey, Ticket};
+use crate::topology::{Host, NetnsId};
+
+/// The error Linux reports for what turmoil-net reports as `kind`.
+fn linux_error(e: io::Error) -> io::Error {
+    let errno = match e.kind() {
+        io::ErrorKind::ConnectionRefused => 111,
+        io::ErrorKind::ConnectionReset => 104,
+        io::ErrorKind::TimedOut => 110,
+        io::ErrorKind::BrokenPipe => 32,
+        io::ErrorKind::NotConnected => 107,
+        io::ErrorKind::AddrInUse => 98,
+        io::ErrorKind::AddrNotAvailable => 99,
+        _ => return e,
+    };
+    io::Error::from_raw_os_error(errno)
+}
+
+fn unsupported(what: String) -> io::Error {
+    io::Error::new(io::ErrorKind::Unsupported, what)
+}
+
+fn v4(addr: SocketAddr) -> io::Result<SocketAddrV4> {
+    match addr {
+        SocketAddr::V4(a) => Ok(a),
+        SocketAddr::V6(a) => Err(unsupported(format!("{a}: the simulator is IPv4 only"))),
+    }
+}
+
+/// Sockets in the simulated namespaces. Cheap to clone.
+#[derive(Clone, Debug)]
+pub struct SimNetwork {
+    shared: Arc<Shared>,
+}
+
+impl SimNetwork {
+    pub(crate) fn new(shared: Arc<Shared>) -> Self {
+        SimNetwork { shared }
+    }
+
+    /// The live namespace's host.
+    fn host(&self, netns: NetnsId) -> io::Result<Host> {
+        let f = self.shared.state();
+        let slot = f
+            .topo
+            .slots
+            .get(netns.0 as usize)
+            .ok_or_else(|| io::Error::other(format!("{netns}: no such namespace")))?;
+        if !slot.alive {
+            return Err(io::Error::other(format!("{}: the namespace is gone", slot.label)));
+        }
+        slot.host
+            .ok_or_else(|| io::Error::other(format!("{}: a namespace without sockets", slot.label)))
+    }
+}
+
+impl Network for SimNetwork {
+    type Netns = NetnsId;
+    type Listener = SimListener;
+    type Stream = SimStream;
+
+    async fn listen(
+        &self,
+        netns: &NetnsId,
+        addr: SocketAddr,
+        opts: &ListenOptions,
+    ) -> io::Result<SimListener> {
+        let netns = *netns;
+        let addr = v4(addr)?;
+        if addr.port() == 0 {
+            return Err(unsupported("the simulator binds listeners to fixed ports".into()));
+        }
+        let host = self.host(netns)?;
+        let specific = !addr.ip().is_unspecified();
+        if specific && !opts.transparent {
+            let f = self.shared.state();
+            if !f.topo.slot(netns).model.routing().is_local_address(*addr.ip()) {
+                return Err(io::Error::from_raw_os_error(99));
+            }
+        }
+        let bind = if specific { host.addr } else { Ipv4Addr::UNSPECIFIED };
+        turmoil_net::set_current(host.id);
+        let inner = TcpListener::bind(SocketAddr::new(IpAddr::V4(bind), addr.port()))
+            .await
+            .map_err(linux_error)?;
+        let info = SocketInfo {
+            mark: opts.mark.unwrap_or(0),
+            transparent: opts.transparent,
+            ..SocketInfo::default()
+        };
+        self.shared.state().sockets.listen(netns, addr, info);
+        Ok(SimListener {
+            shared: self.shared.clone(),
+            netns,
+            host,
+            local: addr,
+            inner: Some(inner),
+        })
+    }
+
+    async fn connect(
+        &self,
+        netns: &NetnsId,
+        dst: SocketAddr,
+        opts: &ConnectOptions,
+    ) -> io::Result<SimStream> {
+        let netns = *netns;
+        let remote = v4(dst)?;
+        if remote.ip().is_loopback() || remote.ip().is_unspecified() {
+            return Err(unsupported(format!(
+                "connect to {remote}: connections to the loopback network are not simulated"
+            )));
+        }
+        let host = self.host(netns)?;
+        let mark = opts.mark.unwrap_or(0);
+        let (local, transparent) = {
+            let mut f = self.shared.state();
+            let (ip, port, transparent) = match opts.source {
+                Some(src) => {
+                    let src = v4(src)?;
+                    (*src.ip(), src.port(), true)
+                }
+                None => {
+                    let ip = f
+                        .topo
+                        .slot(netns)
+                        .model
+                        .source_for(*remote.ip(), mark)
+                        .map_err(|_| io::Error::from_raw_os_error(101))?;
+                    (ip, 0, false)
+                }
+            };
+            let port = if port == 0 { f.sockets.ephemeral_port() } else { port };
+            (SocketAddrV4::new(ip, port), transparent)
+        };
+        let info = SocketInfo { mark, transparent, ..SocketInfo::default() };
+        let connecting = Connecting {
+            shared: self.shared.clone(),
+            host,
+            netns,
+            remote,
+            local,
+            info,
+            ticket: None,
+            done: false,
+            inner: Box::pin(TcpStream::connect(SocketAddr::V4(remote))),
+        };
+        connecting.await
+    }
+
+    fn reset(&self, stream: SimStream) {
+        stream.reset();
+    }
+
+    fn local_addr(&self, stream: &SimStream) -> io::Result<SocketAddr> {
+        Ok(SocketAddr::V4(stream.local))
+    }
+}
+
+type ConnectFuture = Pin<Box<dyn Future<Output = io::Result<TcpStream>> + Send>>;
+
+/// A connect in progress: queues its ticket right before the substrate emits the SYN.
+struct Connecting {
+    shared: Arc<Shared>,
+    host: Host,
+    netns: NetnsId,
+    remote: SocketAddrV4,
+    local: SocketAddrV4,
+    info: SocketInfo,
+    ticket: Option<Ticket>,
+    done: bool,
+    inner: ConnectFuture,
+}
+
+impl Future for Connecting {
+    type Output = io::Result<SimStream>;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let me = &mut *self;
+        if me.ticket.is_none() {
+            let t = me.shared.state().sockets.push_ticket(me.netns, me.remote, me.local, me.info);
+            me.ticket = Some(t);
+            me.shared.kick();
+        }
+        turmoil_net::set_current(me.host.id);
+        let r = match me.inner.as_mut().poll(cx) {
+            Poll::Pending => return Poll::Pending,
+            Poll::Ready(r) => r,
+        };
+        me.done = true;
+        let ticket = me.ticket.map_or(0, |t| t.id);
+        let mut f = me.shared.state();
+        let placed = f.sockets.placed(ticket);
+        f.sockets.forget_ticket(ticket);
+        Poll::Ready(match r {
+            Ok(inner) => {
+                drop(f);
+                turmoil_net::set_current(me.host.id);
+                let port = match inner.local_addr() {
+                    Ok(a) => a.port(),
+                    Err(e) => return Poll::Ready(Err(linux_error(e))),
+                };
+                let key = (me.netns, port, me.remote);
+                Ok(SimStream::new(me.shared.clone(), me.host, key, me.local, me.remote, inner))
+            }
+            Err(e) => {
+                if placed.is_none() {
+                    f.sockets.cancel_ticket(me.netns, me.remote, ticket);
+                }
+                let decided = placed.and_then(|p| f.sockets.error_of(&(me.netns, p, me.remote)));
+                Err(decided.map_or_else(|| linux_error(e), io::Error::from_raw_os_error))
+            }
+        })
+    }
+}
+
+impl Drop for Connecting {
+    fn drop(&mut self) {
+        // Closing a socket that is still connecting: its SYN is not retransmitted any more.
+        if let (Some(t), false) = (self.ticket, self.done) {
+            let mut f = self.shared.state();
+            f.abandon_connect(self.netns, self.remote, t.id);
+        }
+        turmoil_net::set_current(self.host.id);
+    }
+}
+
+/// A listening socket in a simulated namespace.
+#[derive(Debug)]
+pub struct SimListener {
+    shared: Arc<Shared>,
+    netns: NetnsId,
+    host: Host,
+    local: SocketAddrV4,
+    inner: Option<TcpListener>,
+}
+
+impl Listener for SimListener {
+    type Stream = SimStream;
+
+    async fn accept(&mut self) -> io::Result<Accepted<SimStream>> {
+        let host = self.host;
+        let Some(inner) = self.inner.as_ref() else {
+            return Err(io::Error::from_raw_os_error(22));
+        };
+        let (stream, peer) = poll_fn(|cx| {
+            turmoil_net::set_current(host.id);
+            inner.poll_accept(cx)
+        })
+        .await
+        .map_err(linux_error)?;
+        let peer = v4(peer)?;
+        let key = (self.netns, self.local.port(), peer);
+        let now = self.shared.now();
+        let (local, original_dst) = {
+            let f = self.shared.state();
+            let local = f.sockets.view(&key).map_or(self.local, |v| v.local);
+            let od = f.topo.slot(self.netns).model.original_dst(local, peer, now);
+            (local, od)
+        };
+        let stream = SimStream::new(self.shared.clone(), host, key, local, peer, stream);
+        Ok(Accepted {
+            stream,
+            peer: SocketAddr::V4(peer),
+            local: SocketAddr::V4(local),
+            original_dst: original_dst.map(SocketAddr::V4),
+        })
+    }
+
+    fn local_addr(&self) -> io::Result<SocketAddr> {
+        Ok(SocketAddr::V4(self.local))
+    }
+}
+
+impl Drop for SimListener {
+    fn drop(&mut self) {
+        if let Some(inner) = self.inner.take() {
+            self.shared.state().sockets.unlisten(self.netns, self.local.port());
+            turmoil_net::set_current(self.host.id);
+            drop(inner);
+            self.shared.kick();
+        }
+    }
+}
+
+/// A connected TCP stream in a simulated namespace.
+#[derive(Debug)]
+pub struct SimStream {
+    shared: Arc<Shared>,
+    host: Host,
+    key: SockKey,
+    local: SocketAddrV4,
+    peer: SocketAddrV4,
+    inner: Option<TcpStream>,
+}
+
+impl SimStream {
+    fn new(
+        shared: Arc<Shared>,
+        host: Host,
+        key: SockKey,
+        local: SocketAddrV4,
+        peer: SocketAddrV4,
+        inner: TcpStream,
+    ) -> Self {
+        SimStream { shared, host, key, local, peer, inner: Some(inner) }
+    }
+
+    /// The local end as the kernel sees it.
+    pub fn local(&self) -> SocketAddrV4 {
+        self.local
+    }
+
+    pub fn peer(&self) -> SocketAddrV4 {
+        self.peer
+    }
+
+    /// Close abortively (the packet loop sends the RST).
+    pub fn reset(self) {
+        let shared = self.shared.clone();
+        shared.queue_reset(self);
+    }
+
+    pub(crate) fn take_for_reset(&mut self) -> Option<(Host, SockKey, TcpStream)> {
+        self.inner.take().map(|s| (self.host, self.key, s))
+    }
+
+    fn error(&self, e: io::Error) -> io::Error {
+        match self.shared.state().sockets.error_of(&self.key) {
+            Some(errno) => io::Error::from_raw_os_error(errno),
+            None => linux_error(e),
+        }
+    }
+
+    fn poll_inner<T>(
+        &mut self,
+        cx: &mut Context<'_>,
+        op: impl FnOnce(Pin<&mut TcpStream>, &mut Context<'_>) -> Poll<io::Result<T>>,
+    ) -> Poll<io::Result<T>> {
+        let Some(inner) = self.inner.as_mut() else {
+            return Poll::Ready(Err(io::Error::from_raw_os_error(9)));
+        };
+        turmoil_net::set_current(self.host.id);
+        match op(Pin::new(inner), cx) {
+            Poll::Pending => Poll::Pending,
+            Poll::Ready(Ok(v)) => {
+                self.shared.kick();
+                Poll::Ready(Ok(v))
+            }
+            Poll::Ready(Err(e)) => Poll::Ready(Err(self.error(e))),
+        }
+    }
+}
+
+impl AsyncRead for SimStream {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        self.poll_inner(cx, |s, cx| s.poll_read(cx, buf))
+    }
+}
+
+impl AsyncWrite for SimStream {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        self.poll_inner(cx, |s, cx| s.poll_write(cx, buf))
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        self.poll_inner(cx, |s, cx| s.poll_shutdown(cx))
+    }
+}
+
+impl AppStream for SimStream {
+    fn reset(self) {
+        SimStream::reset(self);
+    }
+}
+
+impl Drop for SimStream {
+    fn drop(&mut self) {
+        if self.inner.is_some() {
+            // The substrate socket closes when `inner` drops, right after this.
+            turmoil_net::set_current(self.host.id);
+            self.shared.kick();
+        }
+    }
+}
