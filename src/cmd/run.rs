@@ -76,9 +76,7 @@ impl BackendKind {
 /// `args.backend == Netns`, and pass the sandbox in here.
 fn open_backend(kind: BackendKind) -> Result<Box<dyn Backend>, BackendError> {
     match kind {
-        BackendKind::Sim => Err(BackendError::new(
-            "this build has no simulator backend yet (crate ambient-sim provides no Backend)",
-        )),
+        BackendKind::Sim => Ok(Box::new(ambient_sim::SimBackend)),
         BackendKind::Netns => Err(BackendError::new(
             "this build has no netns backend yet (crate ambient-netns provides no Backend)",
         )),
