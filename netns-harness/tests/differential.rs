@@ -29,6 +29,11 @@ use ambient_netns::diff::kernel::{KernelRun, run_case};
 use ambient_netns::sandbox::Sandbox;
 use ambient_netns::testkit::Suite;
 
+#[path = "differential/model.rs"]
+mod model;
+#[path = "differential/tcp.rs"]
+mod tcp;
+
 #[derive(Debug, Clone)]
 struct Config {
     seed: u64,
@@ -84,9 +89,10 @@ fn main() -> ExitCode {
         "differential: seed {} cases {} jobs {} (case k has seed {} + k; rerun one with DIFF_SEED=<seed> DIFF_CASES=1)",
         config.seed, config.cases, config.jobs, config.seed
     );
-    let (c1, c2, c3) = (config.clone(), config.clone(), config);
+    let (c1, c2, c3, c4) = (config.clone(), config.clone(), config.clone(), config);
     Suite::new("differential, kernel side")
         .case("differential::same_seed_same_case", move |_| Ok(same_seed_same_case(&c1)?))
+        .case("differential::model_agrees_with_kernel", move |sb| Ok(model_agrees(sb, &c4)?))
         .case("differential::kernel_invariants", move |sb| Ok(kernel_invariants(sb, &c2)?))
         .case("differential::kernel_agrees_with_itself", move |sb| Ok(agrees_with_itself(sb, &c3)?))
         .run()
@@ -293,4 +299,40 @@ impl Stats {
             self.conntrack_entries
         )
     }
+}
+
+fn model_agrees(sandbox: &Sandbox, config: &Config) -> anyhow::Result<()> {
+    let results = run_all(sandbox, &config.seeds(), config.jobs, "m");
+    let mut by_field: BTreeMap<String, usize> = BTreeMap::new();
+    let mut agree = 0;
+    let mut shown = 0;
+    for (case, run) in &results {
+        let Ok(run) = run else { continue };
+        match model::model_observe(case) {
+            Err(e) => {
+                *by_field.entry(format!("model error: {e}")).or_default() += 1;
+            }
+            Ok(m) => {
+                let diffs = compare(&run.observation, &m.observation);
+                if diffs.is_empty() {
+                    agree += 1;
+                }
+                for d in &diffs {
+                    let key = d.field.split('[').next().unwrap_or("").to_string()
+                        + d.field.split(']').nth(1).unwrap_or("");
+                    *by_field.entry(key).or_default() += 1;
+                }
+                if !diffs.is_empty() && shown < 6 {
+                    shown += 1;
+                    dump(config, case, &[&run.observation, &m.observation]);
+                    println!("case seed {}:", case.seed);
+                    for d in &diffs {
+                        println!("  {d}");
+                    }
+                }
+            }
+        }
+    }
+    println!("model: {agree} of {} agree; {by_field:#?}", results.len());
+    Ok(())
 }

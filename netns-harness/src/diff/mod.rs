@@ -65,4 +65,5 @@ pub mod flowgen;
 pub mod invariants;
 pub mod kernel;
 pub mod normalize;
+pub mod observe;
 pub mod rulegen;
