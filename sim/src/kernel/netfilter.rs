@@ -203,14 +203,19 @@ fn policy(table: &mut Table, chain: usize, skb: &Skb, env: &mut Env<'_>) -> Verd
     }
 }
 
+/// MASQUERADE's address: `inet_select_addr(oif, next_hop, RT_SCOPE_UNIVERSE)`. Loopback
+/// addresses have host scope and never qualify: an address of the output device on the next
+/// hop's subnet, else its first one, else (the output device is `lo`, say) the first
+/// universe-scope address of any interface, `lo` first.
 fn masquerade_addr(routing: &Routing, oif: IfIndex, next_hop: Ipv4Addr) -> Option<Ipv4Addr> {
-    let iface = routing.interface(oif);
+    let universe = |(a, _): &&(Ipv4Addr, u8)| !a.is_loopback();
     let hop = u32::from(next_hop);
-    iface
-        .addrs
-        .iter()
+    let own: Vec<&(Ipv4Addr, u8)> = routing.interface(oif).addrs.iter().filter(universe).collect();
+    own.iter()
         .find(|(a, l)| super::addr::Cidr::new(*a, *l).is_some_and(|c| c.contains(hop)))
-        .or(iface.addrs.first())
+        .or(own.first())
+        .copied()
+        .or_else(|| routing.interfaces().iter().flat_map(|i| i.addrs.iter()).find(universe))
         .map(|(a, _)| *a)
 }
 
@@ -404,4 +409,32 @@ fn socket_match(s: super::rules::SocketMatch, skb: &mut Skb, env: &Env<'_>) -> b
         skb.pkt.mark = sk.mark;
     }
     !wildcard && transparent
+}
+
+#[cfg(test)]
+mod tests {
+    use std::net::SocketAddrV4;
+    use std::time::Duration;
+
+    use crate::kernel::{Disposition, Netns, NoSockets, Packet, RestoreOptions, TcpFlags};
+
+    /// Kernel 6.18, differential suite seed 12: MASQUERADE of a connection over `lo` takes the
+    /// pod's eth0 address, never 127.0.0.1 (host scope, not eligible for RT_SCOPE_UNIVERSE).
+    #[test]
+    fn masquerade_out_of_lo_takes_a_universe_scope_address() {
+        let mut n = Netns::new();
+        n.ip("addr add 10.0.1.2/24 dev eth0").unwrap();
+        n.ip("route add default via 10.0.1.1 dev eth0").unwrap();
+        let rules = "*nat\n-A POSTROUTING -p tcp -j MASQUERADE\nCOMMIT\n";
+        n.restore(rules, RestoreOptions::default()).unwrap();
+        for (src, dst) in
+            [("10.0.1.2:40000", "10.0.1.2:8080"), ("127.0.0.1:40001", "127.0.0.1:8082")]
+        {
+            let (src, dst): (SocketAddrV4, SocketAddrV4) =
+                (src.parse().unwrap(), dst.parse().unwrap());
+            let o = n.output(Packet::tcp(src, dst, TcpFlags::S), None, Duration::ZERO, &NoSockets);
+            assert!(matches!(o.disposition, Disposition::Local { .. }), "{o:?}");
+            assert_eq!(o.packet.src, std::net::Ipv4Addr::new(10, 0, 1, 2), "{src} -> {dst}");
+        }
+    }
 }
