@@ -437,4 +437,21 @@ mod tests {
             assert_eq!(o.packet.src, std::net::Ipv4Addr::new(10, 0, 1, 2), "{src} -> {dst}");
         }
     }
+
+    /// Kernel 6.18, differential suite seed 40: DNAT of a 127.0.0.1-sourced SYN to a remote
+    /// address fails the re-route after nat OUTPUT (a loopback source may not leave through
+    /// eth0): the SYN is dropped there, never reaches POSTROUTING, and leaves no connection.
+    #[test]
+    fn dnat_of_a_loopback_source_to_a_remote_address_is_dropped_at_reroute() {
+        let mut n = Netns::new();
+        n.ip("addr add 10.0.1.2/24 dev eth0").unwrap();
+        n.ip("route add default via 10.0.1.1 dev eth0").unwrap();
+        let rules = "*nat\n-A OUTPUT -p tcp -j DNAT --to-destination 10.0.1.1:80\nCOMMIT\n";
+        n.restore(rules, RestoreOptions::default()).unwrap();
+        let (src, dst) = ("127.0.0.1:20004".parse().unwrap(), "127.0.0.1:8082".parse().unwrap());
+        let o = n.output(Packet::tcp(src, dst, TcpFlags::S), None, Duration::ZERO, &NoSockets);
+        assert!(!o.accepted(), "{o:?}");
+        assert_eq!(n.conntrack_dump(Duration::ZERO), "");
+        assert!(n.save(true).contains(":POSTROUTING ACCEPT [0:0]"), "{}", n.save(true));
+    }
 }
