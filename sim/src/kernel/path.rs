@@ -125,6 +125,12 @@ impl Outcome {
     }
 }
 
+/// How a packet the kernel sends about `info`'s packet relates to its connection
+/// (`nf_conntrack_attach`): the other direction, as RELATED.
+fn related_reply(info: CtInfo) -> CtInfo {
+    if info.dir() == Dir::Original { CtInfo::RelatedReply } else { CtInfo::Related }
+}
+
 /// Per-call context.
 pub(crate) struct Ctx<'a> {
     pub now: Duration,
@@ -365,19 +371,14 @@ impl Netns {
             self.conntrack.set_closing(id, cx.now);
         }
         let reply = self.reject_reply(&w.skb.pkt, with).map(|pkt| {
-            // The reset carries the connection (as a related reply) and no socket; an ICMP
-            // error is looked up afresh and leaves through the kernel's ICMP socket.
-            let (attached, socket) = match (with, w.skb.ct) {
-                (RejectWith::TcpReset, Some((id, info))) => {
-                    let info = if info.dir() == Dir::Original {
-                        CtInfo::RelatedReply
-                    } else {
-                        CtInfo::Related
-                    };
-                    (Some((id, info)), None)
-                }
-                (RejectWith::TcpReset, None) => (None, None),
-                _ => (None, Some(SocketInfo::kernel())),
+            // Both replies carry the packet's connection as a related one (nf_send_reset's
+            // nf_ct_attach; icmp_glue_bits attaches it to an ICMP error), found even while it is
+            // unconfirmed, so NAT is undone in the quoted header. The reset has no socket, an
+            // ICMP error leaves through the kernel's ICMP socket.
+            let attached = w.skb.ct.map(|(id, info)| (id, related_reply(info)));
+            let socket = match with {
+                RejectWith::TcpReset => None,
+                _ => Some(SocketInfo::kernel()),
             };
             let mut sub = Ctx { now: cx.now, sockets: cx.sockets, trace: None };
             Box::new(self.output_walk(pkt, socket, attached, &mut sub))
@@ -580,5 +581,40 @@ impl Netns {
         }
         let d = Disposition::Sent { oif: r.dev, next_hop: r.next_hop, forwarded: true };
         self.finish_with(w, PacketVerdict::Accept, d, None, cx)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use crate::kernel::{Disposition, Netns, NoSockets, Packet, RestoreOptions, TcpFlags};
+
+    /// Kernel 6.18 (differential suite seed 137, reproduced by hand): REJECT in INPUT of a SYN
+    /// that nat PREROUTING redirected answers with an ICMP error quoting the SYN as the client
+    /// sent it — the error carries the still unconfirmed connection (icmp_glue_bits'
+    /// nf_ct_attach), so NAT is undone in the quoted header, and the client's connect fails
+    /// with ENETUNREACH. No nat chain sees the error, and no connection is left behind.
+    #[test]
+    fn reject_icmp_quotes_the_packet_before_nat_of_an_unconfirmed_connection() {
+        let mut n = Netns::new();
+        n.ip("addr add 10.0.1.2/24 dev eth0").unwrap();
+        let rules = "*nat\n-A PREROUTING -p tcp -j REDIRECT --to-ports 15001\nCOMMIT\n\
+                     *filter\n-A INPUT ! -i lo -p tcp -j REJECT --reject-with icmp-net-unreachable\nCOMMIT\n";
+        n.restore(rules, RestoreOptions::default()).unwrap();
+        let eth0 = n.interface("eth0").unwrap();
+        let (client, asked) =
+            ("10.0.1.1:40000".parse().unwrap(), "10.0.1.2:15008".parse().unwrap());
+        let o = n.input(Packet::tcp(client, asked, TcpFlags::S), eth0, Duration::ZERO, &NoSockets);
+        let reply = o.reply.expect("an ICMP error");
+        assert!(matches!(reply.disposition, Disposition::Sent { .. }), "{reply:?}");
+        let inner = reply.packet.icmp.and_then(|i| i.inner).expect("a quoted header");
+        assert_eq!(
+            (inner.src, inner.sport, inner.dst, inner.dport),
+            (*client.ip(), 40000, *asked.ip(), 15008)
+        );
+        assert_eq!(n.conntrack_dump(Duration::ZERO), "");
+        let save = n.save(true);
+        assert!(save.contains(":OUTPUT ACCEPT [0:0]\n:POSTROUTING ACCEPT [0:0]"), "{save}");
     }
 }
