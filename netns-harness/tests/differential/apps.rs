@@ -6,9 +6,7 @@
 use std::net::SocketAddrV4;
 
 use ambient_netns::conntrack::parse_list;
-use ambient_netns::diff::case::{
-    CloseOrder, CloseResult, ConnectResult, EchoResult, Side,
-};
+use ambient_netns::diff::case::{CloseOrder, CloseResult, ConnectResult, EchoResult, Side};
 use ambient_netns::diff::kernel::{CLOSE_TIMEOUT, CONNECT_TIMEOUT, ECHO_TIMEOUT};
 use ambient_netns::diff::observe::{ClientRecord, ServerRecord, observe};
 use ambient_netns::iptables::Ruleset;
@@ -16,8 +14,8 @@ use ambient_netns::socket::ConnectErrorKind;
 
 use super::super::tcp::{AppEvent, Tcb};
 use super::{
-    ClientPhase, Conn, Event, ModelError, ModelRun, Owner, Server, ServerPhase, World, index,
-    is_local,
+    ClientPhase, Conn, Event, ModelError, ModelRun, Owner, Server, ServerPhase, WAKEUP, World,
+    icmp_error_kind, index, is_local,
 };
 
 impl World<'_> {
@@ -81,23 +79,15 @@ impl World<'_> {
 
     pub(super) fn client_event(&mut self, flow: usize, event: AppEvent) {
         let now = self.now;
-        let Some((side, conn, tcb)) = self.client_tcb(flow) else { return };
+        let Some((_, _, tcb)) = self.client_tcb(flow) else { return };
         let (received, local) = (tcb.received, tcb.local);
         let c = &mut self.clients[flow];
         match (event, c.phase) {
             (AppEvent::Connected, ClientPhase::Connecting) => {
-                c.connect = Some(ConnectResult::Connected);
                 c.local = Some(local);
-                c.phase = ClientPhase::Echoing;
-                let (sent, id) = (c.sent, c.flow.id);
-                let seg = self.hosts[index(side)].sockets.conns[conn].tcb.write(sent, id, now);
-                if let Some(seg) = seg {
-                    self.emit(side, conn, seg);
-                }
-                self.sync_timers(side, conn);
-                let phase = ClientPhase::Echoing;
-                self.schedule(now + ECHO_TIMEOUT, Event::ClientLimit { flow, phase });
+                self.schedule(now + WAKEUP, Event::ClientWake { flow });
             }
+            (AppEvent::Reset, ClientPhase::Connecting) => c.pending_reset = true,
             (AppEvent::Refused, _) => self.client_failed(flow, ConnectErrorKind::Refused),
             (AppEvent::Data(_), ClientPhase::Echoing) if received >= c.sent => {
                 c.echo = Some(EchoResult::Intact { bytes: c.sent });
@@ -124,6 +114,49 @@ impl World<'_> {
             },
             _ => {}
         }
+    }
+
+    /// The application sees its connect complete: SO_ERROR (a reset, else a soft ICMP error
+    /// that arrived meanwhile) or success; then it writes header and payload.
+    pub(super) fn client_wake(&mut self, flow: usize) {
+        let now = self.now;
+        if self.clients[flow].phase != ClientPhase::Connecting {
+            return;
+        }
+        let pending_reset = self.clients[flow].pending_reset;
+        let Some((side, conn, tcb)) = self.client_tcb(flow) else { return };
+        let error = if pending_reset {
+            Some(ConnectErrorKind::Reset)
+        } else {
+            tcb.soft_error.take().map(icmp_error_kind)
+        };
+        if let Some(kind) = error {
+            let c = &mut self.clients[flow];
+            c.pending_reset = false;
+            c.local = None;
+            c.connect = Some(ConnectResult::Failed(kind));
+            c.phase = ClientPhase::Done;
+            return self.client_drop(flow);
+        }
+        let (peer_fin, received) = (tcb.peer_fin, tcb.received);
+        let c = &mut self.clients[flow];
+        c.connect = Some(ConnectResult::Connected);
+        c.phase = ClientPhase::Echoing;
+        let (sent, id) = (c.sent, c.flow.id);
+        let seg = self.hosts[index(side)].sockets.conns[conn].tcb.write(sent, id, now);
+        if let Some(seg) = seg {
+            self.emit(side, conn, seg);
+        }
+        self.sync_timers(side, conn);
+        if peer_fin {
+            let c = &mut self.clients[flow];
+            let (got, sent) = (received.min(c.sent), c.sent);
+            c.echo = Some(EchoResult::Short { got, sent, timed_out: false, error: None });
+            c.phase = ClientPhase::Waiting;
+            return;
+        }
+        let phase = ClientPhase::Echoing;
+        self.schedule(now + ECHO_TIMEOUT, Event::ClientLimit { flow, phase });
     }
 
     fn client_closed(&mut self, flow: usize, result: CloseResult) {
@@ -281,7 +314,8 @@ impl World<'_> {
         match event {
             AppEvent::Data(n) if matches!(phase, ServerPhase::Header | ServerPhase::Echo) => {
                 if phase == ServerPhase::Header {
-                    let Some(spec) = flow.and_then(|id| self.case.flows.iter().find(|f| f.id == id))
+                    let Some(spec) =
+                        flow.and_then(|id| self.case.flows.iter().find(|f| f.id == id))
                     else {
                         return self.server_done(server);
                     };

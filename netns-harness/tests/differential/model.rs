@@ -38,8 +38,7 @@ use std::time::Duration;
 
 use ambient_netns::conntrack::parse_list;
 use ambient_netns::diff::case::{
-    Case, CloseOrder, CloseResult, ConnectResult, EchoResult, FlowSpec, NodeSpec, Observation,
-    Side,
+    Case, CloseOrder, CloseResult, ConnectResult, EchoResult, FlowSpec, NodeSpec, Observation, Side,
 };
 use ambient_netns::diff::kernel::CLOSE_TIMEOUT;
 use ambient_netns::diff::observe::{ServerRecord, is_closing};
@@ -57,6 +56,9 @@ mod apps;
 /// Time a packet takes from one namespace's output to the next step (the other namespace's input
 /// or local delivery).
 pub const HOP: Duration = Duration::from_micros(10);
+/// Time from a connect completing in the stack to the application looking at it (SO_ERROR):
+/// longer than a hop, so an error the handshake's last ACK provokes on the same host is there.
+pub const WAKEUP: Duration = Duration::from_micros(50);
 /// Time `conntrack -L` of both namespaces takes on the kernel side (before the close begins).
 const SNAPSHOT: Duration = Duration::from_millis(2);
 /// Socket ids at and above this are listeners; below, connections.
@@ -239,7 +241,11 @@ impl Host {
             if r.local {
                 cmd += "local ";
             }
-            cmd += &if r.prefix == 0 { "default".to_string() } else { format!("{}/{}", r.dst, r.prefix) };
+            cmd += &if r.prefix == 0 {
+                "default".to_string()
+            } else {
+                format!("{}/{}", r.dst, r.prefix)
+            };
             if let Some(via) = r.via {
                 cmd += &format!(" via {via}");
             }
@@ -317,6 +323,8 @@ enum Event {
     Retransmit { side: Side, conn: usize, generation: u64 },
     /// A connection's delayed-ACK timer.
     DelayedAck { side: Side, conn: usize, generation: u64 },
+    /// A client's application wakes up to a completed connect.
+    ClientWake { flow: usize },
     /// A client's time limit for the phase it was in when the limit was set.
     ClientLimit { flow: usize, phase: ClientPhase },
     /// A server's time limit.
@@ -474,10 +482,7 @@ impl<'c> World<'c> {
         }
         self.run_until(|w| w.clients.iter().all(|c| c.phase == ClientPhase::Done), never);
         let servers_limit = self.now + CLOSE_TIMEOUT * 2;
-        self.run_until(
-            |w| w.servers.iter().all(|s| s.phase == ServerPhase::Done),
-            servers_limit,
-        );
+        self.run_until(|w| w.servers.iter().all(|s| s.phase == ServerPhase::Done), servers_limit);
         // The kernel side gives a close in progress up to six 5 ms looks to settle.
         for _ in 0..6 {
             let pod = &self.hosts[0];
@@ -528,6 +533,7 @@ impl World<'_> {
                     self.emit(side, conn, seg);
                 }
             }
+            Event::ClientWake { flow } => self.client_wake(flow),
             Event::ClientLimit { flow, phase } => self.client_limit(flow, phase),
             Event::ServerLimit { server, phase } => self.server_limit(server, phase),
         }
@@ -608,9 +614,8 @@ impl World<'_> {
         }
         let at = self.now + HOP;
         match out.disposition {
-            Disposition::Local { socket } => {
-                self.schedule(at, Event::Deliver { at: side, pkt: out.packet, seg, assigned: socket })
-            }
+            Disposition::Local { socket } => self
+                .schedule(at, Event::Deliver { at: side, pkt: out.packet, seg, assigned: socket }),
             Disposition::Sent { next_hop, .. } => {
                 let to = other(side);
                 // Only an address the other end owns answers the neighbour solicitation.
@@ -687,21 +692,13 @@ impl World<'_> {
         let Some(conn) = host.sockets.find_conn(local, remote) else { return };
         let c = &mut host.sockets.conns[conn];
         if c.tcb.state != State::SynSent {
+            // A soft error: kept for SO_ERROR.
+            c.tcb.soft_error = Some(icmp.code);
             return;
         }
         c.tcb.discard();
-        let kind = match icmp.code {
-            0 | 6 | 11 => ConnectErrorKind::NetUnreachable,
-            1 | 12 | 13 => ConnectErrorKind::HostUnreachable,
-            3 => ConnectErrorKind::Refused,
-            9 | 10 => ConnectErrorKind::PermissionDenied,
-            2 => ConnectErrorKind::Other("ENOPROTOOPT".into()),
-            7 => ConnectErrorKind::Other("EHOSTDOWN".into()),
-            8 => ConnectErrorKind::Other("ENONET".into()),
-            _ => ConnectErrorKind::Other("EOPNOTSUPP".into()),
-        };
         if let Owner::Client(flow) = c.owner {
-            self.client_failed(flow, kind);
+            self.client_failed(flow, icmp_error_kind(icmp.code));
         }
     }
 
@@ -718,5 +715,19 @@ impl World<'_> {
                 Owner::Server(listener) => self.server_event(side, conn, listener, event, seg.flow),
             }
         }
+    }
+}
+
+/// The connect error an ICMP destination-unreachable code becomes (`icmp_err_convert`).
+fn icmp_error_kind(code: u8) -> ConnectErrorKind {
+    match code {
+        0 | 6 | 11 => ConnectErrorKind::NetUnreachable,
+        1 | 12 | 13 => ConnectErrorKind::HostUnreachable,
+        3 => ConnectErrorKind::Refused,
+        9 | 10 => ConnectErrorKind::PermissionDenied,
+        2 => ConnectErrorKind::Other("ENOPROTOOPT".into()),
+        7 => ConnectErrorKind::Other("EHOSTDOWN".into()),
+        8 => ConnectErrorKind::Other("ENONET".into()),
+        _ => ConnectErrorKind::Other("EOPNOTSUPP".into()),
     }
 }

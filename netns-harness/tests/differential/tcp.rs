@@ -148,6 +148,9 @@ pub struct Tcb {
     pub received: u32,
     /// The peer's FIN arrived.
     pub peer_fin: bool,
+    /// The code of the last ICMP destination-unreachable error on a synchronised connection
+    /// (`sk_err_soft`: ignored by reads and writes, but what SO_ERROR reports).
+    pub soft_error: Option<u8>,
     /// Payload bytes written.
     written: u32,
     snd_una: u32,
@@ -176,6 +179,7 @@ impl Tcb {
             state: State::Closed,
             received: 0,
             peer_fin: false,
+            soft_error: None,
             written: 0,
             snd_una: 0,
             snd_nxt: 0,
@@ -215,7 +219,8 @@ impl Tcb {
         let mut t = Tcb::new(local, remote, 0, transparent);
         t.state = State::SynRecv;
         t.rcv_nxt = syn.seq + 1;
-        let synack = Seg { flags: TcpFlags::SA, seq: 0, ack: t.rcv_nxt, len: 0, bare: false, flow: None };
+        let synack =
+            Seg { flags: TcpFlags::SA, seq: 0, ack: t.rcv_nxt, len: 0, bare: false, flow: None };
         t.sent(synack, now);
         (t, synack)
     }
@@ -309,7 +314,14 @@ impl Tcb {
             }
             State::SynRecv if f.has(TcpFlags::SYN) && !f.has(TcpFlags::ACK) => {
                 // A retransmitted SYN: the SYN-ACK again.
-                r.send.push(Seg { flags: TcpFlags::SA, seq: 0, ack: self.rcv_nxt, len: 0, bare: false, flow: None });
+                r.send.push(Seg {
+                    flags: TcpFlags::SA,
+                    seq: 0,
+                    ack: self.rcv_nxt,
+                    len: 0,
+                    bare: false,
+                    flow: None,
+                });
                 return r;
             }
             _ if f.has(TcpFlags::SYN) => {
@@ -333,7 +345,8 @@ impl Tcb {
         } else {
             self.acked(seg.ack, now);
         }
-        let receiving = matches!(self.state, State::Established | State::FinWait1 | State::FinWait2);
+        let receiving =
+            matches!(self.state, State::Established | State::FinWait1 | State::FinWait2);
         let mut ack_now = false;
         if seg.len > 0 {
             if receiving && seg.seq == self.rcv_nxt {
@@ -407,7 +420,14 @@ impl Tcb {
             _ => return Ok(None),
         };
         self.state = next;
-        let fin = Seg { flags: TcpFlags::FA, seq: self.snd_nxt, ack: self.rcv_nxt, len: 0, bare: false, flow: None };
+        let fin = Seg {
+            flags: TcpFlags::FA,
+            seq: self.snd_nxt,
+            ack: self.rcv_nxt,
+            len: 0,
+            bare: false,
+            flow: None,
+        };
         self.fin_seq = Some(fin.seq);
         self.delack = None;
         self.sent(fin, now);
