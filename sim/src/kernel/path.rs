@@ -463,6 +463,10 @@ impl Netns {
             return self.finish(w, PacketVerdict::Drop(DropCause::Route(e)), cx);
         }
         self.enter(&mut w.skb, Hook::Output, cx);
+        // Every table of the OUTPUT hook sees the out interface of the route the packet started
+        // with (`__ip_local_out` builds the hook state once); a re-route after mangle or nat
+        // takes effect from POSTROUTING on.
+        let hook_oif = (w.skb.oif, w.skb.oif_key);
         pass!(self, w, cx, self.table(TableKind::Raw, &mut w.skb, cx));
         if let Err(c) = self.conntrack_in(&mut w, cx) {
             return self.finish(w, PacketVerdict::Drop(c), cx);
@@ -474,6 +478,7 @@ impl Netns {
         {
             return self.finish(w, PacketVerdict::Drop(DropCause::Route(e)), cx);
         }
+        (w.skb.oif, w.skb.oif_key) = hook_oif;
         let dst = w.skb.pkt.dst;
         pass!(self, w, cx, self.nat_hook(&mut w.skb, Manip::Dst, cx));
         if w.skb.pkt.dst != dst
@@ -481,14 +486,17 @@ impl Netns {
         {
             return self.finish(w, PacketVerdict::Drop(DropCause::Route(e)), cx);
         }
+        let route = w.route.expect("routed");
+        (w.skb.oif, w.skb.oif_key) = hook_oif;
         pass!(self, w, cx, self.table(TableKind::Filter, &mut w.skb, cx));
+        w.skb.oif = Some(route.dev);
+        w.skb.oif_key = self.routing.interface(route.dev).key;
         self.enter(&mut w.skb, Hook::Postrouting, cx);
         pass!(self, w, cx, self.table(TableKind::Mangle, &mut w.skb, cx));
         pass!(self, w, cx, self.nat_hook(&mut w.skb, Manip::Src, cx));
         if let Err(c) = self.confirm(&mut w, cx) {
             return self.finish(w, PacketVerdict::Drop(c), cx);
         }
-        let route = w.route.expect("routed");
         if matches!(route.kind, RouteType::Local | RouteType::Broadcast) {
             return self.loopback(w, cx);
         }
@@ -616,5 +624,26 @@ mod tests {
         assert_eq!(n.conntrack_dump(Duration::ZERO), "");
         let save = n.save(true);
         assert!(save.contains(":OUTPUT ACCEPT [0:0]\n:POSTROUTING ACCEPT [0:0]"), "{save}");
+    }
+
+    /// Kernel 6.18 (differential suite seeds 249 and 299): a rule of filter OUTPUT matches `-o`
+    /// against the route the packet started with, even after nat OUTPUT sent it elsewhere; the
+    /// new route's device shows from POSTROUTING on.
+    #[test]
+    fn output_chains_see_the_first_routes_device_after_a_nat_reroute() {
+        let mut n = Netns::new();
+        n.ip("addr add 10.0.1.2/24 dev eth0").unwrap();
+        n.ip("route add default via 10.0.1.1 dev eth0").unwrap();
+        let rules = "*nat\n-A OUTPUT -p tcp -j DNAT --to-destination 127.0.0.1:8082\n\
+                     -A POSTROUTING -o lo -j ACCEPT\nCOMMIT\n\
+                     *filter\n-A OUTPUT -o eth0 -j ACCEPT\n-A OUTPUT -o lo -j ACCEPT\nCOMMIT\n";
+        n.restore(rules, RestoreOptions::default()).unwrap();
+        let (src, dst) = ("10.0.1.2:20003".parse().unwrap(), "10.96.0.10:80".parse().unwrap());
+        let o = n.output(Packet::tcp(src, dst, TcpFlags::S), None, Duration::ZERO, &NoSockets);
+        assert!(matches!(o.disposition, Disposition::Local { .. }), "{o:?}");
+        let save = n.save(true);
+        assert!(save.contains("[1:60] -A OUTPUT -o eth0 -j ACCEPT"), "{save}");
+        assert!(save.contains("[0:0] -A OUTPUT -o lo -j ACCEPT"), "{save}");
+        assert!(save.contains("[1:60] -A POSTROUTING -o lo -j ACCEPT"), "{save}");
     }
 }
