@@ -324,6 +324,10 @@ fn model_agrees(sandbox: &Sandbox, config: &Config) -> anyhow::Result<()> {
                 }
                 if !diffs.is_empty() && shown < 6 {
                     shown += 1;
+                    if let Some(dir) = &config.dump {
+                        let _ = std::fs::write(dir.join(format!("case-{}.kernel.rules", case.seed)), &run.listing);
+                        let _ = std::fs::write(dir.join(format!("case-{}.model.rules", case.seed)), &m.listing);
+                    }
                     dump(config, case, &[&run.observation, &m.observation]);
                     println!("case seed {}:", case.seed);
                     for d in &diffs {

@@ -516,7 +516,7 @@ impl World<'_> {
             }
             Event::Deliver { at, pkt, seg, assigned } => match pkt.proto {
                 Protocol::Tcp => self.tcp_in(at, &pkt, &seg, assigned),
-                Protocol::Icmp => self.icmp_in(at, &pkt),
+                Protocol::Icmp => self.icmp_in(at, &pkt, &seg),
                 Protocol::Udp => {}
             },
             Event::Retransmit { side, conn, generation } => {
@@ -603,9 +603,10 @@ impl World<'_> {
     /// Follows a packet's outcome in namespace `side`: REJECT's reply, local delivery, the link.
     fn route(&mut self, side: Side, mut out: Outcome, seg: Seg) {
         if let Some(reply) = out.reply.take() {
+            // A reset answers the segment; an ICMP error quotes it (its sequence number).
             let rseg = match reply.packet.proto {
                 Protocol::Tcp => Seg::reset_for(&seg).unwrap_or_default(),
-                _ => Seg::default(),
+                _ => seg,
             };
             self.route(side, *reply, rseg);
         }
@@ -679,8 +680,9 @@ impl World<'_> {
         }
     }
 
-    /// An ICMP error reaches `side`: a hard error for a connecting socket.
-    fn icmp_in(&mut self, side: Side, pkt: &Packet) {
+    /// An ICMP error quoting `quoted` reaches `side`: a hard error for a connecting socket, a
+    /// soft one (for SO_ERROR) otherwise.
+    fn icmp_in(&mut self, side: Side, pkt: &Packet, quoted: &Seg) {
         let Some(icmp) = pkt.icmp else { return };
         let Some(inner) = icmp.inner else { return };
         if icmp.kind != icmp_type::DEST_UNREACH || inner.proto != Protocol::Tcp {
@@ -691,6 +693,9 @@ impl World<'_> {
         let host = self.host(side);
         let Some(conn) = host.sockets.find_conn(local, remote) else { return };
         let c = &mut host.sockets.conns[conn];
+        if !c.tcb.icmp_in_window(quoted.seq) {
+            return;
+        }
         if c.tcb.state != State::SynSent {
             // A soft error: kept for SO_ERROR.
             c.tcb.soft_error = Some(icmp.code);

@@ -225,6 +225,20 @@ impl Tcb {
         (t, synack)
     }
 
+    /// Whether an ICMP error quoting a segment with sequence number `seq` concerns this socket
+    /// (`tcp_v4_err`: `snd_una <= seq <= snd_nxt`). In SYN_SENT that is the SYN alone: the
+    /// errors the suite provokes come back while `tcp_connect` is still sending the SYN (the
+    /// namespaces process it synchronously, in the connecting thread's softirq) and has not yet
+    /// advanced `snd_nxt` past it — an error about the SYN-ACK's reset (sequence ISN + 1) is
+    /// ignored as out of window (kernel 6.18: `TcpExtOutOfWindowIcmps`).
+    pub fn icmp_in_window(&self, seq: u32) -> bool {
+        if self.state == State::SynSent {
+            seq == 0
+        } else {
+            self.snd_una <= seq && seq <= self.snd_nxt
+        }
+    }
+
     /// Whether lookups still find this socket.
     pub fn is_open(&self) -> bool {
         self.state != State::Closed
