@@ -370,7 +370,9 @@ impl Netns {
             // nf_send_reset closes a confirmed connection (nf_ct_set_closing).
             self.conntrack.set_closing(id, cx.now);
         }
-        let reply = self.reject_reply(&w.skb.pkt, with).map(|pkt| {
+        let local =
+            w.route.is_some_and(|r| matches!(r.kind, RouteType::Local | RouteType::Broadcast));
+        let reply = self.reject_reply(&w.skb.pkt, with, local).map(|pkt| {
             // Both replies carry the packet's connection as a related one (nf_send_reset's
             // nf_ct_attach; icmp_glue_bits attaches it to an ICMP error), found even while it is
             // unconfirmed, so NAT is undone in the quoted header. The reset has no socket, an
@@ -387,8 +389,8 @@ impl Netns {
     }
 
     /// The packet REJECT sends back (nf_send_reset / nf_send_unreach); none for a RST or an
-    /// ICMP error.
-    fn reject_reply(&self, p: &Packet, with: RejectWith) -> Option<Packet> {
+    /// ICMP error. `local`: the packet's route delivers it locally.
+    fn reject_reply(&self, p: &Packet, with: RejectWith, local: bool) -> Option<Packet> {
         match with.icmp_code() {
             None => {
                 if p.proto != Protocol::Tcp || p.tcp_flags.has(TcpFlags::RST) {
@@ -397,19 +399,22 @@ impl Netns {
                 let flags = if p.tcp_flags.has(TcpFlags::ACK) { TcpFlags::R } else { TcpFlags::RA };
                 Some(Packet::tcp(p.dst_sock(), p.src_sock(), flags).with_len(40))
             }
-            Some(code) => self.unreachable(p, code),
+            Some(code) => self.unreachable(p, code, local),
         }
     }
 
-    /// ICMP destination unreachable about `p` (`icmp_send`): from `p`'s destination if that is
-    /// ours, else from the address facing `p`'s source; quoting `p`'s header. None for an error
-    /// about an error.
-    fn unreachable(&self, p: &Packet, code: u8) -> Option<Packet> {
+    /// ICMP destination unreachable about `p` (`icmp_send`), quoting `p`'s header. A packet
+    /// routed locally (`local`) is answered from its destination — and not at all when that is
+    /// not a local address (a `local` route of another table delivered it: the ICMP's output
+    /// route refuses the foreign source); any other from the address facing `p`'s source. None
+    /// for an error about an error.
+    fn unreachable(&self, p: &Packet, code: u8, local: bool) -> Option<Packet> {
         if p.icmp.is_some_and(|i| icmp_type::is_error(i.kind)) {
             return None;
         }
-        let src = if self.routing.is_local_address(p.dst) {
-            p.dst
+        const RTN_LOCAL: u8 = 2;
+        let src = if local {
+            (self.routing.addr_type(p.dst, None) == RTN_LOCAL).then_some(p.dst)?
         } else {
             self.routing.source_for(p.src, 0).ok()?
         };
@@ -427,7 +432,8 @@ impl Netns {
             RouteError::Prohibited => Some(13),
             _ => None,
         };
-        let reply = code.filter(|_| self.forwarding).and_then(|c| self.unreachable(&w.skb.pkt, c));
+        let reply =
+            code.filter(|_| self.forwarding).and_then(|c| self.unreachable(&w.skb.pkt, c, false));
         let reply = reply.map(|pkt| {
             let mut sub = Ctx { now: cx.now, sockets: cx.sockets, trace: None };
             Box::new(self.output_walk(pkt, Some(SocketInfo::kernel()), None, &mut sub))
@@ -645,5 +651,28 @@ mod tests {
         assert!(save.contains("[1:60] -A OUTPUT -o eth0 -j ACCEPT"), "{save}");
         assert!(save.contains("[0:0] -A OUTPUT -o lo -j ACCEPT"), "{save}");
         assert!(save.contains("[1:60] -A POSTROUTING -o lo -j ACCEPT"), "{save}");
+    }
+
+    /// Kernel 6.18 (differential suite seed 1262): REJECT in INPUT of a packet that a `local`
+    /// route of table 100 delivered to an address the pod does not own answers from that
+    /// address, which the ICMP's output route refuses: no ICMP error leaves, and the client
+    /// times out instead of failing with EHOSTUNREACH.
+    #[test]
+    fn reject_sends_nothing_for_a_foreign_destination_delivered_by_a_local_route() {
+        let mut n = Netns::new();
+        n.ip("addr add 10.0.1.2/24 dev eth0").unwrap();
+        n.ip("rule add fwmark 0x111/0xfff pref 32764 lookup 100").unwrap();
+        n.ip("route add local 0.0.0.0/0 dev lo table 100").unwrap();
+        let rules = "*mangle\n-A PREROUTING -j MARK --set-mark 0x111\nCOMMIT\n\
+                     *filter\n-A INPUT -i eth0 -j REJECT --reject-with icmp-admin-prohibited\nCOMMIT\n";
+        n.restore(rules, RestoreOptions::default()).unwrap();
+        let eth0 = n.interface("eth0").unwrap();
+        let client = "10.0.1.1:40000".parse().unwrap();
+        for (dst, answered) in [("10.0.9.9:8080", false), ("10.0.1.2:8080", true)] {
+            let pkt = Packet::tcp(client, dst.parse().unwrap(), TcpFlags::S);
+            let o = n.input(pkt, eth0, Duration::ZERO, &NoSockets);
+            assert!(!o.accepted());
+            assert_eq!(o.reply.is_some(), answered, "{dst}: {o:?}");
+        }
     }
 }
