@@ -462,7 +462,7 @@ impl Tcb {
         self.state = State::Closed;
         self.timer = None;
         self.delack = None;
-        reset.then(|| Seg {
+        reset.then_some(Seg {
             flags: TcpFlags::RA,
             seq: self.snd_nxt,
             ack: self.rcv_nxt,
