@@ -154,15 +154,16 @@ fn run_all(sandbox: &Sandbox, seeds: &[u64], jobs: usize, tag: &str) -> Vec<Case
     results
 }
 
-fn dump(config: &Config, case: &Case, observations: &[&Observation]) {
+/// Writes `case-N.json` and, for each `(name, observation)`, `case-N.<name>.json`.
+fn dump(config: &Config, case: &Case, observations: &[(&str, &Observation)]) {
     let Some(dir) = &config.dump else { return };
     let _ = std::fs::create_dir_all(dir);
     let _ = std::fs::write(
         dir.join(format!("case-{}.json", case.seed)),
         serde_json::to_string_pretty(case).unwrap_or_default(),
     );
-    for (i, o) in observations.iter().enumerate() {
-        let path = dir.join(format!("case-{}.kernel{}.json", case.seed, i + 1));
+    for (name, o) in observations {
+        let path = dir.join(format!("case-{}.{name}.json", case.seed));
         let _ = std::fs::write(path, serde_json::to_string_pretty(o).unwrap_or_default());
     }
 }
@@ -193,10 +194,10 @@ fn kernel_invariants(sandbox: &Sandbox, config: &Config, runs: &Runs) -> anyhow:
                 stats.add(run);
                 let bad = invariants::check(case, run);
                 if std::env::var_os("DIFF_DUMP_ALL").is_some() {
-                    dump(config, case, &[&run.observation]);
+                    dump(config, case, &[("kernel", &run.observation)]);
                 }
                 if !bad.is_empty() {
-                    dump(config, case, &[&run.observation]);
+                    dump(config, case, &[("kernel", &run.observation)]);
                     failures.push(format!(
                         "case seed {}: {} violation(s):\n  - {}\n  rerun: {}\n  ruleset:\n{}",
                         case.seed,
@@ -238,7 +239,7 @@ fn agrees_with_itself(sandbox: &Sandbox, config: &Config) -> anyhow::Result<()> 
             (Ok(a), Ok(b)) => {
                 let diffs = compare(&a.observation, &b.observation);
                 if !diffs.is_empty() {
-                    dump(config, case, &[&a.observation, &b.observation]);
+                    dump(config, case, &[("kernel1", &a.observation), ("kernel2", &b.observation)]);
                     let text: Vec<String> = diffs.iter().map(|d| d.to_string()).collect();
                     failures.push(format!(
                         "case seed {}: two kernel runs differ in {} field(s):\n  {}\n  rerun: {}",
@@ -372,7 +373,7 @@ fn model_agrees(sandbox: &Sandbox, config: &Config, runs: &Runs) -> anyhow::Resu
             (true, _) => exact += 1,
             (false, true) => explained_only += 1,
             (false, false) => {
-                dump(config, case, &[&run.observation, &model.observation]);
+                dump(config, case, &[("kernel", &run.observation), ("model", &model.observation)]);
                 if let Some(dir) = &config.dump {
                     let _ = std::fs::write(
                         dir.join(format!("case-{}.kernel.rules", case.seed)),
