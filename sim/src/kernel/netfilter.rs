@@ -13,7 +13,7 @@ use std::net::Ipv4Addr;
 
 use super::addr::IfKey;
 use super::conntrack::{self, CtInfo, Dir, EntryId, Manip, NatRequest};
-use super::packet::{Packet, Protocol, TcpFlags};
+use super::packet::{Packet, Protocol, TcpFlags, icmp_type};
 use super::routing::{IfIndex, Routing};
 use super::rules::MAX_JUMP_DEPTH;
 use super::rules::{
@@ -386,6 +386,23 @@ fn match_one(m: &Match, skb: &mut Skb, env: &Env<'_>) -> bool {
 /// 0.0.0.0 do not count unless `--nowildcard`; `--transparent` wants IP_TRANSPARENT ones.
 fn socket_match(s: super::rules::SocketMatch, skb: &mut Skb, env: &Env<'_>) -> bool {
     let p = skb.pkt;
+    // An ICMP error is matched against the socket of the TCP/UDP packet it quotes, that
+    // packet's source being the local end (extract_icmp4_fields).
+    if let (Protocol::Icmp, Some(icmp)) = (p.proto, p.icmp) {
+        let inner = match icmp.inner {
+            Some(t) if icmp_type::is_error(icmp.kind) && t.proto != Protocol::Icmp => t,
+            _ => return false,
+        };
+        let local = std::net::SocketAddrV4::new(inner.src, inner.sport);
+        let remote = std::net::SocketAddrV4::new(inner.dst, inner.dport);
+        let sk = env
+            .sockets
+            .established(inner.proto, local, remote)
+            .or_else(|| env.sockets.listener(inner.proto, local));
+        let Some(sk) = sk else { return false };
+        let wildcard = !s.nowildcard && sk.wildcard && !sk.time_wait;
+        return !wildcard && (!s.transparent || sk.transparent);
+    }
     if !matches!(p.proto, Protocol::Tcp | Protocol::Udp) {
         return false;
     }
@@ -453,5 +470,46 @@ mod tests {
         assert!(!o.accepted(), "{o:?}");
         assert_eq!(n.conntrack_dump(Duration::ZERO), "");
         assert!(n.save(true).contains(":POSTROUTING ACCEPT [0:0]"), "{}", n.save(true));
+    }
+
+    /// Kernel 6.18 (differential suite seed 10132): `-m socket` on an ICMP error looks up the
+    /// socket of the packet it quotes. REJECT of a looped-back SYN to a listener answers with an
+    /// ICMP error that the same `-m socket … -j REJECT` rule catches on its way in (the quoted
+    /// SYN belongs to the connecting socket): the error is dropped, the connect times out.
+    #[test]
+    fn socket_match_on_an_icmp_error_finds_the_socket_of_the_quoted_packet() {
+        use crate::kernel::{Protocol, SocketInfo, SocketLookup};
+        struct Client;
+        impl SocketLookup for Client {
+            fn established(
+                &self,
+                p: Protocol,
+                l: SocketAddrV4,
+                r: SocketAddrV4,
+            ) -> Option<SocketInfo> {
+                let mine = p == Protocol::Tcp
+                    && l == "127.0.0.1:40000".parse().unwrap()
+                    && r == "127.0.0.1:8082".parse().unwrap();
+                mine.then_some(SocketInfo { id: 1, ..SocketInfo::default() })
+            }
+            fn listener(&self, _: Protocol, l: SocketAddrV4) -> Option<SocketInfo> {
+                (l == "127.0.0.1:8082".parse().unwrap())
+                    .then_some(SocketInfo { id: 2, ..SocketInfo::default() })
+            }
+        }
+        let mut n = Netns::new();
+        let rules =
+            "*filter\n-A INPUT -m socket -j REJECT --reject-with icmp-net-unreachable\nCOMMIT\n";
+        n.restore(rules, RestoreOptions::default()).unwrap();
+        let (src, dst) = ("127.0.0.1:40000".parse().unwrap(), "127.0.0.1:8082".parse().unwrap());
+        let o = n.output(
+            Packet::tcp(src, dst, TcpFlags::S),
+            Some(SocketInfo::default()),
+            Duration::ZERO,
+            &Client,
+        );
+        let reply = o.reply.expect("REJECT's ICMP error");
+        assert!(!reply.accepted(), "the error must be rejected in turn: {reply:?}");
+        assert!(n.save(true).contains("[2:"), "{}", n.save(true));
     }
 }
