@@ -14,9 +14,10 @@
 use std::collections::BTreeSet;
 use std::path::Path;
 
-use ambient_netns::diff::case::{Case, CloseOrder, NormEntry, Observation, Side};
+use ambient_netns::diff::case::{Case, CloseOrder, ConnectResult, NormEntry, Observation, Side};
 use ambient_netns::diff::compare::Difference;
 use ambient_netns::diff::normalize::{entry_flow, zone_may_split_tcp};
+use ambient_netns::socket::ConnectErrorKind;
 use serde::Deserialize;
 
 /// One understood difference.
@@ -46,6 +47,11 @@ pub enum Condition {
     /// entry the kernel lacks, and every entry only the kernel has is an unreplied `SYN_SENT`
     /// entry of a flow that closed with a reset (`client-reset`).
     OnlyKernelHasSynSentEntriesOfResetFlows,
+    /// For a `flows[N].connect` field: flow N came from the peer, the kernel says `timed-out`,
+    /// the model an ICMP-borne failure (EHOSTUNREACH, ENETUNREACH, ECONNREFUSED or EACCES), and
+    /// in the kernel at least six other flows from the peer failed with such errors — the burst
+    /// of ICMP errors the pod may send to one address was already spent.
+    IcmpBurstToThePeerSpent,
 }
 
 impl Condition {
@@ -70,9 +76,47 @@ impl Condition {
                             && entry_flow(e).is_some_and(|id| reset_flows.contains(&id))
                     })
             }
+            Condition::IcmpBurstToThePeerSpent => {
+                let Some(id) = field
+                    .strip_prefix("flows[")
+                    .and_then(|f| f.strip_suffix("].connect"))
+                    .and_then(|n| n.parse::<u32>().ok())
+                else {
+                    return false;
+                };
+                let from_peer =
+                    |id: u32| case.flows.iter().any(|f| f.id == id && f.from == Side::Peer);
+                let connect = |o: &Observation| {
+                    o.flows.iter().find(|f| f.id == id).map(|f| f.connect.clone())
+                };
+                let icmp_borne = |c: &ConnectResult| {
+                    matches!(
+                        c,
+                        ConnectResult::Failed(
+                            ConnectErrorKind::HostUnreachable
+                                | ConnectErrorKind::NetUnreachable
+                                | ConnectErrorKind::Refused
+                                | ConnectErrorKind::PermissionDenied
+                        )
+                    )
+                };
+                let others = kernel
+                    .flows
+                    .iter()
+                    .filter(|f| f.id != id && from_peer(f.id) && icmp_borne(&f.connect))
+                    .count();
+                from_peer(id)
+                    && connect(kernel) == Some(ConnectResult::Failed(ConnectErrorKind::TimedOut))
+                    && connect(model).as_ref().is_some_and(icmp_borne)
+                    && others >= ICMP_BURST
+            }
         }
     }
 }
+
+/// ICMP errors the kernel sends to one address at once (`XRLIM_BURST_FACTOR`): a new peer's
+/// token bucket starts full at six times `net.ipv4.icmp_ratelimit`.
+const ICMP_BURST: usize = 6;
 
 /// The entries only the kernel has and only the model has, for a conntrack field.
 fn conntrack_sides(
