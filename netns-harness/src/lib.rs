@@ -18,9 +18,11 @@
 //!
 //! The differential suite's kernel side, model-neutral ([`diff`]): seeded random rulesets
 //! ([`diff::rulegen`]) and flows on a fixed pod/peer topology ([`diff::flowgen`]), the case and
-//! observation data types ([`diff::case`]), normalisation ([`diff::normalize`]), the kernel
-//! executor ([`diff::kernel`]), the kernel's own invariants ([`diff::invariants`]) and the
-//! field-by-field comparison a model executor will face ([`diff::compare`]).
+//! observation data types ([`diff::case`]), normalisation ([`diff::normalize`]) and assembly
+//! ([`diff::observe`]), the kernel executor ([`diff::kernel`]), the kernel's own invariants
+//! ([`diff::invariants`]) and the field-by-field comparison ([`diff::compare`]). The model
+//! executor lives in the test target (`tests/differential/`), so `ambient-sim` is only a
+//! dev-dependency.
 //!
 //! # Privileges
 //!
@@ -36,7 +38,8 @@
 //! - Unit tests (`cargo test -p ambient-netns --lib`): parsers, generators, normalisation; no
 //!   privileges.
 //! - `tests/primitives.rs`: every primitive against the real kernel.
-//! - `tests/differential.rs`: ≥ 300 seeded random cases (`DIFF_SEED`, `DIFF_CASES`, …).
+//! - `tests/differential.rs`: ≥ 300 seeded random cases run on the kernel and through the
+//!   simulator's kernel model and compared (`DIFF_SEED`, `DIFF_CASES`, …).
 //! - `tests/cleanup.rs`: a sandboxed child fails midway (panic, error, SIGINT, SIGKILL); the host
 //!   side proves no namespace, link or process of it is left.
 //!

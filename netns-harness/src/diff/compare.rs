@@ -1,6 +1,6 @@
 //! Field-by-field comparison of two [`Observation`]s of the same case — the kernel's and the
-//! model's, or (until the model lands) the kernel's from two runs, which proves the compared
-//! fields do not depend on timing.
+//! model's, and the kernel's from two runs (which proves the compared fields do not depend on
+//! timing).
 //!
 //! Compared exactly:
 //! - the canonical rule text;

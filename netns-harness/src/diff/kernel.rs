@@ -32,12 +32,10 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{oneshot, watch};
 
 use super::case::{
-    AcceptObservation, Case, CloseOrder, CloseResult, ConnectResult, EchoResult, FlowObservation,
-    FlowSpec, NodeSpec, Observation, Side,
+    Case, CloseOrder, CloseResult, ConnectResult, EchoResult, FlowSpec, NodeSpec, Observation, Side,
 };
-use super::normalize::{PortMap, entry_flow, rule_observations};
+use super::observe::{ClientRecord, ServerRecord, is_closing, observe};
 use crate::conntrack::Entry;
-use crate::iptables::Ruleset;
 use crate::link::{FwmarkRule, Route};
 use crate::netns::Netns;
 use crate::sandbox::Sandbox;
@@ -83,27 +81,6 @@ pub struct KernelRun {
     pub raw_conntrack_closed: Vec<Entry>,
     /// Wall time of the whole case.
     pub elapsed: Duration,
-}
-
-/// One connection the servers accepted.
-#[derive(Debug, Clone)]
-struct ServerRecord {
-    listener: String,
-    local: SocketAddrV4,
-    peer: SocketAddrV4,
-    orig: Result<SocketAddrV4, String>,
-    flow: Option<u32>,
-}
-
-/// What a client saw.
-#[derive(Debug, Clone)]
-struct ClientRecord {
-    local: Option<SocketAddrV4>,
-    local_port: Option<u16>,
-    connect: ConnectResult,
-    echo: Option<EchoResult>,
-    close: Option<CloseResult>,
-    stalled: bool,
 }
 
 /// State shared by a case's listeners and flows (across both namespaces' threads).
@@ -188,7 +165,7 @@ pub fn run_case(sandbox: &Sandbox, case: &Case, tag: &str) -> Result<KernelRun, 
     let relisted = again.canonical_text();
 
     let accepts = shared.accepts.lock().map_err(step("reading the accept records"))?.clone();
-    let mut observation = observe(
+    let observation = observe(
         case,
         &clients,
         accepts,
@@ -196,16 +173,6 @@ pub fn run_case(sandbox: &Sandbox, case: &Case, tag: &str) -> Result<KernelRun, 
         [(Side::Pod, open_pod), (Side::Peer, open_peer)],
         [(Side::Pod, closed_pod.clone()), (Side::Peer, closed_peer)],
     );
-    // A close still in progress after the grace period (a half-open connection the rules made,
-    // say) ends whenever the stack gets to it: that flow's states are timing-dependent.
-    let unsettled: Vec<u32> = observation.conntrack_closed[&Side::Pod]
-        .iter()
-        .filter(|e| e.state.as_deref().is_some_and(|s| CLOSING.contains(&s)))
-        .filter_map(entry_flow)
-        .collect();
-    for flow in observation.flows.iter_mut().filter(|f| unsettled.contains(&f.id)) {
-        flow.timing_sensitive = true;
-    }
     Ok(KernelRun {
         observation,
         listing,
@@ -260,15 +227,12 @@ fn build_node(ns: &Netns, node: &NodeSpec) -> Result<(), ExecError> {
     Ok(())
 }
 
-/// TCP conntrack states of a close in progress.
-const CLOSING: [&str; 3] = ["FIN_WAIT", "CLOSE_WAIT", "LAST_ACK"];
-
 /// The pod's conntrack after the close. A final ACK may still be on its way through the stack when
 /// the last socket is dropped; entries in a transitional state get a short grace period.
 fn settled_conntrack(pod: &Netns) -> Result<Vec<Entry>, ExecError> {
     let mut entries = pod.conntrack_list().map_err(step("conntrack -L (closed) in the pod"))?;
     for _ in 0..6 {
-        if !entries.iter().any(|e| e.state.as_deref().is_some_and(|s| CLOSING.contains(&s))) {
+        if !entries.iter().any(is_closing) {
             break;
         }
         std::thread::sleep(Duration::from_millis(5));
@@ -482,58 +446,6 @@ async fn close_client(stream: &mut TcpStream, order: CloseOrder) -> CloseResult 
         Err(_) => CloseResult::TimedOut,
         Ok(Err(e)) => CloseResult::Error(errno_name(&e)),
         Ok(Ok(())) => CloseResult::Clean,
-    }
-}
-
-fn observe(
-    case: &Case,
-    clients: &[ClientRecord],
-    mut accepts: Vec<ServerRecord>,
-    ruleset: &Ruleset,
-    open: [(Side, Vec<Entry>); 2],
-    closed: [(Side, Vec<Entry>); 2],
-) -> Observation {
-    let mut ports = PortMap::default();
-    for (flow, client) in case.flows.iter().zip(clients) {
-        if let (None, Some(port)) = (flow.src_port, client.local_port) {
-            ports.insert(port, flow.id);
-        }
-    }
-    let accept_obs = |r: &ServerRecord| AcceptObservation {
-        listener: r.listener.clone(),
-        local: ports.endpoint(r.local),
-        peer: ports.endpoint(r.peer),
-        original_dst: r.orig.clone().map(|a| ports.endpoint(a)),
-    };
-    let mut flows = Vec::new();
-    for (flow, client) in case.flows.iter().zip(clients) {
-        // Claimed by the header it sent, or else (no data got through) by its address.
-        let by_header = accepts.iter().position(|r| r.flow == Some(flow.id));
-        let by_addr = || {
-            let local = client.local?;
-            accepts.iter().position(|r| r.flow.is_none() && r.peer == local)
-        };
-        let accepted = by_header.or_else(by_addr).map(|i| accepts.remove(i));
-        flows.push(FlowObservation {
-            id: flow.id,
-            client_port: client.local_port.map(|p| ports.port(p)),
-            connect: client.connect.clone(),
-            accepted: accepted.as_ref().map(accept_obs),
-            echo: client.echo.clone(),
-            close: client.close.clone(),
-            timing_sensitive: client.stalled,
-        });
-    }
-    let (rules, policies) = rule_observations(ruleset);
-    Observation {
-        seed: case.seed,
-        canonical_rules: ruleset.canonical_text(),
-        rules,
-        policies,
-        flows,
-        unclaimed_accepts: accepts.iter().map(accept_obs).collect(),
-        conntrack_open: open.iter().map(|(side, e)| (*side, ports.entries(e))).collect(),
-        conntrack_closed: closed.iter().map(|(side, e)| (*side, ports.entries(e))).collect(),
     }
 }
 

@@ -13,7 +13,7 @@ use std::net::Ipv4Addr;
 
 use super::addr::IfKey;
 use super::conntrack::{self, CtInfo, Dir, EntryId, Manip, NatRequest};
-use super::packet::{Packet, Protocol, TcpFlags};
+use super::packet::{Packet, Protocol, TcpFlags, icmp_type};
 use super::routing::{IfIndex, Routing};
 use super::rules::MAX_JUMP_DEPTH;
 use super::rules::{
@@ -203,14 +203,19 @@ fn policy(table: &mut Table, chain: usize, skb: &Skb, env: &mut Env<'_>) -> Verd
     }
 }
 
+/// MASQUERADE's address: `inet_select_addr(oif, next_hop, RT_SCOPE_UNIVERSE)`. Loopback
+/// addresses have host scope and never qualify: an address of the output device on the next
+/// hop's subnet, else its first one, else (the output device is `lo`, say) the first
+/// universe-scope address of any interface, `lo` first.
 fn masquerade_addr(routing: &Routing, oif: IfIndex, next_hop: Ipv4Addr) -> Option<Ipv4Addr> {
-    let iface = routing.interface(oif);
+    let universe = |(a, _): &&(Ipv4Addr, u8)| !a.is_loopback();
     let hop = u32::from(next_hop);
-    iface
-        .addrs
-        .iter()
+    let own: Vec<&(Ipv4Addr, u8)> = routing.interface(oif).addrs.iter().filter(universe).collect();
+    own.iter()
         .find(|(a, l)| super::addr::Cidr::new(*a, *l).is_some_and(|c| c.contains(hop)))
-        .or(iface.addrs.first())
+        .or(own.first())
+        .copied()
+        .or_else(|| routing.interfaces().iter().flat_map(|i| i.addrs.iter()).find(universe))
         .map(|(a, _)| *a)
 }
 
@@ -381,6 +386,23 @@ fn match_one(m: &Match, skb: &mut Skb, env: &Env<'_>) -> bool {
 /// 0.0.0.0 do not count unless `--nowildcard`; `--transparent` wants IP_TRANSPARENT ones.
 fn socket_match(s: super::rules::SocketMatch, skb: &mut Skb, env: &Env<'_>) -> bool {
     let p = skb.pkt;
+    // An ICMP error is matched against the socket of the TCP/UDP packet it quotes, that
+    // packet's source being the local end (extract_icmp4_fields).
+    if let (Protocol::Icmp, Some(icmp)) = (p.proto, p.icmp) {
+        let inner = match icmp.inner {
+            Some(t) if icmp_type::is_error(icmp.kind) && t.proto != Protocol::Icmp => t,
+            _ => return false,
+        };
+        let local = std::net::SocketAddrV4::new(inner.src, inner.sport);
+        let remote = std::net::SocketAddrV4::new(inner.dst, inner.dport);
+        let sk = env
+            .sockets
+            .established(inner.proto, local, remote)
+            .or_else(|| env.sockets.listener(inner.proto, local));
+        let Some(sk) = sk else { return false };
+        let wildcard = !s.nowildcard && sk.wildcard && !sk.time_wait;
+        return !wildcard && (!s.transparent || sk.transparent);
+    }
     if !matches!(p.proto, Protocol::Tcp | Protocol::Udp) {
         return false;
     }
@@ -404,4 +426,90 @@ fn socket_match(s: super::rules::SocketMatch, skb: &mut Skb, env: &Env<'_>) -> b
         skb.pkt.mark = sk.mark;
     }
     !wildcard && transparent
+}
+
+#[cfg(test)]
+mod tests {
+    use std::net::SocketAddrV4;
+    use std::time::Duration;
+
+    use crate::kernel::{Disposition, Netns, NoSockets, Packet, RestoreOptions, TcpFlags};
+
+    /// Kernel 6.18, differential suite seed 12: MASQUERADE of a connection over `lo` takes the
+    /// pod's eth0 address, never 127.0.0.1 (host scope, not eligible for RT_SCOPE_UNIVERSE).
+    #[test]
+    fn masquerade_out_of_lo_takes_a_universe_scope_address() {
+        let mut n = Netns::new();
+        n.ip("addr add 10.0.1.2/24 dev eth0").unwrap();
+        n.ip("route add default via 10.0.1.1 dev eth0").unwrap();
+        let rules = "*nat\n-A POSTROUTING -p tcp -j MASQUERADE\nCOMMIT\n";
+        n.restore(rules, RestoreOptions::default()).unwrap();
+        for (src, dst) in
+            [("10.0.1.2:40000", "10.0.1.2:8080"), ("127.0.0.1:40001", "127.0.0.1:8082")]
+        {
+            let (src, dst): (SocketAddrV4, SocketAddrV4) =
+                (src.parse().unwrap(), dst.parse().unwrap());
+            let o = n.output(Packet::tcp(src, dst, TcpFlags::S), None, Duration::ZERO, &NoSockets);
+            assert!(matches!(o.disposition, Disposition::Local { .. }), "{o:?}");
+            assert_eq!(o.packet.src, std::net::Ipv4Addr::new(10, 0, 1, 2), "{src} -> {dst}");
+        }
+    }
+
+    /// Kernel 6.18, differential suite seed 40: DNAT of a 127.0.0.1-sourced SYN to a remote
+    /// address fails the re-route after nat OUTPUT (a loopback source may not leave through
+    /// eth0): the SYN is dropped there, never reaches POSTROUTING, and leaves no connection.
+    #[test]
+    fn dnat_of_a_loopback_source_to_a_remote_address_is_dropped_at_reroute() {
+        let mut n = Netns::new();
+        n.ip("addr add 10.0.1.2/24 dev eth0").unwrap();
+        n.ip("route add default via 10.0.1.1 dev eth0").unwrap();
+        let rules = "*nat\n-A OUTPUT -p tcp -j DNAT --to-destination 10.0.1.1:80\nCOMMIT\n";
+        n.restore(rules, RestoreOptions::default()).unwrap();
+        let (src, dst) = ("127.0.0.1:20004".parse().unwrap(), "127.0.0.1:8082".parse().unwrap());
+        let o = n.output(Packet::tcp(src, dst, TcpFlags::S), None, Duration::ZERO, &NoSockets);
+        assert!(!o.accepted(), "{o:?}");
+        assert_eq!(n.conntrack_dump(Duration::ZERO), "");
+        assert!(n.save(true).contains(":POSTROUTING ACCEPT [0:0]"), "{}", n.save(true));
+    }
+
+    /// Kernel 6.18 (differential suite seed 10132): `-m socket` on an ICMP error looks up the
+    /// socket of the packet it quotes. REJECT of a looped-back SYN to a listener answers with an
+    /// ICMP error that the same `-m socket … -j REJECT` rule catches on its way in (the quoted
+    /// SYN belongs to the connecting socket): the error is dropped, the connect times out.
+    #[test]
+    fn socket_match_on_an_icmp_error_finds_the_socket_of_the_quoted_packet() {
+        use crate::kernel::{Protocol, SocketInfo, SocketLookup};
+        struct Client;
+        impl SocketLookup for Client {
+            fn established(
+                &self,
+                p: Protocol,
+                l: SocketAddrV4,
+                r: SocketAddrV4,
+            ) -> Option<SocketInfo> {
+                let mine = p == Protocol::Tcp
+                    && l == "127.0.0.1:40000".parse().unwrap()
+                    && r == "127.0.0.1:8082".parse().unwrap();
+                mine.then_some(SocketInfo { id: 1, ..SocketInfo::default() })
+            }
+            fn listener(&self, _: Protocol, l: SocketAddrV4) -> Option<SocketInfo> {
+                (l == "127.0.0.1:8082".parse().unwrap())
+                    .then_some(SocketInfo { id: 2, ..SocketInfo::default() })
+            }
+        }
+        let mut n = Netns::new();
+        let rules =
+            "*filter\n-A INPUT -m socket -j REJECT --reject-with icmp-net-unreachable\nCOMMIT\n";
+        n.restore(rules, RestoreOptions::default()).unwrap();
+        let (src, dst) = ("127.0.0.1:40000".parse().unwrap(), "127.0.0.1:8082".parse().unwrap());
+        let o = n.output(
+            Packet::tcp(src, dst, TcpFlags::S),
+            Some(SocketInfo::default()),
+            Duration::ZERO,
+            &Client,
+        );
+        let reply = o.reply.expect("REJECT's ICMP error");
+        assert!(!reply.accepted(), "the error must be rejected in turn: {reply:?}");
+        assert!(n.save(true).contains("[2:"), "{}", n.save(true));
+    }
 }

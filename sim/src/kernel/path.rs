@@ -125,6 +125,12 @@ impl Outcome {
     }
 }
 
+/// How a packet the kernel sends about `info`'s packet relates to its connection
+/// (`nf_conntrack_attach`): the other direction, as RELATED.
+fn related_reply(info: CtInfo) -> CtInfo {
+    if info.dir() == Dir::Original { CtInfo::RelatedReply } else { CtInfo::Related }
+}
+
 /// Per-call context.
 pub(crate) struct Ctx<'a> {
     pub now: Duration,
@@ -364,20 +370,17 @@ impl Netns {
             // nf_send_reset closes a confirmed connection (nf_ct_set_closing).
             self.conntrack.set_closing(id, cx.now);
         }
-        let reply = self.reject_reply(&w.skb.pkt, with).map(|pkt| {
-            // The reset carries the connection (as a related reply) and no socket; an ICMP
-            // error is looked up afresh and leaves through the kernel's ICMP socket.
-            let (attached, socket) = match (with, w.skb.ct) {
-                (RejectWith::TcpReset, Some((id, info))) => {
-                    let info = if info.dir() == Dir::Original {
-                        CtInfo::RelatedReply
-                    } else {
-                        CtInfo::Related
-                    };
-                    (Some((id, info)), None)
-                }
-                (RejectWith::TcpReset, None) => (None, None),
-                _ => (None, Some(SocketInfo::kernel())),
+        let local =
+            w.route.is_some_and(|r| matches!(r.kind, RouteType::Local | RouteType::Broadcast));
+        let reply = self.reject_reply(&w.skb.pkt, with, local).map(|pkt| {
+            // Both replies carry the packet's connection as a related one (nf_send_reset's
+            // nf_ct_attach; icmp_glue_bits attaches it to an ICMP error), found even while it is
+            // unconfirmed, so NAT is undone in the quoted header. The reset has no socket, an
+            // ICMP error leaves through the kernel's ICMP socket.
+            let attached = w.skb.ct.map(|(id, info)| (id, related_reply(info)));
+            let socket = match with {
+                RejectWith::TcpReset => None,
+                _ => Some(SocketInfo::kernel()),
             };
             let mut sub = Ctx { now: cx.now, sockets: cx.sockets, trace: None };
             Box::new(self.output_walk(pkt, socket, attached, &mut sub))
@@ -386,8 +389,8 @@ impl Netns {
     }
 
     /// The packet REJECT sends back (nf_send_reset / nf_send_unreach); none for a RST or an
-    /// ICMP error.
-    fn reject_reply(&self, p: &Packet, with: RejectWith) -> Option<Packet> {
+    /// ICMP error. `local`: the packet's route delivers it locally.
+    fn reject_reply(&self, p: &Packet, with: RejectWith, local: bool) -> Option<Packet> {
         match with.icmp_code() {
             None => {
                 if p.proto != Protocol::Tcp || p.tcp_flags.has(TcpFlags::RST) {
@@ -396,19 +399,22 @@ impl Netns {
                 let flags = if p.tcp_flags.has(TcpFlags::ACK) { TcpFlags::R } else { TcpFlags::RA };
                 Some(Packet::tcp(p.dst_sock(), p.src_sock(), flags).with_len(40))
             }
-            Some(code) => self.unreachable(p, code),
+            Some(code) => self.unreachable(p, code, local),
         }
     }
 
-    /// ICMP destination unreachable about `p` (`icmp_send`): from `p`'s destination if that is
-    /// ours, else from the address facing `p`'s source; quoting `p`'s header. None for an error
-    /// about an error.
-    fn unreachable(&self, p: &Packet, code: u8) -> Option<Packet> {
+    /// ICMP destination unreachable about `p` (`icmp_send`), quoting `p`'s header. A packet
+    /// routed locally (`local`) is answered from its destination — and not at all when that is
+    /// not a local address (a `local` route of another table delivered it: the ICMP's output
+    /// route refuses the foreign source); any other from the address facing `p`'s source. None
+    /// for an error about an error.
+    fn unreachable(&self, p: &Packet, code: u8, local: bool) -> Option<Packet> {
         if p.icmp.is_some_and(|i| icmp_type::is_error(i.kind)) {
             return None;
         }
-        let src = if self.routing.is_local_address(p.dst) {
-            p.dst
+        const RTN_LOCAL: u8 = 2;
+        let src = if local {
+            (self.routing.addr_type(p.dst, None) == RTN_LOCAL).then_some(p.dst)?
         } else {
             self.routing.source_for(p.src, 0).ok()?
         };
@@ -426,7 +432,8 @@ impl Netns {
             RouteError::Prohibited => Some(13),
             _ => None,
         };
-        let reply = code.filter(|_| self.forwarding).and_then(|c| self.unreachable(&w.skb.pkt, c));
+        let reply =
+            code.filter(|_| self.forwarding).and_then(|c| self.unreachable(&w.skb.pkt, c, false));
         let reply = reply.map(|pkt| {
             let mut sub = Ctx { now: cx.now, sockets: cx.sockets, trace: None };
             Box::new(self.output_walk(pkt, Some(SocketInfo::kernel()), None, &mut sub))
@@ -462,6 +469,10 @@ impl Netns {
             return self.finish(w, PacketVerdict::Drop(DropCause::Route(e)), cx);
         }
         self.enter(&mut w.skb, Hook::Output, cx);
+        // Every table of the OUTPUT hook sees the out interface of the route the packet started
+        // with (`__ip_local_out` builds the hook state once); a re-route after mangle or nat
+        // takes effect from POSTROUTING on.
+        let hook_oif = (w.skb.oif, w.skb.oif_key);
         pass!(self, w, cx, self.table(TableKind::Raw, &mut w.skb, cx));
         if let Err(c) = self.conntrack_in(&mut w, cx) {
             return self.finish(w, PacketVerdict::Drop(c), cx);
@@ -473,6 +484,7 @@ impl Netns {
         {
             return self.finish(w, PacketVerdict::Drop(DropCause::Route(e)), cx);
         }
+        (w.skb.oif, w.skb.oif_key) = hook_oif;
         let dst = w.skb.pkt.dst;
         pass!(self, w, cx, self.nat_hook(&mut w.skb, Manip::Dst, cx));
         if w.skb.pkt.dst != dst
@@ -480,14 +492,17 @@ impl Netns {
         {
             return self.finish(w, PacketVerdict::Drop(DropCause::Route(e)), cx);
         }
+        let route = w.route.expect("routed");
+        (w.skb.oif, w.skb.oif_key) = hook_oif;
         pass!(self, w, cx, self.table(TableKind::Filter, &mut w.skb, cx));
+        w.skb.oif = Some(route.dev);
+        w.skb.oif_key = self.routing.interface(route.dev).key;
         self.enter(&mut w.skb, Hook::Postrouting, cx);
         pass!(self, w, cx, self.table(TableKind::Mangle, &mut w.skb, cx));
         pass!(self, w, cx, self.nat_hook(&mut w.skb, Manip::Src, cx));
         if let Err(c) = self.confirm(&mut w, cx) {
             return self.finish(w, PacketVerdict::Drop(c), cx);
         }
-        let route = w.route.expect("routed");
         if matches!(route.kind, RouteType::Local | RouteType::Broadcast) {
             return self.loopback(w, cx);
         }
@@ -580,5 +595,84 @@ impl Netns {
         }
         let d = Disposition::Sent { oif: r.dev, next_hop: r.next_hop, forwarded: true };
         self.finish_with(w, PacketVerdict::Accept, d, None, cx)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use crate::kernel::{Disposition, Netns, NoSockets, Packet, RestoreOptions, TcpFlags};
+
+    /// Kernel 6.18 (differential suite seed 137, reproduced by hand): REJECT in INPUT of a SYN
+    /// that nat PREROUTING redirected answers with an ICMP error quoting the SYN as the client
+    /// sent it — the error carries the still unconfirmed connection (icmp_glue_bits'
+    /// nf_ct_attach), so NAT is undone in the quoted header, and the client's connect fails
+    /// with ENETUNREACH. No nat chain sees the error, and no connection is left behind.
+    #[test]
+    fn reject_icmp_quotes_the_packet_before_nat_of_an_unconfirmed_connection() {
+        let mut n = Netns::new();
+        n.ip("addr add 10.0.1.2/24 dev eth0").unwrap();
+        let rules = "*nat\n-A PREROUTING -p tcp -j REDIRECT --to-ports 15001\nCOMMIT\n\
+                     *filter\n-A INPUT ! -i lo -p tcp -j REJECT --reject-with icmp-net-unreachable\nCOMMIT\n";
+        n.restore(rules, RestoreOptions::default()).unwrap();
+        let eth0 = n.interface("eth0").unwrap();
+        let (client, asked) =
+            ("10.0.1.1:40000".parse().unwrap(), "10.0.1.2:15008".parse().unwrap());
+        let o = n.input(Packet::tcp(client, asked, TcpFlags::S), eth0, Duration::ZERO, &NoSockets);
+        let reply = o.reply.expect("an ICMP error");
+        assert!(matches!(reply.disposition, Disposition::Sent { .. }), "{reply:?}");
+        let inner = reply.packet.icmp.and_then(|i| i.inner).expect("a quoted header");
+        assert_eq!(
+            (inner.src, inner.sport, inner.dst, inner.dport),
+            (*client.ip(), 40000, *asked.ip(), 15008)
+        );
+        assert_eq!(n.conntrack_dump(Duration::ZERO), "");
+        let save = n.save(true);
+        assert!(save.contains(":OUTPUT ACCEPT [0:0]\n:POSTROUTING ACCEPT [0:0]"), "{save}");
+    }
+
+    /// Kernel 6.18 (differential suite seeds 249 and 299): a rule of filter OUTPUT matches `-o`
+    /// against the route the packet started with, even after nat OUTPUT sent it elsewhere; the
+    /// new route's device shows from POSTROUTING on.
+    #[test]
+    fn output_chains_see_the_first_routes_device_after_a_nat_reroute() {
+        let mut n = Netns::new();
+        n.ip("addr add 10.0.1.2/24 dev eth0").unwrap();
+        n.ip("route add default via 10.0.1.1 dev eth0").unwrap();
+        let rules = "*nat\n-A OUTPUT -p tcp -j DNAT --to-destination 127.0.0.1:8082\n\
+                     -A POSTROUTING -o lo -j ACCEPT\nCOMMIT\n\
+                     *filter\n-A OUTPUT -o eth0 -j ACCEPT\n-A OUTPUT -o lo -j ACCEPT\nCOMMIT\n";
+        n.restore(rules, RestoreOptions::default()).unwrap();
+        let (src, dst) = ("10.0.1.2:20003".parse().unwrap(), "10.96.0.10:80".parse().unwrap());
+        let o = n.output(Packet::tcp(src, dst, TcpFlags::S), None, Duration::ZERO, &NoSockets);
+        assert!(matches!(o.disposition, Disposition::Local { .. }), "{o:?}");
+        let save = n.save(true);
+        assert!(save.contains("[1:60] -A OUTPUT -o eth0 -j ACCEPT"), "{save}");
+        assert!(save.contains("[0:0] -A OUTPUT -o lo -j ACCEPT"), "{save}");
+        assert!(save.contains("[1:60] -A POSTROUTING -o lo -j ACCEPT"), "{save}");
+    }
+
+    /// Kernel 6.18 (differential suite seed 1262): REJECT in INPUT of a packet that a `local`
+    /// route of table 100 delivered to an address the pod does not own answers from that
+    /// address, which the ICMP's output route refuses: no ICMP error leaves, and the client
+    /// times out instead of failing with EHOSTUNREACH.
+    #[test]
+    fn reject_sends_nothing_for_a_foreign_destination_delivered_by_a_local_route() {
+        let mut n = Netns::new();
+        n.ip("addr add 10.0.1.2/24 dev eth0").unwrap();
+        n.ip("rule add fwmark 0x111/0xfff pref 32764 lookup 100").unwrap();
+        n.ip("route add local 0.0.0.0/0 dev lo table 100").unwrap();
+        let rules = "*mangle\n-A PREROUTING -j MARK --set-mark 0x111\nCOMMIT\n\
+                     *filter\n-A INPUT -i eth0 -j REJECT --reject-with icmp-admin-prohibited\nCOMMIT\n";
+        n.restore(rules, RestoreOptions::default()).unwrap();
+        let eth0 = n.interface("eth0").unwrap();
+        let client = "10.0.1.1:40000".parse().unwrap();
+        for (dst, answered) in [("10.0.9.9:8080", false), ("10.0.1.2:8080", true)] {
+            let pkt = Packet::tcp(client, dst.parse().unwrap(), TcpFlags::S);
+            let o = n.input(pkt, eth0, Duration::ZERO, &NoSockets);
+            assert!(!o.accepted());
+            assert_eq!(o.reply.is_some(), answered, "{dst}: {o:?}");
+        }
     }
 }

@@ -137,7 +137,8 @@ pub enum RouteError {
     HostUnreachable,
     /// A `prohibit` route or rule.
     Prohibited,
-    /// Input only: a martian source or destination, or the source is one of our addresses.
+    /// Input: a martian source or destination, or the source is one of our addresses. Output: a
+    /// loopback source leaving through a device other than `lo` (the kernel's EINVAL).
     Martian,
     /// Input only: the destination is not local and forwarding is off.
     NotForwarding,
@@ -358,7 +359,9 @@ impl Routing {
         Err(RouteError::NetUnreachable)
     }
 
-    /// Output route of a locally generated packet: local destinations leave through `lo`.
+    /// Output route of a locally generated packet: local destinations leave through `lo`; a
+    /// loopback source may leave through `lo` only (`__mkroute_output`, `route_localnet` off) —
+    /// a packet NAT sends elsewhere with a 127.x source fails its re-route and is dropped.
     pub fn output(
         &self,
         dst: Ipv4Addr,
@@ -368,6 +371,9 @@ impl Routing {
         let mut r = self.lookup(dst, src, mark, IfIndex::LO)?;
         if matches!(r.kind, RouteType::Local | RouteType::Broadcast) {
             r.dev = IfIndex::LO;
+        }
+        if src.is_loopback() && r.dev != IfIndex::LO {
+            return Err(RouteError::Martian);
         }
         Ok(r)
     }
@@ -689,6 +695,16 @@ mod tests {
         assert_eq!(r.source_for(ip("127.0.0.1"), 0).unwrap(), ip("127.0.0.1"));
         let bare = Routing::new();
         assert_eq!(bare.output(ip("8.8.8.8"), any, 0), Err(RouteError::NetUnreachable));
+    }
+
+    /// Kernel 6.18 (`__mkroute_output`): a 127.x source may not leave through eth0.
+    #[test]
+    fn a_loopback_source_leaves_through_lo_only() {
+        let r = pod();
+        let lo = ip("127.0.0.1");
+        assert_eq!(r.output(ip("10.0.1.1"), lo, 0), Err(RouteError::Martian));
+        assert_eq!(r.output(lo, lo, 0).unwrap().dev, IfIndex::LO);
+        assert_eq!(r.output(ip("10.9.9.9"), lo, 0x111).unwrap().dev, IfIndex::LO);
     }
 
     #[test]

@@ -1,0 +1,213 @@
+//! The expected-differences file (`tests/differential-expected.yaml`): differences between the
+//! kernel and the model that are understood, each with a reason a reader can check and a precise
+//! matcher — which field (a pattern over [`Difference::field`]) and every condition that must
+//! hold of the case and both observations. A difference that no entry matches fails its case;
+//! nothing is dropped silently, and the suite prints how many differences each entry covered.
+//!
+//! ```yaml
+//! - id: zone-split-reset-out-of-window
+//!   reason: "…"
+//!   field: "conntrack_closed.pod"          # `*` matches any run of characters
+//!   when: [ruleset-may-split-tcp-across-zones, only-kernel-has-syn-sent-entries-of-reset-flows]
+//! ```
+
+use std::collections::BTreeSet;
+use std::path::Path;
+
+use ambient_netns::diff::case::{Case, CloseOrder, ConnectResult, NormEntry, Observation, Side};
+use ambient_netns::diff::compare::Difference;
+use ambient_netns::diff::normalize::{entry_flow, zone_may_split_tcp};
+use ambient_netns::socket::ConnectErrorKind;
+use serde::Deserialize;
+
+/// One understood difference.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Known {
+    /// Short name, printed in the summary.
+    pub id: String,
+    /// Why the kernel and the model differ here (kernel behaviour the model does not have, or
+    /// timing), in words a reader can check.
+    pub reason: String,
+    /// The differing field (`flows[3].connect`, `conntrack_closed.pod`); `*` matches any run of
+    /// characters.
+    pub field: String,
+    /// Conditions that must all hold (at least one).
+    pub when: Vec<Condition>,
+}
+
+/// A condition on the case and the two observations.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Condition {
+    /// The kernel's canonical listing has a `CT --zone` rule that can apply to TCP
+    /// (`normalize::zone_may_split_tcp`).
+    RulesetMaySplitTcpAcrossZones,
+    /// For a conntrack field (`conntrack_open.SIDE` / `conntrack_closed.SIDE`): the model has no
+    /// entry the kernel lacks, and every entry only the kernel has is an unreplied `SYN_SENT`
+    /// entry of a flow that closed with a reset (`client-reset`).
+    OnlyKernelHasSynSentEntriesOfResetFlows,
+    /// For a `flows[N].connect` field: flow N came from the peer, the kernel says `timed-out`,
+    /// the model an ICMP-borne failure (EHOSTUNREACH, ENETUNREACH, ECONNREFUSED or EACCES), and
+    /// in the kernel at least six other flows from the peer failed with such errors — the burst
+    /// of ICMP errors the pod may send to one address was already spent.
+    IcmpBurstToThePeerSpent,
+}
+
+impl Condition {
+    fn holds(self, case: &Case, kernel: &Observation, model: &Observation, field: &str) -> bool {
+        match self {
+            Condition::RulesetMaySplitTcpAcrossZones => zone_may_split_tcp(&kernel.canonical_rules),
+            Condition::OnlyKernelHasSynSentEntriesOfResetFlows => {
+                let Some((kernel_only, model_only)) = conntrack_sides(kernel, model, field) else {
+                    return false;
+                };
+                let reset_flows: BTreeSet<u32> = case
+                    .flows
+                    .iter()
+                    .filter(|f| f.close == CloseOrder::ClientReset)
+                    .map(|f| f.id)
+                    .collect();
+                model_only.is_empty()
+                    && !kernel_only.is_empty()
+                    && kernel_only.iter().all(|e| {
+                        e.state.as_deref() == Some("SYN_SENT")
+                            && e.unreplied
+                            && entry_flow(e).is_some_and(|id| reset_flows.contains(&id))
+                    })
+            }
+            Condition::IcmpBurstToThePeerSpent => {
+                let Some(id) = field
+                    .strip_prefix("flows[")
+                    .and_then(|f| f.strip_suffix("].connect"))
+                    .and_then(|n| n.parse::<u32>().ok())
+                else {
+                    return false;
+                };
+                let from_peer =
+                    |id: u32| case.flows.iter().any(|f| f.id == id && f.from == Side::Peer);
+                let connect = |o: &Observation| {
+                    o.flows.iter().find(|f| f.id == id).map(|f| f.connect.clone())
+                };
+                let icmp_borne = |c: &ConnectResult| {
+                    matches!(
+                        c,
+                        ConnectResult::Failed(
+                            ConnectErrorKind::HostUnreachable
+                                | ConnectErrorKind::NetUnreachable
+                                | ConnectErrorKind::Refused
+                                | ConnectErrorKind::PermissionDenied
+                        )
+                    )
+                };
+                let others = kernel
+                    .flows
+                    .iter()
+                    .filter(|f| f.id != id && from_peer(f.id) && icmp_borne(&f.connect))
+                    .count();
+                from_peer(id)
+                    && connect(kernel) == Some(ConnectResult::Failed(ConnectErrorKind::TimedOut))
+                    && connect(model).as_ref().is_some_and(icmp_borne)
+                    && others >= ICMP_BURST
+            }
+        }
+    }
+}
+
+/// ICMP errors the kernel sends to one address at once (`XRLIM_BURST_FACTOR`): a new peer's
+/// token bucket starts full at six times `net.ipv4.icmp_ratelimit`.
+const ICMP_BURST: usize = 6;
+
+/// The entries only the kernel has and only the model has, for a conntrack field.
+fn conntrack_sides(
+    kernel: &Observation,
+    model: &Observation,
+    field: &str,
+) -> Option<(Vec<NormEntry>, Vec<NormEntry>)> {
+    let (snapshot, side) = field.split_once('.')?;
+    let side = match side {
+        "pod" => Side::Pod,
+        "peer" => Side::Peer,
+        _ => return None,
+    };
+    let pick = |o: &Observation| match snapshot {
+        "conntrack_open" => o.conntrack_open.get(&side).cloned(),
+        "conntrack_closed" => o.conntrack_closed.get(&side).cloned(),
+        _ => None,
+    };
+    let (k, m) = (pick(kernel).unwrap_or_default(), pick(model).unwrap_or_default());
+    let only = |a: &[NormEntry], b: &[NormEntry]| {
+        a.iter().filter(|e| !b.contains(e)).cloned().collect::<Vec<_>>()
+    };
+    Some((only(&k, &m), only(&m, &k)))
+}
+
+/// `*` matches any run of characters; everything else literally.
+fn glob(pattern: &str, text: &str) -> bool {
+    match pattern.split_once('*') {
+        None => pattern == text,
+        Some((head, rest)) => {
+            let Some(tail) = text.strip_prefix(head) else { return false };
+            (0..=tail.len()).any(|i| tail.is_char_boundary(i) && glob(rest, &tail[i..]))
+        }
+    }
+}
+
+/// Reads and checks the file: every entry has an id, a reason, a field and conditions.
+pub fn load(path: &Path) -> Result<Vec<Known>, String> {
+    let text = std::fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))?;
+    let known: Vec<Known> =
+        serde_saphyr::from_str(&text).map_err(|e| format!("{}: {e}", path.display()))?;
+    let mut ids = BTreeSet::new();
+    for k in &known {
+        let problem = if k.id.trim().is_empty() {
+            Some("an empty id")
+        } else if k.reason.trim().len() < 40 {
+            Some("no reason (or one too short to check)")
+        } else if k.field.trim().is_empty() {
+            Some("no field")
+        } else if k.when.is_empty() {
+            Some("no condition (an entry must say exactly when it applies)")
+        } else if !ids.insert(k.id.clone()) {
+            Some("a duplicate id")
+        } else {
+            None
+        };
+        if let Some(problem) = problem {
+            return Err(format!("{}: entry {:?} has {problem}", path.display(), k.id));
+        }
+    }
+    Ok(known)
+}
+
+/// The entry that explains `diff`, if any.
+pub fn explain<'k>(
+    known: &'k [Known],
+    case: &Case,
+    kernel: &Observation,
+    model: &Observation,
+    diff: &Difference,
+) -> Option<&'k Known> {
+    known.iter().find(|k| {
+        glob(&k.field, &diff.field)
+            && k.when.iter().all(|c| c.holds(case, kernel, model, &diff.field))
+    })
+}
+
+/// Checks of the matcher itself, run as a case of the suite (the target has no libtest).
+pub fn self_check() -> Result<(), String> {
+    let cases = [
+        ("conntrack_closed.pod", "conntrack_closed.pod", true),
+        ("conntrack_*.pod", "conntrack_open.pod", true),
+        ("conntrack_*.pod", "conntrack_open.peer", false),
+        ("flows[*].connect", "flows[3].connect", true),
+        ("flows[*].connect", "flows[3].echo", false),
+        ("*", "anything", true),
+    ];
+    for (pattern, text, want) in cases {
+        if glob(pattern, text) != want {
+            return Err(format!("glob({pattern:?}, {text:?}) is not {want}"));
+        }
+    }
+    Ok(())
+}
