@@ -258,6 +258,11 @@ async fn a_policy_change_closes_live_connections_no_longer_allowed() {
     s.write_all(b"ping").await.unwrap();
     let mut b = [0u8; 4];
     s.read_exact(&mut b).await.unwrap();
+    // A change that still allows the connection leaves it alone.
+    assert_eq!(w.b.update_mesh(MeshState::new(w.mesh.clone()).unwrap()), 0);
+    s.write_all(b"pong").await.unwrap();
+    s.read_exact(&mut b).await.unwrap();
+    assert_eq!(&b, b"pong", "still open after a change that allows it");
     let mut spec = w.mesh.clone();
     spec.policies.push(deny_sleep());
     let mesh = MeshState::new(spec).unwrap();

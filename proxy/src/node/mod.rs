@@ -244,7 +244,11 @@ impl<N: Network> NodeProxy<N> {
                     })
                 }
             };
-            if let (Some(reason), Some(tx)) = (reason, conn.revoke.take()) {
+            // Take the sender only from a connection that is revoked: dropping it closes the
+            // connection just the same.
+            if let Some(reason) = reason
+                && let Some(tx) = conn.revoke.take()
+            {
                 let _ = tx.send(reason);
                 closed += 1;
             }
