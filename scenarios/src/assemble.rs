@@ -83,12 +83,14 @@ pub fn connection(
         }
         _ => None,
     });
-    let path = match (&route, &verdict) {
-        (Some((Path::Hbone, ..)), _) => Some(PathKind::Hbone),
-        (Some((Path::Passthrough, ..)), _) => Some(PathKind::Passthrough),
-        (None, Some((Direction::InboundPlaintext, ..))) => Some(PathKind::InboundPlaintext),
-        (None, _) if client.is_some() || report.connected => Some(PathKind::Direct),
-        (None, _) => None,
+    // A connection some proxy took in on 15006 came in plaintext, even if it was refused there.
+    let via_15006 = events.iter().any(|(_, e)| direction(e) == Some(Direction::InboundPlaintext));
+    let path = match &route {
+        Some((Path::Hbone, ..)) => Some(PathKind::Hbone),
+        Some((Path::Passthrough, ..)) => Some(PathKind::Passthrough),
+        None if via_15006 => Some(PathKind::InboundPlaintext),
+        None if client.is_some() || report.connected => Some(PathKind::Direct),
+        None => None,
     };
 
     // The app's accept: whoever the app saw as its peer.
@@ -113,12 +115,17 @@ pub fn connection(
                     | Event::ConnectionClosed { result: CloseResult::PolicyRevoked { .. }, .. }
             )
         });
-    let no_upstream = events.iter().any(|(_, e)| {
-        matches!(e, Event::Error { stage, status, .. }
-            if matches!(stage.as_str(), "route" | "connect" | "upstream") || *status == Some(503))
-    });
+    // A proxy logs an `error` event only for a connection it refused or could not carry before
+    // any data flowed (no route, no upstream, a self-call, a failed TLS or CONNECT): to the client
+    // that is a refusal, however the socket was closed.
+    let no_upstream = events.iter().any(|(_, e)| matches!(e, Event::Error { .. }));
+    // Precedence: a policy decision explains everything after it; a client that gave up at its
+    // deadline timed out, whatever a proxy logged later; a proxy's refusal explains a client that
+    // got nothing back, however its socket was closed.
     let (outcome, error) = if denied {
         (ConnOutcome::Denied, None)
+    } else if report.end == ClientEnd::Timeout {
+        (ConnOutcome::Timeout, None)
     } else if no_upstream && report.received == 0 {
         (ConnOutcome::Refused, None)
     } else {
@@ -160,6 +167,17 @@ pub fn connection(
         tunnel: route.as_ref().and_then(|(_, t, _)| t.as_deref()?.parse().ok()),
         reused: matches!(route, Some((_, _, Some(true)))),
         proxy_events: events.iter().flat_map(|(node, e)| describe(node, e)).collect(),
+    }
+}
+
+/// The direction an event's proxy handled the connection in, where the event says.
+fn direction(e: &Event) -> Option<Direction> {
+    match e {
+        Event::InboundVerdict { direction, .. }
+        | Event::Error { direction, .. }
+        | Event::ConnectionClosed { direction, .. } => Some(*direction),
+        Event::OutboundRoute { .. } => Some(Direction::Outbound),
+        Event::TunnelOpened { .. } | Event::TunnelClosed { .. } => None,
     }
 }
 

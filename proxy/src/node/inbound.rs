@@ -58,10 +58,15 @@ impl<N: Network> Inner<N> {
         const DIR: Direction = Direction::InboundHbone;
         let _busy = self.busy();
         let peer = acc.peer;
-        let tls = match timeout(self.config.connect_timeout, acceptor.accept(acc.stream)).await {
+        // Refusals reset the connection rather than dropping it: a dropped socket sends a FIN or
+        // a RST depending on whether the client's bytes had arrived, and that race should not
+        // decide what the client sees.
+        let handshake = acceptor.accept(acc.stream).into_fallible();
+        let tls = match timeout(self.config.connect_timeout, handshake).await {
             Ok(Ok(tls)) => tls,
-            Ok(Err(e)) => {
+            Ok(Err((e, stream))) => {
                 self.error(Some(peer), DIR, "tls", None, describe_error(&e));
+                self.network.reset(stream);
                 return self.count_conn(DIR, "error");
             }
             Err(_) => {
@@ -71,6 +76,7 @@ impl<N: Network> Inner<N> {
         };
         let Some(peer_id) = peer_identity(tls.get_ref().1) else {
             self.error(Some(peer), DIR, "tls", None, "client presented no SPIFFE identity".into());
+            self.network.reset(tls.into_inner().0);
             return self.count_conn(DIR, "error");
         };
         let window = self.config.h2_window;
@@ -254,6 +260,7 @@ impl<N: Network> Inner<N> {
             Ok(w) => w,
             Err(rej) => {
                 self.error(Some(client), DIR, "request", None, rej.reason);
+                self.network.reset(stream);
                 return self.count_conn(DIR, "error");
             }
         };
@@ -266,13 +273,16 @@ impl<N: Network> Inner<N> {
         let verdict = evaluate(mesh.policies(), workload, &attrs);
         self.verdict_event(client, DIR, dst, None, &verdict);
         if !verdict.allowed {
+            self.network.reset(stream);
             return self.count_conn(DIR, "denied");
         }
         let workload_ip = workload.ip;
         drop(mesh);
-        let netns = match self.netns_of(dst.ip()).or_else(|| self.netns_of(pod_ip)) {
-            Some(n) => n,
-            None => return self.count_conn(DIR, "error"),
+        let Some(netns) = self.netns_of(dst.ip()).or_else(|| self.netns_of(pod_ip)) else {
+            let message = format!("pod {} is not served by this proxy", dst.ip());
+            self.error(Some(client), DIR, "upstream", None, message);
+            self.network.reset(stream);
+            return self.count_conn(DIR, "error");
         };
         let mut app = match self.connect_app(&netns, dst, client.ip()).await {
             Ok(s) => s,

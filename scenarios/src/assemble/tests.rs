@@ -163,3 +163,43 @@ fn short_or_altered_replies_are_errors_with_a_reason() {
     assert_eq!(c.outcome, ConnOutcome::Error);
     assert_eq!(c.error.as_deref(), Some("read back 10 bytes of the 100 the server returns"));
 }
+
+#[test]
+fn a_client_that_gave_up_timed_out_whatever_a_proxy_logged_later() {
+    let client = addr("10.0.1.2:40004");
+    let mut log = EventLog::new();
+    log.insert(
+        "node-a".into(),
+        vec![Event::Error {
+            node: "node-a".into(),
+            client: Some(client),
+            direction: Direction::Outbound,
+            stage: "h2".into(),
+            status: None,
+            message: "CONNECT 10.0.2.2:8080 timed out".into(),
+        }],
+    );
+    let report = ClientReport { received: 0, end: ClientEnd::Timeout, ..ok_report(10) };
+    let c = connection(LABELS, &report, Some(client), &log, &mut Accepts::default());
+    assert_eq!(c.outcome, ConnOutcome::Timeout);
+}
+
+#[test]
+fn a_refusal_on_15006_is_refused_and_came_in_plaintext() {
+    let client = addr("10.0.1.2:40005");
+    let mut log = EventLog::new();
+    log.insert(
+        "node-b".into(),
+        vec![Event::Error {
+            node: "node-b".into(),
+            client: Some(client),
+            direction: Direction::InboundPlaintext,
+            stage: "request".into(),
+            status: None,
+            message: "self-call to the proxy's own port 10.0.2.2:15001".into(),
+        }],
+    );
+    let report = ClientReport { received: 0, end: ClientEnd::Reset, ..ok_report(10) };
+    let c = connection(LABELS, &report, Some(client), &log, &mut Accepts::default());
+    assert_eq!((c.outcome, c.path), (ConnOutcome::Refused, Some(PathKind::InboundPlaintext)));
+}
