@@ -36,6 +36,8 @@
 //! - [`node`] — the node proxy ([`NodeProxy`]): listeners per captured pod, outbound (15001),
 //!   inbound HBONE (15008) and plaintext (15006), live-connection re-checks, drain and crash.
 //! - [`copy`] — bounded bidirectional copy TCP ⇄ h2 / TCP ⇄ TCP; closes and resets propagated.
+//! - [`signal`] — a value tasks wait on, woken in FIFO order (`tokio::sync::watch` wakes in a
+//!   random order, which would make simulated runs differ).
 //! - [`events`] — access-log events ([`events::ProxyEvent`]), the injected sink, counters.
 //! - [`client`] — a standalone HBONE client (tools and tests).
 //!
@@ -65,6 +67,7 @@ pub mod node;
 pub mod policy;
 pub mod pool;
 pub mod route;
+pub mod signal;
 pub mod tls;
 pub mod x509;
 

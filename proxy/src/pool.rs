@@ -16,10 +16,11 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use h2::client::SendRequest;
-use tokio::sync::{Notify, watch};
+use tokio::sync::Notify;
 use tokio::time::Instant;
 
 use crate::identity::Identity;
+use crate::signal::Signal;
 
 /// What identifies interchangeable tunnels.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
@@ -122,12 +123,14 @@ impl Pooled {
 enum DialState {
     Pending,
     Done(Result<(), Arc<str>>),
+    /// The dialer gave up (its task ended) without an answer.
+    Abandoned,
 }
 
 #[derive(Debug, Default)]
 struct Entry {
     conns: Vec<Arc<Pooled>>,
-    dial: Option<(u64, watch::Receiver<DialState>)>,
+    dial: Option<(u64, Arc<Signal<DialState>>)>,
 }
 
 /// All tunnels of one node proxy.
@@ -161,7 +164,7 @@ pub struct DialPermit {
     pool: Arc<Pool>,
     key: PoolKey,
     dial_id: u64,
-    tx: Option<watch::Sender<DialState>>,
+    tx: Option<Arc<Signal<DialState>>>,
 }
 
 /// What [`Pool::checkout`] hands out.
@@ -184,7 +187,7 @@ impl Pool {
     /// caller's dial for this key fails while we wait, its error is ours.
     pub async fn checkout(self: &Arc<Self>, key: &PoolKey) -> Result<Checkout, String> {
         loop {
-            let mut rx = {
+            let rx = {
                 let mut entries = self.entries.lock().unwrap_or_else(|e| e.into_inner());
                 let entry = entries.entry(key.clone()).or_default();
                 entry.conns.retain(|c| !c.is_closed());
@@ -205,8 +208,8 @@ impl Pool {
                     }
                     Choice::Dial => {
                         let dial_id = self.next_id.fetch_add(1, Ordering::SeqCst);
-                        let (tx, rx) = watch::channel(DialState::Pending);
-                        entry.dial = Some((dial_id, rx));
+                        let tx = Arc::new(Signal::new(DialState::Pending));
+                        entry.dial = Some((dial_id, tx.clone()));
                         return Ok(Checkout::Dial(Box::new(DialPermit {
                             pool: self.clone(),
                             key: key.clone(),
@@ -220,14 +223,11 @@ impl Pool {
                     },
                 }
             };
-            match rx.wait_for(|s| matches!(s, DialState::Done(_))).await {
-                Ok(state) => {
-                    if let DialState::Done(Err(e)) = &*state {
-                        return Err(e.to_string());
-                    }
-                }
-                // The dialer gave up (its task ended): try again, possibly dialing ourselves.
-                Err(_) => continue,
+            match rx.wait_for(|s| !matches!(s, DialState::Pending)).await {
+                DialState::Done(Err(e)) => return Err(e.to_string()),
+                // Dialed: look again (the new connection is pooled). Abandoned: try again,
+                // possibly dialing ourselves.
+                DialState::Done(Ok(())) | DialState::Abandoned | DialState::Pending => continue,
             }
         }
     }
@@ -309,7 +309,7 @@ impl DialPermit {
             entry.conns.push(conn.clone());
         }
         if let Some(tx) = self.tx.take() {
-            let _ = tx.send(DialState::Done(Ok(())));
+            tx.set(DialState::Done(Ok(())));
         }
         Lease { pool, conn }
     }
@@ -318,7 +318,7 @@ impl DialPermit {
     pub fn fail(mut self, error: &str) {
         self.clear();
         if let Some(tx) = self.tx.take() {
-            let _ = tx.send(DialState::Done(Err(Arc::from(error))));
+            tx.set(DialState::Done(Err(Arc::from(error))));
         }
     }
 
@@ -337,8 +337,9 @@ impl DialPermit {
 
 impl Drop for DialPermit {
     fn drop(&mut self) {
-        if self.tx.is_some() {
+        if let Some(tx) = self.tx.take() {
             self.clear();
+            tx.set(DialState::Abandoned);
         }
     }
 }

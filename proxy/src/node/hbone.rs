@@ -86,7 +86,7 @@ impl<N: Network> Inner<N> {
         let mut ping = h2conn.ping_pong();
         let mut next_ping = Instant::now() + cfg.keepalive_interval;
         let mut pong_deadline: Option<Instant> = None;
-        let mut draining = self.draining();
+        let draining = self.draining();
         let far = Instant::now() + std::time::Duration::from_secs(365 * 24 * 3600);
         let reason = loop {
             conn.set_peer_max(h2conn.max_concurrent_send_streams(), cfg.max_streams_per_conn);
@@ -98,11 +98,11 @@ impl<N: Network> Inner<N> {
                     Err(e) => format!("connection error: {e}"),
                 },
                 _ = conn.wake.notified() => {
-                    if *draining.borrow() && pool.retire_if_unused(&conn) {
+                    if draining.get() && pool.retire_if_unused(&conn) {
                         break "drained".to_string();
                     }
                 }
-                _ = draining.changed() => {
+                _ = draining.wait_for(|d| *d), if !draining.get() => {
                     if pool.retire_if_unused(&conn) {
                         break "drained".to_string();
                     }

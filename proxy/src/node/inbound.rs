@@ -96,16 +96,16 @@ impl<N: Network> Inner<N> {
                 return self.count_conn(DIR, "error");
             }
         };
-        let mut draining = self.draining();
+        let draining = self.draining();
         let mut going_away = false;
         loop {
-            if !going_away && *draining.borrow() {
+            if !going_away && draining.get() {
                 conn.graceful_shutdown();
                 going_away = true;
             }
             tokio::select! {
                 biased;
-                _ = draining.changed(), if !going_away => {}
+                _ = draining.wait_for(|d| *d), if !going_away => {}
                 r = conn.accept() => match r {
                     Some(Ok((req, respond))) => {
                         let me = self.clone();

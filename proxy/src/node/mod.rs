@@ -22,7 +22,7 @@ use std::time::Duration;
 
 use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
-use tokio::sync::{Notify, oneshot, watch};
+use tokio::sync::{Notify, oneshot};
 use tokio::task::AbortHandle;
 
 use crate::events::{Counters, Direction, EventSink, NoopSink, ProxyEvent, emit};
@@ -31,6 +31,7 @@ use crate::mesh::{MeshHandle, MeshState};
 use crate::net::{ListenOptions, Listener, Network};
 use crate::policy::{ConnectionAttrs, evaluate};
 use crate::pool::{Pool, PoolConfig};
+use crate::signal::Signal;
 use crate::tls::TlsContext;
 
 /// How a node proxy behaves; [`ProxyConfig::new`] gives the defaults of `ambient-facts.md`.
@@ -103,7 +104,7 @@ pub(crate) struct Inner<N: Network> {
     next_id: AtomicU64,
     busy: AtomicUsize,
     idle: Notify,
-    draining: watch::Sender<bool>,
+    draining: Arc<Signal<bool>>,
 }
 
 /// A node proxy. Cheap to clone; all clones drive the same proxy.
@@ -141,7 +142,7 @@ impl<N: Network> NodeProxy<N> {
                 next_id: AtomicU64::new(1),
                 busy: AtomicUsize::new(0),
                 idle: Notify::new(),
-                draining: watch::channel(false).0,
+                draining: Arc::new(Signal::new(false)),
                 config,
             }),
         }
@@ -271,7 +272,7 @@ impl<N: Network> NodeProxy<N> {
     /// Returns true if everything finished in time.
     pub async fn drain(&self, deadline: Duration) -> bool {
         let inner = &self.inner;
-        inner.draining.send_replace(true);
+        inner.draining.set(true);
         let pods: Vec<IpAddr> =
             inner.pods.lock().unwrap_or_else(|e| e.into_inner()).keys().copied().collect();
         for ip in pods {
@@ -417,8 +418,8 @@ impl<N: Network> Inner<N> {
         self.live.lock().unwrap_or_else(|e| e.into_inner()).remove(&id);
     }
 
-    pub(crate) fn draining(&self) -> watch::Receiver<bool> {
-        self.draining.subscribe()
+    pub(crate) fn draining(&self) -> Arc<Signal<bool>> {
+        self.draining.clone()
     }
 }
 
