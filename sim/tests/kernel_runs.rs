@@ -322,3 +322,63 @@ fn tcp_state_machine_segment_by_segment() {
 fn no_route() {
     check("no-route");
 }
+
+/// `tests/data/kernel-fuzz/seed-N.*` (from `run.py`): random rulesets and random packets
+/// forwarded through a namespace, the kernel's counters and connections afterwards. The model
+/// must reproduce both for every seed.
+#[test]
+fn kernel_fuzz() {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data/kernel-fuzz");
+    let mut seeds: Vec<PathBuf> = fs::read_dir(&dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|e| e == "rules"))
+        .collect();
+    seeds.sort();
+    assert!(seeds.len() >= 100, "{} fuzz cases", seeds.len());
+    let mut failures = Vec::new();
+    for rules_path in &seeds {
+        let name = rules_path.file_stem().unwrap().to_str().unwrap().to_string();
+        let mut n = Netns::new();
+        for cmd in [
+            "addr add 10.0.1.5/24 dev eth0",
+            "addr add 10.0.2.5/24 dev eth1",
+            "route add 10.0.8.0/24 via 10.0.1.9",
+            "route add 10.0.9.0/24 via 10.0.2.9",
+        ] {
+            n.ip(cmd).unwrap();
+        }
+        n.forwarding = true;
+        n.restore(&fs::read_to_string(rules_path).unwrap(), RestoreOptions::default())
+            .unwrap_or_else(|e| panic!("{name}: {e}"));
+        let packets = fs::read_to_string(rules_path.with_extension("packets")).unwrap();
+        let mut now = Duration::ZERO;
+        for line in packets.lines() {
+            let Line::Packet(p) = parse_line(line).unwrap() else { panic!("{name}: {line}") };
+            now = p.t.unwrap_or(now);
+            let iif = n.interface(p.iif.as_deref().unwrap()).unwrap();
+            n.input(p.packet, iif, now, &Sockets::default());
+        }
+        let counters = fs::read_to_string(rules_path.with_extension("counters")).unwrap();
+        let conntrack = fs::read_to_string(rules_path.with_extension("conntrack")).unwrap();
+        if n.save(true) != counters {
+            failures.push(format!(
+                "{name}: counters\n--- kernel\n{counters}--- model\n{}",
+                n.save(true)
+            ));
+        }
+        if normalise(&n.conntrack_dump(now)) != normalise(&conntrack) {
+            failures.push(format!(
+                "{name}: conntrack\n--- kernel\n{conntrack}--- model\n{}",
+                n.conntrack_dump(now)
+            ));
+        }
+    }
+    assert!(
+        failures.is_empty(),
+        "{} of {} cases differ:\n{}",
+        failures.len(),
+        seeds.len(),
+        failures.join("\n")
+    );
+}

@@ -191,7 +191,9 @@ pub(crate) fn run_table(table: &mut Table, skb: &mut Skb, env: &mut Env<'_>) -> 
 
 fn policy(table: &mut Table, chain: usize, skb: &Skb, env: &mut Env<'_>) -> Verdict {
     let c = &mut table.chains[chain];
-    c.policy_counters.add(skb.pkt.len);
+    if c.policy_counted {
+        c.policy_counters.add(skb.pkt.len);
+    }
     if let Some(t) = env.trace.as_deref_mut() {
         t.push(Event::Policy { table: table.kind, chain: c.name.clone(), policy: c.policy });
     }

@@ -161,6 +161,15 @@ macro_rules! pass {
     };
 }
 
+/// The conntrack attachment of a reply the kernel makes about a packet (nf_ct_attach): the
+/// packet's connection, RELATED in the other direction.
+fn related_to(ct: Option<(EntryId, CtInfo)>) -> Option<(EntryId, CtInfo)> {
+    ct.map(|(id, info)| {
+        let info = if info.dir() == Dir::Original { CtInfo::RelatedReply } else { CtInfo::Related };
+        (id, info)
+    })
+}
+
 fn route_text(r: &Result<RouteResult, RouteError>, n: &Netns) -> String {
     match r {
         Ok(r) => {
@@ -365,20 +374,11 @@ impl Netns {
             self.conntrack.set_closing(id, cx.now);
         }
         let reply = self.reject_reply(&w.skb.pkt, with).map(|pkt| {
-            // The reset carries the connection (as a related reply) and no socket; an ICMP
-            // error is looked up afresh and leaves through the kernel's ICMP socket.
-            let (attached, socket) = match (with, w.skb.ct) {
-                (RejectWith::TcpReset, Some((id, info))) => {
-                    let info = if info.dir() == Dir::Original {
-                        CtInfo::RelatedReply
-                    } else {
-                        CtInfo::Related
-                    };
-                    (Some((id, info)), None)
-                }
-                (RejectWith::TcpReset, None) => (None, None),
-                _ => (None, Some(SocketInfo::kernel())),
-            };
+            // The reset leaves with no socket, an ICMP error through the kernel's ICMP socket;
+            // both carry the offending packet's connection as RELATED (nf_ct_attach), even an
+            // unconfirmed one.
+            let socket = (with != RejectWith::TcpReset).then(SocketInfo::kernel);
+            let attached = related_to(w.skb.ct);
             let mut sub = Ctx { now: cx.now, sockets: cx.sockets, trace: None };
             Box::new(self.output_walk(pkt, socket, attached, &mut sub))
         });
@@ -429,7 +429,8 @@ impl Netns {
         let reply = code.filter(|_| self.forwarding).and_then(|c| self.unreachable(&w.skb.pkt, c));
         let reply = reply.map(|pkt| {
             let mut sub = Ctx { now: cx.now, sockets: cx.sockets, trace: None };
-            Box::new(self.output_walk(pkt, Some(SocketInfo::kernel()), None, &mut sub))
+            let attached = related_to(w.skb.ct);
+            Box::new(self.output_walk(pkt, Some(SocketInfo::kernel()), attached, &mut sub))
         });
         let verdict = PacketVerdict::Drop(DropCause::Route(e));
         self.finish_with(w, verdict, Disposition::None, reply, cx)
