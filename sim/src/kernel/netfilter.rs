@@ -47,6 +47,8 @@ pub(crate) struct Skb {
     pub untracked: bool,
     /// Zone set by `CT --zone` in raw, used by the conntrack lookup that follows.
     pub zone: u16,
+    /// A CT/NOTRACK target already attached its template: later ones are ignored (xt_CT).
+    pub templated: bool,
     /// The sending socket (`skb->sk`) of a locally generated packet.
     pub socket: Option<SocketInfo>,
     /// The socket TPROXY assigned.
@@ -135,16 +137,18 @@ pub(crate) fn run_table(table: &mut Table, skb: &mut Skb, env: &mut Env<'_>) -> 
                 pos += 1;
             }
             Target::Ct { zone, notrack } => {
-                if *notrack {
-                    skb.untracked = true;
-                }
-                if let Some(z) = zone {
-                    skb.zone = *z;
+                // Only the first CT/NOTRACK of a packet counts, and none once it has a
+                // connection (a looped-back packet).
+                if skb.ct.is_none() && !std::mem::replace(&mut skb.templated, true) {
+                    skb.untracked = *notrack;
+                    skb.zone = zone.unwrap_or(0);
                 }
                 pos += 1;
             }
             Target::Notrack => {
-                skb.untracked = true;
+                if skb.ct.is_none() && !std::mem::replace(&mut skb.templated, true) {
+                    skb.untracked = true;
+                }
                 pos += 1;
             }
             Target::Redirect(r) | Target::Dnat(r) | Target::Snat(r) | Target::Masquerade(r) => {
@@ -310,6 +314,8 @@ fn ct_statebits(skb: &Skb, env: &Env<'_>, nat_bits: bool) -> u8 {
             bits
         }
         None if skb.untracked => ctstate::UNTRACKED,
+        // A CT template (raw table, before conntrack) is a connection in state NEW.
+        None if skb.templated => ctstate::NEW,
         None => ctstate::INVALID,
     }
 }

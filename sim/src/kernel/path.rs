@@ -235,6 +235,9 @@ impl Netns {
         if w.skb.ct.is_some() || w.skb.untracked || !self.ct_enabled {
             return Ok(());
         }
+        // The lookup consumes a CT template: from here on the packet has a connection or is
+        // INVALID.
+        w.skb.templated = false;
         let t = self.conntrack.track(&w.skb.pkt, w.skb.zone, cx.now);
         let result = match t {
             Track::Tracked { id, info, created, dir } => {
@@ -455,6 +458,7 @@ impl Netns {
             ct: attached,
             untracked: false,
             zone: 0,
+            templated: false,
             socket,
             assigned: None,
         };
@@ -543,6 +547,7 @@ impl Netns {
             ct: None,
             untracked: false,
             zone: 0,
+            templated: false,
             socket: None,
             assigned: None,
         };
