@@ -334,6 +334,7 @@ fn kernel_fuzz() {
         .map(|e| e.unwrap().path())
         .filter(|p| p.extension().is_some_and(|e| e == "rules"))
         .collect();
+    assert!(seeds.iter().any(|p| p.to_str().unwrap().contains("local-")), "no local-* cases");
     seeds.sort();
     assert!(seeds.len() >= 100, "{} fuzz cases", seeds.len());
     let mut failures = Vec::new();
@@ -353,11 +354,18 @@ fn kernel_fuzz() {
             .unwrap_or_else(|e| panic!("{name}: {e}"));
         let packets = fs::read_to_string(rules_path.with_extension("packets")).unwrap();
         let mut now = Duration::ZERO;
+        let sockets = Sockets::default();
         for line in packets.lines() {
             let Line::Packet(p) = parse_line(line).unwrap() else { panic!("{name}: {line}") };
             now = p.t.unwrap_or(now);
-            let iif = n.interface(p.iif.as_deref().unwrap()).unwrap();
-            n.input(p.packet, iif, now, &Sockets::default());
+            let outcome = match p.direction {
+                Direction::In => {
+                    let iif = n.interface(p.iif.as_deref().unwrap()).unwrap();
+                    n.input(p.packet, iif, now, &sockets)
+                }
+                Direction::Out => n.output(p.packet, p.sender.socket(p.packet.mark), now, &sockets),
+            };
+            answer_as_the_stack(&mut n, &outcome, now, 0);
         }
         let counters = fs::read_to_string(rules_path.with_extension("counters")).unwrap();
         let conntrack = fs::read_to_string(rules_path.with_extension("conntrack")).unwrap();
@@ -381,4 +389,37 @@ fn kernel_fuzz() {
         seeds.len(),
         failures.join("\n")
     );
+}
+
+/// What the router's own stack sends when a packet is delivered to it and no socket wants it
+/// (no socket exists in the fuzz cases): a reset for a TCP segment that is not one, port
+/// unreachable for UDP, an echo reply for an echo request — all from the kernel's control
+/// sockets, each run through the model in turn.
+fn answer_as_the_stack(n: &mut Netns, o: &ambient_sim::kernel::Outcome, now: Duration, depth: u8) {
+    use ambient_sim::kernel::packet::{Icmp, icmp_type};
+    use ambient_sim::kernel::{Packet, TcpFlags};
+    if !o.accepted() || !o.is_local() || depth > 3 {
+        return;
+    }
+    let p = o.packet;
+    let reply = match p.proto {
+        Protocol::Tcp if !p.tcp_flags.has(TcpFlags::RST) => {
+            let flags = if p.tcp_flags.has(TcpFlags::ACK) { TcpFlags::R } else { TcpFlags::RA };
+            Some(Packet::tcp(p.dst_sock(), p.src_sock(), flags).with_len(40))
+        }
+        Protocol::Udp => {
+            let icmp =
+                Icmp { kind: icmp_type::DEST_UNREACH, code: 3, id: 0, inner: Some(p.tuple()) };
+            Some(Packet::icmp(p.dst, p.src, icmp).with_len(28 + p.len.min(548)))
+        }
+        Protocol::Icmp => p.icmp.filter(|i| i.kind == icmp_type::ECHO_REQUEST).map(|i| {
+            let echo = Icmp { kind: icmp_type::ECHO_REPLY, ..i };
+            Packet::icmp(p.dst, p.src, echo).with_len(p.len)
+        }),
+        _ => None,
+    };
+    if let Some(r) = reply {
+        let o = n.output(r, Some(SocketInfo::kernel()), now, &Sockets::default());
+        answer_as_the_stack(n, &o, now, depth + 1);
+    }
 }

@@ -166,7 +166,7 @@ pub(crate) fn run_table(table: &mut Table, skb: &mut Skb, env: &mut Env<'_>) -> 
                         },
                     },
                     Target::Masquerade(_) => {
-                        match skb.oif.and_then(|o| masquerade_addr(env.routing, o, skb.next_hop)) {
+                        match skb.oif.and_then(|o| env.routing.select_address(o, skb.next_hop)) {
                             Some(a) => Some((a, a)),
                             None => return Verdict::Drop(here),
                         }
@@ -207,17 +207,6 @@ fn policy(table: &mut Table, chain: usize, skb: &Skb, env: &mut Env<'_>) -> Verd
             Verdict::Drop(RuleRef { table: table.kind, chain: chain as u16, position: 0 })
         }
     }
-}
-
-fn masquerade_addr(routing: &Routing, oif: IfIndex, next_hop: Ipv4Addr) -> Option<Ipv4Addr> {
-    let iface = routing.interface(oif);
-    let hop = u32::from(next_hop);
-    iface
-        .addrs
-        .iter()
-        .find(|(a, l)| super::addr::Cidr::new(*a, *l).is_some_and(|c| c.contains(hop)))
-        .or(iface.addrs.first())
-        .map(|(a, _)| *a)
 }
 
 fn connmark(op: ConnmarkOp, skb: &mut Skb, env: &mut Env<'_>) {

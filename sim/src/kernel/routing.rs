@@ -426,6 +426,37 @@ impl Routing {
         self.interface(dev).addrs.first().map(|(a, _)| *a)
     }
 
+    /// `inet_select_addr(dev, dst, RT_SCOPE_UNIVERSE)`: a primary address of `dev` that is not
+    /// a loopback (host-scope) address, preferring one whose subnet holds `dst`; failing that,
+    /// the first such address of any interface in interface order (lo first). MASQUERADE picks
+    /// its source this way — out of `lo` that is another interface's address.
+    pub fn select_address(&self, dev: IfIndex, dst: Ipv4Addr) -> Option<Ipv4Addr> {
+        let eligible = |iface: &Interface| -> Vec<(Ipv4Addr, u8)> {
+            let mut primaries: Vec<(Ipv4Addr, u8)> = Vec::new();
+            for &(a, l) in &iface.addrs {
+                // An address inside the subnet of an earlier one is a secondary address.
+                let secondary = primaries
+                    .iter()
+                    .any(|(p, pl)| Cidr::new(*p, *pl).is_some_and(|c| c.contains(u32::from(a))));
+                if !secondary {
+                    primaries.push((a, l));
+                }
+            }
+            primaries.retain(|(a, _)| !a.is_loopback());
+            primaries
+        };
+        let here = eligible(self.interface(dev));
+        let d = u32::from(dst);
+        if let Some((a, _)) = here
+            .iter()
+            .find(|(a, l)| Cidr::new(*a, *l).is_some_and(|c| c.contains(d)))
+            .or(here.first())
+        {
+            return Some(*a);
+        }
+        self.interfaces.iter().find_map(|i| eligible(i).first().map(|(a, _)| *a))
+    }
+
     /// The source address the kernel would pick for a new connection to `dst` with `mark`
     /// (route's preferred source, else an address of the output device on the next hop's
     /// subnet, else its primary address; local destinations use the destination itself).
