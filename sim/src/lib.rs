@@ -12,10 +12,13 @@
 //! # The kernel model's stated simplifications
 //!
 //! Checked against kernel 6.18 with iptables 1.8.9 (nf_tables): the canonical printer against a
-//! captured corpus (`tests/data/canonical`), packet semantics against fourteen real-socket runs
-//! whose per-rule counters and conntrack entries the model reproduces exactly, and the TCP
+//! captured corpus (`tests/data/canonical`), packet semantics against fifteen real-socket runs
+//! whose per-rule counters and conntrack entries the model reproduces exactly, the TCP
 //! conntrack state machine against 23 raw-segment sequences, state, flags and timeout after
-//! every segment (`tests/data/kernel-runs`). Where it differs from the kernel, on purpose:
+//! every segment (`tests/data/kernel-runs`), and both against random rulesets and packets
+//! (`tests/data/kernel-fuzz`). It follows what that kernel actually runs, quirks included: e.g.
+//! iptables-nft compiles `! --sport A ! --dport B` (single ports) into one compare of the pair,
+//! so the rule matches unless both ports are equal. Where it differs from the kernel, on purpose:
 //!
 //! - IPv4 only; no IP options, fragments (`-f` is parsed and never matches), TTL or checksums.
 //! - TCP conntrack has no sequence/window tracking: every segment is in window, an ACK

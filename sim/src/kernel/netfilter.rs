@@ -17,8 +17,8 @@ use super::packet::{Packet, Protocol, TcpFlags};
 use super::routing::{IfIndex, Routing};
 use super::rules::MAX_JUMP_DEPTH;
 use super::rules::{
-    AddrtypeMatch, ConnmarkOp, Hook, Match, MultiportDir, Policy, Rule, Table, TableKind, Target,
-    ctstate,
+    AddrtypeMatch, ConnmarkOp, Hook, Match, MultiportDir, Policy, PortMatch, Rule, Table,
+    TableKind, Target, ctstate,
 };
 use super::sockets::{SocketInfo, SocketLookup};
 use super::trace::{Event, Trace};
@@ -326,21 +326,35 @@ fn addrtype(a: &AddrtypeMatch, skb: &Skb, env: &Env<'_>) -> bool {
     check(a.src, skb.pkt.src) && check(a.dst, skb.pkt.dst)
 }
 
+/// `--sport`/`--dport` of one `-m tcp`/`-m udp` instance.
+///
+/// iptables-nft 1.8.9 compiles a single source port together with a single destination port
+/// into one 4-byte compare; with both negated that compare is `!=` on the pair, so the rule
+/// matches unless *both* ports are equal (an OR of the two negations, not the AND that
+/// `iptables -m tcp` documents). The kernel runs that expression, so the model does too
+/// (seen in `nft --debug=netlink list ruleset`; kernel-fuzz case local-258).
+#[inline]
+fn ports_match(sport: Option<PortMatch>, dport: Option<PortMatch>, p: &Packet) -> bool {
+    match (sport, dport) {
+        (Some(s), Some(d))
+            if s.negated && d.negated && s.range.lo == s.range.hi && d.range.lo == d.range.hi =>
+        {
+            !(p.sport == s.range.lo && p.dport == d.range.lo)
+        }
+        _ => sport.is_none_or(|r| r.matches(p.sport)) && dport.is_none_or(|r| r.matches(p.dport)),
+    }
+}
+
 #[inline]
 fn match_one(m: &Match, skb: &mut Skb, env: &Env<'_>) -> bool {
     let p = &skb.pkt;
     match m {
         Match::Tcp(t) => {
             p.proto == Protocol::Tcp
-                && t.sport.is_none_or(|r| r.matches(p.sport))
-                && t.dport.is_none_or(|r| r.matches(p.dport))
+                && ports_match(t.sport, t.dport, p)
                 && t.flags.is_none_or(|f| (p.tcp_flags.0 & f.mask == f.comp) != f.negated)
         }
-        Match::Udp(u) => {
-            p.proto == Protocol::Udp
-                && u.sport.is_none_or(|r| r.matches(p.sport))
-                && u.dport.is_none_or(|r| r.matches(p.dport))
-        }
+        Match::Udp(u) => p.proto == Protocol::Udp && ports_match(u.sport, u.dport, p),
         Match::Icmp(i) => {
             let Some(h) = p.icmp.filter(|_| p.proto == Protocol::Icmp) else { return false };
             match i.kind {

@@ -141,6 +141,9 @@ pub enum RouteError {
     Martian,
     /// Input only: the destination is not local and forwarding is off.
     NotForwarding,
+    /// Output only: EINVAL, a loopback source address on a route through a device other than
+    /// `lo` (`route_localnet` is not modelled, it is off by default).
+    LoopbackSource,
 }
 
 impl fmt::Display for RouteError {
@@ -152,6 +155,7 @@ impl fmt::Display for RouteError {
             RouteError::Prohibited => "prohibited",
             RouteError::Martian => "martian packet",
             RouteError::NotForwarding => "not local and forwarding is disabled",
+            RouteError::LoopbackSource => "loopback source on a non-loopback device",
         })
     }
 }
@@ -358,7 +362,8 @@ impl Routing {
         Err(RouteError::NetUnreachable)
     }
 
-    /// Output route of a locally generated packet: local destinations leave through `lo`.
+    /// Output route of a locally generated packet: local destinations leave through `lo`; a
+    /// 127/8 source may only leave through `lo` (`__mkroute_output`).
     pub fn output(
         &self,
         dst: Ipv4Addr,
@@ -368,6 +373,9 @@ impl Routing {
         let mut r = self.lookup(dst, src, mark, IfIndex::LO)?;
         if matches!(r.kind, RouteType::Local | RouteType::Broadcast) {
             r.dev = IfIndex::LO;
+        }
+        if src.is_loopback() && r.dev != IfIndex::LO {
+            return Err(RouteError::LoopbackSource);
         }
         Ok(r)
     }
