@@ -376,7 +376,12 @@ impl Netns {
             // nf_send_reset closes a confirmed connection (nf_ct_set_closing).
             self.conntrack.set_closing(id, cx.now);
         }
-        let reply = self.reject_reply(&w.skb.pkt, with).map(|pkt| {
+        // An ICMP packet the kernel's ICMP socket is sending (an echo reply) is rejected while
+        // that socket's transmit lock is held, so icmp_send's trylock fails: no error.
+        let sending_icmp = w.skb.pkt.proto == Protocol::Icmp
+            && w.skb.socket.is_some_and(|s| s.is_kernel())
+            && with != RejectWith::TcpReset;
+        let reply = self.reject_reply(&w.skb.pkt, with).filter(|_| !sending_icmp).map(|pkt| {
             // The reset leaves with no socket, an ICMP error through the kernel's ICMP socket;
             // both carry the offending packet's connection as RELATED (nf_ct_attach), even an
             // unconfirmed one.
