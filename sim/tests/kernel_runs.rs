@@ -323,6 +323,11 @@ fn no_route() {
     check("no-route");
 }
 
+#[test]
+fn icmp_ratelimit() {
+    check("icmp-ratelimit");
+}
+
 /// `tests/data/kernel-fuzz/seed-N.*` (from `run.py`): random rulesets and random packets
 /// forwarded through a namespace, the kernel's counters and connections afterwards. The model
 /// must reproduce both for every seed.

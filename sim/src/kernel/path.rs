@@ -26,6 +26,7 @@ use serde::Serialize;
 use super::Netns;
 use super::addr::IfKey;
 use super::conntrack::{CtInfo, Dir, EntryId, Manip, TcpState, Track, status};
+use super::icmp_limit;
 use super::netfilter::{Env, RuleRef, Skb, Verdict, run_table};
 use super::packet::{Icmp, Packet, Protocol, TcpFlags, icmp_type};
 use super::routing::{IfIndex, RouteError, RouteResult, RouteType};
@@ -45,6 +46,9 @@ pub enum DropCause {
     ConntrackClash,
     /// No route, a blackhole/unreachable/prohibit route, a martian, or not forwarding.
     Route(RouteError),
+    /// An ICMP error from the kernel (sent with [`SocketInfo::kernel`]) over its per-peer rate
+    /// limit ([`super::icmp_limit`]): not sent, no hook saw it.
+    IcmpRateLimit,
 }
 
 /// The fate of the packet.
@@ -425,8 +429,8 @@ impl Netns {
     }
 
     /// `ip_error`: a packet the kernel would forward but cannot route gets ICMP net/host
-    /// unreachable (or communication prohibited) back, when forwarding is on. The kernel
-    /// rate-limits these per sender; the model does not.
+    /// unreachable (or communication prohibited) back, when forwarding is on, rate-limited per
+    /// sender twice over ([`super::icmp_limit`]).
     fn no_route(&mut self, w: Walk, e: RouteError, cx: &mut Ctx<'_>) -> Outcome {
         let code = match e {
             RouteError::NetUnreachable => Some(0),
@@ -434,7 +438,10 @@ impl Netns {
             RouteError::Prohibited => Some(13),
             _ => None,
         };
-        let reply = code.filter(|_| self.forwarding).and_then(|c| self.unreachable(&w.skb.pkt, c));
+        let reply = code
+            .filter(|_| self.forwarding)
+            .filter(|_| self.icmp_limit.route_error_allowed(w.skb.pkt.src, cx.now))
+            .and_then(|c| self.unreachable(&w.skb.pkt, c));
         let reply = reply.map(|pkt| {
             let mut sub = Ctx { now: cx.now, sockets: cx.sockets, trace: None };
             let attached = related_to(w.skb.ct);
@@ -470,6 +477,14 @@ impl Netns {
         let mut w = Walk { skb, created: None, route: None };
         if let Err(e) = self.route_output(&mut w, cx) {
             return self.finish(w, PacketVerdict::Drop(DropCause::Route(e)), cx);
+        }
+        // icmp_send's per-peer limit, after its route lookup (errors through lo are exempt).
+        if socket.is_some_and(|s| s.is_kernel())
+            && pkt.icmp.is_some_and(|i| icmp_limit::limited(i.kind, i.code))
+            && w.route.is_some_and(|r| r.dev != IfIndex::LO)
+            && !self.icmp_limit.send_allowed(pkt.dst, cx.now)
+        {
+            return self.finish(w, PacketVerdict::Drop(DropCause::IcmpRateLimit), cx);
         }
         self.enter(&mut w.skb, Hook::Output, cx);
         pass!(self, w, cx, self.table(TableKind::Raw, &mut w.skb, cx));
