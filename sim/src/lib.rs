@@ -64,10 +64,13 @@
 //! # The kernel model's stated simplifications
 //!
 //! Checked against kernel 6.18 with iptables 1.8.9 (nf_tables): the canonical printer against a
-//! captured corpus (`tests/data/canonical`), packet semantics against fourteen real-socket runs
-//! whose per-rule counters and conntrack entries the model reproduces exactly, and the TCP
+//! captured corpus (`tests/data/canonical`), packet semantics against sixteen real-socket runs
+//! whose per-rule counters and conntrack entries the model reproduces exactly, the TCP
 //! conntrack state machine against 23 raw-segment sequences, state, flags and timeout after
-//! every segment (`tests/data/kernel-runs`). Where it differs from the kernel, on purpose:
+//! every segment (`tests/data/kernel-runs`), and both against random rulesets and packets
+//! (`tests/data/kernel-fuzz`). It follows what that kernel actually runs, quirks included: e.g.
+//! iptables-nft compiles `! --sport A ! --dport B` (single ports) into one compare of the pair,
+//! so the rule matches unless both ports are equal. Where it differs from the kernel, on purpose:
 //!
 //! - IPv4 only; no IP options, fragments (`-f` is parsed and never matches), TTL or checksums.
 //! - TCP conntrack has no sequence/window tracking: every segment is in window, an ACK
@@ -80,6 +83,9 @@
 //!   not modelled).
 //! - NAT chooses the lowest address of a range and, when a port must change, the lowest free
 //!   port (the kernel hashes the address choice and randomises the port search for SNAT).
+//! - The kernel's ICMP errors are rate-limited per destination as the kernel does it (see
+//!   [`kernel::icmp_limit`]), but not by the namespace-wide limit (a burst of 50 whose credit
+//!   the kernel consumes at random).
 //! - Routing: no metrics/multipath, no rp_filter (0, a new namespace's default), every
 //!   interface is up; no neighbour resolution (an unanswered ARP, and the ICMP error it causes,
 //!   is the caller's to model).

@@ -259,3 +259,32 @@ fn icmp_errors_about_nated_flows_are_translated_inside_and_out() {
     // The embedded header is the client's own packet again.
     assert_eq!(back.packet.icmp.unwrap().inner, Some(q.tuple()));
 }
+
+#[test]
+fn negated_port_pair_matches_unless_both_ports_are_equal() {
+    // iptables-nft 1.8.9 turns `! --sport A ! --dport B` into `sport . dport != A . B`.
+    let mut n = Netns::new();
+    n.restore(
+        "*filter\n-A OUTPUT -p tcp ! --sport 1 ! --dport 2 -j DROP\nCOMMIT\n",
+        RestoreOptions::default(),
+    )
+    .unwrap();
+    let send = |n: &mut Netns, from: &str, to: &str| {
+        n.output(Packet::tcp(sa(from), sa(to), TcpFlags::S), None, secs(0), &NoSockets).accepted()
+    };
+    assert!(send(&mut n, "127.0.0.1:1", "127.0.0.1:2"));
+    assert!(!send(&mut n, "127.0.0.1:1", "127.0.0.1:3"), "sport equal, dport not: matches");
+    assert!(!send(&mut n, "127.0.0.1:5", "127.0.0.1:2"), "dport equal, sport not: matches");
+    assert!(!send(&mut n, "127.0.0.1:5", "127.0.0.1:6"));
+}
+
+#[test]
+fn a_loopback_source_cannot_leave_through_another_device() {
+    let mut n = pod();
+    let o =
+        n.output(Packet::udp(sa("127.0.0.1:5000"), sa("10.0.1.9:53")), None, secs(0), &NoSockets);
+    assert_eq!(
+        o.verdict,
+        PacketVerdict::Drop(DropCause::Route(ambient_sim::kernel::RouteError::LoopbackSource))
+    );
+}

@@ -9,6 +9,7 @@
 //! | [`rules`] | ruleset AST, `iptables-restore` parser, canonical `iptables-save` printer |
 //! | [`netfilter`] | chain traversal: matches, targets, counters, policies |
 //! | [`conntrack`] | connection table, TCP state machine, NAT bindings, `conntrack -L` |
+//! | [`icmp_limit`] | the per-peer rate limit on the ICMP errors the kernel sends |
 //! | [`routing`] | interfaces, addresses, tables, fwmark policy rules, `ip … add` commands |
 //! | [`sockets`] | what the caller tells the model about local sockets |
 //! | [`path`] | the hooks in kernel order for sent, received, looped-back and forwarded packets |
@@ -26,6 +27,7 @@
 
 pub mod addr;
 pub mod conntrack;
+pub mod icmp_limit;
 pub mod netfilter;
 pub mod packet;
 pub mod path;
@@ -57,6 +59,8 @@ pub struct Netns {
     pub forwarding: bool,
     /// Whether a loaded rule makes the kernel track connections.
     ct_enabled: bool,
+    /// Token buckets of the ICMP errors sent per destination.
+    icmp_limit: icmp_limit::IcmpLimiter,
 }
 
 impl Default for Netns {
@@ -74,6 +78,7 @@ impl Netns {
             routing: routing::Routing::new(),
             forwarding: false,
             ct_enabled: false,
+            icmp_limit: icmp_limit::IcmpLimiter::default(),
         }
     }
 
@@ -255,6 +260,7 @@ impl Netns {
             DropCause::Rule(r) => self.rule_name(*r),
             DropCause::ConntrackFull => "conntrack: table full".into(),
             DropCause::ConntrackClash => "conntrack: tuple clash at confirm".into(),
+            DropCause::IcmpRateLimit => "icmp: per-peer rate limit".into(),
             DropCause::Route(e) => format!("routing: {e}"),
         }
     }

@@ -17,8 +17,8 @@ use super::packet::{Packet, Protocol, TcpFlags, icmp_type};
 use super::routing::{IfIndex, Routing};
 use super::rules::MAX_JUMP_DEPTH;
 use super::rules::{
-    AddrtypeMatch, ConnmarkOp, Hook, Match, MultiportDir, Policy, Rule, Table, TableKind, Target,
-    ctstate,
+    AddrtypeMatch, ConnmarkOp, Hook, Match, MultiportDir, Policy, PortMatch, Rule, Table,
+    TableKind, Target, ctstate,
 };
 use super::sockets::{SocketInfo, SocketLookup};
 use super::trace::{Event, Trace};
@@ -47,6 +47,8 @@ pub(crate) struct Skb {
     pub untracked: bool,
     /// Zone set by `CT --zone` in raw, used by the conntrack lookup that follows.
     pub zone: u16,
+    /// A CT/NOTRACK target already attached its template: later ones are ignored (xt_CT).
+    pub templated: bool,
     /// The sending socket (`skb->sk`) of a locally generated packet.
     pub socket: Option<SocketInfo>,
     /// The socket TPROXY assigned.
@@ -135,16 +137,18 @@ pub(crate) fn run_table(table: &mut Table, skb: &mut Skb, env: &mut Env<'_>) -> 
                 pos += 1;
             }
             Target::Ct { zone, notrack } => {
-                if *notrack {
-                    skb.untracked = true;
-                }
-                if let Some(z) = zone {
-                    skb.zone = *z;
+                // Only the first CT/NOTRACK of a packet counts, and none once it has a
+                // connection (a looped-back packet).
+                if skb.ct.is_none() && !std::mem::replace(&mut skb.templated, true) {
+                    skb.untracked = *notrack;
+                    skb.zone = zone.unwrap_or(0);
                 }
                 pos += 1;
             }
             Target::Notrack => {
-                skb.untracked = true;
+                if skb.ct.is_none() && !std::mem::replace(&mut skb.templated, true) {
+                    skb.untracked = true;
+                }
                 pos += 1;
             }
             Target::Redirect(r) | Target::Dnat(r) | Target::Snat(r) | Target::Masquerade(r) => {
@@ -162,7 +166,7 @@ pub(crate) fn run_table(table: &mut Table, skb: &mut Skb, env: &mut Env<'_>) -> 
                         },
                     },
                     Target::Masquerade(_) => {
-                        match skb.oif.and_then(|o| masquerade_addr(env.routing, o, skb.next_hop)) {
+                        match skb.oif.and_then(|o| env.routing.select_address(o, skb.next_hop)) {
                             Some(a) => Some((a, a)),
                             None => return Verdict::Drop(here),
                         }
@@ -191,7 +195,9 @@ pub(crate) fn run_table(table: &mut Table, skb: &mut Skb, env: &mut Env<'_>) -> 
 
 fn policy(table: &mut Table, chain: usize, skb: &Skb, env: &mut Env<'_>) -> Verdict {
     let c = &mut table.chains[chain];
-    c.policy_counters.add(skb.pkt.len);
+    if c.policy_counted {
+        c.policy_counters.add(skb.pkt.len);
+    }
     if let Some(t) = env.trace.as_deref_mut() {
         t.push(Event::Policy { table: table.kind, chain: c.name.clone(), policy: c.policy });
     }
@@ -201,22 +207,6 @@ fn policy(table: &mut Table, chain: usize, skb: &Skb, env: &mut Env<'_>) -> Verd
             Verdict::Drop(RuleRef { table: table.kind, chain: chain as u16, position: 0 })
         }
     }
-}
-
-/// MASQUERADE's address: `inet_select_addr(oif, next_hop, RT_SCOPE_UNIVERSE)`. Loopback
-/// addresses have host scope and never qualify: an address of the output device on the next
-/// hop's subnet, else its first one, else (the output device is `lo`, say) the first
-/// universe-scope address of any interface, `lo` first.
-fn masquerade_addr(routing: &Routing, oif: IfIndex, next_hop: Ipv4Addr) -> Option<Ipv4Addr> {
-    let universe = |(a, _): &&(Ipv4Addr, u8)| !a.is_loopback();
-    let hop = u32::from(next_hop);
-    let own: Vec<&(Ipv4Addr, u8)> = routing.interface(oif).addrs.iter().filter(universe).collect();
-    own.iter()
-        .find(|(a, l)| super::addr::Cidr::new(*a, *l).is_some_and(|c| c.contains(hop)))
-        .or(own.first())
-        .copied()
-        .or_else(|| routing.interfaces().iter().flat_map(|i| i.addrs.iter()).find(universe))
-        .map(|(a, _)| *a)
 }
 
 fn connmark(op: ConnmarkOp, skb: &mut Skb, env: &mut Env<'_>) {
@@ -313,6 +303,8 @@ fn ct_statebits(skb: &Skb, env: &Env<'_>, nat_bits: bool) -> u8 {
             bits
         }
         None if skb.untracked => ctstate::UNTRACKED,
+        // A CT template (raw table, before conntrack) is a connection in state NEW.
+        None if skb.templated => ctstate::NEW,
         None => ctstate::INVALID,
     }
 }
@@ -334,21 +326,35 @@ fn addrtype(a: &AddrtypeMatch, skb: &Skb, env: &Env<'_>) -> bool {
     check(a.src, skb.pkt.src) && check(a.dst, skb.pkt.dst)
 }
 
+/// `--sport`/`--dport` of one `-m tcp`/`-m udp` instance.
+///
+/// iptables-nft 1.8.9 compiles a single source port together with a single destination port
+/// into one 4-byte compare; with both negated that compare is `!=` on the pair, so the rule
+/// matches unless *both* ports are equal (an OR of the two negations, not the AND that
+/// `iptables -m tcp` documents). The kernel runs that expression, so the model does too
+/// (seen in `nft --debug=netlink list ruleset`; kernel-fuzz case local-258).
+#[inline]
+fn ports_match(sport: Option<PortMatch>, dport: Option<PortMatch>, p: &Packet) -> bool {
+    match (sport, dport) {
+        (Some(s), Some(d))
+            if s.negated && d.negated && s.range.lo == s.range.hi && d.range.lo == d.range.hi =>
+        {
+            !(p.sport == s.range.lo && p.dport == d.range.lo)
+        }
+        _ => sport.is_none_or(|r| r.matches(p.sport)) && dport.is_none_or(|r| r.matches(p.dport)),
+    }
+}
+
 #[inline]
 fn match_one(m: &Match, skb: &mut Skb, env: &Env<'_>) -> bool {
     let p = &skb.pkt;
     match m {
         Match::Tcp(t) => {
             p.proto == Protocol::Tcp
-                && t.sport.is_none_or(|r| r.matches(p.sport))
-                && t.dport.is_none_or(|r| r.matches(p.dport))
+                && ports_match(t.sport, t.dport, p)
                 && t.flags.is_none_or(|f| (p.tcp_flags.0 & f.mask == f.comp) != f.negated)
         }
-        Match::Udp(u) => {
-            p.proto == Protocol::Udp
-                && u.sport.is_none_or(|r| r.matches(p.sport))
-                && u.dport.is_none_or(|r| r.matches(p.dport))
-        }
+        Match::Udp(u) => p.proto == Protocol::Udp && ports_match(u.sport, u.dport, p),
         Match::Icmp(i) => {
             let Some(h) = p.icmp.filter(|_| p.proto == Protocol::Icmp) else { return false };
             match i.kind {

@@ -123,6 +123,8 @@ pub mod icmp_type {
     pub const ECHO_REQUEST: u8 = 8;
     pub const TIME_EXCEEDED: u8 = 11;
     pub const PARAMETER_PROBLEM: u8 = 12;
+    /// The DEST_UNREACH code "fragmentation needed" (path MTU discovery).
+    pub const FRAG_NEEDED: u8 = 4;
 
     /// Error messages carry the header of the packet they are about.
     pub fn is_error(t: u8) -> bool {

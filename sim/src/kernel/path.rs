@@ -26,6 +26,7 @@ use serde::Serialize;
 use super::Netns;
 use super::addr::IfKey;
 use super::conntrack::{CtInfo, Dir, EntryId, Manip, TcpState, Track, status};
+use super::icmp_limit;
 use super::netfilter::{Env, RuleRef, Skb, Verdict, run_table};
 use super::packet::{Icmp, Packet, Protocol, TcpFlags, icmp_type};
 use super::routing::{IfIndex, RouteError, RouteResult, RouteType};
@@ -45,6 +46,9 @@ pub enum DropCause {
     ConntrackClash,
     /// No route, a blackhole/unreachable/prohibit route, a martian, or not forwarding.
     Route(RouteError),
+    /// An ICMP error from the kernel (sent with [`SocketInfo::kernel`]) over its per-peer rate
+    /// limit ([`super::icmp_limit`]): not sent, no hook saw it.
+    IcmpRateLimit,
 }
 
 /// The fate of the packet.
@@ -125,12 +129,6 @@ impl Outcome {
     }
 }
 
-/// How a packet the kernel sends about `info`'s packet relates to its connection
-/// (`nf_conntrack_attach`): the other direction, as RELATED.
-fn related_reply(info: CtInfo) -> CtInfo {
-    if info.dir() == Dir::Original { CtInfo::RelatedReply } else { CtInfo::Related }
-}
-
 /// Per-call context.
 pub(crate) struct Ctx<'a> {
     pub now: Duration,
@@ -165,6 +163,15 @@ macro_rules! pass {
             Verdict::Reject(r, with) => return $self.reject($w, r, with, $cx),
         }
     };
+}
+
+/// The conntrack attachment of a reply the kernel makes about a packet (nf_ct_attach): the
+/// packet's connection, RELATED in the other direction.
+fn related_to(ct: Option<(EntryId, CtInfo)>) -> Option<(EntryId, CtInfo)> {
+    ct.map(|(id, info)| {
+        let info = if info.dir() == Dir::Original { CtInfo::RelatedReply } else { CtInfo::Related };
+        (id, info)
+    })
 }
 
 fn route_text(r: &Result<RouteResult, RouteError>, n: &Netns) -> String {
@@ -232,6 +239,9 @@ impl Netns {
         if w.skb.ct.is_some() || w.skb.untracked || !self.ct_enabled {
             return Ok(());
         }
+        // The lookup consumes a CT template: from here on the packet has a connection or is
+        // INVALID.
+        w.skb.templated = false;
         let t = self.conntrack.track(&w.skb.pkt, w.skb.zone, cx.now);
         let result = match t {
             Track::Tracked { id, info, created, dir } => {
@@ -372,19 +382,21 @@ impl Netns {
         }
         let local =
             w.route.is_some_and(|r| matches!(r.kind, RouteType::Local | RouteType::Broadcast));
-        let reply = self.reject_reply(&w.skb.pkt, with, local).map(|pkt| {
-            // Both replies carry the packet's connection as a related one (nf_send_reset's
-            // nf_ct_attach; icmp_glue_bits attaches it to an ICMP error), found even while it is
-            // unconfirmed, so NAT is undone in the quoted header. The reset has no socket, an
-            // ICMP error leaves through the kernel's ICMP socket.
-            let attached = w.skb.ct.map(|(id, info)| (id, related_reply(info)));
-            let socket = match with {
-                RejectWith::TcpReset => None,
-                _ => Some(SocketInfo::kernel()),
-            };
-            let mut sub = Ctx { now: cx.now, sockets: cx.sockets, trace: None };
-            Box::new(self.output_walk(pkt, socket, attached, &mut sub))
-        });
+        // An ICMP packet the kernel's ICMP socket is sending (an echo reply) is rejected while
+        // that socket's transmit lock is held, so icmp_send's trylock fails: no error.
+        let sending_icmp = w.skb.pkt.proto == Protocol::Icmp
+            && w.skb.socket.is_some_and(|s| s.is_kernel())
+            && with != RejectWith::TcpReset;
+        let reply =
+            self.reject_reply(&w.skb.pkt, with, local).filter(|_| !sending_icmp).map(|pkt| {
+                // The reset leaves with no socket, an ICMP error through the kernel's ICMP socket;
+                // both carry the offending packet's connection as RELATED (nf_ct_attach), even an
+                // unconfirmed one, so NAT is undone in the quoted header.
+                let socket = (with != RejectWith::TcpReset).then(SocketInfo::kernel);
+                let attached = related_to(w.skb.ct);
+                let mut sub = Ctx { now: cx.now, sockets: cx.sockets, trace: None };
+                Box::new(self.output_walk(pkt, socket, attached, &mut sub))
+            });
         self.finish_with(w, PacketVerdict::Reject { by, with }, Disposition::None, reply, cx)
     }
 
@@ -423,8 +435,8 @@ impl Netns {
     }
 
     /// `ip_error`: a packet the kernel would forward but cannot route gets ICMP net/host
-    /// unreachable (or communication prohibited) back, when forwarding is on. The kernel
-    /// rate-limits these per sender; the model does not.
+    /// unreachable (or communication prohibited) back, when forwarding is on, rate-limited per
+    /// sender twice over ([`super::icmp_limit`]).
     fn no_route(&mut self, w: Walk, e: RouteError, cx: &mut Ctx<'_>) -> Outcome {
         let code = match e {
             RouteError::NetUnreachable => Some(0),
@@ -432,11 +444,14 @@ impl Netns {
             RouteError::Prohibited => Some(13),
             _ => None,
         };
-        let reply =
-            code.filter(|_| self.forwarding).and_then(|c| self.unreachable(&w.skb.pkt, c, false));
+        let reply = code
+            .filter(|_| self.forwarding)
+            .filter(|_| self.icmp_limit.route_error_allowed(w.skb.pkt.src, cx.now))
+            .and_then(|c| self.unreachable(&w.skb.pkt, c, false));
         let reply = reply.map(|pkt| {
             let mut sub = Ctx { now: cx.now, sockets: cx.sockets, trace: None };
-            Box::new(self.output_walk(pkt, Some(SocketInfo::kernel()), None, &mut sub))
+            let attached = related_to(w.skb.ct);
+            Box::new(self.output_walk(pkt, Some(SocketInfo::kernel()), attached, &mut sub))
         });
         let verdict = PacketVerdict::Drop(DropCause::Route(e));
         self.finish_with(w, verdict, Disposition::None, reply, cx)
@@ -461,12 +476,21 @@ impl Netns {
             ct: attached,
             untracked: false,
             zone: 0,
+            templated: false,
             socket,
             assigned: None,
         };
         let mut w = Walk { skb, created: None, route: None };
         if let Err(e) = self.route_output(&mut w, cx) {
             return self.finish(w, PacketVerdict::Drop(DropCause::Route(e)), cx);
+        }
+        // icmp_send's per-peer limit, after its route lookup (errors through lo are exempt).
+        if socket.is_some_and(|s| s.is_kernel())
+            && pkt.icmp.is_some_and(|i| icmp_limit::limited(i.kind, i.code))
+            && w.route.is_some_and(|r| r.dev != IfIndex::LO)
+            && !self.icmp_limit.send_allowed(pkt.dst, cx.now)
+        {
+            return self.finish(w, PacketVerdict::Drop(DropCause::IcmpRateLimit), cx);
         }
         self.enter(&mut w.skb, Hook::Output, cx);
         // Every table of the OUTPUT hook sees the out interface of the route the packet started
@@ -557,6 +581,7 @@ impl Netns {
             ct: None,
             untracked: false,
             zone: 0,
+            templated: false,
             socket: None,
             assigned: None,
         };

@@ -142,6 +142,9 @@ pub enum RouteError {
     Martian,
     /// Input only: the destination is not local and forwarding is off.
     NotForwarding,
+    /// Output only: EINVAL, a loopback source address on a route through a device other than
+    /// `lo` (`route_localnet` is not modelled, it is off by default).
+    LoopbackSource,
 }
 
 impl fmt::Display for RouteError {
@@ -153,6 +156,7 @@ impl fmt::Display for RouteError {
             RouteError::Prohibited => "prohibited",
             RouteError::Martian => "martian packet",
             RouteError::NotForwarding => "not local and forwarding is disabled",
+            RouteError::LoopbackSource => "loopback source on a non-loopback device",
         })
     }
 }
@@ -360,8 +364,7 @@ impl Routing {
     }
 
     /// Output route of a locally generated packet: local destinations leave through `lo`; a
-    /// loopback source may leave through `lo` only (`__mkroute_output`, `route_localnet` off) —
-    /// a packet NAT sends elsewhere with a 127.x source fails its re-route and is dropped.
+    /// 127/8 source may only leave through `lo` (`__mkroute_output`).
     pub fn output(
         &self,
         dst: Ipv4Addr,
@@ -373,7 +376,7 @@ impl Routing {
             r.dev = IfIndex::LO;
         }
         if src.is_loopback() && r.dev != IfIndex::LO {
-            return Err(RouteError::Martian);
+            return Err(RouteError::LoopbackSource);
         }
         Ok(r)
     }
@@ -430,6 +433,37 @@ impl Routing {
     /// The primary (first) address of an interface.
     pub fn primary_address(&self, dev: IfIndex) -> Option<Ipv4Addr> {
         self.interface(dev).addrs.first().map(|(a, _)| *a)
+    }
+
+    /// `inet_select_addr(dev, dst, RT_SCOPE_UNIVERSE)`: a primary address of `dev` that is not
+    /// a loopback (host-scope) address, preferring one whose subnet holds `dst`; failing that,
+    /// the first such address of any interface in interface order (lo first). MASQUERADE picks
+    /// its source this way — out of `lo` that is another interface's address.
+    pub fn select_address(&self, dev: IfIndex, dst: Ipv4Addr) -> Option<Ipv4Addr> {
+        let eligible = |iface: &Interface| -> Vec<(Ipv4Addr, u8)> {
+            let mut primaries: Vec<(Ipv4Addr, u8)> = Vec::new();
+            for &(a, l) in &iface.addrs {
+                // An address inside the subnet of an earlier one is a secondary address.
+                let secondary = primaries
+                    .iter()
+                    .any(|(p, pl)| Cidr::new(*p, *pl).is_some_and(|c| c.contains(u32::from(a))));
+                if !secondary {
+                    primaries.push((a, l));
+                }
+            }
+            primaries.retain(|(a, _)| !a.is_loopback());
+            primaries
+        };
+        let here = eligible(self.interface(dev));
+        let d = u32::from(dst);
+        if let Some((a, _)) = here
+            .iter()
+            .find(|(a, l)| Cidr::new(*a, *l).is_some_and(|c| c.contains(d)))
+            .or(here.first())
+        {
+            return Some(*a);
+        }
+        self.interfaces.iter().find_map(|i| eligible(i).first().map(|(a, _)| *a))
     }
 
     /// The source address the kernel would pick for a new connection to `dst` with `mark`
@@ -702,7 +736,7 @@ mod tests {
     fn a_loopback_source_leaves_through_lo_only() {
         let r = pod();
         let lo = ip("127.0.0.1");
-        assert_eq!(r.output(ip("10.0.1.1"), lo, 0), Err(RouteError::Martian));
+        assert_eq!(r.output(ip("10.0.1.1"), lo, 0), Err(RouteError::LoopbackSource));
         assert_eq!(r.output(lo, lo, 0).unwrap().dev, IfIndex::LO);
         assert_eq!(r.output(ip("10.9.9.9"), lo, 0x111).unwrap().dev, IfIndex::LO);
     }

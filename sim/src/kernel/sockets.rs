@@ -35,6 +35,11 @@ impl SocketInfo {
     pub fn kernel() -> Self {
         SocketInfo { id: u64::MAX, ..SocketInfo::default() }
     }
+
+    /// Whether this is [`SocketInfo::kernel`].
+    pub fn is_kernel(&self) -> bool {
+        self.id == u64::MAX
+    }
 }
 
 /// Socket lookups the way the kernel's early demux does them.

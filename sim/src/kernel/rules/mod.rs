@@ -234,6 +234,10 @@ pub struct Chain {
     pub policy: Policy,
     /// Packets that reached the end of a built-in chain and took its policy.
     pub policy_counters: Counters,
+    /// Whether the policy counts. iptables-nft gives a built-in chain a policy counter only
+    /// when a `:CHAIN` line or `-P` creates it; a chain created on demand by `-A`/`-I` (or
+    /// never created) shows `[0:0]` whatever passes (checked on kernel 6.18).
+    pub policy_counted: bool,
     pub rules: Vec<Rule>,
 }
 
@@ -244,6 +248,7 @@ impl Chain {
             builtin: Some(hook),
             policy: Policy::Accept,
             policy_counters: Counters::default(),
+            policy_counted: false,
             rules: Vec::new(),
         }
     }
@@ -254,6 +259,7 @@ impl Chain {
             builtin: None,
             policy: Policy::Accept,
             policy_counters: Counters::default(),
+            policy_counted: false,
             rules: Vec::new(),
         }
     }

@@ -122,6 +122,7 @@ impl Table {
                 match (self.chain_index(&name), policy) {
                     (Some(i), Some(p)) if self.chains[i].builtin.is_some() => {
                         self.chains[i].policy = p;
+                        self.chains[i].policy_counted = true;
                         if opts.counters {
                             self.chains[i].policy_counters = counters;
                         }
@@ -211,6 +212,7 @@ impl Table {
                     ));
                 }
                 self.chains[i].policy = policy;
+                self.chains[i].policy_counted = true;
             }
             Command::Flush { line, chain } => match chain {
                 Some(name) => {

@@ -6,7 +6,7 @@
 # NAME.rules with `iptables-restore` if it exists). NAME.setup, if present, holds extra commands
 # run in the pod namespace (`ip …`, `sysctl -w net.ipv4.ip_forward=1`), applied to the model too. Afterwards the pod's
 # `iptables-save -c` goes to NAME.counters and `conntrack -L` (sorted) to NAME.conntrack.
-# NAME.wire is what crossed the interfaces (sniff.py). NAME.packets (written by hand from it) lists the same packets in `testbed trace` form; the test
+# NAME.wire is what crossed the interfaces (sniff.py, for SNIFF_SECS seconds, default 5). NAME.packets (written by hand from it) lists the same packets in `testbed trace` form; the test
 # `kernel_runs` replays them through the model and expects the same counters and entries.
 # Needs root. Captured on kernel 6.18, iptables 1.8.9 (nf_tables), conntrack-tools 1.4.7.
 set -eu
@@ -45,7 +45,7 @@ fi
 if [ -f "$name.setup" ]; then
     grep -v '^#' "$name.setup" | while read -r cmd; do [ -n "$cmd" ] && ip netns exec $pod $cmd > /dev/null; done
 fi
-ip netns exec $pod python3 sniff.py 5 > "$name.wire" &
+ip netns exec $pod python3 sniff.py "${SNIFF_SECS:-5}" > "$name.wire" &
 sleep 0.3
 ip netns exec $pod python3 "$name.py" "$peer" "$peer2"
 wait
