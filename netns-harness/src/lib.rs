@@ -50,6 +50,9 @@
 //! and conntrack-tools 1.4; anything else is a parse error, not a guess.
 #![cfg(target_os = "linux")]
 
+pub use backend::NetnsBackend;
+
+pub mod backend;
 pub mod conntrack;
 pub mod diff;
 pub mod iptables;
