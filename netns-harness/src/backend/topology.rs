@@ -10,7 +10,7 @@
 //! `default`, so every link created later inherits it) in every namespace — the ambient path
 //! delivers packets whose source is another host's address (the proxy's transparent socket to
 //! the app, the app's replies routed back by fwmark) and must never be dropped by a
-//! reverse-path check; proxy ARP on the wan's host links.
+//! reverse-path check; proxy ARP, answering without delay, on the wan's host links.
 //!
 //! Dropping a [`Topology`] drops every namespace it made (their links, routes, rules and
 //! conntrack tables go with them; see [`crate::netns`]).
@@ -267,13 +267,20 @@ impl Topology {
         }
         wait_all("addresses and routes", jobs, as_link)?;
         // Proxy ARP on the host links: a host with a device route ARPs for everyone.
-        let keys: Vec<String> = plan
+        // Answer at once: proxy ARP replies are otherwise delayed up to `proxy_delay` (0.8 s).
+        let keys: Vec<(String, &str)> = plan
             .hosts
             .iter()
-            .map(|h| format!("net/ipv4/conf/{}/proxy_arp", host_link(h.index)))
+            .flat_map(|h| {
+                let dev = host_link(h.index);
+                [
+                    (format!("net/ipv4/conf/{dev}/proxy_arp"), "1"),
+                    (format!("net/ipv4/neigh/{dev}/proxy_delay"), "0"),
+                ]
+            })
             .collect();
         self.wan
-            .run_blocking(move || keys.iter().try_for_each(|k| sysctl_write_in(k, "1")))
+            .run_blocking(move || keys.iter().try_for_each(|(k, v)| sysctl_write_in(k, v)))
             .map_err(|source| TopologyError::Netns { what: "proxy ARP".into(), source })?
             .map_err(|source| TopologyError::Tool { what: "proxy ARP".into(), source })?;
         Ok(())
