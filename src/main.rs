@@ -22,21 +22,28 @@ struct Cli {
 enum Command {
     /// Validate scenario files without running them.
     Check(cmd::check::Args),
+    /// Run scenarios on a backend; write outcome.json per scenario, junit.xml and summary.md.
+    Run(cmd::run::Args),
     /// Print the in-pod redirection rules the CNI agent installs in a captured pod.
     Rules(cmd::rules::Args),
     /// Write a mesh CA and workload certificates (PEM) for tools outside the project.
     Certs(cmd::certs::Args),
     /// Run one node's proxy on the real kernel (pods' netns by path) until Ctrl-C, then drain.
     Proxy(cmd::proxy::Args),
+    /// Run packets through the kernel model of one network namespace (netfilter, conntrack,
+    /// routing) and print one JSON line per packet.
+    Trace(cmd::trace::Args),
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Check(args) => cmd::check::run(args),
+        Command::Run(args) => cmd::run::run(args),
         Command::Rules(args) => cmd::rules::run(args),
         Command::Certs(args) => cmd::certs::run(args),
         Command::Proxy(args) => cmd::proxy::run(args),
+        Command::Trace(args) => cmd::trace::run(args),
     };
     match result {
         Ok(code) => code,

@@ -22,6 +22,9 @@
 //! - [`yaml`] — YAML → located tree, and a serde deserializer over it (for Istio objects).
 //! - [`rules`] — a captured pod's redirection rules (`iptables-restore` text) and policy routing.
 //! - [`traffic`] — the apps, the connect-step client and its payload: code both backends run.
+//! - [`report`] — running a selection on a backend and reporting it (`testbed run`): the
+//!   driver, per-connection verdicts and truth tables, Mermaid lifecycles, `summary.md`,
+//!   `junit.xml`, the stdout table, the output folder.
 //! - [`assemble`] — what a backend observed (client reports, proxy events, app accepts) → the
 //!   Outcome's connections and tunnel counts, the same way for both backends.
 //!
@@ -35,6 +38,7 @@ pub mod diag;
 pub mod expect;
 pub mod load;
 pub mod outcome;
+pub mod report;
 pub mod rules;
 pub mod traffic;
 pub mod values;

@@ -4,3 +4,5 @@ pub mod certs;
 pub mod check;
 pub mod proxy;
 pub mod rules;
+pub mod run;
+pub mod trace;

@@ -1,0 +1,261 @@
+//! A model of one Linux network namespace's IPv4 packet path: netfilter (raw, mangle, nat,
+//! filter), conntrack with NAT, and routing — driven by the same `iptables-restore` text and
+//! `ip` commands as a real namespace.
+//!
+//! | module | what |
+//! | --- | --- |
+//! | [`addr`] | prefixes and interface-name keys, compared the way the kernel does |
+//! | [`packet`] | the model's packet (IPv4 only) and conntrack tuples |
+//! | [`rules`] | ruleset AST, `iptables-restore` parser, canonical `iptables-save` printer |
+//! | [`netfilter`] | chain traversal: matches, targets, counters, policies |
+//! | [`conntrack`] | connection table, TCP state machine, NAT bindings, `conntrack -L` |
+//! | [`routing`] | interfaces, addresses, tables, fwmark policy rules, `ip … add` commands |
+//! | [`sockets`] | what the caller tells the model about local sockets |
+//! | [`path`] | the hooks in kernel order for sent, received, looped-back and forwarded packets |
+//! | [`trace`] | opt-in path traces and the `testbed trace` line/JSON formats |
+//!
+//! [`Netns`] ties them together. Time is always passed in (a [`Duration`] since an arbitrary
+//! start); nothing reads a clock. Everything that is printed is sorted, so output is
+//! deterministic.
+//!
+//! Stated simplifications (each also documented where it applies): IPv4 only; no fragments,
+//! IP options, TTL or checksums; TCP conntrack without sequence/window tracking; no conntrack
+//! helpers/expectations and no early drop when the table is full; NAT picks the lowest
+//! address/port of a range instead of the kernel's hash/random choice; no rp_filter, all
+//! interfaces up; conntrack is active exactly when a loaded rule needs it (as in the kernel).
+
+pub mod addr;
+pub mod conntrack;
+pub mod netfilter;
+pub mod packet;
+pub mod path;
+pub mod routing;
+pub mod rules;
+pub mod sockets;
+pub mod trace;
+
+use std::net::{Ipv4Addr, SocketAddrV4};
+use std::time::Duration;
+
+pub use netfilter::RuleRef;
+pub use packet::{Packet, Protocol, TcpFlags, Tuple};
+pub use path::{CtState, Disposition, DropCause, Outcome, PacketVerdict};
+pub use routing::{IfIndex, RouteError};
+pub use rules::{ParseError, RestoreOptions, Ruleset, TableKind};
+pub use sockets::{Listeners, NoSockets, SocketInfo, SocketLookup};
+pub use trace::Trace;
+
+use path::Ctx;
+
+/// One network namespace: ruleset (with counters), conntrack table and routing.
+#[derive(Clone, Debug)]
+pub struct Netns {
+    rules: Ruleset,
+    conntrack: conntrack::Table,
+    routing: routing::Routing,
+    /// `net.ipv4.ip_forward` (off in a new namespace).
+    pub forwarding: bool,
+    /// Whether a loaded rule makes the kernel track connections.
+    ct_enabled: bool,
+}
+
+impl Default for Netns {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Netns {
+    /// A fresh namespace: `lo` (127.0.0.1/8), no rules, empty conntrack table.
+    pub fn new() -> Self {
+        Netns {
+            rules: Ruleset::default(),
+            conntrack: conntrack::Table::new(conntrack::Config::default()),
+            routing: routing::Routing::new(),
+            forwarding: false,
+            ct_enabled: false,
+        }
+    }
+
+    /// Loads restore text as `iptables-restore [--noflush] [-c]` would. On error nothing
+    /// changes.
+    pub fn restore(&mut self, text: &str, opts: RestoreOptions) -> Result<(), ParseError> {
+        self.rules.restore(text, opts)?;
+        self.ct_enabled = self.rules.needs_conntrack();
+        Ok(())
+    }
+
+    /// Replaces the ruleset wholesale (for callers that built one themselves).
+    pub fn set_ruleset(&mut self, rules: Ruleset) {
+        self.ct_enabled = rules.needs_conntrack();
+        self.rules = rules;
+    }
+
+    pub fn ruleset(&self) -> &Ruleset {
+        &self.rules
+    }
+
+    /// `iptables-save` (`counters`: `iptables-save -c`).
+    pub fn save(&self, counters: bool) -> String {
+        self.rules.save(counters)
+    }
+
+    /// `iptables -Z` for every table.
+    pub fn zero_counters(&mut self) {
+        self.rules.zero_counters();
+    }
+
+    pub fn routing(&self) -> &routing::Routing {
+        &self.routing
+    }
+
+    pub fn routing_mut(&mut self) -> &mut routing::Routing {
+        &mut self.routing
+    }
+
+    /// Applies an `ip addr/route/rule add …` command (see [`routing::Routing::ip`]).
+    pub fn ip(&mut self, command: &str) -> Result<(), String> {
+        self.routing.ip(command)
+    }
+
+    pub fn interface(&self, name: &str) -> Option<IfIndex> {
+        self.routing.find_interface(name)
+    }
+
+    /// The source address a new connection to `dst` with SO_MARK `mark` would get.
+    pub fn source_for(&self, dst: Ipv4Addr, mark: u32) -> Result<Ipv4Addr, RouteError> {
+        self.routing.source_for(dst, mark)
+    }
+
+    pub fn conntrack(&self) -> &conntrack::Table {
+        &self.conntrack
+    }
+
+    pub fn conntrack_mut(&mut self) -> &mut conntrack::Table {
+        &mut self.conntrack
+    }
+
+    /// Whether the kernel would be tracking connections with the current rules.
+    pub fn conntrack_enabled(&self) -> bool {
+        self.ct_enabled
+    }
+
+    /// `conntrack -L` (sorted by original tuple).
+    pub fn conntrack_dump(&self, now: Duration) -> String {
+        self.conntrack.dump(now)
+    }
+
+    /// `conntrack -F`.
+    pub fn flush_conntrack(&mut self) {
+        self.conntrack.flush();
+    }
+
+    /// Drops expired conntrack entries.
+    pub fn expire(&mut self, now: Duration) -> usize {
+        self.conntrack.expire(now)
+    }
+
+    /// SO_ORIGINAL_DST of an accepted TCP socket: the connection whose tuple is
+    /// (`local` → `peer`) in zone 0, in either direction; its original destination.
+    pub fn original_dst(
+        &self,
+        local: SocketAddrV4,
+        peer: SocketAddrV4,
+        now: Duration,
+    ) -> Option<SocketAddrV4> {
+        let t = Tuple {
+            proto: Protocol::Tcp,
+            src: *local.ip(),
+            dst: *peer.ip(),
+            sport: local.port(),
+            dport: peer.port(),
+        };
+        let (id, _) = self.conntrack.get(&t, 0, now)?;
+        let o = self.conntrack.entry(id).original();
+        Some(SocketAddrV4::new(o.dst, o.dport))
+    }
+
+    /// A packet sent by a local socket (`socket`: its properties; `None` for packets the
+    /// kernel generates). The packet's `mark` is the socket's SO_MARK.
+    pub fn output(
+        &mut self,
+        pkt: Packet,
+        socket: Option<SocketInfo>,
+        now: Duration,
+        sockets: &dyn SocketLookup,
+    ) -> Outcome {
+        let mut cx = Ctx { now, sockets, trace: None };
+        let o = self.output_walk(pkt, socket, None, &mut cx);
+        self.conntrack.finish_packet();
+        o
+    }
+
+    /// [`Netns::output`], recording the path into `trace`.
+    pub fn output_traced(
+        &mut self,
+        pkt: Packet,
+        socket: Option<SocketInfo>,
+        now: Duration,
+        sockets: &dyn SocketLookup,
+        trace: &mut Trace,
+    ) -> Outcome {
+        let mut cx = Ctx { now, sockets, trace: Some(trace) };
+        let o = self.output_walk(pkt, socket, None, &mut cx);
+        self.conntrack.finish_packet();
+        o
+    }
+
+    /// A packet arriving on interface `iif` (a packet from another namespace arrives with
+    /// mark 0: the kernel clears it when a packet crosses namespaces).
+    pub fn input(
+        &mut self,
+        pkt: Packet,
+        iif: IfIndex,
+        now: Duration,
+        sockets: &dyn SocketLookup,
+    ) -> Outcome {
+        let mut cx = Ctx { now, sockets, trace: None };
+        let o = self.input_walk(pkt, iif, &mut cx);
+        self.conntrack.finish_packet();
+        o
+    }
+
+    /// [`Netns::input`], recording the path into `trace`.
+    pub fn input_traced(
+        &mut self,
+        pkt: Packet,
+        iif: IfIndex,
+        now: Duration,
+        sockets: &dyn SocketLookup,
+        trace: &mut Trace,
+    ) -> Outcome {
+        let mut cx = Ctx { now, sockets, trace: Some(trace) };
+        let o = self.input_walk(pkt, iif, &mut cx);
+        self.conntrack.finish_packet();
+        o
+    }
+
+    /// `table/chain/position` of a rule (`…/policy` for a chain policy).
+    pub fn rule_name(&self, r: RuleRef) -> String {
+        let chain = self
+            .rules
+            .table(r.table)
+            .and_then(|t| t.chains.get(usize::from(r.chain)))
+            .map_or("?", |c| c.name.as_str());
+        if r.position == 0 {
+            format!("{}/{chain}/policy", r.table)
+        } else {
+            format!("{}/{chain}/{}", r.table, r.position)
+        }
+    }
+
+    /// A readable reason for a drop.
+    pub fn describe_drop(&self, cause: &DropCause) -> String {
+        match cause {
+            DropCause::Rule(r) => self.rule_name(*r),
+            DropCause::ConntrackFull => "conntrack: table full".into(),
+            DropCause::ConntrackClash => "conntrack: tuple clash at confirm".into(),
+            DropCause::Route(e) => format!("routing: {e}"),
+        }
+    }
+}

@@ -1,0 +1,584 @@
+//! The IPv4 packet path through one network namespace, hook by hook in kernel order.
+//!
+//! Locally generated (`Netns::output`): route (with the socket's mark) → raw OUTPUT →
+//! conntrack → mangle OUTPUT → re-route if mangle changed mark/addresses → nat OUTPUT (first
+//! packet only; later ones get the recorded binding) → re-route if NAT changed the destination →
+//! filter OUTPUT → mangle POSTROUTING → nat POSTROUTING → confirm. A local route loops the packet
+//! back through `lo` with its conntrack entry and mark: raw PREROUTING → (no second conntrack
+//! lookup) → mangle PREROUTING → nat PREROUTING (binding already set) → mangle INPUT → filter
+//! INPUT → nat INPUT → deliver; the output route stands (the kernel keeps the dst).
+//!
+//! Arriving (`Netns::input`): raw PREROUTING → conntrack → mangle PREROUTING → nat PREROUTING →
+//! route (with the packet mark, so fwmark rules apply) → local: mangle INPUT → filter INPUT →
+//! nat INPUT → confirm → deliver; otherwise, with forwarding on: mangle FORWARD → filter FORWARD
+//! → mangle POSTROUTING → nat POSTROUTING → confirm → out.
+//!
+//! A drop before confirm discards the new conntrack entry. REJECT's reply (TCP RST, attached to
+//! the connection as RELATED, or an ICMP error) and the ICMP unreachable the kernel sends for a
+//! packet it cannot forward are themselves sent through the output path and returned in
+//! [`Outcome::reply`].
+
+use std::net::{Ipv4Addr, SocketAddrV4};
+use std::time::Duration;
+
+use serde::Serialize;
+
+use super::Netns;
+use super::addr::IfKey;
+use super::conntrack::{CtInfo, Dir, EntryId, Manip, TcpState, Track, status};
+use super::netfilter::{Env, RuleRef, Skb, Verdict, run_table};
+use super::packet::{Icmp, Packet, Protocol, TcpFlags, icmp_type};
+use super::routing::{IfIndex, RouteError, RouteResult, RouteType};
+use super::rules::{Hook, RejectWith, TableKind};
+use super::sockets::{SocketInfo, SocketLookup};
+use super::trace::{Event, Trace};
+
+/// Why a packet did not get through.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum DropCause {
+    /// A DROP rule, a chain policy (position 0), a TPROXY without a socket, a REDIRECT or
+    /// MASQUERADE without an address.
+    Rule(RuleRef),
+    /// Conntrack table full (`nf_conntrack_max`).
+    ConntrackFull,
+    /// The new connection's tuple clashed with an existing one at confirm.
+    ConntrackClash,
+    /// No route, a blackhole/unreachable/prohibit route, a martian, or not forwarding.
+    Route(RouteError),
+}
+
+/// The fate of the packet.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum PacketVerdict {
+    Accept,
+    Drop(DropCause),
+    /// Dropped by REJECT; the reply it produced is in [`Outcome::reply`].
+    Reject {
+        by: RuleRef,
+        with: RejectWith,
+    },
+}
+
+/// Where an accepted packet went.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Disposition {
+    /// Delivered to the local socket layer. `socket` is set when TPROXY assigned one.
+    Local { socket: Option<SocketInfo> },
+    /// Sent out of `oif` towards `next_hop` (`forwarded` for packets that arrived from outside).
+    Sent { oif: IfIndex, next_hop: Ipv4Addr, forwarded: bool },
+    /// Not delivered (dropped).
+    None,
+}
+
+/// A packet's conntrack state as `-m conntrack --ctstate` sees it at the end of its path.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "UPPERCASE")]
+pub enum CtState {
+    New,
+    Established,
+    Related,
+    Invalid,
+    Untracked,
+}
+
+impl CtState {
+    pub fn name(self) -> &'static str {
+        match self {
+            CtState::New => "NEW",
+            CtState::Established => "ESTABLISHED",
+            CtState::Related => "RELATED",
+            CtState::Invalid => "INVALID",
+            CtState::Untracked => "UNTRACKED",
+        }
+    }
+}
+
+/// What happened to one packet.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Outcome {
+    pub verdict: PacketVerdict,
+    pub disposition: Disposition,
+    /// The packet as it left the hooks (after NAT): for local delivery, what the socket layer
+    /// sees; for a drop, the packet where it was dropped.
+    pub packet: Packet,
+    pub ctstate: CtState,
+    pub ctinfo: Option<CtInfo>,
+    /// The connection (until it is deleted).
+    pub conn: Option<EntryId>,
+    pub tcp_state: Option<TcpState>,
+    pub zone: u16,
+    /// The connection's original destination when it has a destination binding (what
+    /// SO_ORIGINAL_DST returns).
+    pub orig_dst: Option<SocketAddrV4>,
+    /// What the kernel sent back: REJECT's reply, or ICMP unreachable for a packet it could not
+    /// forward — after its own trip through the output path.
+    pub reply: Option<Box<Outcome>>,
+}
+
+impl Outcome {
+    pub fn accepted(&self) -> bool {
+        self.verdict == PacketVerdict::Accept
+    }
+
+    pub fn is_local(&self) -> bool {
+        matches!(self.disposition, Disposition::Local { .. })
+    }
+}
+
+/// Per-call context.
+pub(crate) struct Ctx<'a> {
+    pub now: Duration,
+    pub sockets: &'a dyn SocketLookup,
+    pub trace: Option<&'a mut Trace>,
+}
+
+impl Ctx<'_> {
+    fn event(&mut self, e: impl FnOnce() -> Event) {
+        if let Some(t) = self.trace.as_deref_mut() {
+            t.push(e());
+        }
+    }
+}
+
+/// Per-packet state besides the skb.
+struct Walk {
+    skb: Skb,
+    /// The conntrack entry this packet created (discarded if it is dropped unconfirmed).
+    created: Option<EntryId>,
+    route: Option<RouteResult>,
+}
+
+/// Stops the walk with the outcome unless the verdict is ACCEPT.
+macro_rules! pass {
+    ($self:ident, $w:ident, $cx:ident, $v:expr) => {
+        match $v {
+            Verdict::Accept => {}
+            Verdict::Drop(r) => {
+                return $self.finish($w, PacketVerdict::Drop(DropCause::Rule(r)), $cx)
+            }
+            Verdict::Reject(r, with) => return $self.reject($w, r, with, $cx),
+        }
+    };
+}
+
+fn route_text(r: &Result<RouteResult, RouteError>, n: &Netns) -> String {
+    match r {
+        Ok(r) => {
+            let kind = match r.kind {
+                RouteType::Local => "local",
+                RouteType::Broadcast => "broadcast",
+                _ => "unicast",
+            };
+            format!(
+                "{kind} dev {} via {} table {}",
+                n.routing.interface(r.dev).name,
+                r.next_hop,
+                r.table
+            )
+        }
+        Err(e) => format!("error: {e}"),
+    }
+}
+
+impl Netns {
+    #[inline]
+    fn table(&mut self, kind: TableKind, skb: &mut Skb, cx: &mut Ctx<'_>) -> Verdict {
+        let Some(table) = self.rules.table_mut(kind) else { return Verdict::Accept };
+        let mut env = Env {
+            conntrack: &mut self.conntrack,
+            routing: &self.routing,
+            sockets: cx.sockets,
+            trace: cx.trace.as_deref_mut(),
+        };
+        run_table(table, skb, &mut env)
+    }
+
+    #[inline]
+    fn enter(&self, skb: &mut Skb, hook: Hook, cx: &mut Ctx<'_>) {
+        skb.hook = hook;
+        let name = |i: Option<IfIndex>| i.map(|i| self.routing.interface(i).name.clone());
+        cx.event(|| Event::Hook { hook, iif: name(skb.iif), oif: name(skb.oif) });
+    }
+
+    #[inline]
+    fn set_route(&self, w: &mut Walk, r: RouteResult) {
+        w.skb.oif = Some(r.dev);
+        w.skb.oif_key = self.routing.interface(r.dev).key;
+        w.skb.next_hop = r.next_hop;
+        w.route = Some(r);
+    }
+
+    #[inline]
+    fn route_output(&self, w: &mut Walk, cx: &mut Ctx<'_>) -> Result<(), RouteError> {
+        let p = &w.skb.pkt;
+        let r = self.routing.output(p.dst, p.src, p.mark);
+        cx.event(|| Event::Route {
+            dst: p.dst,
+            mark: format!("0x{:x}", p.mark),
+            result: route_text(&r, self),
+        });
+        self.set_route(w, r?);
+        Ok(())
+    }
+
+    #[inline]
+    fn conntrack_in(&mut self, w: &mut Walk, cx: &mut Ctx<'_>) -> Result<(), DropCause> {
+        if w.skb.ct.is_some() || w.skb.untracked || !self.ct_enabled {
+            return Ok(());
+        }
+        let t = self.conntrack.track(&w.skb.pkt, w.skb.zone, cx.now);
+        let result = match t {
+            Track::Tracked { id, info, created, dir } => {
+                w.skb.ct = Some((id, info));
+                if created {
+                    w.created = Some(id);
+                }
+                if created {
+                    "new"
+                } else if dir == Dir::Original {
+                    "found original"
+                } else {
+                    "found reply"
+                }
+            }
+            Track::Invalid => "invalid",
+            Track::TableFull => "table full",
+        };
+        if cx.trace.is_some() {
+            let (ctinfo, tcp_state) = match w.skb.ct {
+                Some((id, info)) => (Some(info), self.conntrack.entry(id).tcp_state()),
+                None => (None, None),
+            };
+            let zone = w.skb.zone;
+            cx.event(|| Event::Conntrack { result: result.into(), ctinfo, tcp_state, zone });
+        }
+        match t {
+            Track::TableFull => Err(DropCause::ConntrackFull),
+            _ => Ok(()),
+        }
+    }
+
+    /// `nf_nat_inet_fn`: the nat chain for the first packet of a connection (then a null
+    /// binding if no rule set one), the connection's bindings for every packet.
+    #[inline]
+    fn nat_hook(&mut self, skb: &mut Skb, manip: Manip, cx: &mut Ctx<'_>) -> Verdict {
+        if self.rules.table(TableKind::Nat).is_none() {
+            return Verdict::Accept;
+        }
+        let Some((id, info)) = skb.ct else { return Verdict::Accept };
+        let related = matches!(info, CtInfo::Related | CtInfo::RelatedReply);
+        let icmp_error = skb.pkt.icmp.is_some_and(|i| icmp_type::is_error(i.kind));
+        let before = skb.pkt;
+        if related && icmp_error {
+            self.conntrack.apply_nat(id, info.dir(), manip, true, &mut skb.pkt);
+        } else {
+            if (info == CtInfo::New || related) && !self.conntrack.nat_initialized(id, manip) {
+                let v = self.table(TableKind::Nat, skb, cx);
+                if v != Verdict::Accept {
+                    return v;
+                }
+                if !self.conntrack.nat_initialized(id, manip) {
+                    self.conntrack.setup_nat(id, manip, None);
+                }
+            }
+            self.conntrack.apply_nat(id, info.dir(), manip, false, &mut skb.pkt);
+        }
+        if skb.pkt != before {
+            let p = skb.pkt;
+            cx.event(|| Event::Nat { manip, packet: p.to_string() });
+        }
+        Verdict::Accept
+    }
+
+    #[inline]
+    fn confirm(&mut self, w: &mut Walk, cx: &mut Ctx<'_>) -> Result<(), DropCause> {
+        let Some((id, info)) = w.skb.ct else { return Ok(()) };
+        if info.dir() != Dir::Original || self.conntrack.entry(id).has(status::CONFIRMED) {
+            return Ok(());
+        }
+        let ok = self.conntrack.confirm(id);
+        cx.event(|| Event::Confirm { ok });
+        if ok {
+            Ok(())
+        } else {
+            w.created = None;
+            w.skb.ct = None;
+            Err(DropCause::ConntrackClash)
+        }
+    }
+
+    #[inline]
+    fn finish(&mut self, w: Walk, verdict: PacketVerdict, cx: &mut Ctx<'_>) -> Outcome {
+        self.finish_with(w, verdict, Disposition::None, None, cx)
+    }
+
+    #[inline]
+    fn finish_with(
+        &mut self,
+        w: Walk,
+        verdict: PacketVerdict,
+        disposition: Disposition,
+        reply: Option<Box<Outcome>>,
+        _cx: &mut Ctx<'_>,
+    ) -> Outcome {
+        let skb = &w.skb;
+        let (ctstate, tcp_state, orig_dst) = match skb.ct {
+            Some((id, info)) => {
+                let e = self.conntrack.entry(id);
+                let st = match info {
+                    CtInfo::New => CtState::New,
+                    CtInfo::Established | CtInfo::EstablishedReply => CtState::Established,
+                    CtInfo::Related | CtInfo::RelatedReply => CtState::Related,
+                };
+                let od = e.has(status::DST_NAT).then(|| {
+                    let o = e.original();
+                    SocketAddrV4::new(o.dst, o.dport)
+                });
+                (st, e.tcp_state(), od)
+            }
+            None if skb.untracked => (CtState::Untracked, None, None),
+            None => (CtState::Invalid, None, None),
+        };
+        if verdict != PacketVerdict::Accept
+            && let Some(id) = w.created
+        {
+            self.conntrack.discard_unconfirmed(id);
+        }
+        let conn = skb.ct.map(|(id, _)| id).filter(|id| self.conntrack.is_live(*id));
+        Outcome {
+            verdict,
+            disposition,
+            packet: skb.pkt,
+            ctstate,
+            ctinfo: skb.ct.map(|(_, i)| i),
+            conn,
+            tcp_state,
+            zone: skb.zone,
+            orig_dst,
+            reply,
+        }
+    }
+
+    fn reject(&mut self, w: Walk, by: RuleRef, with: RejectWith, cx: &mut Ctx<'_>) -> Outcome {
+        if let (RejectWith::TcpReset, Some((id, _))) = (with, w.skb.ct) {
+            // nf_send_reset closes a confirmed connection (nf_ct_set_closing).
+            self.conntrack.set_closing(id, cx.now);
+        }
+        let reply = self.reject_reply(&w.skb.pkt, with).map(|pkt| {
+            // The reset carries the connection (as a related reply) and no socket; an ICMP
+            // error is looked up afresh and leaves through the kernel's ICMP socket.
+            let (attached, socket) = match (with, w.skb.ct) {
+                (RejectWith::TcpReset, Some((id, info))) => {
+                    let info = if info.dir() == Dir::Original {
+                        CtInfo::RelatedReply
+                    } else {
+                        CtInfo::Related
+                    };
+                    (Some((id, info)), None)
+                }
+                (RejectWith::TcpReset, None) => (None, None),
+                _ => (None, Some(SocketInfo::kernel())),
+            };
+            let mut sub = Ctx { now: cx.now, sockets: cx.sockets, trace: None };
+            Box::new(self.output_walk(pkt, socket, attached, &mut sub))
+        });
+        self.finish_with(w, PacketVerdict::Reject { by, with }, Disposition::None, reply, cx)
+    }
+
+    /// The packet REJECT sends back (nf_send_reset / nf_send_unreach); none for a RST or an
+    /// ICMP error.
+    fn reject_reply(&self, p: &Packet, with: RejectWith) -> Option<Packet> {
+        match with.icmp_code() {
+            None => {
+                if p.proto != Protocol::Tcp || p.tcp_flags.has(TcpFlags::RST) {
+                    return None;
+                }
+                let flags = if p.tcp_flags.has(TcpFlags::ACK) { TcpFlags::R } else { TcpFlags::RA };
+                Some(Packet::tcp(p.dst_sock(), p.src_sock(), flags).with_len(40))
+            }
+            Some(code) => self.unreachable(p, code),
+        }
+    }
+
+    /// ICMP destination unreachable about `p` (`icmp_send`): from `p`'s destination if that is
+    /// ours, else from the address facing `p`'s source; quoting `p`'s header. None for an error
+    /// about an error.
+    fn unreachable(&self, p: &Packet, code: u8) -> Option<Packet> {
+        if p.icmp.is_some_and(|i| icmp_type::is_error(i.kind)) {
+            return None;
+        }
+        let src = if self.routing.is_local_address(p.dst) {
+            p.dst
+        } else {
+            self.routing.source_for(p.src, 0).ok()?
+        };
+        let icmp = Icmp { kind: icmp_type::DEST_UNREACH, code, id: 0, inner: Some(p.tuple()) };
+        Some(Packet::icmp(src, p.src, icmp).with_len(28 + p.len.min(548)))
+    }
+
+    /// `ip_error`: a packet the kernel would forward but cannot route gets ICMP net/host
+    /// unreachable (or communication prohibited) back, when forwarding is on. The kernel
+    /// rate-limits these per sender; the model does not.
+    fn no_route(&mut self, w: Walk, e: RouteError, cx: &mut Ctx<'_>) -> Outcome {
+        let code = match e {
+            RouteError::NetUnreachable => Some(0),
+            RouteError::HostUnreachable => Some(1),
+            RouteError::Prohibited => Some(13),
+            _ => None,
+        };
+        let reply = code.filter(|_| self.forwarding).and_then(|c| self.unreachable(&w.skb.pkt, c));
+        let reply = reply.map(|pkt| {
+            let mut sub = Ctx { now: cx.now, sockets: cx.sockets, trace: None };
+            Box::new(self.output_walk(pkt, Some(SocketInfo::kernel()), None, &mut sub))
+        });
+        let verdict = PacketVerdict::Drop(DropCause::Route(e));
+        self.finish_with(w, verdict, Disposition::None, reply, cx)
+    }
+
+    /// A packet from a local socket (`socket`; `None` for kernel-generated packets).
+    pub(crate) fn output_walk(
+        &mut self,
+        pkt: Packet,
+        socket: Option<SocketInfo>,
+        attached: Option<(EntryId, CtInfo)>,
+        cx: &mut Ctx<'_>,
+    ) -> Outcome {
+        let skb = Skb {
+            pkt,
+            hook: Hook::Output,
+            iif: None,
+            oif: None,
+            iif_key: IfKey::NONE,
+            oif_key: IfKey::NONE,
+            next_hop: pkt.dst,
+            ct: attached,
+            untracked: false,
+            zone: 0,
+            socket,
+            assigned: None,
+        };
+        let mut w = Walk { skb, created: None, route: None };
+        if let Err(e) = self.route_output(&mut w, cx) {
+            return self.finish(w, PacketVerdict::Drop(DropCause::Route(e)), cx);
+        }
+        self.enter(&mut w.skb, Hook::Output, cx);
+        pass!(self, w, cx, self.table(TableKind::Raw, &mut w.skb, cx));
+        if let Err(c) = self.conntrack_in(&mut w, cx) {
+            return self.finish(w, PacketVerdict::Drop(c), cx);
+        }
+        let before = (w.skb.pkt.mark, w.skb.pkt.src, w.skb.pkt.dst);
+        pass!(self, w, cx, self.table(TableKind::Mangle, &mut w.skb, cx));
+        if (w.skb.pkt.mark, w.skb.pkt.src, w.skb.pkt.dst) != before
+            && let Err(e) = self.route_output(&mut w, cx)
+        {
+            return self.finish(w, PacketVerdict::Drop(DropCause::Route(e)), cx);
+        }
+        let dst = w.skb.pkt.dst;
+        pass!(self, w, cx, self.nat_hook(&mut w.skb, Manip::Dst, cx));
+        if w.skb.pkt.dst != dst
+            && let Err(e) = self.route_output(&mut w, cx)
+        {
+            return self.finish(w, PacketVerdict::Drop(DropCause::Route(e)), cx);
+        }
+        pass!(self, w, cx, self.table(TableKind::Filter, &mut w.skb, cx));
+        self.enter(&mut w.skb, Hook::Postrouting, cx);
+        pass!(self, w, cx, self.table(TableKind::Mangle, &mut w.skb, cx));
+        pass!(self, w, cx, self.nat_hook(&mut w.skb, Manip::Src, cx));
+        if let Err(c) = self.confirm(&mut w, cx) {
+            return self.finish(w, PacketVerdict::Drop(c), cx);
+        }
+        let route = w.route.expect("routed");
+        if matches!(route.kind, RouteType::Local | RouteType::Broadcast) {
+            return self.loopback(w, cx);
+        }
+        let d = Disposition::Sent { oif: route.dev, next_hop: route.next_hop, forwarded: false };
+        self.finish_with(w, PacketVerdict::Accept, d, None, cx)
+    }
+
+    /// The second half of a locally routed packet: back in through `lo`.
+    #[inline]
+    fn loopback(&mut self, mut w: Walk, cx: &mut Ctx<'_>) -> Outcome {
+        cx.event(|| Event::Loopback);
+        w.skb.iif = Some(IfIndex::LO);
+        w.skb.iif_key = self.routing.interface(IfIndex::LO).key;
+        w.skb.oif = None;
+        w.skb.oif_key = IfKey::NONE;
+        w.skb.socket = None;
+        self.enter(&mut w.skb, Hook::Prerouting, cx);
+        pass!(self, w, cx, self.table(TableKind::Raw, &mut w.skb, cx));
+        // The entry travels with the packet: no second lookup unless it had none.
+        if let Err(c) = self.conntrack_in(&mut w, cx) {
+            return self.finish(w, PacketVerdict::Drop(c), cx);
+        }
+        pass!(self, w, cx, self.table(TableKind::Mangle, &mut w.skb, cx));
+        pass!(self, w, cx, self.nat_hook(&mut w.skb, Manip::Dst, cx));
+        self.local_in(w, cx)
+    }
+
+    /// INPUT hook and delivery.
+    #[inline]
+    fn local_in(&mut self, mut w: Walk, cx: &mut Ctx<'_>) -> Outcome {
+        self.enter(&mut w.skb, Hook::Input, cx);
+        pass!(self, w, cx, self.table(TableKind::Mangle, &mut w.skb, cx));
+        pass!(self, w, cx, self.table(TableKind::Filter, &mut w.skb, cx));
+        pass!(self, w, cx, self.nat_hook(&mut w.skb, Manip::Src, cx));
+        if let Err(c) = self.confirm(&mut w, cx) {
+            return self.finish(w, PacketVerdict::Drop(c), cx);
+        }
+        let d = Disposition::Local { socket: w.skb.assigned };
+        self.finish_with(w, PacketVerdict::Accept, d, None, cx)
+    }
+
+    /// A packet arriving on `iif`.
+    pub(crate) fn input_walk(&mut self, pkt: Packet, iif: IfIndex, cx: &mut Ctx<'_>) -> Outcome {
+        let skb = Skb {
+            pkt,
+            hook: Hook::Prerouting,
+            iif: Some(iif),
+            oif: None,
+            iif_key: self.routing.interface(iif).key,
+            oif_key: IfKey::NONE,
+            next_hop: pkt.dst,
+            ct: None,
+            untracked: false,
+            zone: 0,
+            socket: None,
+            assigned: None,
+        };
+        let mut w = Walk { skb, created: None, route: None };
+        self.enter(&mut w.skb, Hook::Prerouting, cx);
+        pass!(self, w, cx, self.table(TableKind::Raw, &mut w.skb, cx));
+        if let Err(c) = self.conntrack_in(&mut w, cx) {
+            return self.finish(w, PacketVerdict::Drop(c), cx);
+        }
+        pass!(self, w, cx, self.table(TableKind::Mangle, &mut w.skb, cx));
+        pass!(self, w, cx, self.nat_hook(&mut w.skb, Manip::Dst, cx));
+        let p = w.skb.pkt;
+        let r = self.routing.input(p.dst, p.src, p.mark, iif, self.forwarding);
+        cx.event(|| Event::Route {
+            dst: p.dst,
+            mark: format!("0x{:x}", p.mark),
+            result: route_text(&r, self),
+        });
+        let r = match r {
+            Ok(r) => r,
+            Err(e) => return self.no_route(w, e, cx),
+        };
+        if matches!(r.kind, RouteType::Local | RouteType::Broadcast) {
+            w.route = Some(r);
+            return self.local_in(w, cx);
+        }
+        self.set_route(&mut w, r);
+        self.enter(&mut w.skb, Hook::Forward, cx);
+        pass!(self, w, cx, self.table(TableKind::Mangle, &mut w.skb, cx));
+        pass!(self, w, cx, self.table(TableKind::Filter, &mut w.skb, cx));
+        self.enter(&mut w.skb, Hook::Postrouting, cx);
+        pass!(self, w, cx, self.table(TableKind::Mangle, &mut w.skb, cx));
+        pass!(self, w, cx, self.nat_hook(&mut w.skb, Manip::Src, cx));
+        if let Err(c) = self.confirm(&mut w, cx) {
+            return self.finish(w, PacketVerdict::Drop(c), cx);
+        }
+        let d = Disposition::Sent { oif: r.dev, next_hop: r.next_hop, forwarded: true };
+        self.finish_with(w, PacketVerdict::Accept, d, None, cx)
+    }
+}

@@ -1,0 +1,152 @@
+//! `testbed run [PATH…]` — run scenarios on a backend and write their reports.
+//!
+//! Thin: parses arguments, opens the backend ([`open_backend`], the one place backends are
+//! registered), and hands everything else to `ambient_scenarios::report` (load, select, run,
+//! check, write `<out>/<id>/outcome.json`, `junit.xml`, `summary.md`). Prints the summary table
+//! on stdout; progress goes to stderr (a bar on a terminal, one line per scenario otherwise).
+//!
+//! Exit status: 0 every expectation of every selected scenario held; 1 any scenario failed
+//! (did not load, backend error, unmet expectation, skipped step); 2 bad usage (clap's errors,
+//! a path that does not exist, nothing selected, an output folder that is not ours).
+
+use std::io::IsTerminal;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::{Duration, Instant};
+
+use ambient_scenarios::report::driver::{Clock, LineProgress, Progress, Request};
+use ambient_scenarios::report::{self, ScenarioResult};
+use ambient_scenarios::{Backend, BackendError, RunOptions, Selection, Shard};
+use indicatif::{ProgressBar, ProgressStyle};
+
+#[derive(Debug, clap::Args)]
+pub struct Args {
+    /// Scenario files, or folders searched recursively for `*.yaml`.
+    #[arg(default_value = "scenarios/catalog")]
+    paths: Vec<PathBuf>,
+    /// Where to run them.
+    #[arg(long, value_enum, default_value_t = BackendKind::Sim)]
+    backend: BackendKind,
+    /// Run every scenario with this seed instead of its own.
+    #[arg(long, value_name = "N")]
+    seed: Option<u64>,
+    /// Keep scenarios having any of these tags (files that do not load are always kept).
+    #[arg(long, value_name = "TAG")]
+    include: Vec<String>,
+    /// Drop scenarios having any of these tags.
+    #[arg(long, value_name = "TAG")]
+    exclude: Vec<String>,
+    /// Run shard K of N (1-based), split by scenario id: for spreading a suite over CI machines.
+    #[arg(long, value_name = "K/N")]
+    shard: Option<Shard>,
+    /// The output folder; emptied first (it must be new, empty, or written by an earlier run).
+    #[arg(long, value_name = "DIR", default_value = "reports/latest")]
+    out: PathBuf,
+    /// Ask the backend for the packets each network namespace saw, as pcap files.
+    #[arg(long)]
+    pcap: bool,
+    /// Ask the backend for a readable trace of each run.
+    #[arg(long)]
+    trace: bool,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum BackendKind {
+    /// The deterministic simulator (crate ambient-sim).
+    Sim,
+    /// The Linux network-namespace harness (crate ambient-netns).
+    Netns,
+}
+
+impl BackendKind {
+    fn name(self) -> &'static str {
+        match self {
+            BackendKind::Sim => "sim",
+            BackendKind::Netns => "netns",
+        }
+    }
+}
+
+/// The one place the real backends are registered: `--backend` → a [`Backend`].
+///
+/// Called at most once per run, only when a valid scenario is selected. When a backend crate
+/// provides its `Backend` type, construct it here. The netns harness additionally needs
+/// `ambient_netns::sandbox::Sandbox::enter()` while the process has one thread: call it at the
+/// top of [`run`] (before the progress bar and anything else that might start a thread) when
+/// `args.backend == Netns`, and pass the sandbox in here.
+fn open_backend(kind: BackendKind) -> Result<Box<dyn Backend>, BackendError> {
+    match kind {
+        BackendKind::Sim => Err(BackendError::new(
+            "this build has no simulator backend yet (crate ambient-sim provides no Backend)",
+        )),
+        BackendKind::Netns => Err(BackendError::new(
+            "this build has no netns backend yet (crate ambient-netns provides no Backend)",
+        )),
+    }
+}
+
+/// Wall time since the run started; only for the stdout table, progress and `junit.xml`.
+struct WallClock(Instant);
+
+impl Clock for WallClock {
+    fn now(&self) -> Duration {
+        self.0.elapsed()
+    }
+}
+
+/// A progress bar on stderr (a terminal); failures are printed above it as they happen.
+struct Bar(ProgressBar);
+
+impl Progress for Bar {
+    fn start(&mut self, total: usize) {
+        self.0.set_length(total as u64);
+    }
+
+    fn scenario_started(&mut self, _: usize, id: &str) {
+        self.0.set_message(id.to_string());
+    }
+
+    fn scenario_done(&mut self, _: usize, r: &ScenarioResult) {
+        if let Some(reason) = r.first_reason() {
+            self.0.println(format!("FAIL {}: {reason}", r.id));
+        }
+        self.0.inc(1);
+    }
+
+    fn finish(&mut self) {
+        self.0.finish_and_clear();
+    }
+}
+
+fn progress() -> Box<dyn Progress> {
+    if !std::io::stderr().is_terminal() {
+        return Box::new(LineProgress::new(std::io::stderr()));
+    }
+    let style = ProgressStyle::with_template("{bar:30} {pos}/{len} {wide_msg}")
+        .unwrap_or_else(|_| ProgressStyle::default_bar());
+    Box::new(Bar(ProgressBar::new(0).with_style(style)))
+}
+
+pub fn run(args: Args) -> anyhow::Result<ExitCode> {
+    let request = Request {
+        paths: args.paths,
+        selection: Selection { include: args.include, exclude: args.exclude, shard: args.shard },
+        options: RunOptions { seed: args.seed, pcap: args.pcap, trace: args.trace },
+        out: args.out,
+        backend: args.backend.name().to_string(),
+    };
+    let kind = args.backend;
+    let mut open = || open_backend(kind);
+    let clock = WallClock(Instant::now());
+    let mut progress = progress();
+    match report::run(&request, &mut open, &clock, progress.as_mut()) {
+        Ok(report) => {
+            print!("{}", report::table::render(&report, &request.out.display().to_string()));
+            Ok(ExitCode::from(report.exit_code()))
+        }
+        Err(e) => {
+            eprintln!("testbed run: {e}");
+            Ok(ExitCode::from(2))
+        }
+    }
+}

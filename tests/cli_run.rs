@@ -1,0 +1,104 @@
+//! `testbed run` as a binary: usage errors, nothing selected, a malformed file, a foreign output
+//! folder. These need no backend (a file that does not load never reaches one); the runner
+//! itself is tested with a test double backend in `ambient_scenarios::report`.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+fn testbed(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_testbed"))
+        .args(args)
+        .current_dir(Path::new(env!("CARGO_MANIFEST_DIR")))
+        .output()
+        .expect("run testbed")
+}
+
+fn text(bytes: &[u8]) -> String {
+    String::from_utf8_lossy(bytes).into_owned()
+}
+
+/// A fresh output folder path (not created).
+fn out_dir(name: &str) -> PathBuf {
+    let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!("cli-run-{name}"));
+    let _ = std::fs::remove_dir_all(&dir);
+    dir
+}
+
+#[test]
+fn usage_errors_exit_2() {
+    for args in [
+        &["run", "--shard", "0/2"][..],
+        &["run", "--backend", "kubernetes"],
+        &["run", "--seed", "minus-one"],
+        &["run", "--no-such-flag"],
+    ] {
+        let o = testbed(args);
+        assert_eq!(o.status.code(), Some(2), "{args:?}: {}", text(&o.stderr));
+    }
+}
+
+#[test]
+fn a_missing_path_exits_2() {
+    let out = out_dir("missing");
+    let o = testbed(&["run", "scenarios/no-such-folder", "--out", out.to_str().unwrap()]);
+    assert_eq!(o.status.code(), Some(2));
+    assert!(text(&o.stderr).contains("scenarios/no-such-folder"), "{}", text(&o.stderr));
+    assert!(!out.exists());
+}
+
+#[test]
+fn nothing_selected_exits_2_and_writes_nothing() {
+    let out = out_dir("nothing");
+    let o = testbed(&["run", "--include", "no-such-tag", "--out", out.to_str().unwrap()]);
+    assert_eq!(o.status.code(), Some(2), "{}", text(&o.stderr));
+    assert_eq!(
+        text(&o.stderr),
+        "testbed run: nothing selected: 7 scenario files found, none kept by the selection (include no-such-tag)\n"
+    );
+    assert!(o.stdout.is_empty());
+    assert!(!out.exists());
+}
+
+#[test]
+fn a_malformed_file_is_a_failed_scenario_with_its_reason_in_every_report() {
+    let out = out_dir("malformed");
+    let o = testbed(&[
+        "run",
+        "scenarios/tests/malformed/unknown-node.yaml",
+        "--out",
+        out.to_str().unwrap(),
+    ]);
+    assert_eq!(o.status.code(), Some(1), "{}", text(&o.stderr));
+    let reason = "scenarios/tests/malformed/unknown-node.yaml:7:13: cluster.pods[1].node: unknown node \"node-c\"; nodes are node-a, node-b";
+    // Not a terminal: one progress line per scenario on stderr.
+    assert_eq!(text(&o.stderr), format!("[1/1] unknown-node: FAIL — {reason} (0.0s)\n"));
+    let stdout = text(&o.stdout);
+    assert!(stdout.starts_with("scenario      result"), "{stdout}");
+    assert!(stdout.contains("unknown-node  FAIL scenarios/tests/malformed/unknown-node.yaml:7:13"));
+    assert!(
+        stdout.contains("\n1 scenario: 0 passed, 1 failed (backend sim); reports in"),
+        "{stdout}"
+    );
+    let junit = std::fs::read_to_string(out.join("junit.xml")).unwrap();
+    assert!(junit.contains("<testcase name=\"unknown-node\""), "{junit}");
+    assert!(junit.contains("type=\"load\""), "{junit}");
+    let summary = std::fs::read_to_string(out.join("summary.md")).unwrap();
+    assert!(summary.contains("| [unknown-node](#unknown-node) | FAIL (load) | – |"), "{summary}");
+    assert!(summary.contains(reason), "{summary}");
+}
+
+#[test]
+fn a_folder_that_is_not_ours_is_refused_and_left_alone() {
+    let out = out_dir("foreign");
+    std::fs::create_dir_all(&out).unwrap();
+    std::fs::write(out.join("notes.txt"), "mine").unwrap();
+    let o = testbed(&[
+        "run",
+        "scenarios/tests/malformed/unknown-node.yaml",
+        "--out",
+        out.to_str().unwrap(),
+    ]);
+    assert_eq!(o.status.code(), Some(2));
+    assert!(text(&o.stderr).contains("refusing to clear"), "{}", text(&o.stderr));
+    assert_eq!(std::fs::read_to_string(out.join("notes.txt")).unwrap(), "mine");
+}
