@@ -304,9 +304,28 @@ impl Topology {
             let ns = create(sandbox, ns_name(self.run, &format!("p{seq}-{}", pod.label())))?;
             made.push((*pod, PodNs { ns, ip: pod.ip, node, link: pod_link(seq) }));
         }
-        // The pods' sysctls and the node ends of their veths (one job per pod, concurrently).
-        let sysctls = made.iter().map(|(_, p)| base_sysctls(&p.ns, false)).collect();
-        wait_all("pod sysctls", sysctls, as_tool)?;
+        // Each pod's sysctls and rules first: `iptables-restore` is the slow part (its netlink
+        // sockets' release waits for the kernel's nf_tables cleanup, tens of ms of idle time),
+        // and needs no link, so it runs while the links are made.
+        let rules: Vec<JobHandle<Result<(), (String, String)>>> = made
+            .iter()
+            .map(|(pod, p)| {
+                let (ip, capture) = (pod.ip, pod.capture.clone());
+                p.ns.spawn(move || async move {
+                    for key in ["net/ipv4/conf/all/rp_filter", "net/ipv4/conf/default/rp_filter"] {
+                        sysctl_write_in(key, "0")
+                            .map_err(|e| (format!("{ip}: sysctl"), e.to_string()))?;
+                    }
+                    if let Some(c) = &capture {
+                        crate::iptables::restore_in(&c.rules, true).await.map_err(|e| {
+                            (format!("{ip}: loading the in-pod rules"), e.to_string())
+                        })?;
+                    }
+                    Ok(())
+                })
+            })
+            .collect();
+        // The node ends of the veths (one job per pod, concurrently).
         let veths = made
             .iter()
             .map(|(_, p)| {
@@ -316,36 +335,30 @@ impl Topology {
                 })
             })
             .collect();
-        wait_all("pod veths", veths, as_link)?;
-        let setups = made
-            .iter()
-            .map(|(pod, p)| {
+        let veths = wait_all("pod veths", veths, as_link);
+        let mut setups = rules;
+        if veths.is_ok() {
+            setups.extend(made.iter().map(|(pod, p)| {
                 let (ip, gw) = (pod.ip, self.plan.nodes[p.node].gateway);
-                let capture = pod.capture.clone();
+                let routing = pod.capture.as_ref().map(|c| c.routing);
                 p.ns.spawn(move || async move {
-                    let rt =
-                        Rtnl::open().map_err(|e| (format!("{ip}: rtnetlink"), e.to_string()))?;
                     let net = async {
+                        let rt = Rtnl::open()?;
                         rt.set_up("lo", true).await?;
                         rt.set_up(POD_IF, true).await?;
                         rt.add_address(POD_IF, ip, 24).await?;
                         rt.add_route(&Route::via(Ipv4Addr::UNSPECIFIED, 0, gw)).await?;
-                        if let Some(c) = &capture {
-                            rt.add_policy_routing(&c.routing).await?;
+                        if let Some(routing) = &routing {
+                            rt.add_policy_routing(routing).await?;
                         }
                         rt.wait_running(POD_IF, LINK_UP).await
                     };
-                    net.await
-                        .map_err(|e| (format!("{ip}: addresses and routes"), e.to_string()))?;
-                    if let Some(c) = &capture {
-                        crate::iptables::restore_in(&c.rules, true).await.map_err(|e| {
-                            (format!("{ip}: loading the in-pod rules"), e.to_string())
-                        })?;
-                    }
-                    Ok::<(), (String, String)>(())
+                    net.await.map_err(|e: LinkError| {
+                        (format!("{ip}: addresses and routes"), e.to_string())
+                    })
                 })
-            })
-            .collect::<Vec<_>>();
+            }));
+        }
         let mut first_err = None;
         for job in setups {
             let r = job.wait().map_err(|e| ("pod setup".to_string(), e.to_string()));
@@ -356,6 +369,7 @@ impl Topology {
         for (pod, p) in made {
             self.pods.insert(pod.key.clone(), p);
         }
+        veths?;
         first_err.map_or(Ok(()), Err)
     }
 
