@@ -49,11 +49,13 @@ impl<N: Network> Inner<N> {
         });
     }
 
-    /// One TLS + h2 connection on 15008; each CONNECT stream gets its own task.
+    /// One TLS + h2 connection on 15008; each CONNECT stream gets its own task. It goes away
+    /// (GOAWAY) when the node drains or its pod is removed (`pod_draining`).
     pub(crate) async fn inbound_hbone(
         self: Arc<Self>,
         acceptor: tokio_rustls::TlsAcceptor,
         acc: Accepted<N::Stream>,
+        mut pod_draining: tokio::sync::watch::Receiver<bool>,
     ) {
         const DIR: Direction = Direction::InboundHbone;
         let _busy = self.busy();
@@ -93,13 +95,16 @@ impl<N: Network> Inner<N> {
         let mut draining = self.draining();
         let mut going_away = false;
         loop {
-            if !going_away && *draining.borrow() {
+            // A pod dropped without being removed (a crash) counts as removed.
+            let pod_gone = *pod_draining.borrow() || pod_draining.has_changed().is_err();
+            if !going_away && (*draining.borrow() || pod_gone) {
                 conn.graceful_shutdown();
                 going_away = true;
             }
             tokio::select! {
                 biased;
                 _ = draining.changed(), if !going_away => {}
+                _ = pod_draining.changed(), if !going_away => {}
                 r = conn.accept() => match r {
                     Some(Ok((req, respond))) => {
                         let me = self.clone();
