@@ -13,7 +13,8 @@
 //! - **counters** ([`rule_counters`]): every rule `iptables-save -c` lists, keyed
 //!   `table/chain/N` (N = 1-based position in its chain, as listed), with its packets and bytes.
 //!
-//! And the predicates the runner settles on before it reads ([`transient`], [`open_clients`]):
+//! And the predicates the runner settles on ([`transient`], [`open_clients`],
+//! [`open_tunnels_to`]):
 //! a snapshot is taken once no connection is half-way through closing, so the states and
 //! first-packet counters the catalog asserts do not depend on when the harness looked.
 
@@ -134,6 +135,18 @@ pub fn open_clients(log: &EventLog, clients: &BTreeSet<SocketAddr>) -> BTreeSet<
     balance.into_iter().filter(|(_, n)| *n > 0).map(|((c, _, _), _)| c).collect()
 }
 
+/// Tunnels to `gateway` (a pod's `ip:15008`) some proxy opened and has not yet closed.
+pub fn open_tunnels_to(log: &EventLog, gateway: SocketAddr) -> i64 {
+    log.values()
+        .flatten()
+        .map(|e| match e {
+            ProxyEvent::TunnelOpened { gateway: g, .. } if *g == gateway => 1,
+            ProxyEvent::TunnelClosed { gateway: g, .. } if *g == gateway => -1,
+            _ => 0,
+        })
+        .sum()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -206,5 +219,30 @@ icmp     1 29 src=10.0.1.2 dst=10.0.1.1 type=8 code=0 id=7 src=10.0.1.1 dst=10.0
         assert_eq!(open_clients(&log, &clients), clients);
         log.insert("a".into(), vec![route, closed]);
         assert!(open_clients(&log, &clients).is_empty());
+    }
+
+    #[test]
+    fn a_tunnel_is_open_until_its_source_logs_it_closed() {
+        let gw: SocketAddr = "10.0.2.2:15008".parse().unwrap();
+        let opened = ProxyEvent::TunnelOpened {
+            source_node: "a".into(),
+            destination_node: "b".into(),
+            gateway: gw,
+            source_identity: "x".into(),
+            destination_identity: "y".into(),
+        };
+        let closed = ProxyEvent::TunnelClosed {
+            source_node: "a".into(),
+            destination_node: "b".into(),
+            gateway: gw,
+            streams: 1,
+            reason: "closed".into(),
+        };
+        let mut log = EventLog::new();
+        log.insert("a".into(), vec![opened.clone(), opened]);
+        assert_eq!(open_tunnels_to(&log, gw), 2);
+        assert_eq!(open_tunnels_to(&log, "10.0.2.3:15008".parse().unwrap()), 0);
+        log.get_mut("a").unwrap().push(closed);
+        assert_eq!(open_tunnels_to(&log, gw), 1);
     }
 }

@@ -33,6 +33,9 @@ const REBIND: Duration = Duration::from_secs(3);
 struct NodeSlot {
     sink: Arc<RecordingSink>,
     proxy: Option<NodeProxy<LinuxNetwork>>,
+    /// How many events the node had logged when its proxy last crashed: whatever was open
+    /// before that was ended by the crash, which logs nothing.
+    crashed_at: usize,
 }
 
 /// Every node's proxy.
@@ -64,7 +67,7 @@ impl Proxies {
                 .map_err(io::Error::other)?;
         let nodes = nodes
             .iter()
-            .map(|n| (n.clone(), NodeSlot { sink: Arc::default(), proxy: None }))
+            .map(|n| (n.clone(), NodeSlot { sink: Arc::default(), proxy: None, crashed_at: 0 }))
             .collect();
         Ok(Proxies {
             network: LinuxNetwork::new(),
@@ -119,8 +122,11 @@ impl Proxies {
 
     /// Crashes `node`'s proxy (if running): every task and socket of it is dropped now.
     pub fn crash(&mut self, node: &str) {
-        if let Some(proxy) = self.nodes.get_mut(node).and_then(|s| s.proxy.take()) {
+        if let Some(slot) = self.nodes.get_mut(node)
+            && let Some(proxy) = slot.proxy.take()
+        {
             proxy.crash();
+            slot.crashed_at = slot.sink.events().len();
         }
     }
 
@@ -150,6 +156,15 @@ impl Proxies {
     /// Every node's events so far.
     pub fn log(&self) -> EventLog {
         self.nodes.iter().map(|(n, s)| (n.clone(), s.sink.events())).collect()
+    }
+
+    /// Every node's events since its proxy last crashed: the connections a proxy may still be
+    /// carrying are among these.
+    pub fn log_since_crash(&self) -> EventLog {
+        self.nodes
+            .iter()
+            .map(|(n, s)| (n.clone(), s.sink.events().split_off(s.crashed_at)))
+            .collect()
     }
 
     /// Crashes every proxy (teardown).

@@ -246,6 +246,29 @@ impl<'w> Runner<'w> {
         self.proxies.start(node, ns, mesh, pods).map_err(|e| format!("starting proxy@{node}: {e}"))
     }
 
+    /// Crashes a proxy and waits (bounded by [`SETTLE`]) until its listeners are closed in every
+    /// pod it served: the abort is asynchronous, and a SYN reaching a dying listener would be
+    /// accepted and then reset instead of refused. Probed by binding the ports (no packet sent,
+    /// nothing in conntrack or the counters).
+    fn crash_proxy(&mut self, node: &str) -> Result<(), RunError> {
+        self.proxies.crash(node);
+        let deadline = Instant::now() + SETTLE;
+        for (ip, _) in self.captured_on(node) {
+            let Some(pod) = self.topo.pods.values().find(|p| p.ip == ip) else { continue };
+            loop {
+                let free = pod
+                    .ns
+                    .run_blocking(ports_free)
+                    .map_err(|e| format!("probing the proxy's ports in {ip}: {e}"))?;
+                if free || Instant::now() >= deadline {
+                    break;
+                }
+                std::thread::sleep(SETTLE_POLL);
+            }
+        }
+        Ok(())
+    }
+
     fn node_index(&self, node: &str) -> Result<usize, RunError> {
         self.topo.plan.node(node).map(|n| n.index).ok_or_else(|| format!("no node {node}"))
     }
@@ -274,13 +297,10 @@ impl<'w> Runner<'w> {
             Fault::Latency { link, add } => self.latency(index, link, *add),
             Fault::Heal(link) => self.heal(link.as_ref()),
             Fault::RestartProxy(node) => {
-                self.proxies.crash(node);
+                self.crash_proxy(node)?;
                 self.start_proxy(node)
             }
-            Fault::CrashProxy(node) => {
-                self.proxies.crash(node);
-                Ok(())
-            }
+            Fault::CrashProxy(node) => self.crash_proxy(node),
             Fault::StartProxy(node) => self.start_proxy(node),
             Fault::FlushConntrack(peer) => self
                 .peer_ns(peer)?
@@ -378,6 +398,10 @@ impl<'w> Runner<'w> {
         self.load_filters(&nodes.into_iter().collect::<Vec<_>>())
     }
 
+    /// The order of a real pod deletion: the node proxy is told first (the CNI plugin's DEL
+    /// runs before the pod's network is torn down) and sends GOAWAY on the pod's tunnels; once
+    /// their source proxies have closed them (bounded by [`SETTLE`]), the pod's link and
+    /// namespace go.
     fn delete_pod(&mut self, fault: &Fault, key: &ObjectKey) -> Result<(), RunError> {
         let pod = self.state.pods.get(key).cloned();
         self.state.apply(fault);
@@ -385,6 +409,13 @@ impl<'w> Runner<'w> {
             && pod.is_captured()
         {
             self.proxies.remove_pod(&pod.node, pod.ip);
+            let gateway = SocketAddr::new(pod.ip.into(), ambient_proxy::inpod::INBOUND_HBONE_PORT);
+            let deadline = Instant::now() + SETTLE;
+            while observe::open_tunnels_to(&self.proxies.log_since_crash(), gateway) > 0
+                && Instant::now() < deadline
+            {
+                std::thread::sleep(SETTLE_POLL);
+            }
         }
         self.proxies.update_mesh(&self.mesh()?);
         self.topo.remove_pod(key).map_err(topo_err)
@@ -418,7 +449,7 @@ impl<'w> Runner<'w> {
     fn snapshot(&self) -> Result<State, RunError> {
         let clients = self.finished_clients();
         let deadline = Instant::now() + SETTLE;
-        while !observe::open_clients(&self.proxies.log(), &clients).is_empty()
+        while !observe::open_clients(&self.proxies.log_since_crash(), &clients).is_empty()
             && Instant::now() < deadline
         {
             std::thread::sleep(SETTLE_POLL);
@@ -560,4 +591,16 @@ fn describe(action: &Action) -> String {
         Action::Wait(d) => format!("wait {d:?}"),
         Action::Check(_) => "check".into(),
     }
+}
+
+/// Whether no listener holds the proxy's in-pod ports in the current thread's namespace.
+fn ports_free() -> bool {
+    use ambient_proxy::inpod::{INBOUND_HBONE_PORT, INBOUND_PLAINTEXT_PORT, OUTBOUND_PORT};
+    [OUTBOUND_PORT, INBOUND_PLAINTEXT_PORT, INBOUND_HBONE_PORT].into_iter().all(|port| {
+        let socket = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None);
+        socket.is_ok_and(|s| {
+            let at = std::net::SocketAddr::from((std::net::Ipv4Addr::UNSPECIFIED, port));
+            s.set_reuse_address(true).is_ok() && s.bind(&at.into()).is_ok()
+        })
+    })
 }
