@@ -11,7 +11,8 @@
 //! // First thing in main, while the process has one thread (before any tokio runtime):
 //! let sandbox = Sandbox::enter().expect("namespaces");
 //! let backend = NetnsBackend::new(&sandbox);
-//! let world = load_file("scenarios/catalog/same-node-hbone.yaml").into_result().unwrap();
+//! let path = std::path::Path::new("scenarios/catalog/same-node-hbone.yaml");
+//! let world = load_file(path).into_result().unwrap();
 //! let run = backend.run(&world, &RunOptions::default()).expect("ran");
 //! assert!(check_outcome(&world, &run.outcome).is_empty());
 //! ```
