@@ -443,7 +443,7 @@ impl<'w> Runner<'w> {
     }
 
     /// The state now: once the proxies have logged the end of every finished connection and
-    /// conntrack holds no connection half-way through opening or closing (each bounded by
+    /// conntrack holds no connection half-way through opening or closing (together bounded by
     /// [`SETTLE`]), every existing pod's and host's conntrack table, every captured pod's rule
     /// counters, and the tunnels opened so far.
     fn snapshot(&self) -> Result<State, RunError> {
@@ -454,7 +454,7 @@ impl<'w> Runner<'w> {
         {
             std::thread::sleep(SETTLE_POLL);
         }
-        let deadline = Instant::now() + SETTLE;
+        // One bound for both: what keeps a proxy busy usually keeps conntrack busy too.
         let conntrack = loop {
             let tables = self.read_conntrack()?;
             let busy = tables.values().flatten().any(observe::transient);
