@@ -1,7 +1,19 @@
 //! `ambient-netns` — the kernel backend: real network namespaces, real `iptables-restore`, the
-//! kernel's conntrack, real sockets (and, as later issues land, the real proxy).
+//! kernel's conntrack, real sockets and the real proxy.
 //!
 //! # Map
+//!
+//! The backend ([`backend`], [`NetnsBackend`]: `ambient_scenarios::Backend` named `netns`):
+//!
+//! | module | what it is |
+//! | --- | --- |
+//! | [`backend::plan`] | a World's topology as data: namespaces, links, addresses, routes (pure) |
+//! | [`backend::topology`] | that plan built in the kernel; pods added and removed |
+//! | [`backend::proxies`] | one real `NodeProxy` per node on its node namespace's thread; crash, start, mesh updates, event logs |
+//! | [`backend::traffic`] | the scenario apps and clients (`ambient_scenarios::traffic`) on real sockets |
+//! | [`backend::faults`] | link faults (partition, loss, latency, heal) as state and as the node namespaces' rules |
+//! | [`backend::observe`] | conntrack and counters in the Outcome's form; the predicates snapshots settle on (pure) |
+//! | [`backend::run`] | the step driver: World → Outcome |
 //!
 //! Namespace primitives (what the harness and its tests stand on):
 //!
@@ -40,8 +52,16 @@
 //! - `tests/primitives.rs`: every primitive against the real kernel.
 //! - `tests/differential.rs`: ≥ 300 seeded random cases run on the kernel and through the
 //!   simulator's kernel model and compared (`DIFF_SEED`, `DIFF_CASES`, …).
-//! - `tests/cleanup.rs`: a sandboxed child fails midway (panic, error, SIGINT, SIGKILL); the host
-//!   side proves no namespace, link or process of it is left.
+//! - `tests/cleanup.rs`: a sandboxed child fails midway (panic, error, SIGINT, SIGKILL) — by
+//!   itself and in the middle of a scenario on the backend; the host side proves no namespace,
+//!   link or process of it is left, and the child proves the backend tore down in-process.
+//! - `tests/scenarios.rs`: every catalog scenario on the kernel meets its expectations with no
+//!   step skipped; a rule set without the 15001 REDIRECT fails the expectations it should.
+//! - `tests/proxy_paths.rs`: the proxy on real interception — HBONE (the app sees the client pod
+//!   IP), uncaptured → captured through 15006, captured → uncaptured by passthrough.
+//!
+//! Benchmarks (`harness = false`, not tests): `benches/topology.rs` (topology per pod, the
+//! catalog), `benches/proxy.rs` (throughput and setup latency, plain TCP vs HBONE).
 //!
 //! The namespaced targets are `harness = false` (the sandbox must be entered single-threaded) and
 //! **fail** with the reason when namespaces are unavailable; they never skip.
@@ -53,6 +73,9 @@
 //! and conntrack-tools 1.4; anything else is a parse error, not a guess.
 #![cfg(target_os = "linux")]
 
+pub use backend::NetnsBackend;
+
+pub mod backend;
 pub mod conntrack;
 pub mod diff;
 pub mod iptables;

@@ -10,6 +10,11 @@
 //!
 //! A suite that cannot get its sandbox **fails** every selected case with the reason; it never
 //! skips.
+//!
+//! Also here, for tests of this crate and of crates above it: [`without_rules`] (a World with
+//! part of its captured pods' rules removed), [`failure_lines`] (expectation failures in a form
+//! two backends can be compared on) and [`referenced_net_namespaces`] (what keeps namespaces
+//! alive, for teardown checks).
 
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::process::ExitCode;
@@ -212,6 +217,93 @@ fn panic_text(payload: &(dyn std::any::Any + Send)) -> String {
         .map(|s| s.to_string())
         .or_else(|| payload.downcast_ref::<String>().cloned())
         .unwrap_or_else(|| "(non-string panic payload)".into())
+}
+
+/// `world` with every captured pod's rule text stripped of the rules whose line contains
+/// `needle` (pods present at the start and pods added by `add-pod` faults), for tests that show
+/// what a broken rule set does. Backend-agnostic, so one broken World can be run on the kernel
+/// and in the simulator and their expectation failures compared ([`failure_lines`]).
+pub fn without_rules(world: &ambient_scenarios::World, needle: &str) -> ambient_scenarios::World {
+    use ambient_scenarios::world::{Action, Fault, Pod};
+    let strip = |pod: &mut Pod| {
+        if let Some(capture) = pod.capture.as_mut() {
+            capture.rules = capture
+                .rules
+                .lines()
+                .filter(|l| !(l.starts_with("-A ") && l.contains(needle)))
+                .map(|l| format!("{l}\n"))
+                .collect();
+        }
+    };
+    let mut broken = world.clone();
+    broken.pods.values_mut().for_each(strip);
+    for step in &mut broken.steps {
+        if let Action::Fault(Fault::AddPod { pod, .. }) = &mut step.action {
+            strip(pod);
+        }
+    }
+    broken
+}
+
+/// Expectation failures as comparable lines (`key.path: expected X, got Y`), without file
+/// positions, sorted: what two backends must agree on when both fail a scenario.
+pub fn failure_lines(failures: &[ambient_scenarios::Failure]) -> Vec<String> {
+    let mut out: Vec<String> = failures
+        .iter()
+        .map(|f| format!("{}: expected {}, got {}", f.at.path, f.expected, f.actual))
+        .collect();
+    out.sort();
+    out
+}
+
+/// Every network namespace some process of this machine refers to: a thread's `ns/net`, an
+/// open namespace file (`net:[…]`, or a namespace file opened through its bind mount), an
+/// `nsfs` mount in its mount table — everything by which user space keeps a network namespace
+/// alive. A namespace not in this set is gone, with its links. (Open files of other namespace
+/// types on nsfs are included too; callers intersect with the namespaces they care about.)
+pub fn referenced_net_namespaces() -> std::collections::BTreeSet<u64> {
+    fn net_inode(link: &str) -> Option<u64> {
+        link.strip_prefix("net:[")?.strip_suffix(']')?.parse().ok()
+    }
+    use std::os::unix::fs::MetadataExt as _;
+    let nsfs = std::fs::metadata("/proc/self/ns/net").ok().map(|m| m.dev());
+    let mut seen = std::collections::BTreeSet::new();
+    let Ok(procs) = std::fs::read_dir("/proc") else { return seen };
+    for entry in procs.flatten() {
+        let path = entry.path();
+        if !entry.file_name().to_string_lossy().chars().all(|c| c.is_ascii_digit()) {
+            continue;
+        }
+        if let Ok(tasks) = std::fs::read_dir(path.join("task")) {
+            for task in tasks.flatten() {
+                if let Ok(link) = std::fs::read_link(task.path().join("ns/net")) {
+                    seen.extend(net_inode(&link.to_string_lossy()));
+                }
+            }
+        }
+        if let Ok(fds) = std::fs::read_dir(path.join("fd")) {
+            for fd in fds.flatten() {
+                let Ok(link) = std::fs::read_link(fd.path()) else { continue };
+                match net_inode(&link.to_string_lossy()) {
+                    Some(ino) => {
+                        seen.insert(ino);
+                    }
+                    // A namespace opened through a bind mount reads as that path: look at the
+                    // file itself.
+                    None => seen.extend(
+                        std::fs::metadata(fd.path())
+                            .ok()
+                            .filter(|m| Some(m.dev()) == nsfs)
+                            .map(|m| m.ino()),
+                    ),
+                }
+            }
+        }
+        if let Ok(mounts) = std::fs::read_to_string(path.join("mountinfo")) {
+            seen.extend(mounts.lines().filter_map(|l| l.split(' ').nth(3)).filter_map(net_inode));
+        }
+    }
+    seen
 }
 
 #[cfg(test)]

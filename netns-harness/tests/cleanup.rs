@@ -11,6 +11,10 @@
 //! during, the scan sees every namespace the child made (so the scan works); after, it sees none,
 //! the child's processes are gone, and no link of the child's ever appeared on the host.
 //!
+//! The `scenario_*` cases do the same with a whole scenario on the netns backend, failing
+//! midway (an injected failed step or panic, SIGINT, SIGKILL): the child itself also checks,
+//! before exiting, that the backend tore everything down in-process (see `cleanup/scenario.rs`).
+//!
 //! `harness = false` so the child can enter the sandbox single-threaded:
 //! `cargo test -p ambient-netns --test cleanup`.
 
@@ -23,10 +27,13 @@ use ambient_netns::link::Route;
 use ambient_netns::netns::Netns;
 use ambient_netns::sandbox::{Sandbox, ns_inode};
 use ambient_netns::socket::{self, ConnectOptions, ListenOptions};
-use ambient_netns::testkit::Suite;
+use ambient_netns::testkit::{Suite, referenced_net_namespaces};
 use anyhow::{Context as _, bail, ensure};
 
 const CHILD_ENV: &str = "CLEANUP_CHILD";
+
+#[path = "cleanup/scenario.rs"]
+mod scenario;
 
 fn main() -> ExitCode {
     if let Ok(how) = std::env::var(CHILD_ENV) {
@@ -38,12 +45,30 @@ fn main() -> ExitCode {
         .case("cleanup::after_sigint", |_| Ok(watch("sigint", Exit::Signal(nix::libc::SIGINT))?))
         .case("cleanup::after_sigkill", |_| Ok(watch("sigkill", Exit::Signal(nix::libc::SIGKILL))?))
         .case("cleanup::the_watch_catches_a_leak", |_| Ok(watch_catches_a_leak()?))
+        .case("cleanup::scenario_after_a_failed_step", |_| {
+            Ok(watch("scenario-error", Exit::Code(1))?)
+        })
+        .case("cleanup::scenario_after_a_panic_midway", |_| {
+            Ok(watch("scenario-panic", Exit::Code(101))?)
+        })
+        .case("cleanup::scenario_teardown_check_catches_a_leak", |_| {
+            Ok(watch("scenario-leak", Exit::Code(3))?)
+        })
+        .case("cleanup::scenario_after_sigint", |_| {
+            Ok(watch("scenario-sigint", Exit::Signal(nix::libc::SIGINT))?)
+        })
+        .case("cleanup::scenario_after_sigkill", |_| {
+            Ok(watch("scenario-sigkill", Exit::Signal(nix::libc::SIGKILL))?)
+        })
         .run()
 }
 
 // ---- the child: gets half-way through a case inside the sandbox, then fails ----
 
 fn child(how: &str) -> ExitCode {
+    if let Some(how) = how.strip_prefix("scenario-") {
+        return scenario::child(how);
+    }
     let sandbox = match Sandbox::enter() {
         Ok(s) => s,
         Err(e) => {
@@ -211,12 +236,20 @@ fn watch_child(
     host_links_before: &BTreeSet<String>,
 ) -> anyhow::Result<()> {
     let stdout = child.stdout.take().context("child stdout")?;
-    let report = read_report(stdout, child)?;
-    let pids = if how == "leak" { 3 } else { 2 };
-    ensure!(
-        report.netns.len() == 3 && report.pids.len() == pids && report.links.len() == 2,
-        "{report:?}"
-    );
+    let report = read_report(stdout, child, how == "leak")?;
+    if how.starts_with("scenario-") {
+        // The sandbox's own namespace and every namespace of the run; the child alone.
+        ensure!(
+            report.netns.len() == 1 + scenario::NAMESPACES && report.pids.len() == 1,
+            "{report:?}"
+        );
+    } else {
+        let pids = if how == "leak" { 3 } else { 2 };
+        ensure!(
+            report.netns.len() == 3 && report.pids.len() == pids && report.links.len() == 2,
+            "{report:?}"
+        );
+    }
 
     // During: the scan sees all of it, so "not seen" afterwards means something.
     let seen = referenced_net_namespaces();
@@ -236,8 +269,12 @@ fn watch_child(
 
     // Fail the stated way.
     match how {
-        "sigint" => nix::sys::signal::kill(pid_of(child), nix::sys::signal::Signal::SIGINT)?,
-        "sigkill" => nix::sys::signal::kill(pid_of(child), nix::sys::signal::Signal::SIGKILL)?,
+        "sigint" | "scenario-sigint" => {
+            nix::sys::signal::kill(pid_of(child), nix::sys::signal::Signal::SIGINT)?
+        }
+        "sigkill" | "scenario-sigkill" => {
+            nix::sys::signal::kill(pid_of(child), nix::sys::signal::Signal::SIGKILL)?
+        }
         _ => writeln!(child.stdin.as_mut().context("child stdin")?, "go")?,
     }
     let status = wait_timeout(child, Duration::from_secs(10))?;
@@ -272,13 +309,13 @@ fn pid_of(child: &Child) -> nix::unistd::Pid {
     nix::unistd::Pid::from_raw(child.id() as i32)
 }
 
-fn read_report(stdout: ChildStdout, child: &mut Child) -> anyhow::Result<Report> {
+fn read_report(stdout: ChildStdout, child: &mut Child, leak: bool) -> anyhow::Result<Report> {
     let mut lines = BufReader::new(stdout).lines();
     for line in lines.by_ref() {
         let line = line?;
         if let Some(json) = line.strip_prefix("READY ") {
             let mut report: Report = serde_json::from_str(json)?;
-            if let Some(Ok(next)) = lines.next() {
+            if leak && let Some(Ok(next)) = lines.next() {
                 // The leak self-test's extra process counts as the child's.
                 if let Some(pid) = next.strip_prefix("LEAKED ").and_then(|p| p.parse().ok()) {
                     report.pids.push(pid);
@@ -330,38 +367,4 @@ fn host_links() -> anyhow::Result<BTreeSet<String>> {
         .filter_map(|l| l.split(':').next())
         .map(|n| n.trim().to_string())
         .collect())
-}
-
-/// Every network namespace some visible process refers to: a thread's `ns/net`, an open
-/// `net:[…]` file, an `nsfs` bind mount in its mount table.
-fn referenced_net_namespaces() -> BTreeSet<u64> {
-    fn net_inode(link: &str) -> Option<u64> {
-        link.strip_prefix("net:[")?.strip_suffix(']')?.parse().ok()
-    }
-    let mut seen = BTreeSet::new();
-    let Ok(procs) = std::fs::read_dir("/proc") else { return seen };
-    for entry in procs.flatten() {
-        let path = entry.path();
-        if !entry.file_name().to_string_lossy().chars().all(|c| c.is_ascii_digit()) {
-            continue;
-        }
-        if let Ok(tasks) = std::fs::read_dir(path.join("task")) {
-            for task in tasks.flatten() {
-                if let Ok(link) = std::fs::read_link(task.path().join("ns/net")) {
-                    seen.extend(net_inode(&link.to_string_lossy()));
-                }
-            }
-        }
-        if let Ok(fds) = std::fs::read_dir(path.join("fd")) {
-            for fd in fds.flatten() {
-                if let Ok(link) = std::fs::read_link(fd.path()) {
-                    seen.extend(net_inode(&link.to_string_lossy()));
-                }
-            }
-        }
-        if let Ok(mounts) = std::fs::read_to_string(path.join("mountinfo")) {
-            seen.extend(mounts.lines().filter_map(|l| l.split(' ').nth(3)).filter_map(net_inode));
-        }
-    }
-    seen
 }

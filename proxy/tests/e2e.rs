@@ -384,6 +384,56 @@ async fn drain_closes_tunnels_and_crash_drops_connections() {
     assert!(matches!(r, Ok(0) | Err(_)), "{r:?}");
 }
 
+/// Adds a removed pod back, once the aborted listener tasks have let go of its ports.
+async fn readd<N>(proxy: &ambient_proxy::NodeProxy<N>, ip: std::net::IpAddr)
+where
+    N: ambient_proxy::Network<Netns = ambient_proxy::net::linux::NetnsPath>,
+{
+    let pod = ambient_proxy::PodSpec {
+        ip,
+        netns: ambient_proxy::net::linux::NetnsPath::current(),
+        listen_ip: ip,
+    };
+    for _ in 0..500 {
+        match proxy.add_pod(pod.clone()).await {
+            Ok(()) => return,
+            Err(e) if e.kind() == std::io::ErrorKind::AddrInUse => {
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+            Err(e) => panic!("adding {ip} back: {e}"),
+        }
+    }
+    panic!("adding {ip} back: its ports stayed in use for 5 s");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn removing_a_pod_sends_goaway_on_its_inbound_tunnels_and_drops_its_pooled_ones() {
+    let w = world("127.74", WorldOptions::default()).await;
+    let _app = App::start(addr("127.74.1.5:8080"), AppMode::Echo).await;
+    let mut s = w.connect(addr("127.74.1.5:8080")).await.unwrap();
+    assert_eq!(exchange(&mut s, b"x").await.unwrap(), b"x");
+    assert_eq!(w.a.pooled_tunnels(), 1);
+    // The pod goes: node-a's pooled tunnel to it is told to go away and closes.
+    assert!(w.b.remove_pod(w.server));
+    eventually("node-a's tunnel closed", || w.a.pooled_tunnels() == 0).await;
+    assert!(w.events_a.events().iter().any(|e| matches!(e, ProxyEvent::TunnelClosed { .. })));
+    // Back (as a new pod with the same address): a fresh tunnel, not the old one.
+    readd(&w.b, w.server).await;
+    let mut s = w.connect(addr("127.74.1.5:8080")).await.unwrap();
+    assert_eq!(exchange(&mut s, b"y").await.unwrap(), b"y");
+    assert_eq!(w.a.counters()["tunnels.opened"], 2);
+    // Node-b's other connections were not touched: it still serves, and never drained.
+    assert_eq!(w.b.pods().len(), 1);
+    // The client pod goes: the tunnel it dialled leaves node-a's pool; back, it dials anew.
+    assert_eq!(w.a.pooled_tunnels(), 1);
+    assert!(w.a.remove_pod(w.client));
+    assert_eq!(w.a.pooled_tunnels(), 0);
+    readd(&w.a, w.client).await;
+    let mut s = w.connect(addr("127.74.1.5:8080")).await.unwrap();
+    assert_eq!(exchange(&mut s, b"z").await.unwrap(), b"z");
+    assert_eq!(w.a.counters()["tunnels.opened"], 3);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_idle_tunnel_is_closed_after_the_idle_timeout_and_keepalive_keeps_a_busy_one() {
     let pool = ambient_proxy::pool::PoolConfig {

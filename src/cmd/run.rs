@@ -69,18 +69,51 @@ impl BackendKind {
 
 /// The one place the real backends are registered: `--backend` → a [`Backend`].
 ///
-/// Called at most once per run, only when a valid scenario is selected. When a backend crate
-/// provides its `Backend` type, construct it here. The netns harness additionally needs
-/// `ambient_netns::sandbox::Sandbox::enter()` while the process has one thread: call it at the
-/// top of [`run`] (before the progress bar and anything else that might start a thread) when
-/// `args.backend == Netns`, and pass the sandbox in here.
-fn open_backend(kind: BackendKind) -> Result<Box<dyn Backend>, BackendError> {
+/// Called at most once per run, only when a valid scenario is selected. The netns harness runs
+/// inside the namespace sandbox, which [`run`] enters first thing when `--backend netns` is
+/// chosen (it needs a process with one thread) and passes in here.
+fn open_backend(
+    kind: BackendKind,
+    sandbox: Option<&'static NetnsSandbox>,
+) -> Result<Box<dyn Backend>, BackendError> {
     match kind {
         BackendKind::Sim => Ok(Box::new(ambient_sim::SimBackend)),
-        BackendKind::Netns => Err(BackendError::new(
-            "this build has no netns backend yet (crate ambient-netns provides no Backend)",
-        )),
+        BackendKind::Netns => netns_backend(sandbox),
     }
+}
+
+#[cfg(target_os = "linux")]
+type NetnsSandbox = ambient_netns::sandbox::Sandbox;
+#[cfg(not(target_os = "linux"))]
+type NetnsSandbox = ();
+
+#[cfg(target_os = "linux")]
+fn netns_backend(sandbox: Option<&'static NetnsSandbox>) -> Result<Box<dyn Backend>, BackendError> {
+    let sandbox =
+        sandbox.ok_or_else(|| BackendError::new("the namespace sandbox was not entered"))?;
+    Ok(Box::new(ambient_netns::NetnsBackend::new(sandbox)))
+}
+
+#[cfg(not(target_os = "linux"))]
+fn netns_backend(_: Option<&'static NetnsSandbox>) -> Result<Box<dyn Backend>, BackendError> {
+    Err(BackendError::new("the netns backend runs on Linux only"))
+}
+
+/// Enters the namespace sandbox for `--backend netns` (the process must still have one thread:
+/// nothing before this may start one). It lives as long as the process.
+#[cfg(target_os = "linux")]
+fn enter_sandbox(kind: BackendKind) -> anyhow::Result<Option<&'static NetnsSandbox>> {
+    if kind != BackendKind::Netns {
+        return Ok(None);
+    }
+    let sandbox = ambient_netns::sandbox::Sandbox::enter()
+        .map_err(|e| anyhow::anyhow!("--backend netns: {e}"))?;
+    Ok(Some(Box::leak(Box::new(sandbox))))
+}
+
+#[cfg(not(target_os = "linux"))]
+fn enter_sandbox(_: BackendKind) -> anyhow::Result<Option<&'static NetnsSandbox>> {
+    Ok(None)
 }
 
 /// Wall time since the run started; only for the stdout table, progress and `junit.xml`.
@@ -126,6 +159,7 @@ fn progress() -> Box<dyn Progress> {
 }
 
 pub fn run(args: Args) -> anyhow::Result<ExitCode> {
+    let sandbox = enter_sandbox(args.backend)?;
     let request = Request {
         paths: args.paths,
         selection: Selection { include: args.include, exclude: args.exclude, shard: args.shard },
@@ -134,7 +168,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         backend: args.backend.name().to_string(),
     };
     let kind = args.backend;
-    let mut open = || open_backend(kind);
+    let mut open = || open_backend(kind, sandbox);
     let clock = WallClock(Instant::now());
     let mut progress = progress();
     match report::run(&request, &mut open, &clock, progress.as_mut()) {

@@ -19,6 +19,7 @@ use crate::inbound::{ConnectRequest, check_connect, check_plaintext, parse_forwa
 use crate::inpod::PROXY_MARK;
 use crate::net::{Accepted, ConnectOptions, Network};
 use crate::policy::{ConnectionAttrs, Verdict, evaluate};
+use crate::signal::Signal;
 use crate::tls::{describe_error, peer_identity};
 
 fn respond_status(respond: &mut SendResponse<Bytes>, status: u16) {
@@ -49,11 +50,13 @@ impl<N: Network> Inner<N> {
         });
     }
 
-    /// One TLS + h2 connection on 15008; each CONNECT stream gets its own task.
+    /// One TLS + h2 connection on 15008; each CONNECT stream gets its own task. It goes away
+    /// (GOAWAY) when the node drains or its pod is removed (`pod_draining`).
     pub(crate) async fn inbound_hbone(
         self: Arc<Self>,
         acceptor: tokio_rustls::TlsAcceptor,
         acc: Accepted<N::Stream>,
+        pod_draining: Arc<Signal<bool>>,
     ) {
         const DIR: Direction = Direction::InboundHbone;
         let _busy = self.busy();
@@ -99,13 +102,14 @@ impl<N: Network> Inner<N> {
         let draining = self.draining();
         let mut going_away = false;
         loop {
-            if !going_away && draining.get() {
+            if !going_away && (draining.get() || pod_draining.get()) {
                 conn.graceful_shutdown();
                 going_away = true;
             }
             tokio::select! {
                 biased;
                 _ = draining.wait_for(|d| *d), if !going_away => {}
+                _ = pod_draining.wait_for(|d| *d), if !going_away => {}
                 r = conn.accept() => match r {
                     Some(Ok((req, respond))) => {
                         let me = self.clone();

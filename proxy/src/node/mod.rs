@@ -89,6 +89,15 @@ struct LiveConn {
 struct Pod<Ns> {
     spec: PodSpec<Ns>,
     listener_tasks: Vec<u64>,
+    /// Set when the pod is removed: its inbound tunnels send GOAWAY.
+    draining: Arc<Signal<bool>>,
+}
+
+/// A pod dropped without being removed (the proxy crashed) counts as removed.
+impl<Ns> Drop for Pod<Ns> {
+    fn drop(&mut self) {
+        self.draining.set(true);
+    }
 }
 
 pub(crate) struct Inner<N: Network> {
@@ -177,6 +186,8 @@ impl<N: Network> NodeProxy<N> {
         let plaintext = net.listen(&pod.netns, at(INBOUND_PLAINTEXT_PORT), &opts).await?;
         let hbone = net.listen(&pod.netns, at(INBOUND_HBONE_PORT), &opts).await?;
         let acceptor = tokio_rustls::TlsAcceptor::from(server_tls);
+        let draining = Arc::new(Signal::new(false));
+        let pod_draining = draining.clone();
         let (ip, ns) = (pod.ip, pod.netns.clone());
         let tasks = vec![
             inner.spawn(accept_loop(inner.clone(), outbound, move |i, a| {
@@ -186,23 +197,32 @@ impl<N: Network> NodeProxy<N> {
                 i.spawn(i.clone().inbound_plaintext(ip, a));
             })),
             inner.spawn(accept_loop(inner.clone(), hbone, move |i, a| {
-                i.spawn(i.clone().inbound_hbone(acceptor.clone(), a));
+                i.spawn(i.clone().inbound_hbone(acceptor.clone(), a, pod_draining.clone()));
             })),
         ];
         inner
             .pods
             .lock()
             .unwrap_or_else(|e| e.into_inner())
-            .insert(pod.ip, Pod { spec: pod, listener_tasks: tasks });
+            .insert(pod.ip, Pod { spec: pod, listener_tasks: tasks, draining });
         Ok(())
     }
 
-    /// Stop serving a pod: its listeners close; its live connections go on until they end.
+    /// Stop serving a pod: its listeners close, its inbound tunnels send GOAWAY (as a node
+    /// drain does, for this pod only) so source proxies stop opening streams on them and dial
+    /// anew, and the tunnels it dialled leave the pool — the pod is going away, and its
+    /// address may come back as another pod. Connections running go on until they end.
     pub fn remove_pod(&self, ip: IpAddr) -> bool {
         let pod = self.inner.pods.lock().unwrap_or_else(|e| e.into_inner()).remove(&ip);
         match pod {
             Some(pod) => {
-                for id in pod.listener_tasks {
+                pod.draining.set(true);
+                for conn in self.inner.pool.connections() {
+                    if conn.key.source_ip == ip {
+                        self.inner.pool.remove(&conn);
+                    }
+                }
+                for &id in &pod.listener_tasks {
                     self.inner.abort(id);
                 }
                 true

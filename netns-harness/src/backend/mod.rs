@@ -1,0 +1,122 @@
+//! The netns backend: a scenario run on the real kernel, implementing
+//! [`ambient_scenarios::Backend`] (name `netns`).
+//!
+//! # Using it
+//!
+//! ```no_run
+//! use ambient_netns::backend::NetnsBackend;
+//! use ambient_netns::sandbox::Sandbox;
+//! use ambient_scenarios::{Backend, RunOptions, check_outcome, load_file};
+//!
+//! // First thing in main, while the process has one thread (before any tokio runtime):
+//! let sandbox = Sandbox::enter().expect("namespaces");
+//! let backend = NetnsBackend::new(&sandbox);
+//! let path = std::path::Path::new("scenarios/catalog/same-node-hbone.yaml");
+//! let world = load_file(path).into_result().unwrap();
+//! let run = backend.run(&world, &RunOptions::default()).expect("ran");
+//! assert!(check_outcome(&world, &run.outcome).is_empty());
+//! ```
+//!
+//! [`Backend::run`] blocks the calling thread until the scenario is done (waits and holds take
+//! real time); call it from a plain thread, not from inside an async runtime. Runs may follow
+//! one another in one process; each builds and tears down its own namespaces.
+//!
+//! # What a run does
+//!
+//! 1. **Topology** ([`plan`], [`topology`]): a namespace per node, per pod, per external host and
+//!    one `wan`; veth pairs, a bridge per node, addresses, routes and sysctls through
+//!    rtnetlink; each captured pod gets the World's rule text through `iptables-restore` and its
+//!    fwmark rule and local route (table 100) through rtnetlink. Each namespace has its own
+//!    worker thread with a current-thread runtime.
+//! 2. **Proxies** ([`proxies`]): a real `NodeProxy` per node over `LinuxNetwork`, on the node
+//!    namespace's thread, with its 15001/15006/15008 listeners inside each captured pod's
+//!    namespace; the proxies get `ClusterState::mesh_spec()` at start and after every mesh
+//!    fault. Apps listen in their pods and hosts ([`traffic`]).
+//! 3. **Steps** ([`run`]): `connect` runs `traffic::run_client` from the client's namespace
+//!    (`count` one after another, `parallel` at once, `background` started and settled at the
+//!    `check` naming it or at the end); faults as below; `wait` sleeps; `check` snapshots.
+//! 4. **Observation** ([`observe`]): at each `check` and at the end, once settled, `conntrack -L`
+//!    of every pod and host, `iptables-save -c` of every captured pod, tunnels from the
+//!    proxies' events; connections are assembled from client reports, proxy events and app
+//!    accepts by `ambient_scenarios::assemble`, the code the simulator uses.
+//! 5. **Teardown**: proxies crashed, then every namespace dropped (links, routes, rules and
+//!    conntrack go with them) — on success, on error and on panic (drop order); on Ctrl-C or
+//!    SIGKILL the whole sandbox goes with the process (see [`crate::sandbox`]).
+//!
+//! # Faults on the kernel
+//!
+//! | fault | how |
+//! | --- | --- |
+//! | `partition: [a, b]` | both nodes drop everything they forward onto their inter-node link (filter FORWARD in the node namespaces): both directions cut, silently, routes unchanged |
+//! | `loss` | the same rule with `-m statistic --mode random --probability p`, each direction |
+//! | `latency` | netem on both ends of the inter-node link, if the kernel has `sch_netem`; otherwise **skipped** with the kernel's refusal as the reason |
+//! | `heal` | the link's rules (and netem) removed; without nodes, every link's |
+//! | `crash` / `start` / `restart: proxy@n` | `NodeProxy::crash` (every task and socket dropped now) / a new `NodeProxy` with the node's captured pods re-added |
+//! | `flush-conntrack: x` | `conntrack -F` in x's namespace |
+//! | `delete-pod` | the proxy stops serving it, the mesh is updated, its veth and namespace go |
+//! | `add-pod` | the mesh is updated, then the pod is built like the others and added to its node's proxy |
+//! | `apply` / `remove` | the mesh is updated; the proxies re-check live connections |
+//!
+//! # Simplifications
+//!
+//! - No kube-proxy: a Service VIP means something only to a captured client (its proxy resolves
+//!   it). An uncaptured client's packets to a VIP go to the wan, which has no route for it.
+//! - Conntrack entries keep the kernel's ephemeral ports; comparisons mask them.
+//! - `pcap` is not produced; `trace` gives a `trace.txt` with the state after every step.
+//! - Ports and payload are the simulator's; timing is the kernel's: waits and holds take real
+//!   time, and snapshots settle (see [`observe`]) rather than read at an instant.
+
+pub mod faults;
+pub mod observe;
+pub mod plan;
+pub mod proxies;
+pub mod run;
+pub mod topology;
+pub mod traffic;
+
+use ambient_scenarios::backend::Artifact;
+use ambient_scenarios::{Backend, BackendError, Run, RunOptions, World};
+
+pub use run::Injected;
+
+use crate::sandbox::Sandbox;
+
+/// Runs scenarios in network namespaces on this machine's kernel. Needs an entered [`Sandbox`].
+#[derive(Debug)]
+pub struct NetnsBackend<'s> {
+    sandbox: &'s Sandbox,
+    inject: Option<(usize, Injected)>,
+}
+
+impl<'s> NetnsBackend<'s> {
+    /// A backend that builds its namespaces inside `sandbox`.
+    pub fn new(sandbox: &'s Sandbox) -> NetnsBackend<'s> {
+        NetnsBackend { sandbox, inject: None }
+    }
+
+    /// For tests that prove teardown: instead of performing step `step` (0-based), fail the run
+    /// the given way. Production code never calls this.
+    pub fn inject(mut self, step: usize, what: Injected) -> NetnsBackend<'s> {
+        self.inject = Some((step, what));
+        self
+    }
+}
+
+impl Backend for NetnsBackend<'_> {
+    fn name(&self) -> &'static str {
+        "netns"
+    }
+
+    fn run(&self, world: &World, opts: &RunOptions) -> Result<Run, BackendError> {
+        let seed = opts.seed.unwrap_or(world.seed);
+        let runner = run::Runner::start(self.sandbox, world, seed, opts.trace, self.inject)
+            .map_err(|e| BackendError::new(format!("{}: setting up: {e}", world.file)))?;
+        let (outcome, trace) =
+            runner.run().map_err(|e| BackendError::new(format!("{}: {e}", world.file)))?;
+        let artifacts = trace
+            .map(|t| Artifact { name: "trace.txt".into(), bytes: t.into_bytes() })
+            .into_iter()
+            .collect();
+        Ok(Run { outcome, artifacts })
+    }
+}

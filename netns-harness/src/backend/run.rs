@@ -1,0 +1,606 @@
+//! One scenario on the kernel, step by step: the driver between a [`World`] and an [`Outcome`].
+//!
+//! The driver runs on the caller's thread and only sends work to namespaces' threads and waits
+//! for it; it keeps the [`ClusterState`] (what the proxies are told after each mesh fault), the
+//! connections in start order, the link faults, the snapshots and the skipped steps.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use ambient_scenarios::assemble::{self, Accepts, ConnLabels};
+use ambient_scenarios::outcome::{NetnsState, Outcome, Skipped, Snapshot, State};
+use ambient_scenarios::traffic::{ClientEnd, ClientReport, ClientSpec, Payload};
+use ambient_scenarios::world::{
+    Action, App, Connect, Fault, NodeLink, ObjectKey, Peer, PeerKind, Pod, Repeat, Step,
+};
+use ambient_scenarios::{ClusterState, World};
+
+use super::faults::{LinkFaults, LinkState};
+use super::observe::{self, conntrack_entries, rule_counters};
+use super::plan::{Plan, node_link};
+use super::proxies::{PodRef, Proxies};
+use super::topology::{Topology, TopologyError};
+use super::traffic::{AcceptLog, ClientRun, start_apps, start_clients};
+use crate::netns::{JobHandle, Netns};
+use crate::sandbox::Sandbox;
+
+/// How long a snapshot waits for proxies to finish logging closed connections and for
+/// conntrack to leave transient states, before it reads what is there.
+const SETTLE: Duration = Duration::from_secs(3);
+/// How often it looks while settling.
+const SETTLE_POLL: Duration = Duration::from_millis(20);
+
+/// A failure that ends the run (as opposed to an expectation that fails).
+pub type RunError = String;
+
+/// A connection of the Outcome, filled when its client finished.
+#[derive(Debug)]
+struct Slot {
+    id: String,
+    from: String,
+    to: String,
+    app: Option<App>,
+    run: Option<ClientRun>,
+}
+
+/// A background connect step still running.
+struct Pending {
+    id: String,
+    slots: Vec<usize>,
+    job: JobHandle<Vec<ClientRun>>,
+}
+
+/// Where a test wants the run to break (see [`super::NetnsBackend::inject`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Injected {
+    /// Return an error instead of performing the step.
+    Error,
+    /// Panic instead of performing the step.
+    Panic,
+}
+
+/// The state of one run. Field order is teardown order: proxies first (their sockets and
+/// per-namespace threads reference the pods' namespaces), then the namespaces.
+pub(super) struct Runner<'w> {
+    proxies: Proxies,
+    topo: Topology,
+    world: &'w World,
+    sandbox: &'w Sandbox,
+    seed: u64,
+    state: ClusterState<'w>,
+    accepts: AcceptLog,
+    slots: Vec<Slot>,
+    pending: Vec<Pending>,
+    faults: LinkFaults,
+    checks: Vec<Snapshot>,
+    skipped: Vec<Skipped>,
+    trace: Option<String>,
+    inject: Option<(usize, Injected)>,
+}
+
+fn topo_err(e: TopologyError) -> RunError {
+    e.to_string()
+}
+
+impl<'w> Runner<'w> {
+    /// Builds the topology, the pods with their rules and apps, and starts the proxies.
+    pub fn start(
+        sandbox: &'w Sandbox,
+        world: &'w World,
+        seed: u64,
+        trace: bool,
+        inject: Option<(usize, Injected)>,
+    ) -> Result<Runner<'w>, RunError> {
+        let plan = Plan::of(world)?;
+        let mut topo = Topology::build(sandbox, plan).map_err(topo_err)?;
+        let nodes: Vec<String> = world.nodes.iter().map(|n| n.name.clone()).collect();
+        let proxies = Proxies::new(&nodes, &world.trust_domain, seed)
+            .map_err(|e| format!("making the mesh CA: {e}"))?;
+        let pods: Vec<&Pod> = world.pods.values().collect();
+        topo.add_pods(sandbox, &pods).map_err(topo_err)?;
+        let accepts = AcceptLog::default();
+        for pod in world.pods.values() {
+            start_apps(&topo.pods[&pod.key].ns, &pod.serve, &accepts)
+                .map_err(|e| format!("pod {}: {e}", pod.label()))?;
+        }
+        for h in world.external.values() {
+            start_apps(&topo.hosts[&h.name], &h.serve, &accepts)
+                .map_err(|e| format!("host {}: {e}", h.name))?;
+        }
+        let mut runner = Runner {
+            proxies,
+            topo,
+            world,
+            sandbox,
+            seed,
+            state: ClusterState::initial(world),
+            accepts,
+            slots: Vec::new(),
+            pending: Vec::new(),
+            faults: LinkFaults::default(),
+            checks: Vec::new(),
+            skipped: Vec::new(),
+            trace: trace.then(String::new),
+            inject,
+        };
+        for node in &world.nodes {
+            runner.start_proxy(&node.name)?;
+        }
+        Ok(runner)
+    }
+
+    /// Runs every step, settles, and returns the Outcome.
+    pub fn run(mut self) -> Result<(Outcome, Option<String>), RunError> {
+        for step in &self.world.steps {
+            if let Some((at, what)) = self.inject
+                && at == step.index
+            {
+                match what {
+                    Injected::Error => return Err(format!("step {at}: injected failure")),
+                    Injected::Panic => panic!("step {at}: injected panic"),
+                }
+            }
+            self.step(step).map_err(|e| format!("step {} ({}): {e}", step.index, step.at.path))?;
+            if self.trace.is_some() {
+                let state = self.snapshot()?;
+                self.trace_step(step, &state);
+            }
+        }
+        let names: Vec<String> = self.pending.iter().map(|p| p.id.clone()).collect();
+        self.settle_background(&names)?;
+        let end = self.snapshot()?;
+        let connections = self.connections();
+        let outcome = Outcome {
+            scenario: self.world.id.clone(),
+            seed: self.seed,
+            connections,
+            checks: std::mem::take(&mut self.checks),
+            end,
+            skipped: std::mem::take(&mut self.skipped),
+        };
+        Ok((outcome, self.trace.take()))
+    }
+
+    fn step(&mut self, step: &Step) -> Result<(), RunError> {
+        match &step.action {
+            Action::Connect(c) => self.connect(c),
+            Action::Fault(f) => self.fault(step.index, f),
+            Action::Wait(d) => {
+                std::thread::sleep(*d);
+                Ok(())
+            }
+            Action::Check(check) => {
+                self.settle_background(&check.settles)?;
+                let state = self.snapshot()?;
+                self.checks.push(Snapshot { step: step.index, state });
+                Ok(())
+            }
+        }
+    }
+
+    fn peer_ns(&self, peer: &Peer) -> Result<&Netns, RunError> {
+        match &peer.kind {
+            PeerKind::Pod(key) => self.topo.pods.get(key).map(|p| &p.ns),
+            PeerKind::External(name) => self.topo.hosts.get(name),
+        }
+        .ok_or_else(|| format!("{} does not exist at this step", peer.label()))
+    }
+
+    fn connect(&mut self, c: &Connect) -> Result<(), RunError> {
+        let app = self.state.app_for(&c.to);
+        let first = self.slots.len();
+        let count = c.repeat.count() as usize;
+        let specs: Vec<ClientSpec> = (0..count)
+            .map(|k| ClientSpec {
+                send: c.send,
+                hold: c.hold,
+                deadline: c.deadline,
+                payload: Payload::key(self.seed, (first + k) as u64),
+            })
+            .collect();
+        for _ in 0..count {
+            self.slots.push(Slot {
+                id: c.id.clone(),
+                from: c.from.label(),
+                to: c.to.label.clone(),
+                app,
+                run: None,
+            });
+        }
+        let parallel = matches!(c.repeat, Repeat::Parallel(_));
+        let job = start_clients(self.peer_ns(&c.from)?, c.from.ip, c.to.addr, specs, parallel);
+        let slots: Vec<usize> = (first..first + count).collect();
+        if c.background {
+            self.pending.push(Pending { id: c.id.clone(), slots, job });
+            return Ok(());
+        }
+        let runs = job.wait().map_err(|e| format!("the clients of {}: {e}", c.id))?;
+        self.fill(&slots, runs);
+        Ok(())
+    }
+
+    fn fill(&mut self, slots: &[usize], runs: Vec<ClientRun>) {
+        for (i, run) in slots.iter().zip(runs) {
+            self.slots[*i].run = Some(run);
+        }
+    }
+
+    /// Waits for the named background connections to finish (their hold and deadline bound it).
+    fn settle_background(&mut self, ids: &[String]) -> Result<(), RunError> {
+        let (done, keep): (Vec<Pending>, Vec<Pending>) =
+            std::mem::take(&mut self.pending).into_iter().partition(|p| ids.contains(&p.id));
+        self.pending = keep;
+        for p in done {
+            let runs = p.job.wait().map_err(|e| format!("the clients of {}: {e}", p.id))?;
+            self.fill(&p.slots, runs);
+        }
+        Ok(())
+    }
+
+    fn start_proxy(&mut self, node: &str) -> Result<(), RunError> {
+        let index = self.node_index(node)?;
+        let mesh = self.mesh()?;
+        let pods: Vec<PodRef> = self.captured_on(node);
+        let ns = &self.topo.nodes[index];
+        self.proxies.start(node, ns, mesh, pods).map_err(|e| format!("starting proxy@{node}: {e}"))
+    }
+
+    /// Crashes a proxy and waits (bounded by [`SETTLE`]) until its listeners are closed in every
+    /// pod it served: the abort is asynchronous, and a SYN reaching a dying listener would be
+    /// accepted and then reset instead of refused. Probed by binding the ports (no packet sent,
+    /// nothing in conntrack or the counters).
+    fn crash_proxy(&mut self, node: &str) -> Result<(), RunError> {
+        self.proxies.crash(node);
+        let deadline = Instant::now() + SETTLE;
+        for (ip, _) in self.captured_on(node) {
+            let Some(pod) = self.topo.pods.values().find(|p| p.ip == ip) else { continue };
+            loop {
+                let free = pod
+                    .ns
+                    .run_blocking(ports_free)
+                    .map_err(|e| format!("probing the proxy's ports in {ip}: {e}"))?;
+                if free || Instant::now() >= deadline {
+                    break;
+                }
+                std::thread::sleep(SETTLE_POLL);
+            }
+        }
+        Ok(())
+    }
+
+    fn node_index(&self, node: &str) -> Result<usize, RunError> {
+        self.topo.plan.node(node).map(|n| n.index).ok_or_else(|| format!("no node {node}"))
+    }
+
+    /// The captured pods of `node` that exist now, with their namespaces.
+    fn captured_on(&self, node: &str) -> Vec<PodRef> {
+        self.state
+            .pods
+            .values()
+            .filter(|p| p.node == node && p.is_captured())
+            .filter_map(|p| self.topo.pods.get(&p.key).map(|ns| (p.ip, ns.ns.path().to_path_buf())))
+            .collect()
+    }
+
+    fn mesh(&self) -> Result<ambient_proxy::MeshState, RunError> {
+        self.state.mesh_state().map_err(|e| format!("the mesh does not validate: {e}"))
+    }
+
+    fn fault(&mut self, index: usize, fault: &Fault) -> Result<(), RunError> {
+        match fault {
+            Fault::Partition(link) => self.link_fault(link, |s| s.partitioned = true),
+            Fault::Loss { link, rate } => {
+                let rate = *rate;
+                self.link_fault(link, |s| s.loss = Some(rate))
+            }
+            Fault::Latency { link, add } => self.latency(index, link, *add),
+            Fault::Heal(link) => self.heal(link.as_ref()),
+            Fault::RestartProxy(node) => {
+                self.crash_proxy(node)?;
+                self.start_proxy(node)
+            }
+            Fault::CrashProxy(node) => self.crash_proxy(node),
+            Fault::StartProxy(node) => self.start_proxy(node),
+            Fault::FlushConntrack(peer) => self
+                .peer_ns(peer)?
+                .conntrack_flush()
+                .map_err(|e| format!("flushing conntrack of {}: {e}", peer.label())),
+            Fault::DeletePod { pod, .. } => self.delete_pod(fault, pod),
+            Fault::AddPod { pod, .. } => self.add_pod(fault, pod),
+            Fault::Apply(_) | Fault::Remove(_) => {
+                self.state.apply(fault);
+                self.proxies.update_mesh(&self.mesh()?);
+                Ok(())
+            }
+        }
+    }
+
+    fn link_indices(&self, link: &NodeLink) -> Result<(usize, usize), RunError> {
+        Ok((self.node_index(&link.a)?, self.node_index(&link.b)?))
+    }
+
+    fn link_fault(
+        &mut self,
+        link: &NodeLink,
+        change: impl FnOnce(&mut LinkState),
+    ) -> Result<(), RunError> {
+        let (a, b) = self.link_indices(link)?;
+        self.faults.update(a, b, change);
+        self.load_filters(&[a, b])
+    }
+
+    /// Loads the filter table of each node in `nodes` from the fault state.
+    fn load_filters(&self, nodes: &[usize]) -> Result<(), RunError> {
+        for &i in nodes {
+            let text = self.faults.filter_table(&self.topo.plan, i);
+            self.topo.nodes[i].iptables_restore(&text, false).map_err(|e| {
+                format!("loading node {}'s link-fault rules: {e}", self.world.nodes[i].name)
+            })?;
+        }
+        Ok(())
+    }
+
+    fn latency(&mut self, index: usize, link: &NodeLink, add: Duration) -> Result<(), RunError> {
+        let (a, b) = self.link_indices(link)?;
+        let mut result = Ok(());
+        for (here, there) in [(a, b), (b, a)] {
+            let dev = node_link(there);
+            result = self.topo.nodes[here]
+                .rtnl(move |rt| async move { rt.set_netem_delay(&dev, add).await });
+            if result.is_err() {
+                break;
+            }
+        }
+        match result {
+            Ok(()) => {
+                self.faults.update(a, b, |s| s.latency = Some(add));
+                Ok(())
+            }
+            Err(e) => {
+                // Undo a half-applied delay, then say why the step was not performed.
+                self.clear_netem(a, b)?;
+                self.skipped.push(Skipped {
+                    step: index,
+                    reason: format!(
+                        "adding latency needs the kernel's netem queueing discipline \
+                         (CONFIG_NET_SCH_NETEM), which this kernel refused: {e}"
+                    ),
+                });
+                Ok(())
+            }
+        }
+    }
+
+    fn clear_netem(&self, a: usize, b: usize) -> Result<(), RunError> {
+        for (here, there) in [(a, b), (b, a)] {
+            let dev = node_link(there);
+            self.topo.nodes[here]
+                .rtnl(move |rt| async move { rt.clear_root_qdisc(&dev).await })
+                .map_err(|e| format!("removing netem: {e}"))?;
+        }
+        Ok(())
+    }
+
+    fn heal(&mut self, link: Option<&NodeLink>) -> Result<(), RunError> {
+        let links = match link {
+            Some(l) => vec![self.link_indices(l)?],
+            None => self.faults.faulted(),
+        };
+        let mut nodes = BTreeSet::new();
+        for (a, b) in links {
+            if self.faults.get(a, b).latency.is_some() {
+                self.clear_netem(a, b)?;
+            }
+            self.faults.update(a, b, |s| *s = LinkState::default());
+            nodes.extend([a, b]);
+        }
+        self.load_filters(&nodes.into_iter().collect::<Vec<_>>())
+    }
+
+    /// The order of a real pod deletion: the node proxy is told first (the CNI plugin's DEL
+    /// runs before the pod's network is torn down) and sends GOAWAY on the pod's tunnels; once
+    /// their source proxies have closed them (bounded by [`SETTLE`]), the pod's link and
+    /// namespace go.
+    fn delete_pod(&mut self, fault: &Fault, key: &ObjectKey) -> Result<(), RunError> {
+        let pod = self.state.pods.get(key).cloned();
+        self.state.apply(fault);
+        if let Some(pod) = &pod
+            && pod.is_captured()
+        {
+            self.proxies.remove_pod(&pod.node, pod.ip);
+            let gateway = SocketAddr::new(pod.ip.into(), ambient_proxy::inpod::INBOUND_HBONE_PORT);
+            let deadline = Instant::now() + SETTLE;
+            while observe::open_tunnels_to(&self.proxies.log_since_crash(), gateway) > 0
+                && Instant::now() < deadline
+            {
+                std::thread::sleep(SETTLE_POLL);
+            }
+        }
+        self.proxies.update_mesh(&self.mesh()?);
+        self.topo.remove_pod(key).map_err(topo_err)
+    }
+
+    fn add_pod(&mut self, fault: &Fault, pod: &Pod) -> Result<(), RunError> {
+        self.state.apply(fault);
+        self.proxies.update_mesh(&self.mesh()?);
+        self.topo.add_pods(self.sandbox, &[pod]).map_err(topo_err)?;
+        let ns = &self.topo.pods[&pod.key].ns;
+        start_apps(ns, &pod.serve, &self.accepts)
+            .map_err(|e| format!("pod {}: {e}", pod.label()))?;
+        if pod.is_captured() {
+            let path = ns.path().to_path_buf();
+            self.proxies
+                .add_pod(&pod.node, ns, (pod.ip, path))
+                .map_err(|e| format!("adding pod {} to proxy@{}: {e}", pod.label(), pod.node))?;
+        }
+        Ok(())
+    }
+
+    /// The clients whose connections have finished (their addresses).
+    fn finished_clients(&self) -> BTreeSet<SocketAddr> {
+        self.slots.iter().filter_map(|s| s.run.as_ref()?.local).collect()
+    }
+
+    /// The state now: once the proxies have logged the end of every finished connection and
+    /// conntrack holds no connection half-way through opening or closing (together bounded by
+    /// [`SETTLE`]), every existing pod's and host's conntrack table, every captured pod's rule
+    /// counters, and the tunnels opened so far.
+    fn snapshot(&self) -> Result<State, RunError> {
+        let clients = self.finished_clients();
+        let deadline = Instant::now() + SETTLE;
+        while !observe::open_clients(&self.proxies.log_since_crash(), &clients).is_empty()
+            && Instant::now() < deadline
+        {
+            std::thread::sleep(SETTLE_POLL);
+        }
+        // One bound for both: what keeps a proxy busy usually keeps conntrack busy too.
+        let conntrack = loop {
+            let tables = self.read_conntrack()?;
+            let busy = tables.values().flatten().any(observe::transient);
+            if !busy || Instant::now() >= deadline {
+                break tables;
+            }
+            std::thread::sleep(SETTLE_POLL);
+        };
+        let counters = self.read_counters()?;
+        let mut netns = BTreeMap::new();
+        for (label, entries) in conntrack {
+            let counters = counters.get(&label).cloned().unwrap_or_default();
+            netns.insert(label, NetnsState { conntrack: entries, counters });
+        }
+        Ok(State { tunnels: assemble::tunnels(&self.proxies.log()), netns })
+    }
+
+    /// Every pod and host namespace, by its Outcome label.
+    fn labelled(&self) -> Vec<(String, &Netns, bool)> {
+        let pods = self.topo.pods.iter().map(|(key, p)| {
+            let captured = self.state.pods.get(key).is_some_and(Pod::is_captured);
+            (key.to_string(), &p.ns, captured)
+        });
+        let hosts = self.topo.hosts.iter().map(|(name, ns)| (name.clone(), ns, false));
+        pods.chain(hosts).collect()
+    }
+
+    fn read_conntrack(
+        &self,
+    ) -> Result<BTreeMap<String, Vec<ambient_scenarios::outcome::ConntrackEntry>>, RunError> {
+        let jobs: Vec<(String, JobHandle<_>)> = self
+            .labelled()
+            .into_iter()
+            .map(|(label, ns, _)| (label, ns.spawn(|| async { crate::conntrack::list_in().await })))
+            .collect();
+        let mut out = BTreeMap::new();
+        for (label, job) in jobs {
+            let entries = job
+                .wait()
+                .map_err(|e| e.to_string())
+                .and_then(|r| r.map_err(|e| e.to_string()))
+                .map_err(|e| format!("conntrack -L in {label}: {e}"))?;
+            let entries = conntrack_entries(&entries).map_err(|e| format!("{label}: {e}"))?;
+            out.insert(label, entries);
+        }
+        Ok(out)
+    }
+
+    fn read_counters(
+        &self,
+    ) -> Result<
+        BTreeMap<
+            String,
+            BTreeMap<ambient_scenarios::values::RuleRef, ambient_scenarios::outcome::Counter>,
+        >,
+        RunError,
+    > {
+        let jobs: Vec<(String, JobHandle<_>)> = self
+            .labelled()
+            .into_iter()
+            .filter(|(_, _, captured)| *captured)
+            .map(|(label, ns, _)| (label, ns.spawn(|| async { crate::iptables::save_in().await })))
+            .collect();
+        let mut out = BTreeMap::new();
+        for (label, job) in jobs {
+            let (rules, _) = job
+                .wait()
+                .map_err(|e| e.to_string())
+                .and_then(|r| r.map_err(|e| e.to_string()))
+                .map_err(|e| format!("iptables-save -c in {label}: {e}"))?;
+            out.insert(label, rule_counters(&rules));
+        }
+        Ok(out)
+    }
+
+    /// The Outcome's connections, in start order.
+    fn connections(&self) -> Vec<ambient_scenarios::outcome::Connection> {
+        let log = self.proxies.log();
+        let mut accepts = Accepts::default();
+        for a in self.accepts.lock().unwrap_or_else(|e| e.into_inner()).iter() {
+            accepts.push(a.clone());
+        }
+        let unfinished = ClientRun {
+            report: ClientReport {
+                connected: false,
+                sent: 0,
+                received: 0,
+                echoed: true,
+                end: ClientEnd::Error("the client never reported (harness bug)".into()),
+            },
+            local: None,
+        };
+        self.slots
+            .iter()
+            .map(|s| {
+                let run = s.run.as_ref().unwrap_or(&unfinished);
+                let labels = ConnLabels { id: &s.id, from: &s.from, to: &s.to, app: s.app };
+                assemble::connection(labels, &run.report, run.local, &log, &mut accepts)
+            })
+            .collect()
+    }
+
+    fn trace_step(&mut self, step: &Step, state: &State) {
+        let Some(trace) = self.trace.as_mut() else { return };
+        let json = serde_json::to_string_pretty(state).unwrap_or_default();
+        trace.push_str(&format!(
+            "== step {} ({}): {}\n{json}\n",
+            step.index,
+            step.at.path,
+            describe(&step.action)
+        ));
+    }
+}
+
+/// A step in a few words, for the trace.
+fn describe(action: &Action) -> String {
+    match action {
+        Action::Connect(c) => format!("connect {} from {} to {}", c.id, c.from.label(), c.to.label),
+        Action::Fault(f) => match f {
+            Fault::Partition(l) => format!("partition {} {}", l.a, l.b),
+            Fault::Heal(Some(l)) => format!("heal {} {}", l.a, l.b),
+            Fault::Heal(None) => "heal everything".into(),
+            Fault::Latency { link, add } => format!("latency {} {} +{add:?}", link.a, link.b),
+            Fault::Loss { link, rate } => format!("loss {} {} {rate}", link.a, link.b),
+            Fault::RestartProxy(n) => format!("restart proxy@{n}"),
+            Fault::CrashProxy(n) => format!("crash proxy@{n}"),
+            Fault::StartProxy(n) => format!("start proxy@{n}"),
+            Fault::FlushConntrack(p) => format!("flush conntrack of {}", p.label()),
+            Fault::DeletePod { pod, .. } => format!("delete pod {pod}"),
+            Fault::AddPod { pod, .. } => format!("add pod {}", pod.label()),
+            Fault::Apply(p) => format!("apply policy {}", p.key),
+            Fault::Remove(k) => format!("remove policy {k}"),
+        },
+        Action::Wait(d) => format!("wait {d:?}"),
+        Action::Check(_) => "check".into(),
+    }
+}
+
+/// Whether no listener holds the proxy's in-pod ports in the current thread's namespace.
+fn ports_free() -> bool {
+    use ambient_proxy::inpod::{INBOUND_HBONE_PORT, INBOUND_PLAINTEXT_PORT, OUTBOUND_PORT};
+    [OUTBOUND_PORT, INBOUND_PLAINTEXT_PORT, INBOUND_HBONE_PORT].into_iter().all(|port| {
+        let socket = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None);
+        socket.is_ok_and(|s| {
+            let at = std::net::SocketAddr::from((std::net::Ipv4Addr::UNSPECIFIED, port));
+            s.set_reuse_address(true).is_ok() && s.bind(&at.into()).is_ok()
+        })
+    })
+}

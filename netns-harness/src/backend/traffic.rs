@@ -1,0 +1,163 @@
+//! The scenario's apps and clients on real sockets: the shared code of
+//! [`ambient_scenarios::traffic`] (`serve`, `run_client`) run inside pod and host namespaces.
+//! Only the socket calls are this module's: a listener per `serve` entry, and a client connect
+//! that remembers its own address even when the connection never completes.
+
+use std::cell::Cell;
+use std::collections::BTreeMap;
+use std::io;
+use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
+use std::pin::Pin;
+use std::rc::Rc;
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use ambient_scenarios::assemble::Accept;
+use ambient_scenarios::traffic::{AppStream, ClientReport, ClientSpec, run_client, serve};
+use ambient_scenarios::world::App;
+use socket2::{Domain, Protocol, SockRef, Socket, Type};
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::{TcpSocket, TcpStream};
+
+use crate::netns::{JobHandle, Netns};
+use crate::socket::{self, ListenOptions};
+
+/// A kernel TCP stream as an app holds it.
+#[derive(Debug)]
+pub struct KernelStream(pub TcpStream);
+
+impl AsyncRead for KernelStream {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.0).poll_read(cx, buf)
+    }
+}
+
+impl AsyncWrite for KernelStream {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.0).poll_write(cx, buf)
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.0).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.0).poll_shutdown(cx)
+    }
+}
+
+impl AppStream for KernelStream {
+    fn reset(self) {
+        // Linger 0: the close sends a RST.
+        let _ = SockRef::from(&self.0).set_linger(Some(Duration::ZERO));
+        drop(self);
+    }
+}
+
+/// Every accept of every app of a run, in the order they happened.
+pub type AcceptLog = Arc<Mutex<Vec<Accept>>>;
+
+/// Starts one listener per `serve` entry in `ns` (`0.0.0.0:<port>`); each accept is served by
+/// its app on the namespace's thread and recorded in `log`. The listeners live as long as the
+/// namespace.
+pub fn start_apps(ns: &Netns, serve_on: &BTreeMap<u16, App>, log: &AcceptLog) -> io::Result<()> {
+    for (&port, &app) in serve_on {
+        let log = log.clone();
+        let bound = ns.run(move || async move {
+            let addr = SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, port);
+            let listener =
+                socket::listen(addr, ListenOptions { backlog: 1024, ..ListenOptions::default() })?;
+            tokio::task::spawn_local(accept_loop(listener, app, log));
+            Ok::<_, io::Error>(())
+        });
+        match bound {
+            Ok(r) => r.map_err(|e| {
+                io::Error::new(e.kind(), format!("app {} on port {port}: {e}", app.name()))
+            })?,
+            Err(e) => return Err(io::Error::other(e.to_string())),
+        }
+    }
+    Ok(())
+}
+
+async fn accept_loop(listener: tokio::net::TcpListener, app: App, log: AcceptLog) {
+    loop {
+        let Ok((stream, peer)) = listener.accept().await else {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+            continue;
+        };
+        let _ = stream.set_nodelay(true);
+        let index = {
+            let mut log = log.lock().unwrap_or_else(|e| e.into_inner());
+            log.push(Accept { app, peer, served: None });
+            log.len() - 1
+        };
+        let log = log.clone();
+        tokio::task::spawn_local(async move {
+            let report = serve(app, KernelStream(stream)).await;
+            log.lock().unwrap_or_else(|e| e.into_inner())[index].served = Some(report);
+        });
+    }
+}
+
+/// One client connection: what it saw, and its own address.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ClientRun {
+    pub report: ClientReport,
+    /// The client socket's address (bound before connecting, so known even if the connect
+    /// never completes).
+    pub local: Option<SocketAddr>,
+}
+
+/// Runs a connect step's clients in `ns`: from `local_ip` to `dst`, one per spec, one after
+/// another or all at once.
+pub fn start_clients(
+    ns: &Netns,
+    local_ip: Ipv4Addr,
+    dst: SocketAddrV4,
+    specs: Vec<ClientSpec>,
+    parallel: bool,
+) -> JobHandle<Vec<ClientRun>> {
+    ns.spawn(move || async move {
+        if parallel {
+            let runs = specs.iter().map(|spec| one_client(local_ip, dst, spec));
+            futures_util::future::join_all(runs).await
+        } else {
+            let mut out = Vec::with_capacity(specs.len());
+            for spec in &specs {
+                out.push(one_client(local_ip, dst, spec).await);
+            }
+            out
+        }
+    })
+}
+
+async fn one_client(local_ip: Ipv4Addr, dst: SocketAddrV4, spec: &ClientSpec) -> ClientRun {
+    let local = Rc::new(Cell::new(None));
+    let report = run_client(connect(local_ip, dst, local.clone()), spec).await;
+    ClientRun { report, local: local.get() }
+}
+
+/// Binds `local_ip:0`, records the address, then connects.
+async fn connect(
+    local_ip: Ipv4Addr,
+    dst: SocketAddrV4,
+    seen: Rc<Cell<Option<SocketAddr>>>,
+) -> io::Result<KernelStream> {
+    let socket = Socket::new(Domain::IPV4, Type::STREAM, Some(Protocol::TCP))?;
+    socket.set_nonblocking(true)?;
+    socket.bind(&SocketAddr::V4(SocketAddrV4::new(local_ip, 0)).into())?;
+    seen.set(socket.local_addr()?.as_socket());
+    let stream = TcpSocket::from_std_stream(socket.into()).connect(SocketAddr::V4(dst)).await?;
+    stream.set_nodelay(true)?;
+    Ok(KernelStream(stream))
+}

@@ -1,0 +1,271 @@
+//! The netns backend against the catalog: every `scenarios/catalog/*.yaml` runs on the real
+//! kernel and must meet its own expectations with no step skipped; and a deliberately broken
+//! rule set fails the expectations it should.
+//!
+//! `harness = false` (the sandbox must be entered single-threaded):
+//! `cargo test -p ambient-netns --test scenarios [-- FILTER]`. Needs root or unprivileged user
+//! namespaces; without them every case fails with the reason. Waits and holds take real time:
+//! `partition` about 70 s, `destination-proxy-restart` about 35 s.
+
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use ambient_netns::NetnsBackend;
+use ambient_netns::sandbox::Sandbox;
+use ambient_netns::testkit::{Suite, failure_lines, without_rules};
+use ambient_scenarios::{Backend, RunOptions, World, check_outcome, load_file};
+use anyhow::{bail, ensure};
+
+fn catalog_dir() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../scenarios/catalog")
+}
+
+fn load(name: &str) -> anyhow::Result<World> {
+    let path = catalog_dir().join(name);
+    load_file(&path).into_result().map_err(|d| anyhow::anyhow!("{}: {d:?}", path.display()))
+}
+
+fn main() -> ExitCode {
+    let mut files: Vec<PathBuf> = std::fs::read_dir(catalog_dir())
+        .map(|d| {
+            d.flatten()
+                .map(|e| e.path())
+                .filter(|p| p.extension().is_some_and(|e| e == "yaml"))
+                .collect()
+        })
+        .unwrap_or_default();
+    files.sort();
+    let mut suite = Suite::new("netns backend: the catalog on the kernel")
+        .case("catalog::is_not_empty", {
+            let n = files.len();
+            move |_| {
+                if n >= 7 { Ok(()) } else { Err(format!("only {n} catalog files found").into()) }
+            }
+        })
+        .case("broken_rules::without_the_15001_redirect_a_passthrough_becomes_direct", |sb| {
+            Ok(broken_passthrough(sb)?)
+        })
+        .case("broken_rules::without_the_15001_redirect_hbone_becomes_inbound_plaintext", |sb| {
+            Ok(broken_same_node(sb)?)
+        })
+        .case("faults::pods_and_proxies_come_and_go", |sb| Ok(passes(sb, COME_AND_GO)?))
+        .case("faults::a_policy_change_revokes_a_live_connection", |sb| Ok(passes(sb, REVOKE)?))
+        .case("faults::total_loss_times_out_and_heal_restores", |sb| Ok(passes(sb, LOSS)?))
+        .case("faults::latency_needs_netem_or_is_skipped_with_the_reason", |sb| Ok(latency(sb)?));
+    for file in files {
+        let stem = file.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default();
+        suite = suite.case(&format!("catalog::{stem}"), move |sb| Ok(catalog_case(sb, &file)?));
+    }
+    suite.run()
+}
+
+/// Pods deleted and added (a deleted pod's address reused), a proxy crashed and started, a
+/// conntrack table flushed: the kernel must agree with what the facts say of each.
+const COME_AND_GO: &str = r#"
+description: pods and proxies come and go
+cluster:
+  nodes: [node-a, node-b]
+  pods:
+    - {name: client, node: node-a, serviceAccount: sleep, ambient: true}
+    - {name: server, node: node-b, serviceAccount: echo, ambient: true, labels: {app: echo}, serve: [{port: 8080, app: echo}]}
+  services:
+    - {name: echo, vip: 10.96.0.10, selector: {app: echo}, ports: [{port: 80, targetPort: 8080}]}
+steps:
+  - connect: {id: before, from: client, to: echo:80, expect: {outcome: ok, path: hbone, server_peer: 10.0.1.2}}
+  - fault: {delete-pod: server}
+  # The service has no endpoint left: the proxy refuses the connection.
+  - connect: {id: no-endpoint, from: client, to: echo:80, expect: {outcome: refused, server_peer: null}}
+  - fault: {add-pod: {name: server2, node: node-b, serviceAccount: echo, ambient: true, ip: 10.0.2.2, labels: {app: echo}, serve: [{port: 8080, app: echo}]}}
+  - connect: {id: new-endpoint, from: client, to: echo:80, expect: {outcome: ok, path: hbone, server_peer: 10.0.1.2}}
+  - fault: {crash: proxy@node-a}
+  # Captured, with nothing on 15001: the REDIRECTed SYN is answered with a reset.
+  - connect: {id: no-proxy, from: client, to: echo:80, expect: {outcome: refused}}
+  - fault: {start: proxy@node-a}
+  - connect: {id: proxy-back, from: client, to: echo:80, expect: {outcome: ok, path: hbone, reused: false}}
+  - fault: {flush-conntrack: client}
+  - connect: {id: after-flush, from: client, to: echo:80, expect: {outcome: ok, path: hbone}}
+expect:
+  tunnels: {node-a->node-b: 3}
+"#;
+
+/// A DENY policy applied while a connection is open closes it; a new one is denied.
+const REVOKE: &str = r#"
+description: a policy change revokes a live connection
+cluster:
+  nodes: [node-a, node-b]
+  pods:
+    - {name: client, node: node-a, serviceAccount: sleep, ambient: true}
+    - {name: server, node: node-b, ambient: true, labels: {app: echo}, serve: [{port: 8080, app: echo}]}
+steps:
+  - connect: {id: live, from: client, to: server:8080, hold: 2s, background: true}
+  - wait: 500ms
+  - fault:
+      apply:
+        apiVersion: security.istio.io/v1
+        kind: AuthorizationPolicy
+        metadata: {name: deny-sleep, namespace: default}
+        spec:
+          selector: {matchLabels: {app: echo}}
+          action: DENY
+          rules: [{from: [{source: {principals: ["cluster.local/ns/default/sa/sleep"]}}]}]
+  - check: {connections: {live: {outcome: denied}}}
+  - connect: {id: new, from: client, to: server:8080, expect: {outcome: denied, server_peer: null}}
+  - fault: {remove: deny-sleep.default}
+  - connect: {id: allowed, from: client, to: server:8080, expect: {outcome: ok}}
+"#;
+
+/// Loss of every packet on the inter-node link: a connection gets no answer; heal restores.
+const LOSS: &str = r#"
+description: total loss, then heal
+cluster:
+  nodes: [node-a, node-b]
+  pods:
+    - {name: legacy, node: node-a}
+    - {name: server, node: node-b, ambient: true, serve: [{port: 8080, app: echo}]}
+steps:
+  - fault: {loss: {between: [node-a, node-b], rate: 1.0}}
+  - connect: {id: lost, from: legacy, to: server:8080, deadline: 1s, expect: {outcome: timeout, server_peer: null}}
+  - fault: {heal: [node-a, node-b]}
+  - connect: {id: healed, from: legacy, to: server:8080, expect: {outcome: ok, path: inbound-plaintext}}
+"#;
+
+const LATENCY: &str = r#"
+description: latency between two nodes
+cluster:
+  nodes: [node-a, node-b]
+  pods:
+    - {name: client, node: node-a, ambient: true}
+    - {name: server, node: node-b, ambient: true, serve: [{port: 8080, app: echo}]}
+steps:
+  - fault: {latency: {between: [node-a, node-b], add: 20ms}}
+  - connect: {id: slow, from: client, to: server:8080, expect: {outcome: ok, path: hbone}}
+"#;
+
+/// An inline scenario passes on the kernel.
+fn passes(sandbox: &Sandbox, text: &str) -> anyhow::Result<()> {
+    let world = ambient_scenarios::load_str("inline.yaml", text)
+        .into_result()
+        .map_err(|d| anyhow::anyhow!("{d:?}"))?;
+    let run = NetnsBackend::new(sandbox).run(&world, &RunOptions::default())?;
+    let failures = check_outcome(&world, &run.outcome);
+    if !failures.is_empty() || !run.outcome.skipped.is_empty() {
+        let lines: Vec<String> = failures.iter().map(ToString::to_string).collect();
+        bail!(
+            "{}\nskipped: {:?}\n\nOutcome:\n{}",
+            lines.join("\n"),
+            run.outcome.skipped,
+            run.outcome.to_json()
+        );
+    }
+    Ok(())
+}
+
+/// Latency is netem's: applied where the kernel has it (checked independently here, in a
+/// scratch namespace), reported as skipped with the kernel's refusal where it has not.
+fn latency(sandbox: &Sandbox) -> anyhow::Result<()> {
+    let scratch = ambient_netns::netns::Netns::create(sandbox, "netem-probe")?;
+    let has_netem = scratch
+        .rtnl(
+            |rt| async move { rt.set_netem_delay("lo", std::time::Duration::from_millis(1)).await },
+        )
+        .is_ok();
+    drop(scratch);
+    let world = ambient_scenarios::load_str("latency.yaml", LATENCY)
+        .into_result()
+        .map_err(|d| anyhow::anyhow!("{d:?}"))?;
+    let run = NetnsBackend::new(sandbox).run(&world, &RunOptions::default())?;
+    let failures = check_outcome(&world, &run.outcome);
+    if has_netem {
+        ensure!(run.outcome.skipped.is_empty() && failures.is_empty(), "{}", run.outcome.to_json());
+    } else {
+        let skipped = &run.outcome.skipped;
+        ensure!(
+            skipped.len() == 1 && skipped[0].step == 0 && skipped[0].reason.contains("netem"),
+            "without netem the latency step must be skipped with the reason: {skipped:?}"
+        );
+        // Skipped is never passed: the connection itself still ran, on a link without delay.
+        ensure!(failures.is_empty(), "{failures:?}");
+    }
+    Ok(())
+}
+
+/// One catalog scenario: no expectation fails, no step is skipped.
+fn catalog_case(sandbox: &Sandbox, file: &Path) -> anyhow::Result<()> {
+    let world = load_file(file).into_result().map_err(|d| anyhow::anyhow!("{d:?}"))?;
+    let run = NetnsBackend::new(sandbox).run(&world, &RunOptions::default())?;
+    let failures = check_outcome(&world, &run.outcome);
+    if !failures.is_empty() || !run.outcome.skipped.is_empty() {
+        let lines: Vec<String> = failures.iter().map(ToString::to_string).collect();
+        bail!(
+            "{} expectation(s) failed, {} step(s) skipped {:?}:\n{}\n\nOutcome:\n{}",
+            failures.len(),
+            run.outcome.skipped.len(),
+            run.outcome.skipped,
+            lines.join("\n"),
+            run.outcome.to_json()
+        );
+    }
+    ensure!(!run.outcome.connections.is_empty() || world.connects().next().is_none());
+    Ok(())
+}
+
+/// The expectation failures of `world` with the outbound REDIRECT (`--to-ports 15001`) removed
+/// from every captured pod, on `backend`. The simulator's half of this test is the same call
+/// with its backend, compared with [`failure_lines`] equality (it lives where both backends are
+/// visible, the `testbed` crate's tests).
+fn failures_without_outbound_redirect(
+    backend: &dyn Backend,
+    world: &World,
+) -> anyhow::Result<Vec<String>> {
+    let broken = without_rules(world, "--to-ports 15001");
+    ensure!(broken != *world, "the rule set had no 15001 REDIRECT to remove");
+    let run = backend.run(&broken, &RunOptions::default())?;
+    ensure!(run.outcome.skipped.is_empty(), "skipped: {:?}", run.outcome.skipped);
+    Ok(failure_lines(&check_outcome(&broken, &run.outcome)))
+}
+
+/// A captured client calling out of the mesh, without its REDIRECT: the connections still work,
+/// but they go direct, and the rule the counters name no longer exists.
+fn broken_passthrough(sandbox: &Sandbox) -> anyhow::Result<()> {
+    let world = load("passthrough.yaml")?;
+    let intact = NetnsBackend::new(sandbox).run(&world, &RunOptions::default())?;
+    ensure!(check_outcome(&world, &intact.outcome).is_empty(), "the intact scenario fails");
+    let kernel = failures_without_outbound_redirect(&NetnsBackend::new(sandbox), &world)?;
+    let expected = [
+        "expect.connections.to-legacy.path: expected passthrough, got direct",
+        "expect.connections.to-web.path: expected passthrough, got direct",
+        "expect.counters.client[\"nat/ISTIO_OUTPUT/6\"]: expected 2 packets, got no counter for \
+         nat/ISTIO_OUTPUT/6 of client.default in the outcome",
+    ];
+    ensure!(kernel == expected, "expected exactly {expected:#?}\ngot {kernel:#?}");
+    Ok(())
+}
+
+/// Two captured pods on one node, without the client's REDIRECT: the server's own capture still
+/// catches the connection on 15006 — it arrives as plaintext, with no identity and no tunnel.
+fn broken_same_node(sandbox: &Sandbox) -> anyhow::Result<()> {
+    let world = load("same-node-hbone.yaml")?;
+    let kernel = failures_without_outbound_redirect(&NetnsBackend::new(sandbox), &world)?;
+    // Conntrack lines name ephemeral ports; compare those by what they are about.
+    let (conntrack, rest): (Vec<&String>, Vec<&String>) =
+        kernel.iter().partition(|l| l.starts_with("expect.conntrack."));
+    let expected = [
+        "expect.counters.client[\"nat/ISTIO_OUTPUT/6\"]: expected 1 packets, got no counter for \
+         nat/ISTIO_OUTPUT/6 of client.default in the outcome",
+        "expect.counters.server[\"nat/ISTIO_PRERT/2\"]: expected 0 packets, got 1 packets",
+        "expect.tunnels[\"node-a->node-a\"]: expected 1, got 0",
+        "steps[0].connect.expect.path: expected hbone, got inbound-plaintext",
+        "steps[0].connect.expect.server_identity: expected spiffe://cluster.local/ns/default/sa/sleep, got null",
+        "steps[0].connect.expect.tunnel: expected node-a->node-a, got null",
+    ];
+    ensure!(rest == expected, "expected {expected:#?}\ngot {rest:#?}");
+    // The server's table shows the REDIRECT to 15006 where the tunnel was expected.
+    ensure!(
+        conntrack.len() == 2
+            && conntrack[0].starts_with("expect.conntrack.client:")
+            && conntrack[1].starts_with("expect.conntrack.server:")
+            && conntrack[1].contains("reply 10.0.1.3:15006 -> 10.0.1.2:"),
+        "{conntrack:#?}"
+    );
+    Ok(())
+}
