@@ -10,7 +10,10 @@
 //!               ─▶ receiver netns PREROUTING … INPUT ─▶ deliver, or FORWARD ─▶ next hop …
 //! ```
 //!
-//! REJECT replies and the kernel's own ICMP errors travel the same way. A packet the model
+//! A segment's remote is translated too: the substrate names a loopback address by its alias
+//! (`substrate.rs`), so loopback traffic inside a namespace leaves the host and takes the
+//! `local (lo)` branch like any other. REJECT replies and the kernel's own ICMP errors travel
+//! the same way. A packet the model
 //! delivers to a namespace without sockets (a node) gets the kernel's reset; an ICMP error
 //! delivered to a socket that is still connecting fails it with the errno Linux maps the error
 //! to. Drops are traced with their cause. One [`pass`] moves everything that is ready *now*;
@@ -31,7 +34,7 @@ use crate::kernel::{IfIndex, Packet, SocketInfo, TcpFlags, Trace};
 use crate::net::SimStream;
 use crate::pcap::{Captures, TcpWire};
 use crate::shared::{Log, Shared};
-use crate::substrate::{SockKey, Sockets};
+use crate::substrate::{SockKey, Sockets, view_addr};
 use crate::tcp::{self, Expiry, Flights};
 
 mod deliver;
@@ -328,7 +331,7 @@ impl Fabric {
                                 self.sockets
                                     .view(&key)
                                     .map_or(String::from("?"), |v| v.local.to_string()),
-                                key.2,
+                                view_addr(key.2),
                                 seg.seq
                             ));
                         }
@@ -359,7 +362,7 @@ impl Fabric {
             cx.note(format!(
                 "{} socket {local} > {} fails: {why} (errno {err})",
                 self.topo.slot(key.0).label,
-                key.2
+                view_addr(key.2)
             ));
         }
         abort_in_place(cx.guard, host.addr, key.1, key.2);
@@ -375,8 +378,9 @@ impl Fabric {
             return;
         };
         let Some(&netns) = self.topo.by_host_addr.get(&src) else { return };
-        let remote = SocketAddrV4::new(dst, seg.dst_port);
-        let key = (netns, seg.src_port, remote);
+        let sub_remote = SocketAddrV4::new(dst, seg.dst_port);
+        let key = (netns, seg.src_port, sub_remote);
+        let remote = view_addr(sub_remote);
         let fresh_syn = seg.flags.syn && !seg.flags.ack && !retransmit;
         let (view, abandoned) = if fresh_syn {
             self.sockets.place_syn(key).map_or((None, false), |(v, a)| (Some(v), a))
