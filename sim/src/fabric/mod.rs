@@ -180,25 +180,32 @@ impl Cx<'_> {
     }
 }
 
-/// Moves everything that is ready now: queued resets, held packets and retransmissions that
-/// are due, and every host's egress. Returns whether anything moved.
+/// Moves everything that is ready now: held packets and retransmissions that are due, every
+/// host's egress, then queued resets. Returns whether anything moved.
+///
+/// Egress comes before resets because a host answers what it receives (ACKs) when the
+/// segment arrives, as the kernel does, but turmoil-net only hands those answers over at the
+/// next egress: a socket reset since then must not be seen to send them after its RST.
 pub fn pass(shared: &Shared, guard: &EnterGuard) -> bool {
     let now = shared.now();
     let cx = Cx { guard, now, log: &shared.log };
+    let mut moved = {
+        let mut f = shared.state();
+        let mut moved = f.due(&cx);
+        let mut out = std::mem::take(&mut f.egress);
+        guard.egress_all(&mut out);
+        moved |= !out.is_empty();
+        for p in out.drain(..) {
+            f.egressed(&cx, p, false);
+        }
+        f.egress = out;
+        moved
+    };
     let resets = shared.take_resets();
-    let mut moved = !resets.is_empty();
+    moved |= !resets.is_empty();
     for stream in resets {
         reset(shared, &cx, stream);
     }
-    let mut f = shared.state();
-    moved |= f.due(&cx);
-    let mut out = std::mem::take(&mut f.egress);
-    guard.egress_all(&mut out);
-    moved |= !out.is_empty();
-    for p in out.drain(..) {
-        f.egressed(&cx, p, false);
-    }
-    f.egress = out;
     moved
 }
 
