@@ -107,6 +107,9 @@ pub struct Sockets {
     errors: BTreeMap<SockKey, i32>,
     /// Sockets whose handshake is not complete (an ICMP error aborts those).
     handshaking: BTreeSet<SockKey>,
+    /// Sockets the kernel has closed under their owner (a reset received, an error decided):
+    /// in TCP_CLOSE, closing them sends nothing.
+    closed: BTreeSet<SockKey>,
     /// Tickets whose connect was given up before its SYN left.
     abandoned: BTreeSet<u64>,
     next_port: u16,
@@ -123,6 +126,7 @@ impl Default for Sockets {
             placed: BTreeMap::new(),
             errors: BTreeMap::new(),
             handshaking: BTreeSet::new(),
+            closed: BTreeSet::new(),
             abandoned: BTreeSet::new(),
             next_port: EPHEMERAL.0,
             next_ticket: 1,
@@ -205,6 +209,7 @@ impl Sockets {
 
     fn insert(&mut self, key: SockKey, view: SockView) {
         let (netns, port, remote) = key;
+        self.closed.remove(&key);
         self.by_sub.insert(key, view);
         self.by_view.insert((netns, view.local, view_addr(remote)), port);
     }
@@ -268,10 +273,22 @@ impl Sockets {
         self.handshaking.contains(key)
     }
 
-    /// Records an error the socket must report (errno).
+    /// Records an error the socket must report (errno); the kernel has closed it.
     pub fn set_error(&mut self, key: SockKey, errno: i32) {
         self.errors.insert(key, errno);
         self.handshaking.remove(&key);
+        self.closed.insert(key);
+    }
+
+    /// A reset reached the socket: the kernel has closed it.
+    pub fn reset_received(&mut self, key: SockKey) {
+        self.handshaking.remove(&key);
+        self.closed.insert(key);
+    }
+
+    /// Whether the kernel has closed the socket under its owner (nothing to reset).
+    pub fn is_closed(&self, key: &SockKey) -> bool {
+        self.closed.contains(key)
     }
 
     /// The error the harness decided for a socket, if any.

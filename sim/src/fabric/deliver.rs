@@ -70,6 +70,9 @@ impl Fabric {
         if flags.syn && flags.ack {
             self.sockets.established(&key);
         }
+        if flags.rst {
+            self.sockets.reset_received(key);
+        }
         // A segment entirely below what this socket already acknowledged: the kernel would
         // answer with a duplicate ACK (the sender's ACK may have been lost).
         let len = tcp::seq_len(&seg);

@@ -210,35 +210,37 @@ pub fn pass(shared: &Shared, guard: &EnterGuard) -> bool {
 }
 
 /// A stream closed abortively: the socket is aborted in place (no packet), closed, and the
-/// RST its kernel would send goes out through the model.
+/// RST its kernel would send goes out through the model — unless the kernel had already
+/// closed it (a reset received, an error): then, as `tcp_close` in TCP_CLOSE, nothing is sent.
 fn reset(shared: &Shared, cx: &Cx<'_>, mut stream: SimStream) {
     let Some((host, key, inner)) = stream.take_for_reset() else { return };
     let (_, port, remote) = key;
     let rst = {
         let mut f = shared.state();
         f.flights.forget(&key);
-        let view = f.sockets.view(&key).copied();
-        let (seq, ack) = view.map_or((0, 0), |v| (v.snd_nxt, v.rcv_ack.unwrap_or(0)));
-        SubPacket {
+        let view = f.sockets.view(&key).copied().filter(|_| !f.sockets.is_closed(&key));
+        view.map(|v| SubPacket {
             src: IpAddr::V4(host.addr),
             dst: IpAddr::V4(*remote.ip()),
             ttl: 64,
             payload: Transport::Tcp(TcpSegment {
                 src_port: port,
                 dst_port: remote.port(),
-                seq,
-                ack,
+                seq: v.snd_nxt,
+                ack: v.rcv_ack.unwrap_or(0),
                 flags: SubFlags { rst: true, ack: true, ..SubFlags::default() },
                 window: 0,
                 payload: Bytes::new(),
             }),
-        }
+        })
     };
     abort_in_place(cx.guard, host.addr, port, remote);
     turmoil_net::set_current(host.id);
     drop(inner);
     drop(stream);
-    shared.state().egressed(cx, rst, true);
+    if let Some(rst) = rst {
+        shared.state().egressed(cx, rst, true);
+    }
 }
 
 impl Fabric {
