@@ -223,28 +223,25 @@ impl Sockets {
         self.by_sub.get_mut(key)
     }
 
-    /// Where a packet the kernel delivers locally in `netns` goes: the substrate socket whose
-    /// view is (`local`, `remote`), else the listener's port (= `local`'s). A SYN (or any
-    /// packet to an unknown pair) records the view, so the host's answer translates.
+    /// The socket a packet the kernel delivers locally in `netns` goes to: the live substrate
+    /// socket whose view is (`local`, `remote`), else, for a SYN (`syn`: SYN without ACK), a
+    /// new one on the port of the listener that takes it, whose view it records so the host's
+    /// answers translate. `None`: no socket takes it, the kernel answers with a reset.
     pub fn deliver_to(
         &mut self,
         netns: NetnsId,
         local: SocketAddrV4,
         remote: SocketAddrV4,
         syn: bool,
-    ) -> SockKey {
-        let sub_remote = substrate_addr(remote);
-        if !syn && let Some(&p) = self.by_view.get(&(netns, local, remote)) {
-            return (netns, p, sub_remote);
+    ) -> Option<SockKey> {
+        let live = self.by_view(netns, local, remote).filter(|k| !self.closed.contains(k));
+        if live.is_some() || !syn || !self.listening(netns, local) {
+            return live;
         }
-        let port = local.port();
-        let key = (netns, port, sub_remote);
-        let info = self.listeners.get(&(netns, port)).map(|l| l.info).unwrap_or_default();
-        let info = SocketInfo { wildcard: false, ..info };
-        if syn || !self.by_sub.contains_key(&key) {
-            self.insert(key, SockView::new(local, info));
-        }
-        key
+        let key = (netns, local.port(), substrate_addr(remote));
+        let info = self.listeners.get(&(netns, local.port())).map(|l| l.info).unwrap_or_default();
+        self.insert(key, SockView::new(local, SocketInfo { wildcard: false, ..info }));
+        Some(key)
     }
 
     /// Whether a listening socket of `netns` takes a SYN to `local` (bound to its port, and
@@ -280,8 +277,9 @@ impl Sockets {
         self.closed.insert(key);
     }
 
-    /// A reset reached the socket: the kernel has closed it.
-    pub fn reset_received(&mut self, key: SockKey) {
+    /// The kernel has closed the socket under its owner (a reset received or sent): it takes
+    /// no more packets.
+    pub fn close(&mut self, key: SockKey) {
         self.handshaking.remove(&key);
         self.closed.insert(key);
     }
@@ -377,7 +375,9 @@ mod tests {
         assert_eq!((v.local.port(), v.info.mark, v.info.id, abandoned), (p2, 0x539, t2.id, false));
         assert!(s.place_syn((n, 49154, remote)).is_none(), "no ticket left");
         assert_eq!(s.by_view(n, v.local, remote), Some((n, 49153, remote)));
-        assert_eq!(s.deliver_to(n, v.local, remote, false), (n, 49153, remote));
+        assert_eq!(s.deliver_to(n, v.local, remote, false), Some((n, 49153, remote)));
+        s.close((n, 49153, remote));
+        assert_eq!(s.deliver_to(n, v.local, remote, false), None, "closed");
     }
 
     #[test]
@@ -387,7 +387,10 @@ mod tests {
         s.listen(n, a("0.0.0.0:15001"), SocketInfo { mark: 0x539, ..SocketInfo::default() });
         let local = a("127.0.0.1:15001");
         let peer = a("10.0.1.2:32768");
-        assert_eq!(s.deliver_to(n, local, peer, true), (n, 15001, peer));
+        assert_eq!(s.deliver_to(n, local, peer, true), Some((n, 15001, peer)));
+        assert_eq!(s.deliver_to(n, local, peer, false), Some((n, 15001, peer)));
+        assert_eq!(s.deliver_to(n, a("127.0.0.1:15002"), peer, true), None, "no listener");
+        assert_eq!(s.deliver_to(n, local, a("10.0.1.2:32769"), false), None, "no socket");
         assert_eq!(s.view(&(n, 15001, peer)).unwrap().local, local);
         let l = s.lookup(n);
         assert_eq!(l.listener(Protocol::Tcp, a("10.0.1.2:15001")).unwrap().mark, 0x539);
@@ -412,11 +415,11 @@ mod tests {
         let (client, _) = s.place_syn((n, 49152, sub)).unwrap();
         assert_eq!(client.local, a("127.0.0.1:32768"));
         // The SYN reaches the listener from the client's alias …
-        let accepted = s.deliver_to(n, server, client.local, true);
+        let accepted = s.deliver_to(n, server, client.local, true).unwrap();
         assert_eq!(accepted, (n, 8080, a("241.0.0.1:32768")));
         assert_eq!(s.view(&accepted).unwrap().local, server);
         // … and the answer reaches the client's substrate socket from the server's.
-        assert_eq!(s.deliver_to(n, client.local, server, false), (n, 49152, sub));
+        assert_eq!(s.deliver_to(n, client.local, server, false), Some((n, 49152, sub)));
         assert_eq!(s.by_view(n, server, client.local), Some(accepted));
         let l = s.lookup(n);
         assert!(l.established(Protocol::Tcp, client.local, server).is_some());

@@ -1,7 +1,8 @@
 //! The last step of the packet loop: what the kernel delivered locally reaches its substrate
 //! socket (from the alias of its source when that is a loopback address); a SYN nothing
-//! listens for (the port unbound, or bound to another address), and anything that reaches a
-//! namespace without sockets, gets the kernel's reset; ICMP errors fail sockets that are
+//! listens for (the port unbound, or bound to another address), a segment for a socket that
+//! is not there (never was, or closed by a reset), and anything that reaches a namespace
+//! without sockets, get the kernel's reset (from no socket: no mark); ICMP errors fail sockets that are
 //! still connecting; a segment already acknowledged gets a duplicate ACK.
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddrV4};
@@ -48,14 +49,11 @@ impl Fabric {
         let remote = pkt.src_sock();
         let flags = to_sub_flags(pkt.tcp_flags);
         let syn = flags.syn && !flags.ack;
-        if syn
-            && !self.sockets.listening(netns, local)
-            && self.sockets.by_view(netns, local, remote).is_none()
-        {
-            // Nothing listens on the address and port: the kernel's reset.
+        let Some(key) = self.sockets.deliver_to(netns, local, remote, syn) else {
+            // No socket takes it (nothing listens on the address and port; the socket is
+            // closed): the kernel's reset.
             return self.kernel_reset(cx, netns, &pkt, &wire);
-        }
-        let key = self.sockets.deliver_to(netns, local, remote, syn);
+        };
         let (_, port, sub_remote) = key;
         let seg = TcpSegment {
             src_port: remote.port(),
@@ -71,7 +69,7 @@ impl Fabric {
             self.sockets.established(&key);
         }
         if flags.rst {
-            self.sockets.reset_received(key);
+            self.sockets.close(key);
         }
         // A segment entirely below what this socket already acknowledged: the kernel would
         // answer with a duplicate ACK (the sender's ACK may have been lost).

@@ -238,9 +238,11 @@ fn reset(shared: &Shared, cx: &Cx<'_>, mut stream: SimStream) {
     turmoil_net::set_current(host.id);
     drop(inner);
     drop(stream);
+    let mut f = shared.state();
     if let Some(rst) = rst {
-        shared.state().egressed(cx, rst, true);
+        f.egressed(cx, rst, true);
     }
+    f.sockets.close(key);
 }
 
 impl Fabric {
