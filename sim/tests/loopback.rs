@@ -16,6 +16,8 @@ cluster:
   pods:
     - {name: web, node: node-a, serviceAccount: web, ambient: true, serve: [{port: 8080, app: echo}]}
     - {name: plain, node: node-a, serve: [{port: 8080, app: echo}]}
+  external:
+    - {name: outside, ip: 203.0.113.10, serve: [{port: 443, app: echo}]}
 "#;
 
 fn run(name: &str, rest: &str) -> SimRun {
@@ -122,6 +124,21 @@ expect:
     plain: []
 "#,
     );
+}
+
+#[test]
+fn an_external_host_talks_to_itself_on_loopback() {
+    let r = run(
+        "loopback-external",
+        r#"
+steps:
+  - connect: {id: lo, from: outside, to: "127.0.0.1:443", expect: {outcome: ok, server_peer: 127.0.0.1}}
+  - connect: {id: closed, from: outside, to: "127.0.0.1:444", expect: {outcome: refused}}
+"#,
+    );
+    let lines = walks(&r, "outside");
+    assert!(lines.iter().all(|l| l.contains("| OUTPUT POSTROUTING lo PREROUTING INPUT |")));
+    assert!(lines.iter().any(|l| l.contains("127.0.0.1:444 > 127.0.0.1:") && l.contains(" RA ")));
 }
 
 #[test]
