@@ -15,7 +15,7 @@ use std::collections::BTreeSet;
 use std::path::Path;
 
 use ambient_netns::diff::case::{Case, CloseOrder, ConnectResult, NormEntry, Observation, Side};
-use ambient_netns::diff::compare::Difference;
+use ambient_netns::diff::compare::{Difference, comparable_entries, timing_sensitive_flows};
 use ambient_netns::diff::normalize::{entry_flow, zone_may_split_tcp};
 use ambient_netns::socket::ConnectErrorKind;
 use serde::Deserialize;
@@ -135,7 +135,11 @@ fn conntrack_sides(
         "conntrack_closed" => o.conntrack_closed.get(&side).cloned(),
         _ => None,
     };
-    let (k, m) = (pick(kernel).unwrap_or_default(), pick(model).unwrap_or_default());
+    // The entries the comparison compares (compare::comparable_entries), not the raw snapshot.
+    let sensitive = timing_sensitive_flows(kernel, model);
+    let compared =
+        |o: &Observation| comparable_entries(kernel, &sensitive, &pick(o).unwrap_or_default());
+    let (k, m) = (compared(kernel), compared(model));
     let only = |a: &[NormEntry], b: &[NormEntry]| {
         a.iter().filter(|e| !b.contains(e)).cloned().collect::<Vec<_>>()
     };
