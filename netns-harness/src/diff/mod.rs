@@ -70,9 +70,11 @@
 //!
 //! Differences beyond these are either listed in `tests/differential-expected.yaml` — each entry
 //! with its reason and a matcher (the field, and conditions on the case and both observations
-//! that must all hold; see `tests/differential/expected.rs`) — or fail the case. The one entry
+//! that must all hold; see `tests/differential/expected.rs`) — or fail the case. The entries
 //! today: a zone-split connection's SYN_SENT entry that the kernel keeps after the client's RST
-//! (out of the window the entry knows) and the model, which tracks no sequence numbers, deletes.
+//! (out of the window the entry knows) and the model, which tracks no sequence numbers, deletes;
+//! and a zone-split connection whose SYN_SENT entry the kernel saw a reply for because the pod
+//! ACKed the peer's data before its server accept()ed (no socket yet for `-m owner`: a race).
 //!
 //! Kernel behaviours the cases exercise that a model has to reproduce (seen in the dumps):
 //! a SYN-ACK with no conntrack entry in its zone is INVALID (neither tracked nor NATed), but a
