@@ -757,4 +757,42 @@ mod tests {
         assert!(dump.contains("SYN_RECV") && !dump.contains("UNREPLIED"), "{dump}");
         assert_eq!(dump.lines().count(), 1, "no zone-1 entry: {dump}");
     }
+    /// Kernel 6.18 (differential suite seed 10299, reproduced by hand): a pod connects to its
+    /// own 10.0.1.2:15001; raw OUTPUT puts the client's packets in zone 1, so its ACK (an ACK
+    /// of the original direction to a SYN_SENT entry) is INVALID there. Back through `lo` it is
+    /// picked up in zone 0 as a new connection, which nat PREROUTING REDIRECTs to 127.0.0.1;
+    /// the route nat dropped is looked up again, and 127.0.0.1 arriving on `lo` is a martian
+    /// (`route_localnet` off): the ACK, and every data segment after it, never arrives — each
+    /// one REDIRECTed anew, its unconfirmed entry discarded.
+    #[test]
+    fn a_looped_back_packet_redirected_to_127_0_0_1_is_a_martian() {
+        use crate::kernel::path::DropCause;
+        use crate::kernel::{PacketVerdict, RouteError};
+        let mut n = Netns::new();
+        n.ip("addr add 10.0.1.2/24 dev eth0").unwrap();
+        let rules = "*raw\n-A OUTPUT -p tcp --dport 15001 -j CT --zone 1\nCOMMIT\n\
+                     *nat\n-A PREROUTING -j REDIRECT\nCOMMIT\n";
+        n.restore(rules, RestoreOptions::default()).unwrap();
+        let (client, server) =
+            ("10.0.1.2:40000".parse().unwrap(), "10.0.1.2:15001".parse().unwrap());
+        let now = Duration::ZERO;
+        let mut send = |src, dst, flags: TcpFlags| {
+            let len = if flags.has(TcpFlags::SYN) { 60 } else { 52 };
+            n.output(Packet::tcp(src, dst, flags).with_len(len), None, now, &NoSockets)
+        };
+        assert!(send(client, server, TcpFlags::S).is_local());
+        assert!(send(server, client, TcpFlags::SA).is_local());
+        for _ in 0..2 {
+            let ack = send(client, server, TcpFlags::A);
+            assert_eq!(
+                ack.verdict,
+                PacketVerdict::Drop(DropCause::Route(RouteError::Martian)),
+                "{ack:?}"
+            );
+        }
+        assert!(n.save(true).contains("[2:104] -A PREROUTING -j REDIRECT"), "{}", n.save(true));
+        let dump = n.conntrack_dump(now);
+        assert!(dump.contains("SYN_SENT") && dump.contains("zone=1"), "{dump}");
+        assert_eq!(dump.lines().count(), 1, "{dump}");
+    }
 }
