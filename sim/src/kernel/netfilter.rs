@@ -382,7 +382,7 @@ fn match_one(m: &Match, skb: &mut Skb, env: &Env<'_>) -> bool {
             hit != mp.negated
         }
         Match::Socket(s) => socket_match(*s, skb, env),
-        Match::OwnerSocketExists { negated } => skb.socket.is_some() != *negated,
+        Match::OwnerSocketExists { negated } => skb.socket.is_some_and(|s| !s.orphan) != *negated,
         Match::Comment(_) => true,
     }
 }
@@ -517,5 +517,29 @@ mod tests {
         let reply = o.reply.expect("REJECT's ICMP error");
         assert!(!reply.accepted(), "the error must be rejected in turn: {reply:?}");
         assert!(n.save(true).contains("[2:"), "{}", n.save(true));
+    }
+    /// Kernel 6.18 (differential suite seeds 10491, 10815; reproduced by hand with counters on
+    /// `-m owner ! --socket-exists`): what a connection still in the accept queue sends — the
+    /// ACK of data that came before `accept()` — has no `struct socket`, so `--socket-exists`
+    /// does not match it; the same connection's packets after `accept()` match.
+    #[test]
+    fn socket_exists_does_not_match_a_connection_not_yet_accepted() {
+        use crate::kernel::SocketInfo;
+        let mut n = Netns::new();
+        n.ip("addr add 10.0.1.2/24 dev eth0").unwrap();
+        n.ip("route add default via 10.0.1.1 dev eth0").unwrap();
+        let rules = "*raw\n-A OUTPUT -p tcp -m owner --socket-exists\n\
+                     -A OUTPUT -p tcp -m owner ! --socket-exists\nCOMMIT\n";
+        n.restore(rules, RestoreOptions::default()).unwrap();
+        let (src, dst) = ("10.0.1.2:8080".parse().unwrap(), "10.0.1.1:40000".parse().unwrap());
+        let ack = || Packet::tcp(src, dst, TcpFlags::A).with_len(52);
+        let queued = SocketInfo { id: 3, orphan: true, ..SocketInfo::default() };
+        n.output(ack(), Some(queued), Duration::ZERO, &NoSockets);
+        let accepted = SocketInfo { orphan: false, ..queued };
+        n.output(ack(), Some(accepted), Duration::ZERO, &NoSockets);
+        n.output(ack(), Some(accepted), Duration::ZERO, &NoSockets);
+        let save = n.save(true);
+        assert!(save.contains("[2:104] -A OUTPUT -p tcp -m owner --socket-exists"), "{save}");
+        assert!(save.contains("[1:52] -A OUTPUT -p tcp -m owner ! --socket-exists"), "{save}");
     }
 }
