@@ -537,5 +537,25 @@ fn model_executor_basics() -> anyhow::Result<()> {
         serde_json::to_string(&again.observation)? == serde_json::to_string(o)?,
         "two model runs of one case differ"
     );
+
+    // The peer's data comes before the pod's accept(): the pod ACKs it from a connection with no
+    // `struct socket` yet, which `--socket-exists` does not match; a client in the pod itself is
+    // accepted before its first write (seeds 10491, 10815).
+    let ruleset = "*raw\n:PREROUTING ACCEPT [0:0]\n:OUTPUT ACCEPT [0:0]\n-A OUTPUT -p tcp -m owner ! --socket-exists\nCOMMIT\n";
+    let case = Case {
+        seed: 0,
+        ruleset: ruleset.into(),
+        topology: Topology::standard(),
+        flows: vec![
+            flow(0, Side::Peer, "10.0.1.2:8080", CloseOrder::ClientFirst),
+            flow(1, Side::Pod, "10.0.1.2:8081", CloseOrder::ClientFirst),
+        ],
+    };
+    let run = model::model_observe(&case).map_err(|e| anyhow::anyhow!("{e}"))?;
+    let socketless = run.listing.lines().find(|l| l.contains("socket-exists")).unwrap_or_default();
+    anyhow::ensure!(
+        socketless.starts_with("[1:52] "),
+        "one socketless packet (the pod's ACK of flow 0's data) expected: {socketless}"
+    );
     Ok(())
 }

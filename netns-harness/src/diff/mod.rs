@@ -42,7 +42,10 @@
 //! with ENETUNREACH, and no non-transparent socket — nor the kernel's RST — sends from a
 //! foreign address; a hard ICMP error fails a connect only if it quotes the SYN (errors come
 //! back while `tcp_connect` is still sending it); an ICMP error that arrives between the
-//! handshake and the application's wake-up is what SO_ERROR reports, so the connect fails.
+//! handshake and the application's wake-up is what SO_ERROR reports, so the connect fails; a
+//! connection from the other namespace is accepted after its first data arrived (each namespace
+//! runs its tasks on its own thread), so the pod ACKs that data from a connection with no
+//! `struct socket` yet, which `-m owner --socket-exists` does not match.
 //!
 //! # The comparison, the normalisations and the exemptions
 //!
@@ -70,11 +73,9 @@
 //!
 //! Differences beyond these are either listed in `tests/differential-expected.yaml` — each entry
 //! with its reason and a matcher (the field, and conditions on the case and both observations
-//! that must all hold; see `tests/differential/expected.rs`) — or fail the case. The entries
+//! that must all hold; see `tests/differential/expected.rs`) — or fail the case. The one entry
 //! today: a zone-split connection's SYN_SENT entry that the kernel keeps after the client's RST
-//! (out of the window the entry knows) and the model, which tracks no sequence numbers, deletes;
-//! and a zone-split connection whose SYN_SENT entry the kernel saw a reply for because the pod
-//! ACKed the peer's data before its server accept()ed (no socket yet for `-m owner`: a race).
+//! (out of the window the entry knows) and the model, which tracks no sequence numbers, deletes.
 //!
 //! Kernel behaviours the cases exercise that a model has to reproduce (seen in the dumps):
 //! a SYN-ACK with no conntrack entry in its zone is INVALID (neither tracked nor NATed), but a

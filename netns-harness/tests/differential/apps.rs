@@ -66,6 +66,8 @@ impl World<'_> {
             server: None,
             timer_scheduled: 0,
             delack_scheduled: 0,
+            queued: false,
+            backlog: Vec::new(),
         });
         let conn = host.sockets.conns.len() - 1;
         self.clients[flow].conn = Some(conn);

@@ -46,16 +46,6 @@ pub enum Condition {
     /// entry the kernel lacks, and every entry only the kernel has is an unreplied `SYN_SENT`
     /// entry of a flow that closed with a reset (`client-reset`).
     OnlyKernelHasSynSentEntriesOfResetFlows,
-    /// The kernel's canonical listing has, in the raw table, a `CT --zone` rule with an owner
-    /// match (`-m owner`): a packet's zone depends on whether it has a socket.
-    ZoneRuleMatchesSocketOwner,
-    /// For a conntrack field: the entries only one side has pair up as the same connection, of
-    /// a flow a pod listener accepted, that the kernel saw a reply for while it was SYN_SENT and
-    /// the model did not — in the open snapshot a `SYN_SENT` entry the kernel has replied and the
-    /// model unreplied; in the closed one (the flow closed with a reset) a `CLOSE` entry, replied,
-    /// where the model has none (its unreplied entry was deleted by the reset), the same
-    /// connection having been `SYN_SENT` replied in the kernel's open snapshot.
-    OnlyKernelSawAReplyInSynSent,
 }
 
 impl Condition {
@@ -80,74 +70,8 @@ impl Condition {
                             && entry_flow(e).is_some_and(|id| reset_flows.contains(&id))
                     })
             }
-            Condition::ZoneRuleMatchesSocketOwner => {
-                let mut raw = false;
-                kernel.canonical_rules.lines().any(|line| {
-                    if let Some(table) = line.strip_prefix('*') {
-                        raw = table == "raw";
-                    }
-                    raw && line.contains("-m owner") && line.contains("-j CT --zone")
-                })
-            }
-            Condition::OnlyKernelSawAReplyInSynSent => {
-                only_kernel_saw_a_reply_in_syn_sent(case, kernel, model, field)
-            }
         }
     }
-}
-
-fn only_kernel_saw_a_reply_in_syn_sent(
-    case: &Case,
-    kernel: &Observation,
-    model: &Observation,
-    field: &str,
-) -> bool {
-    let Some((kernel_only, model_only)) = conntrack_sides(kernel, model, field) else {
-        return false;
-    };
-    let pod_listeners: BTreeSet<&str> = case
-        .topology
-        .listeners
-        .iter()
-        .filter(|l| l.side == Side::Pod)
-        .map(|l| l.id.as_str())
-        .collect();
-    let accepted_in_pod = |e: &NormEntry| {
-        entry_flow(e).is_some_and(|id| {
-            kernel.flows.iter().any(|f| {
-                f.id == id
-                    && f.accepted
-                        .as_ref()
-                        .is_some_and(|a| pod_listeners.contains(a.listener.as_str()))
-            })
-        })
-    };
-    let same_connection = |a: &NormEntry, b: &NormEntry| {
-        (&a.proto, &a.orig, &a.reply, &a.zone) == (&b.proto, &b.orig, &b.reply, &b.zone)
-    };
-    let syn_sent = |e: &NormEntry, replied: bool| {
-        e.state.as_deref() == Some("SYN_SENT") && e.unreplied != replied
-    };
-    // The model's unreplied twin of a kernel entry replied in SYN_SENT.
-    let twin = |k: &NormEntry| {
-        syn_sent(k, true) && model_only.iter().any(|m| same_connection(k, m) && syn_sent(m, false))
-    };
-    // A reset closed it: CLOSE in the kernel, gone in the model; SYN_SENT replied when open.
-    let reset = |k: &NormEntry| {
-        let flow = entry_flow(k);
-        k.state.as_deref() == Some("CLOSE")
-            && !k.unreplied
-            && case.flows.iter().any(|f| Some(f.id) == flow && f.close == CloseOrder::ClientReset)
-            && !model_only.iter().any(|m| same_connection(k, m))
-            && kernel
-                .conntrack_open
-                .values()
-                .flatten()
-                .any(|o| same_connection(k, o) && syn_sent(o, true))
-    };
-    !kernel_only.is_empty()
-        && kernel_only.iter().all(|k| accepted_in_pod(k) && (twin(k) || reset(k)))
-        && model_only.iter().all(|m| kernel_only.iter().any(|k| same_connection(k, m) && twin(k)))
 }
 
 /// The entries only the kernel has and only the model has, for a conntrack field.
