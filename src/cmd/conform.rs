@@ -157,15 +157,19 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     };
     let clock = WallClock(Instant::now());
     let mut progress = Lines { total: 0, started: Instant::now() };
-    let report =
-        match conform::run(&request, &ambient_sim::SimBackend, netns.as_ref(), &clock, &mut progress)
-        {
-            Ok(report) => report,
-            Err(e) => {
-                eprintln!("testbed conform: {e}");
-                return Ok(ExitCode::from(2));
-            }
-        };
+    let report = match conform::run(
+        &request,
+        &ambient_sim::SimBackend,
+        netns.as_ref(),
+        &clock,
+        &mut progress,
+    ) {
+        Ok(report) => report,
+        Err(e) => {
+            eprintln!("testbed conform: {e}");
+            return Ok(ExitCode::from(2));
+        }
+    };
     print!("{}", conform::render::table(&report, &request.out.display().to_string()));
     if let Some(path) = &args.report {
         let text = conform::render::markdown(&report);

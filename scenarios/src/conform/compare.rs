@@ -121,19 +121,22 @@ impl Differ<'_> {
     }
 
     fn state(&mut self, at: &str, a: &State, b: &State) {
-        let pairs: std::collections::BTreeSet<_> = a.tunnels.keys().chain(b.tunnels.keys()).collect();
+        let pairs: std::collections::BTreeSet<_> =
+            a.tunnels.keys().chain(b.tunnels.keys()).collect();
         for pair in pairs {
             let (x, y) = (a.tunnels.get(pair).copied(), b.tunnels.get(pair).copied());
             let field = format!("{at}.tunnels[{}]", json(&pair.to_string()));
             self.value(field, &x.unwrap_or(0), &y.unwrap_or(0), FieldKind::Other);
         }
-        let names: std::collections::BTreeSet<&String> = a.netns.keys().chain(b.netns.keys()).collect();
+        let names: std::collections::BTreeSet<&String> =
+            a.netns.keys().chain(b.netns.keys()).collect();
         for name in names {
             let field = format!("{at}.netns[{}]", json(name));
             match (a.netns.get(name), b.netns.get(name)) {
                 (Some(x), Some(y)) => self.netns(&field, name, x, y),
                 (x, y) => {
-                    let shown = |s: Option<&NetnsState>| if s.is_some() { "present" } else { ABSENT };
+                    let shown =
+                        |s: Option<&NetnsState>| if s.is_some() { "present" } else { ABSENT };
                     self.push(field, shown(x).into(), shown(y).into(), FieldKind::Other);
                 }
             }
@@ -142,7 +145,8 @@ impl Differ<'_> {
 
     fn netns(&mut self, at: &str, name: &str, a: &NetnsState, b: &NetnsState) {
         self.conntrack(at, &a.conntrack, &b.conntrack);
-        let rules: std::collections::BTreeSet<_> = a.counters.keys().chain(b.counters.keys()).collect();
+        let rules: std::collections::BTreeSet<_> =
+            a.counters.keys().chain(b.counters.keys()).collect();
         for rule in rules {
             let kind = match self.rules.counting(name, rule) {
                 Counting::FirstPackets => FieldKind::FirstPacketCounter,
@@ -156,7 +160,10 @@ impl Differ<'_> {
                 }
                 (x, y) => {
                     let shown = |c: Option<&crate::outcome::Counter>| {
-                        c.map_or_else(|| ABSENT.to_string(), |c| format!("[{}:{}]", c.packets, c.bytes))
+                        c.map_or_else(
+                            || ABSENT.to_string(),
+                            |c| format!("[{}:{}]", c.packets, c.bytes),
+                        )
                     };
                     self.push(field, shown(x), shown(y), kind);
                 }
@@ -244,8 +251,12 @@ impl Display for Attrs {
 /// Every difference between the simulator's Outcome `sim` and the kernel's `netns` of `world`,
 /// in the order of the Outcome's fields.
 pub fn compare(world: &World, sim: &Outcome, netns: &Outcome) -> Vec<Difference> {
-    let mut d =
-        Differ { ports: Ports::of(world), rules: RuleBook::of(world), out: Vec::new(), _world: world };
+    let mut d = Differ {
+        ports: Ports::of(world),
+        rules: RuleBook::of(world),
+        out: Vec::new(),
+        _world: world,
+    };
     d.value("scenario".into(), &sim.scenario, &netns.scenario, FieldKind::Other);
     d.value("seed".into(), &sim.seed, &netns.seed, FieldKind::Other);
     let (ca, cb) = (&sim.connections, &netns.connections);

@@ -213,8 +213,7 @@ fn one(
                 Status::Ran { .. } => None,
                 _ => Some(name.to_string()),
             };
-            let missing: Vec<String> =
-                side(a, "sim").into_iter().chain(side(b, "netns")).collect();
+            let missing: Vec<String> = side(a, "sim").into_iter().chain(side(b, "netns")).collect();
             Comparison::NotCompared(format!("no Outcome from {}", missing.join(" and ")))
         }
     };

@@ -97,7 +97,10 @@ impl<'de> Deserialize<'de> for Scenarios {
                 Ok(Scenarios::One(v.to_string()))
             }
 
-            fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<Scenarios, A::Error> {
+            fn visit_seq<A: serde::de::SeqAccess<'de>>(
+                self,
+                mut seq: A,
+            ) -> Result<Scenarios, A::Error> {
                 let mut out = Vec::new();
                 while let Some(s) = seq.next_element::<String>()? {
                     out.push(s);
@@ -179,8 +182,7 @@ pub fn glob(pattern: &str, text: &str) -> bool {
         return pattern == text;
     }
     let (first, last) = (parts[0], parts[parts.len() - 1]);
-    if !text.starts_with(first) || text.len() < first.len() + last.len() || !text.ends_with(last)
-    {
+    if !text.starts_with(first) || text.len() < first.len() + last.len() || !text.ends_with(last) {
         return false;
     }
     let mut rest = &text[first.len()..text.len() - last.len()];
@@ -262,11 +264,7 @@ impl ExpectedDifferences {
             let mut entry: Entry = match yaml::de::from_node(node, &path) {
                 Ok(e) => e,
                 Err(e) => {
-                    errors.push(err(
-                        e.pos.unwrap_or(node.pos),
-                        e.path.unwrap_or(path),
-                        e.message,
-                    ));
+                    errors.push(err(e.pos.unwrap_or(node.pos), e.path.unwrap_or(path), e.message));
                     continue;
                 }
             };
@@ -280,7 +278,11 @@ impl ExpectedDifferences {
                 ));
             }
             if entry.field.trim().is_empty() {
-                errors.push(err(at("field"), path.key("field"), "the field pattern is empty".into()));
+                errors.push(err(
+                    at("field"),
+                    path.key("field"),
+                    "the field pattern is empty".into(),
+                ));
             }
             let empty_scenarios = match &entry.scenarios {
                 Scenarios::One(s) => s.trim().is_empty(),

@@ -139,8 +139,9 @@ impl RuleBook {
     pub fn of(world: &World) -> RuleBook {
         let mut by_netns = BTreeMap::new();
         let mut add = |label: String, rules: &str| {
-            let counted =
-                rule_positions(rules).into_iter().map(|(r, spec)| (r.clone(), counting(r.table, &spec)));
+            let counted = rule_positions(rules)
+                .into_iter()
+                .map(|(r, spec)| (r.clone(), counting(r.table, &spec)));
             by_netns.insert(label, counted.collect());
         };
         for pod in world.pods.values() {
@@ -189,19 +190,24 @@ mod tests {
     fn ephemeral_ports_become_placeholders_by_order_within_the_entry() {
         let ports = Ports { fixed: [8080, 40000].into_iter().collect() };
         // The simulator's first port and a kernel's random one read the same.
-        let sim = ports.entry(&entry("10.0.1.2:32768 -> 10.96.0.10:80", "127.0.0.1:15001 -> 10.0.1.2:32768"));
-        let kernel =
-            ports.entry(&entry("10.0.1.2:51234 -> 10.96.0.10:80", "127.0.0.1:15001 -> 10.0.1.2:51234"));
+        let sim = ports
+            .entry(&entry("10.0.1.2:32768 -> 10.96.0.10:80", "127.0.0.1:15001 -> 10.0.1.2:32768"));
+        let kernel = ports
+            .entry(&entry("10.0.1.2:51234 -> 10.96.0.10:80", "127.0.0.1:15001 -> 10.0.1.2:51234"));
         assert_eq!(sim, kernel);
         assert_eq!(sim.0, "10.0.1.2:$a -> 10.96.0.10:80");
         assert_eq!(sim.1, "127.0.0.1:15001 -> 10.0.1.2:$a");
         // A source NAT that changed the port keeps its shape.
-        let natted = ports.entry(&entry("10.0.1.2:33000 -> 10.0.2.2:8080", "10.0.2.2:8080 -> 10.0.9.9:45000"));
+        let natted = ports
+            .entry(&entry("10.0.1.2:33000 -> 10.0.2.2:8080", "10.0.2.2:8080 -> 10.0.9.9:45000"));
         assert_eq!(natted.1, "10.0.2.2:8080 -> 10.0.9.9:$b");
         // A fixed port in the ephemeral range stays as it is; low ports are never ephemeral.
-        let fixed = ports.entry(&entry("10.0.1.2:40000 -> 10.0.2.2:1000", "10.0.2.2:1000 -> 10.0.1.2:40000"));
+        let fixed = ports
+            .entry(&entry("10.0.1.2:40000 -> 10.0.2.2:1000", "10.0.2.2:1000 -> 10.0.1.2:40000"));
         assert_eq!(fixed.0, "10.0.1.2:40000 -> 10.0.2.2:1000");
-        assert!(!ports.is_ephemeral(32767) && ports.is_ephemeral(60999) && ports.is_ephemeral(65535));
+        assert!(
+            !ports.is_ephemeral(32767) && ports.is_ephemeral(60999) && ports.is_ephemeral(65535)
+        );
         assert_eq!(placeholder(27), "b1");
     }
 
@@ -210,7 +216,10 @@ mod tests {
         assert_eq!(counting(Table::Nat, "-A OUTPUT -j ISTIO_OUTPUT"), Counting::FirstPackets);
         let new = "-A X -p tcp -m conntrack --ctstate NEW -j ACCEPT";
         assert_eq!(counting(Table::Filter, new), Counting::FirstPackets);
-        assert_eq!(counting(Table::Mangle, "-A X -m state --state NEW -j MARK"), Counting::FirstPackets);
+        assert_eq!(
+            counting(Table::Mangle, "-A X -m state --state NEW -j MARK"),
+            Counting::FirstPackets
+        );
         for every in [
             "-A X -m conntrack ! --ctstate NEW -j ACCEPT",
             "-A X -m conntrack --ctstate NEW,ESTABLISHED -j ACCEPT",

@@ -154,7 +154,10 @@ pub fn markdown(report: &ConformReport) -> String {
          So where `agree` is `yes` below, the kernel's nat counters and conntrack tables (every \
          namespace, every `check` and the end) equal the simulator's.\n"
     );
-    let _ = writeln!(out, "| scenario | agree | first-packet counters compared | conntrack entries compared |");
+    let _ = writeln!(
+        out,
+        "| scenario | agree | first-packet counters compared | conntrack entries compared |"
+    );
     let _ = writeln!(out, "| --- | --- | --- | --- |");
     for r in report.results.iter().filter(|r| LIFECYCLE.contains(&r.id.as_str())) {
         let (counters, entries) = exact_sizes(r);
@@ -243,7 +246,12 @@ fn exact_sizes(r: &ScenarioConformance) -> (String, String) {
     (counters.to_string(), entries.to_string())
 }
 
-fn case(name: String, file: &str, wall: Duration, failure: Option<(&str, String, String)>) -> TestCase {
+fn case(
+    name: String,
+    file: &str,
+    wall: Duration,
+    failure: Option<(&str, String, String)>,
+) -> TestCase {
     let status = match failure {
         None => TestCaseStatus::success(),
         Some((kind, message, text)) => {
@@ -274,7 +282,12 @@ pub fn junit(report: &ConformReport) -> Result<String, SerializeError> {
     let mut total = Duration::ZERO;
     for r in &report.results {
         total += r.sim.wall + r.netns.wall;
-        suite.add_test_case(case(format!("{} [sim]", r.id), &r.file, r.sim.wall, side_failure(&r.sim)));
+        suite.add_test_case(case(
+            format!("{} [sim]", r.id),
+            &r.file,
+            r.sim.wall,
+            side_failure(&r.sim),
+        ));
         suite.add_test_case(case(
             format!("{} [netns]", r.id),
             &r.file,
@@ -322,7 +335,11 @@ pub fn table(report: &ConformReport, out_dir: &str) -> String {
             };
             let detail = detail.or_else(|| {
                 first_unlisted(r).map(|(f, a, b)| {
-                    if a.is_empty() && b.is_empty() { f } else { format!("{f}: sim {a}, netns {b}") }
+                    if a.is_empty() && b.is_empty() {
+                        f
+                    } else {
+                        format!("{f}: sim {a}, netns {b}")
+                    }
                 })
             });
             let agree = match detail {
@@ -330,7 +347,13 @@ pub fn table(report: &ConformReport, out_dir: &str) -> String {
                 None => agree(r).to_string(),
             };
             let wall = r.sim.wall + r.netns.wall;
-            [r.id.clone(), side(&r.sim).into(), side(&r.netns).into(), agree, format!("{:.1}s", wall.as_secs_f64())]
+            [
+                r.id.clone(),
+                side(&r.sim).into(),
+                side(&r.netns).into(),
+                agree,
+                format!("{:.1}s", wall.as_secs_f64()),
+            ]
         })
         .collect();
     let header = ["scenario", "sim", "netns", "agree", "time"].map(String::from);
