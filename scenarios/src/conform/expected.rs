@@ -8,7 +8,7 @@
 //!   reason: >-                         # required, not empty: why the backends differ here
 //!     Rules every packet traverses count ACKs and segments …
 //!   scenarios: "*"                     # "*", or a list of scenario ids (`*` globs allowed)
-//!   field: 'end.netns[*].counters[*]'  # a pattern over the difference's field; `*` matches
+//!   field: '*.netns[*].counters[*]'   # a pattern (or a list) over the difference's field; `*` matches
 //!                                      # any run of characters, everything else is literal;
 //!                                      # it must match the whole field or a prefix ending
 //!                                      # before `.` or `[`
@@ -65,8 +65,9 @@ pub fn exact_only(scenario: &str, kind: FieldKind) -> bool {
 pub struct Entry {
     pub id: String,
     pub reason: String,
-    pub scenarios: Scenarios,
-    pub field: String,
+    pub scenarios: Patterns,
+    /// One pattern or several (any may match).
+    pub field: Patterns,
     #[serde(default)]
     pub when: Vec<Condition>,
     /// Where the entry is written in the file (filled in after decoding).
@@ -74,57 +75,68 @@ pub struct Entry {
     pub pos: Pos,
 }
 
-/// Which scenarios an entry applies to.
+/// One glob or a list of globs: which scenarios an entry applies to, which fields it covers.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Scenarios {
+pub enum Patterns {
     /// `"*"` (every scenario), or one id or glob.
     One(String),
     /// Ids or globs.
     List(Vec<String>),
 }
 
-impl<'de> Deserialize<'de> for Scenarios {
+impl<'de> Deserialize<'de> for Patterns {
     fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         struct V;
         impl<'de> serde::de::Visitor<'de> for V {
-            type Value = Scenarios;
+            type Value = Patterns;
 
             fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-                f.write_str("\"*\", a scenario id, or a list of scenario ids (globs allowed)")
+                f.write_str("a pattern or a list of patterns (`*` matches any run of characters)")
             }
 
-            fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<Scenarios, E> {
-                Ok(Scenarios::One(v.to_string()))
+            fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<Patterns, E> {
+                Ok(Patterns::One(v.to_string()))
             }
 
             fn visit_seq<A: serde::de::SeqAccess<'de>>(
                 self,
                 mut seq: A,
-            ) -> Result<Scenarios, A::Error> {
+            ) -> Result<Patterns, A::Error> {
                 let mut out = Vec::new();
                 while let Some(s) = seq.next_element::<String>()? {
                     out.push(s);
                 }
-                Ok(Scenarios::List(out))
+                Ok(Patterns::List(out))
             }
         }
         d.deserialize_any(V)
     }
 }
 
-impl Scenarios {
+impl Patterns {
     pub fn matches(&self, id: &str) -> bool {
+        self.iter().any(|p| glob(p, id))
+    }
+
+    pub fn iter(&self) -> impl Iterator<Item = &String> {
         match self {
-            Scenarios::One(p) => glob(p, id),
-            Scenarios::List(ps) => ps.iter().any(|p| glob(p, id)),
+            Patterns::One(p) => std::slice::from_ref(p).iter(),
+            Patterns::List(ps) => ps.iter(),
+        }
+    }
+
+    fn is_empty(&self) -> bool {
+        match self {
+            Patterns::One(s) => s.trim().is_empty(),
+            Patterns::List(v) => v.is_empty() || v.iter().any(|s| s.trim().is_empty()),
         }
     }
 
     /// As written, for reports.
     pub fn describe(&self) -> String {
         match self {
-            Scenarios::One(p) => p.clone(),
-            Scenarios::List(ps) => ps.join(", "),
+            Patterns::One(p) => p.clone(),
+            Patterns::List(ps) => ps.join(", "),
         }
     }
 }
@@ -137,33 +149,37 @@ pub enum Condition {
     /// nat, not `--ctstate NEW`): its count depends on the TCP stack.
     EveryPacketCounter,
     /// The field belongs to connection N (`connections[N]…`), and on both backends connection N
-    /// ended `reset` with nothing received: the server reset it at once, so whether the client's
-    /// write got in before the RST is a race between the two ends' TCP stacks.
-    ResetBeforeReply,
+    /// ended `denied`, `refused` or `reset` with nothing received: the far end (a proxy refusing
+    /// it, or an app) reset it before answering anything, so whether the client's write got into
+    /// its socket before the RST arrived is a race between the two ends' TCP stacks.
+    RefusedBeforeReply,
 }
 
 impl Condition {
     pub const ALL: &'static [Condition] =
-        &[Condition::EveryPacketCounter, Condition::ResetBeforeReply];
+        &[Condition::EveryPacketCounter, Condition::RefusedBeforeReply];
 
     pub fn as_str(self) -> &'static str {
         match self {
             Condition::EveryPacketCounter => "every-packet-counter",
-            Condition::ResetBeforeReply => "reset-before-reply",
+            Condition::RefusedBeforeReply => "refused-before-reply",
         }
     }
 
     pub fn holds(self, d: &Difference, sim: &Outcome, netns: &Outcome) -> bool {
         match self {
             Condition::EveryPacketCounter => d.kind == FieldKind::EveryPacketCounter,
-            Condition::ResetBeforeReply => {
+            Condition::RefusedBeforeReply => {
                 let Some(i) = connection_index(&d.field) else { return false };
-                let reset = |o: &Outcome| {
-                    o.connections
-                        .get(i)
-                        .is_some_and(|c| c.outcome == ConnOutcome::Reset && c.received == 0)
+                let refused = |o: &Outcome| {
+                    o.connections.get(i).is_some_and(|c| {
+                        matches!(
+                            c.outcome,
+                            ConnOutcome::Denied | ConnOutcome::Refused | ConnOutcome::Reset
+                        ) && c.received == 0
+                    })
                 };
-                reset(sim) && reset(netns)
+                refused(sim) && refused(netns)
             }
         }
     }
@@ -211,7 +227,7 @@ impl Entry {
     /// Whether this entry covers `d` (of scenario `scenario`).
     pub fn covers(&self, scenario: &str, d: &Difference, sim: &Outcome, netns: &Outcome) -> bool {
         self.scenarios.matches(scenario)
-            && field_matches(&self.field, &d.field)
+            && self.field.iter().any(|f| field_matches(f, &d.field))
             && self.when.iter().all(|c| c.holds(d, sim, netns))
     }
 }
@@ -247,6 +263,10 @@ impl ExpectedDifferences {
             path,
             message,
         };
+        let blank = |l: &str| l.trim().is_empty() || l.trim_start().starts_with('#');
+        if text.lines().all(blank) {
+            return Ok(ExpectedDifferences { file: file.to_string(), entries: Vec::new() });
+        }
         let root = yaml::parse(text).map_err(|e| vec![err(e.pos, KeyPath::root(), e.message)])?;
         let items = match &root.value {
             yaml::Value::Seq(items) => items.as_slice(),
@@ -277,18 +297,14 @@ impl ExpectedDifferences {
                     "every entry needs a reason: why the backends differ here, in words a reader can check".into(),
                 ));
             }
-            if entry.field.trim().is_empty() {
+            if entry.field.is_empty() {
                 errors.push(err(
                     at("field"),
                     path.key("field"),
                     "the field pattern is empty".into(),
                 ));
             }
-            let empty_scenarios = match &entry.scenarios {
-                Scenarios::One(s) => s.trim().is_empty(),
-                Scenarios::List(v) => v.is_empty() || v.iter().any(|s| s.trim().is_empty()),
-            };
-            if empty_scenarios {
+            if entry.scenarios.is_empty() {
                 errors.push(err(
                     at("scenarios"),
                     path.key("scenarios"),

@@ -174,7 +174,7 @@ pub fn markdown(report: &ConformReport) -> String {
             out,
             "Matcher: scenarios `{}`, field `{}`{}.\n",
             e.scenarios.describe(),
-            e.field,
+            e.field.describe(),
             if when.is_empty() { String::new() } else { format!(", when {}", when.join(", ")) }
         );
         if used.is_empty() {
