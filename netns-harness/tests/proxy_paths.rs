@@ -99,7 +99,7 @@ impl Cluster {
             deadline: Duration::from_secs(10),
             payload: 7,
         };
-        let mut runs = start_clients(ns, ip, dst, vec![spec], false).wait()?;
+        let mut runs = start_clients(ns, dst, vec![spec], false).wait()?;
         let run = runs.pop().context("no client report")?;
         ensure!(
             run.report.end == ClientEnd::Closed && run.report.intact(3000),

@@ -121,12 +121,13 @@ pub fn connection(
     let no_upstream = events.iter().any(|(_, e)| matches!(e, Event::Error { .. }));
     // Precedence: a policy decision explains everything after it; a client that gave up at its
     // deadline timed out, whatever a proxy logged later; a proxy's refusal explains a client that
-    // got nothing back, however its socket was closed.
+    // got nothing back from an app, however its socket was closed (what it may have read came
+    // from the proxy itself: the TLS alert 15008 answers plain text with).
     let (outcome, error) = if denied {
         (ConnOutcome::Denied, None)
     } else if report.end == ClientEnd::Timeout {
         (ConnOutcome::Timeout, None)
-    } else if no_upstream && report.received == 0 {
+    } else if no_upstream && (report.received == 0 || accept.is_none()) {
         (ConnOutcome::Refused, None)
     } else {
         match &report.end {

@@ -17,7 +17,7 @@
 use std::net::{SocketAddr, SocketAddrV4};
 use std::sync::{Arc, Mutex};
 
-use ambient_proxy::net::{ConnectOptions, Network};
+use ambient_proxy::net::ConnectOptions;
 use ambient_scenarios::BackendError;
 use ambient_scenarios::ClusterState;
 use ambient_scenarios::assemble::{self, ConnLabels, EventLog};
@@ -74,9 +74,8 @@ async fn one_connection(
     let client = Arc::new(Mutex::new(None));
     let seen = client.clone();
     let connect = async move {
-        let s = net.connect(&netns, SocketAddr::V4(dst), &ConnectOptions::default()).await?;
-        *lock(&seen) = Some(SocketAddr::V4(s.local()));
-        Ok(s)
+        let opts = ConnectOptions::default();
+        net.connect_observed(&netns, SocketAddr::V4(dst), &opts, Some(seen)).await
     };
     let report = run_client(connect, &spec).await;
     let addr = *lock(&client);

@@ -140,6 +140,32 @@ impl Network for SimNetwork {
         dst: SocketAddr,
         opts: &ConnectOptions,
     ) -> io::Result<SimStream> {
+        self.connect_observed(netns, dst, opts, None).await
+    }
+
+    fn reset(&self, stream: SimStream) {
+        stream.reset();
+    }
+
+    fn local_addr(&self, stream: &SimStream) -> io::Result<SocketAddr> {
+        Ok(SocketAddr::V4(stream.local))
+    }
+}
+
+/// Where [`SimNetwork::connect_observed`] records the client socket's address.
+pub(crate) type SeenAddr = Arc<std::sync::Mutex<Option<SocketAddr>>>;
+
+impl SimNetwork {
+    /// [`ProxyNetwork::connect`], recording the socket's address in `seen` once its SYN has
+    /// left, even if the connect then fails (a reset, an ICMP error, a timeout) — as a client
+    /// on the kernel knows its address after `connect()` returned EINPROGRESS.
+    pub(crate) async fn connect_observed(
+        &self,
+        netns: &NetnsId,
+        dst: SocketAddr,
+        opts: &ConnectOptions,
+        seen: Option<SeenAddr>,
+    ) -> io::Result<SimStream> {
         let netns = *netns;
         let mut remote = v4(dst)?;
         let host = self.host(netns)?;
@@ -180,17 +206,10 @@ impl Network for SimNetwork {
             info,
             ticket: None,
             done: false,
+            seen,
             inner: Box::pin(TcpStream::connect(SocketAddr::V4(sub_remote))),
         };
         connecting.await
-    }
-
-    fn reset(&self, stream: SimStream) {
-        stream.reset();
-    }
-
-    fn local_addr(&self, stream: &SimStream) -> io::Result<SocketAddr> {
-        Ok(SocketAddr::V4(stream.local))
     }
 }
 
@@ -208,6 +227,8 @@ struct Connecting {
     info: SocketInfo,
     ticket: Option<Ticket>,
     done: bool,
+    /// Told the local address once the SYN has left (see `SimNetwork::connect_observed`).
+    seen: Option<SeenAddr>,
     inner: ConnectFuture,
 }
 
@@ -232,6 +253,9 @@ impl Future for Connecting {
         let mut f = me.shared.state();
         let placed = f.sockets.placed(ticket);
         f.sockets.forget_ticket(ticket);
+        if let (Some(seen), Some(_)) = (&me.seen, placed) {
+            *seen.lock().unwrap_or_else(|e| e.into_inner()) = Some(SocketAddr::V4(me.local));
+        }
         Poll::Ready(match r {
             Ok(inner) => {
                 drop(f);
@@ -367,6 +391,12 @@ impl SimStream {
         self.inner.take().map(|s| (self.host, self.key, s))
     }
 
+    /// A reset arrived but is held back behind unread data (the fabric delivers it once that
+    /// is read): to writes the socket is already reset, as in the kernel.
+    fn reset_pending(&self) -> bool {
+        self.inner.is_some() && self.shared.state().reset_pending(&self.key)
+    }
+
     fn error(&self, e: io::Error) -> io::Error {
         match self.shared.state().sockets.error_of(&self.key) {
             Some(errno) => io::Error::from_raw_os_error(errno),
@@ -410,6 +440,9 @@ impl AsyncWrite for SimStream {
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
+        if self.reset_pending() {
+            return Poll::Ready(Err(io::Error::from_raw_os_error(104)));
+        }
         self.poll_inner(cx, |s, cx| s.poll_write(cx, buf))
     }
 
@@ -418,6 +451,10 @@ impl AsyncWrite for SimStream {
     }
 
     fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        if self.reset_pending() {
+            // ENOTCONN, which tokio's shutdown turns into Ok; no FIN after a reset.
+            return Poll::Ready(Ok(()));
+        }
         self.poll_inner(cx, |s, cx| s.poll_shutdown(cx))
     }
 }
@@ -430,7 +467,22 @@ impl AppStream for SimStream {
 
 impl Drop for SimStream {
     fn drop(&mut self) {
+        if self.inner.is_some() && crate::fabric::unread(self.host.addr, &self.key) > 0 {
+            // Closing a socket with received data unread aborts it (tcp_close sends a RST,
+            // RFC 2525 2.17), as the kernel does.
+            let stream = SimStream {
+                shared: self.shared.clone(),
+                host: self.host,
+                key: self.key,
+                local: self.local,
+                peer: self.peer,
+                inner: self.inner.take(),
+            };
+            self.shared.queue_reset(stream);
+            return;
+        }
         if self.inner.is_some() {
+            self.shared.queue_release(self.key);
             // The substrate socket closes when `inner` drops, right after this.
             turmoil_net::set_current(self.host.id);
             self.shared.kick();

@@ -16,6 +16,7 @@ use tokio::time::Instant;
 
 use crate::fabric::Fabric;
 use crate::net::SimStream;
+use crate::substrate::SockKey;
 
 /// What the run logged: proxy events in emission order, and the trace.
 #[derive(Debug, Default)]
@@ -32,6 +33,8 @@ pub struct Shared {
     pub log: Mutex<Log>,
     /// Streams to reset (RST) on the next pass.
     resets: Mutex<Vec<SimStream>>,
+    /// Sockets their owner closed gracefully since the last pass (see `Sockets::release`).
+    released: Mutex<Vec<SockKey>>,
     /// Woken whenever a socket is used: the packet loop has something to move.
     kick: Notify,
     kicks: AtomicU64,
@@ -51,6 +54,7 @@ impl Shared {
             state: Mutex::new(fabric),
             log: Mutex::new(Log { events: Vec::new(), trace: trace.then(Default::default) }),
             resets: Mutex::new(Vec::new()),
+            released: Mutex::new(Vec::new()),
             kick: Notify::new(),
             kicks: AtomicU64::new(0),
             quiet: AtomicBool::new(false),
@@ -105,6 +109,17 @@ impl Shared {
 
     pub fn take_resets(&self) -> Vec<SimStream> {
         std::mem::take(&mut *lock(&self.resets))
+    }
+
+    /// Records that the owner of `key` closed it; the next pass tells the socket table (a
+    /// stream may drop anywhere, so this takes no lock on the fabric).
+    pub fn queue_release(&self, key: SockKey) {
+        lock(&self.released).push(key);
+        self.kick();
+    }
+
+    pub fn take_released(&self) -> Vec<SockKey> {
+        std::mem::take(&mut *lock(&self.released))
     }
 
     /// Adds a line to the trace, if one is kept.

@@ -110,6 +110,9 @@ pub struct Sockets {
     /// Sockets the kernel has closed under their owner (a reset received, an error decided):
     /// in TCP_CLOSE, closing them sends nothing.
     closed: BTreeSet<SockKey>,
+    /// Sockets their owner has closed (`close()`, not a reset): the kernel no longer reads
+    /// for them (RCV_SHUTDOWN), so new data arriving aborts them.
+    released: BTreeSet<SockKey>,
     /// Tickets whose connect was given up before its SYN left.
     abandoned: BTreeSet<u64>,
     next_port: u16,
@@ -127,6 +130,7 @@ impl Default for Sockets {
             errors: BTreeMap::new(),
             handshaking: BTreeSet::new(),
             closed: BTreeSet::new(),
+            released: BTreeSet::new(),
             abandoned: BTreeSet::new(),
             next_port: EPHEMERAL.0,
             next_ticket: 1,
@@ -210,6 +214,7 @@ impl Sockets {
     fn insert(&mut self, key: SockKey, view: SockView) {
         let (netns, port, remote) = key;
         self.closed.remove(&key);
+        self.released.remove(&key);
         self.by_sub.insert(key, view);
         self.by_view.insert((netns, view.local, view_addr(remote)), port);
     }
@@ -282,6 +287,17 @@ impl Sockets {
     pub fn close(&mut self, key: SockKey) {
         self.handshaking.remove(&key);
         self.closed.insert(key);
+    }
+
+    /// The owner closed the socket (a graceful `close()`).
+    pub fn release(&mut self, key: SockKey) {
+        self.released.insert(key);
+    }
+
+    /// Whether the owner closed the socket and the kernel still has it (FIN_WAIT and after):
+    /// new data for it aborts it with a reset (tcp_rcv_state_process, TCPAbortOnData).
+    pub fn is_released(&self, key: &SockKey) -> bool {
+        self.released.contains(key) && !self.closed.contains(key)
     }
 
     /// Whether the kernel has closed the socket under its owner (nothing to reset).

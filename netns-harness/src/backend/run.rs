@@ -215,7 +215,7 @@ impl<'w> Runner<'w> {
             });
         }
         let parallel = matches!(c.repeat, Repeat::Parallel(_));
-        let job = start_clients(self.peer_ns(&c.from)?, c.from.ip, c.to.addr, specs, parallel);
+        let job = start_clients(self.peer_ns(&c.from)?, c.to.addr, specs, parallel);
         let slots: Vec<usize> = (first..first + count).collect();
         if c.background {
             self.pending.push(Pending { id: c.id.clone(), slots, job });

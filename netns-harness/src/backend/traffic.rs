@@ -18,7 +18,7 @@ use ambient_scenarios::traffic::{AppStream, ClientReport, ClientSpec, run_client
 use ambient_scenarios::world::App;
 use socket2::{Domain, Protocol, SockRef, Socket, Type};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
-use tokio::net::{TcpSocket, TcpStream};
+use tokio::net::TcpStream;
 
 use crate::netns::{JobHandle, Netns};
 use crate::socket::{self, ListenOptions};
@@ -113,51 +113,60 @@ async fn accept_loop(listener: tokio::net::TcpListener, app: App, log: AcceptLog
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ClientRun {
     pub report: ClientReport,
-    /// The client socket's address (bound before connecting, so known even if the connect
-    /// never completes).
+    /// The client socket's address, known once its SYN left (even if the connect then
+    /// never completes); `None` when the kernel refused the connect at once.
     pub local: Option<SocketAddr>,
 }
 
-/// Runs a connect step's clients in `ns`: from `local_ip` to `dst`, one per spec, one after
-/// another or all at once.
+/// Runs a connect step's clients in `ns` to `dst`, one per spec, one after another or all at
+/// once.
 pub fn start_clients(
     ns: &Netns,
-    local_ip: Ipv4Addr,
     dst: SocketAddrV4,
     specs: Vec<ClientSpec>,
     parallel: bool,
 ) -> JobHandle<Vec<ClientRun>> {
     ns.spawn(move || async move {
         if parallel {
-            let runs = specs.iter().map(|spec| one_client(local_ip, dst, spec));
+            let runs = specs.iter().map(|spec| one_client(dst, spec));
             futures_util::future::join_all(runs).await
         } else {
             let mut out = Vec::with_capacity(specs.len());
             for spec in &specs {
-                out.push(one_client(local_ip, dst, spec).await);
+                out.push(one_client(dst, spec).await);
             }
             out
         }
     })
 }
 
-async fn one_client(local_ip: Ipv4Addr, dst: SocketAddrV4, spec: &ClientSpec) -> ClientRun {
+async fn one_client(dst: SocketAddrV4, spec: &ClientSpec) -> ClientRun {
     let local = Rc::new(Cell::new(None));
-    let report = run_client(connect(local_ip, dst, local.clone()), spec).await;
+    let report = run_client(connect(dst, local.clone()), spec).await;
     ClientRun { report, local: local.get() }
 }
 
-/// Binds `local_ip:0`, records the address, then connects.
+/// Connects as an app does (no bind: the kernel picks the source by route, `127.0.0.1` for a
+/// loopback destination), and records the socket's address once its SYN has left. A connect
+/// the kernel refuses at once (no route: ENETUNREACH) sent nothing and records nothing, as in
+/// the simulator.
 async fn connect(
-    local_ip: Ipv4Addr,
     dst: SocketAddrV4,
     seen: Rc<Cell<Option<SocketAddr>>>,
 ) -> io::Result<KernelStream> {
     let socket = Socket::new(Domain::IPV4, Type::STREAM, Some(Protocol::TCP))?;
     socket.set_nonblocking(true)?;
-    socket.bind(&SocketAddr::V4(SocketAddrV4::new(local_ip, 0)).into())?;
+    match socket.connect(&SocketAddr::V4(dst).into()) {
+        Ok(()) => {}
+        Err(e) if e.raw_os_error() == Some(nix::errno::Errno::EINPROGRESS as i32) => {}
+        Err(e) => return Err(e),
+    }
     seen.set(socket.local_addr()?.as_socket());
-    let stream = TcpSocket::from_std_stream(socket.into()).connect(SocketAddr::V4(dst)).await?;
+    let stream = TcpStream::from_std(socket.into())?;
+    stream.writable().await?;
+    if let Some(e) = stream.take_error()? {
+        return Err(e);
+    }
     stream.set_nodelay(true)?;
     Ok(KernelStream(stream))
 }

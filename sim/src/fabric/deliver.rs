@@ -64,6 +64,12 @@ impl Fabric {
             window: wire.window,
             payload: wire.payload,
         };
+        if !seg.payload.is_empty()
+            && self.sockets.is_released(&key)
+            && dup_below(&self.sockets, &key, &seg).is_none()
+        {
+            return self.abort_on_data(cx, netns, &pkt, seg.ack, key, host.addr);
+        }
         self.flights.received(&key, &seg, cx.now);
         if flags.syn && flags.ack {
             self.sockets.established(&key);
@@ -73,20 +79,20 @@ impl Fabric {
         }
         // A segment entirely below what this socket already acknowledged: the kernel would
         // answer with a duplicate ACK (the sender's ACK may have been lost).
-        let len = tcp::seq_len(&seg);
-        let dup = match self.sockets.view(&key) {
-            Some(v) if len > 0 && !flags.syn && !flags.rst => v
-                .rcv_ack
-                .filter(|&acked| tcp::seq_le(seg.seq.wrapping_add(len), acked))
-                .map(|acked| (v.snd_nxt, acked, v.window)),
-            _ => None,
-        };
-        cx.guard.deliver(SubPacket {
+        let dup = dup_below(&self.sockets, &key, &seg);
+        let sub = SubPacket {
             src: IpAddr::V4(*sub_remote.ip()),
             dst: IpAddr::V4(host.addr),
             ttl: 64,
             payload: Transport::Tcp(seg),
-        });
+        };
+        if flags.rst && super::unread(host.addr, &key) > 0 {
+            // Data the owner has not read yet comes before the reset's error (see
+            // `Fabric::deliver_deferred_resets`).
+            self.deferred_resets.insert(key, (host.addr, sub));
+            return;
+        }
+        cx.guard.deliver(sub);
         if let Some((seq, ack, window)) = dup {
             let p = SubPacket {
                 src: IpAddr::V4(host.addr),
@@ -104,6 +110,35 @@ impl Fabric {
             };
             self.egressed(cx, p, true);
         }
+    }
+
+    /// New data for a socket its owner has closed: Linux aborts the socket and answers with a
+    /// reset from it (tcp_rcv_state_process in FIN_WAIT1/2 with RCV_SHUTDOWN, counted as
+    /// TCPAbortOnData), sent by the control socket with the socket's mark
+    /// (tcp_v4_send_reset). No TIME_WAIT follows: conntrack sees the reset and goes to CLOSE.
+    fn abort_on_data(
+        &mut self,
+        cx: &Cx<'_>,
+        netns: NetnsId,
+        pkt: &Packet,
+        ack: u32,
+        key: crate::substrate::SockKey,
+        host: Ipv4Addr,
+    ) {
+        let mark = self.sockets.view(&key).map_or(0, |v| v.info.mark);
+        self.flights.forget(&key);
+        self.forget_deferred_reset(&key);
+        abort_in_place(cx.guard, host, key.1, key.2);
+        self.sockets.close(key);
+        cx.note(format!(
+            "{} abort on data: socket {} closed by its owner got new data",
+            self.topo.slot(netns).label,
+            pkt.dst_sock()
+        ));
+        let flags = if pkt.tcp_flags.has(TcpFlags::ACK) { TcpFlags::R } else { TcpFlags::RA };
+        let rst = Packet::tcp(pkt.dst_sock(), pkt.src_sock(), flags).with_len(40);
+        let w = Wire { seq: ack, ..Wire::default() };
+        self.output(cx, netns, rst, Some(SocketInfo { mark, ..SocketInfo::kernel() }), w);
     }
 
     /// The kernel's answer to a segment no socket takes: a reset from its control socket
@@ -142,5 +177,22 @@ impl Fabric {
             _ => errno::EHOSTUNREACH,
         };
         self.fail(cx, key, err, &format!("ICMP destination unreachable code {}", icmp.code));
+    }
+}
+
+/// For a segment entirely below what the socket already acknowledged (a retransmission):
+/// what the duplicate ACK the kernel answers with carries (seq, ack, window).
+fn dup_below(
+    sockets: &crate::substrate::Sockets,
+    key: &crate::substrate::SockKey,
+    seg: &TcpSegment,
+) -> Option<(u32, u32, u16)> {
+    let len = tcp::seq_len(seg);
+    match sockets.view(key) {
+        Some(v) if len > 0 && !seg.flags.syn && !seg.flags.rst => v
+            .rcv_ack
+            .filter(|&acked| tcp::seq_le(seg.seq.wrapping_add(len), acked))
+            .map(|acked| (v.snd_nxt, acked, v.window)),
+        _ => None,
     }
 }

@@ -42,6 +42,18 @@ mod deliver;
 use crate::topology::{NetnsId, Topology};
 use deliver::abort_in_place;
 
+/// Bytes the substrate socket `key` of the host at `host` received that its owner has not
+/// read yet (0 when the socket is gone). Called on resets and closes only: it snapshots the
+/// host's socket table.
+pub(crate) fn unread(host: Ipv4Addr, key: &SockKey) -> usize {
+    let peer = std::net::SocketAddr::V4(key.2);
+    turmoil_net::netstat(IpAddr::V4(host))
+        .entries
+        .iter()
+        .find(|e| e.local.port() == key.1 && e.peer == Some(peer))
+        .map_or(0, |e| e.recv_q)
+}
+
 /// Linux errnos the harness reports.
 pub mod errno {
     pub const ETIMEDOUT: i32 = 110;
@@ -163,6 +175,9 @@ pub struct Fabric {
     pub stats: Stats,
     pub walks: BTreeMap<NetnsId, Walks>,
     egress: Vec<SubPacket>,
+    /// Resets held back from substrate sockets that still have unread data (see
+    /// [`Fabric::deliver_deferred_resets`]), by socket, with the host they go to.
+    deferred_resets: BTreeMap<SockKey, (Ipv4Addr, SubPacket)>,
 }
 
 /// Per-pass context.
@@ -191,6 +206,9 @@ pub fn pass(shared: &Shared, guard: &EnterGuard) -> bool {
     let cx = Cx { guard, now, log: &shared.log };
     let mut moved = {
         let mut f = shared.state();
+        for key in shared.take_released() {
+            f.sockets.release(key);
+        }
         let mut moved = f.due(&cx);
         let mut out = std::mem::take(&mut f.egress);
         guard.egress_all(&mut out);
@@ -201,6 +219,7 @@ pub fn pass(shared: &Shared, guard: &EnterGuard) -> bool {
         f.egress = out;
         moved
     };
+    moved |= shared.state().deliver_deferred_resets(guard);
     let resets = shared.take_resets();
     moved |= !resets.is_empty();
     for stream in resets {
@@ -218,6 +237,7 @@ fn reset(shared: &Shared, cx: &Cx<'_>, mut stream: SimStream) {
     let rst = {
         let mut f = shared.state();
         f.flights.forget(&key);
+        f.forget_deferred_reset(&key);
         let view = f.sockets.view(&key).copied().filter(|_| !f.sockets.is_closed(&key));
         view.map(|v| SubPacket {
             src: IpAddr::V4(host.addr),
@@ -266,7 +286,44 @@ impl Fabric {
             stats: Stats::default(),
             walks: BTreeMap::new(),
             egress: Vec::new(),
+            deferred_resets: BTreeMap::new(),
         }
+    }
+
+    /// Hands each held-back reset to its substrate socket once the socket's owner has read
+    /// everything that arrived before it (or the socket is gone). Returns whether any went.
+    ///
+    /// Linux queues a reset's error behind the data already received: `recv` returns that
+    /// data first and only then ECONNRESET (a client reads a TLS alert, then the reset).
+    /// turmoil-net empties the receive buffer when a reset arrives, so the model holds the
+    /// reset back instead; the kernel's view (conntrack, the socket table) saw it on time.
+    fn deliver_deferred_resets(&mut self, guard: &EnterGuard) -> bool {
+        if self.deferred_resets.is_empty() {
+            return false;
+        }
+        let ready: Vec<SockKey> = self
+            .deferred_resets
+            .iter()
+            .filter(|(key, (host, _))| unread(*host, key) == 0)
+            .map(|(key, _)| *key)
+            .collect();
+        for key in &ready {
+            if let Some((_, rst)) = self.deferred_resets.remove(key) {
+                guard.deliver(rst);
+            }
+        }
+        !ready.is_empty()
+    }
+
+    /// Whether a reset for `key` arrived and is held back behind unread data: the socket is
+    /// reset as far as writes go.
+    pub(crate) fn reset_pending(&self, key: &SockKey) -> bool {
+        self.deferred_resets.contains_key(key)
+    }
+
+    /// Forgets a held-back reset (its socket was reset or closed by its owner).
+    pub(crate) fn forget_deferred_reset(&mut self, key: &SockKey) {
+        self.deferred_resets.remove(key);
     }
 
     /// When the loop next has something to do without a socket being used.
