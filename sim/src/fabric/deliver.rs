@@ -136,7 +136,8 @@ impl Fabric {
             pkt.dst_sock()
         ));
         let flags = if pkt.tcp_flags.has(TcpFlags::ACK) { TcpFlags::R } else { TcpFlags::RA };
-        let rst = Packet::tcp(pkt.dst_sock(), pkt.src_sock(), flags).with_len(40);
+        let rst =
+            Packet { mark, ..Packet::tcp(pkt.dst_sock(), pkt.src_sock(), flags).with_len(40) };
         let w = Wire { seq: ack, ..Wire::default() };
         self.output(cx, netns, rst, Some(SocketInfo { mark, ..SocketInfo::kernel() }), w);
     }
