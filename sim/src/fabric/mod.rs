@@ -113,6 +113,21 @@ pub struct LinkFault {
     pub loss: f64,
 }
 
+/// A TCP segment put on the underlay between two nodes, as the fabric's tap recorded it
+/// (see [`Fabric::tap_underlay`]). Read-only: recording changes nothing about the run.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UnderlayPacket {
+    /// Simulated time since the run started.
+    pub at: Duration,
+    /// The sending and the receiving node (their labels).
+    pub from: String,
+    pub to: String,
+    pub src: SocketAddrV4,
+    pub dst: SocketAddrV4,
+    /// The segment's payload, byte for byte as it crossed the link.
+    pub payload: Bytes,
+}
+
 /// A packet held on a link.
 #[derive(Debug)]
 struct Held {
@@ -160,6 +175,8 @@ pub struct Fabric {
     pub stats: Stats,
     pub walks: BTreeMap<NetnsId, Walks>,
     egress: Vec<SubPacket>,
+    /// Segments with payload that left one node for another on the underlay, when tapped.
+    pub underlay: Option<Vec<UnderlayPacket>>,
 }
 
 /// Per-pass context.
@@ -252,7 +269,15 @@ impl Fabric {
             stats: Stats::default(),
             walks: BTreeMap::new(),
             egress: Vec::new(),
+            underlay: None,
         }
+    }
+
+    /// Records every TCP segment with payload that goes onto the underlay from one node to
+    /// another (before link faults: a partitioned link still saw it leave). The fuzzer's
+    /// "no plaintext between nodes" invariant reads it.
+    pub fn tap_underlay(&mut self) {
+        self.underlay.get_or_insert_with(Vec::new);
     }
 
     /// When the loop next has something to do without a socket being used.
@@ -559,6 +584,21 @@ impl Fabric {
         };
         // A packet that leaves a namespace leaves its mark behind.
         pkt.mark = 0;
+        if let Some(tap) = self.underlay.as_mut()
+            && !wire.payload.is_empty()
+            && self.topo.is_underlay(seg)
+            && matches!(self.topo.slot(from).role, crate::topology::Role::Node { .. })
+            && matches!(self.topo.slot(to).role, crate::topology::Role::Node { .. })
+        {
+            tap.push(UnderlayPacket {
+                at: cx.now,
+                from: self.topo.slot(from).label.clone(),
+                to: self.topo.slot(to).label.clone(),
+                src: SocketAddrV4::new(pkt.src, pkt.sport),
+                dst: SocketAddrV4::new(pkt.dst, pkt.dport),
+                payload: wire.payload.clone(),
+            });
+        }
         if self.topo.is_underlay(seg)
             && let (Some(a), Some(b)) = (self.topo.node_of(from), self.topo.node_of(to))
             && let Some(fault) = self.links.get(&Self::link_key(a, b)).copied()
