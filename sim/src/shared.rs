@@ -16,6 +16,7 @@ use tokio::time::Instant;
 
 use crate::fabric::Fabric;
 use crate::net::SimStream;
+use crate::substrate::SockKey;
 
 /// What the run logged: proxy events in emission order, and the trace.
 #[derive(Debug, Default)]
@@ -32,6 +33,9 @@ pub struct Shared {
     pub log: Mutex<Log>,
     /// Streams to reset (RST) on the next pass.
     resets: Mutex<Vec<SimStream>>,
+    /// Orphaned substrate sockets to abort in place (no packet) on the next pass: see
+    /// `SimNetwork::listen` (SO_REUSEADDR).
+    orphans: Mutex<Vec<(std::net::Ipv4Addr, SockKey)>>,
     /// Woken whenever a socket is used: the packet loop has something to move.
     kick: Notify,
     kicks: AtomicU64,
@@ -51,6 +55,7 @@ impl Shared {
             state: Mutex::new(fabric),
             log: Mutex::new(Log { events: Vec::new(), trace: trace.then(Default::default) }),
             resets: Mutex::new(Vec::new()),
+            orphans: Mutex::new(Vec::new()),
             kick: Notify::new(),
             kicks: AtomicU64::new(0),
             quiet: AtomicBool::new(false),
@@ -105,6 +110,16 @@ impl Shared {
 
     pub fn take_resets(&self) -> Vec<SimStream> {
         std::mem::take(&mut *lock(&self.resets))
+    }
+
+    /// Aborts the substrate socket `key` of the host at `host` in place on the next pass.
+    pub fn queue_orphan_abort(&self, host: std::net::Ipv4Addr, key: SockKey) {
+        lock(&self.orphans).push((host, key));
+        self.kick();
+    }
+
+    pub fn take_orphans(&self) -> Vec<(std::net::Ipv4Addr, SockKey)> {
+        std::mem::take(&mut *lock(&self.orphans))
     }
 
     /// Adds a line to the trace, if one is kept.

@@ -2,6 +2,7 @@
 
 pub mod certs;
 pub mod check;
+pub mod fuzz;
 pub mod proxy;
 pub mod rules;
 pub mod run;

@@ -204,6 +204,15 @@ pub fn pass(shared: &Shared, guard: &EnterGuard) -> bool {
     for stream in resets {
         reset(shared, &cx, stream);
     }
+    let orphans = shared.take_orphans();
+    if !orphans.is_empty() {
+        moved = true;
+        let mut f = shared.state();
+        for (host, key) in orphans {
+            f.flights.forget(&key);
+            abort_in_place(guard, host, key.1, key.2);
+        }
+    }
     let mut f = shared.state();
     moved |= f.due(&cx);
     let mut out = std::mem::take(&mut f.egress);
