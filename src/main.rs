@@ -24,6 +24,9 @@ enum Command {
     Check(cmd::check::Args),
     /// Run scenarios on a backend; write outcome.json per scenario, junit.xml and summary.md.
     Run(cmd::run::Args),
+    /// Run scenarios on both backends, compare their Outcomes field by field, write the
+    /// conformance matrix; differences must be listed in scenarios/expected-differences.yaml.
+    Conform(cmd::conform::Args),
     /// Print the in-pod redirection rules the CNI agent installs in a captured pod.
     Rules(cmd::rules::Args),
     /// Write a mesh CA and workload certificates (PEM) for tools outside the project.
@@ -43,6 +46,7 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Check(args) => cmd::check::run(args),
         Command::Run(args) => cmd::run::run(args),
+        Command::Conform(args) => cmd::conform::run(args),
         Command::Rules(args) => cmd::rules::run(args),
         Command::Certs(args) => cmd::certs::run(args),
         Command::Proxy(args) => cmd::proxy::run(args),

@@ -432,7 +432,9 @@ fn model_agrees(sandbox: &Sandbox, config: &Config, runs: &Runs) -> anyhow::Resu
 /// The model executor on hand-made cases whose outcome is known, and the matcher of the
 /// expected-differences file: checks of the test's own machinery (the target has no libtest).
 fn model_executor_basics() -> anyhow::Result<()> {
-    use ambient_netns::diff::case::{CloseOrder, EchoResult, FlowSpec, Port, Side, Topology};
+    use ambient_netns::diff::case::{
+        CloseOrder, CloseResult, EchoResult, FlowSpec, Port, Side, Topology,
+    };
     use ambient_netns::socket::ConnectErrorKind;
     use std::net::SocketAddrV4;
 
@@ -447,7 +449,7 @@ fn model_executor_basics() -> anyhow::Result<()> {
         payload: 64,
         close,
     };
-    let ruleset = "*nat\n:PREROUTING ACCEPT [0:0]\n:INPUT ACCEPT [0:0]\n:OUTPUT ACCEPT [0:0]\n:POSTROUTING ACCEPT [0:0]\n-A OUTPUT -p tcp -d 10.0.1.1 -j REDIRECT --to-ports 15001\nCOMMIT\n*filter\n:INPUT ACCEPT [0:0]\n:FORWARD ACCEPT [0:0]\n:OUTPUT ACCEPT [0:0]\n-A INPUT -p tcp --dport 8081 -j REJECT --reject-with icmp-host-unreachable\nCOMMIT\n";
+    let ruleset = "*nat\n:PREROUTING ACCEPT [0:0]\n:INPUT ACCEPT [0:0]\n:OUTPUT ACCEPT [0:0]\n:POSTROUTING ACCEPT [0:0]\n-A OUTPUT -p tcp -d 10.0.1.1 -j REDIRECT --to-ports 15001\nCOMMIT\n*filter\n:INPUT ACCEPT [0:0]\n:FORWARD ACCEPT [0:0]\n:OUTPUT ACCEPT [0:0]\n-A INPUT -p tcp --dport 8081 -j REJECT --reject-with icmp-host-unreachable\n-A INPUT -p tcp --sport 20004:20005 --tcp-flags PSH PSH -j REJECT --reject-with tcp-reset\nCOMMIT\n";
     let case = Case {
         seed: 0,
         ruleset: ruleset.into(),
@@ -457,6 +459,16 @@ fn model_executor_basics() -> anyhow::Result<()> {
             flow(1, Side::Peer, "10.0.1.2:8080", CloseOrder::ServerFirst),
             flow(2, Side::Peer, "10.0.1.2:8081", CloseOrder::ClientFirst),
             flow(3, Side::Peer, "10.0.1.2:9999", CloseOrder::ClientReset),
+            // Accepted, then the data is answered with a RST: the echo fails, and the close —
+            // tokio's shutdown() on a reset socket succeeds — is clean in either order.
+            FlowSpec {
+                src_port: Some(20004),
+                ..flow(4, Side::Peer, "10.0.1.2:8080", CloseOrder::ClientFirst)
+            },
+            FlowSpec {
+                src_port: Some(20005),
+                ..flow(5, Side::Peer, "10.0.1.2:8080", CloseOrder::ServerFirst)
+            },
         ],
     };
     let run = model::model_observe(&case).map_err(|e| anyhow::anyhow!("{e}"))?;
@@ -492,8 +504,22 @@ fn model_executor_basics() -> anyhow::Result<()> {
         "flow 3 {:?}",
         f[3].connect
     );
+    for f in &f[4..6] {
+        let reset =
+            matches!(&f.echo, Some(EchoResult::Short { error: Some(e), .. }) if e == "ECONNRESET");
+        anyhow::ensure!(
+            reset && f.close == Some(CloseResult::Clean),
+            "flow {}: echo {:?}, close {:?} (ECONNRESET, then a clean close expected)",
+            f.id,
+            f.echo,
+            f.close
+        );
+    }
     let pod = &o.conntrack_closed[&Side::Pod];
-    let states: Vec<_> = pod.iter().map(|e| e.state.clone().unwrap_or_default()).collect();
+    // Flows 0 and 1 (flows 4 and 5 use fixed ports 20004-20005).
+    let closed_flows =
+        pod.iter().filter(|e| !matches!(e.orig.src.port, Port::Fixed(20004 | 20005)));
+    let states: Vec<_> = closed_flows.map(|e| e.state.clone().unwrap_or_default()).collect();
     anyhow::ensure!(states == ["TIME_WAIT", "TIME_WAIT"], "pod conntrack after the close: {pod:?}");
     anyhow::ensure!(
         o.conntrack_closed[&Side::Peer].is_empty(),
@@ -510,6 +536,26 @@ fn model_executor_basics() -> anyhow::Result<()> {
     anyhow::ensure!(
         serde_json::to_string(&again.observation)? == serde_json::to_string(o)?,
         "two model runs of one case differ"
+    );
+
+    // The peer's data comes before the pod's accept(): the pod ACKs it from a connection with no
+    // `struct socket` yet, which `--socket-exists` does not match; a client in the pod itself is
+    // accepted before its first write (seeds 10491, 10815).
+    let ruleset = "*raw\n:PREROUTING ACCEPT [0:0]\n:OUTPUT ACCEPT [0:0]\n-A OUTPUT -p tcp -m owner ! --socket-exists\nCOMMIT\n";
+    let case = Case {
+        seed: 0,
+        ruleset: ruleset.into(),
+        topology: Topology::standard(),
+        flows: vec![
+            flow(0, Side::Peer, "10.0.1.2:8080", CloseOrder::ClientFirst),
+            flow(1, Side::Pod, "10.0.1.2:8081", CloseOrder::ClientFirst),
+        ],
+    };
+    let run = model::model_observe(&case).map_err(|e| anyhow::anyhow!("{e}"))?;
+    let socketless = run.listing.lines().find(|l| l.contains("socket-exists")).unwrap_or_default();
+    anyhow::ensure!(
+        socketless.starts_with("[1:52] "),
+        "one socketless packet (the pod's ACK of flow 0's data) expected: {socketless}"
     );
     Ok(())
 }

@@ -384,6 +384,25 @@ async fn drain_closes_tunnels_and_crash_drops_connections() {
     assert!(matches!(r, Ok(0) | Err(_)), "{r:?}");
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_crashed_proxy_logs_nothing_and_resets_nothing_on_its_way_out() {
+    let w = world("127.72", WorldOptions::default()).await;
+    let _app = App::start(addr("127.72.1.5:8080"), AppMode::Echo).await;
+    let mut s = w.connect(addr("127.72.1.5:8080")).await.unwrap();
+    s.write_all(b"ping").await.unwrap();
+    let mut b = [0u8; 4];
+    s.read_exact(&mut b).await.unwrap();
+    // The destination proxy dies with a live inbound stream: like a killed process, it must not
+    // see its own tunnel go and log (or reset) the stream on the way out.
+    let before = w.events_b.events().len();
+    w.b.crash();
+    let r = tokio::time::timeout(Duration::from_secs(5), s.read(&mut b)).await.unwrap();
+    assert!(matches!(r, Ok(0) | Err(_)), "{r:?}");
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let after = w.events_b.events();
+    assert_eq!(after.len(), before, "events after the crash: {:?}", &after[before..]);
+}
+
 /// Adds a removed pod back, once the aborted listener tasks have let go of its ports.
 async fn readd<N>(proxy: &ambient_proxy::NodeProxy<N>, ip: std::net::IpAddr)
 where

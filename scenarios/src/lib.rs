@@ -25,6 +25,8 @@
 //! - [`report`] — running a selection on a backend and reporting it (`testbed run`): the
 //!   driver, per-connection verdicts and truth tables, Mermaid lifecycles, `summary.md`,
 //!   `junit.xml`, the stdout table, the output folder.
+//! - [`conform`] — both backends per scenario, their Outcomes compared field by field, the
+//!   expected-differences file, the conformance matrix (`testbed conform`).
 //! - [`assemble`] — what a backend observed (client reports, proxy events, app accepts) → the
 //!   Outcome's connections and tunnel counts, the same way for both backends.
 //!
@@ -33,6 +35,7 @@
 pub mod assemble;
 pub mod backend;
 pub mod catalog;
+pub mod conform;
 mod decode;
 pub mod diag;
 pub mod expect;

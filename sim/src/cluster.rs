@@ -237,6 +237,19 @@ impl Cluster {
         log
     }
 
+    /// Every proxy's events about each client address, by node, each in emission order: the
+    /// part of [`Cluster::event_log`] that `assemble::connection` reads for one connection,
+    /// split once so that assembling n connections costs O(events), not O(n × events).
+    pub fn event_logs_by_client(&self) -> BTreeMap<SocketAddr, EventLog> {
+        let mut out: BTreeMap<SocketAddr, EventLog> = BTreeMap::new();
+        for (node, e) in &self.shared.log().events {
+            if let Some(client) = e.client() {
+                out.entry(client).or_default().entry(node.clone()).or_default().push(e.clone());
+            }
+        }
+        out
+    }
+
     /// Every app accept so far, in order.
     pub fn accepts(&self) -> Accepts {
         let mut out = Accepts::default();

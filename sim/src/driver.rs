@@ -23,7 +23,7 @@ use ambient_proxy::faults::FaultPlan;
 use ambient_proxy::net::{ConnectOptions, Network};
 use ambient_scenarios::BackendError;
 use ambient_scenarios::ClusterState;
-use ambient_scenarios::assemble::{self, ConnLabels};
+use ambient_scenarios::assemble::{self, ConnLabels, EventLog};
 use ambient_scenarios::outcome::{Outcome, Snapshot};
 use ambient_scenarios::traffic::{ClientReport, ClientSpec, Payload, run_client};
 use ambient_scenarios::world::{
@@ -195,7 +195,8 @@ impl<'w> Driver<'w> {
         settle(&self.shared).await;
         self.shared.note("end");
         let end = self.snapshot();
-        let log = self.cluster.event_log();
+        let logs = self.cluster.event_logs_by_client();
+        let none = EventLog::new();
         let mut accepts = self.cluster.accepts();
         let mut connections = Vec::with_capacity(self.conns.len());
         for c in &self.conns {
@@ -203,7 +204,8 @@ impl<'w> Driver<'w> {
                 return Err(internal(format!("connection {} never reported", c.id)));
             };
             let labels = ConnLabels { id: &c.id, from: &c.from, to: &c.to, app: c.app };
-            connections.push(assemble::connection(labels, &report, client, &log, &mut accepts));
+            let log = client.and_then(|a| logs.get(&a)).unwrap_or(&none);
+            connections.push(assemble::connection(labels, &report, client, log, &mut accepts));
         }
         let resources = self.cluster.proxy_resources();
         self.cluster.shutdown();

@@ -54,8 +54,12 @@
 //!   never collide across namespaces; the kernel randomises them (conformance normalises).
 //! - **ICMP errors** reach sockets only while they connect: the errno Linux maps the error to
 //!   (ENETUNREACH, EHOSTUNREACH, ECONNREFUSED); established sockets ignore them (soft errors).
-//! - **No UDP** (the proxy has no DNS proxy on 15053), and an app's connect to `127.0.0.0/8` is
-//!   refused with an error rather than simulated.
+//! - **No UDP** (the proxy has no DNS proxy on 15053).
+//! - **Loopback** (`127.0.0.0/8`) is simulated like any other traffic (OUTPUT → `lo` →
+//!   PREROUTING → INPUT), but its substrate sockets name it by an alias (`241.0.0.0/8`, see
+//!   [`substrate`]), so its MSS is 1,460 as elsewhere. A listener is bound to one address or
+//!   the wildcard per port: two listeners on one port with different addresses are refused
+//!   (EADDRINUSE) where the kernel would take both.
 //! - **Faults**: `restart` is `crash` then `start` (the proxy loses connections and pools); a
 //!   deleted pod's apps stop and its namespace leaves the network at once (client tasks from it
 //!   go on and fail); link faults act on the underlay between two nodes, both directions.

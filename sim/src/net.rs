@@ -9,8 +9,10 @@
 //!   Linux).
 //! - `connect` picks the view source — the transparent address the caller bound
 //!   (IP_TRANSPARENT + IP_FREEBIND), or the namespace's route source for the destination with the
-//!   socket's SO_MARK — and an ephemeral port, queues them as a ticket for the SYN, and
-//!   connects the substrate socket. SO_MARK becomes the packet mark the model sees.
+//!   socket's SO_MARK (`127.0.0.1` for the loopback network) — and an ephemeral port, queues
+//!   them as a ticket for the SYN, and connects the substrate socket (to the destination, or to
+//!   its alias for a loopback one, see `substrate.rs`). SO_MARK becomes the packet mark the
+//!   model sees. A connect to `0.0.0.0` goes to `127.0.0.1`, as on Linux.
 //! - `reset` aborts: no FIN, the peer gets a RST (SO_LINGER 0).
 //! - Errors read as the Linux kernel's (`Connection refused (os error 111)`), so proxy messages
 //!   are the same on both backends.
@@ -32,7 +34,7 @@ use turmoil_net::shim::tokio::net::{TcpListener, TcpStream};
 
 use crate::kernel::SocketInfo;
 use crate::shared::Shared;
-use crate::substrate::{SockKey, Ticket};
+use crate::substrate::{SockKey, Ticket, substrate_addr, view_addr};
 use crate::topology::{Host, NetnsId};
 
 /// The error Linux reports for what turmoil-net reports as `kind`.
@@ -165,21 +167,20 @@ impl Network for SimNetwork {
         opts: &ConnectOptions,
     ) -> io::Result<SimStream> {
         let netns = *netns;
-        let remote = v4(dst)?;
-        if remote.ip().is_loopback() || remote.ip().is_unspecified() {
-            return Err(unsupported(format!(
-                "connect to {remote}: connections to the loopback network are not simulated"
-            )));
-        }
+        let mut remote = v4(dst)?;
         let host = self.host(netns)?;
         let mark = opts.mark.unwrap_or(0);
+        let source = opts.source.map(v4).transpose()?;
+        if remote.ip().is_unspecified() {
+            // Linux (`ip_route_connect`): the destination becomes the bound source, or
+            // loopback.
+            let ip = source.map_or(Ipv4Addr::LOCALHOST, |s| *s.ip());
+            remote = SocketAddrV4::new(ip, remote.port());
+        }
         let (local, transparent) = {
             let mut f = self.shared.state();
-            let (ip, port, transparent) = match opts.source {
-                Some(src) => {
-                    let src = v4(src)?;
-                    (*src.ip(), src.port(), true)
-                }
+            let (ip, port, transparent) = match source {
+                Some(src) => (*src.ip(), src.port(), true),
                 None => {
                     let ip = f
                         .topo
@@ -194,16 +195,18 @@ impl Network for SimNetwork {
             (SocketAddrV4::new(ip, port), transparent)
         };
         let info = SocketInfo { mark, transparent, ..SocketInfo::default() };
+        let sub_remote = substrate_addr(remote);
         let connecting = Connecting {
             shared: self.shared.clone(),
             host,
             netns,
             remote,
+            sub_remote,
             local,
             info,
             ticket: None,
             done: false,
-            inner: Box::pin(TcpStream::connect(SocketAddr::V4(remote))),
+            inner: Box::pin(TcpStream::connect(SocketAddr::V4(sub_remote))),
         };
         connecting.await
     }
@@ -224,7 +227,9 @@ struct Connecting {
     shared: Arc<Shared>,
     host: Host,
     netns: NetnsId,
+    /// The destination as the kernel sees it, and as the substrate socket names it.
     remote: SocketAddrV4,
+    sub_remote: SocketAddrV4,
     local: SocketAddrV4,
     info: SocketInfo,
     ticket: Option<Ticket>,
@@ -238,7 +243,8 @@ impl Future for Connecting {
     fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let me = &mut *self;
         if me.ticket.is_none() {
-            let t = me.shared.state().sockets.push_ticket(me.netns, me.remote, me.local, me.info);
+            let t =
+                me.shared.state().sockets.push_ticket(me.netns, me.sub_remote, me.local, me.info);
             me.ticket = Some(t);
             me.shared.kick();
         }
@@ -260,14 +266,15 @@ impl Future for Connecting {
                     Ok(a) => a.port(),
                     Err(e) => return Poll::Ready(Err(linux_error(e))),
                 };
-                let key = (me.netns, port, me.remote);
+                let key = (me.netns, port, me.sub_remote);
                 Ok(SimStream::new(me.shared.clone(), me.host, key, me.local, me.remote, inner))
             }
             Err(e) => {
                 if placed.is_none() {
-                    f.sockets.cancel_ticket(me.netns, me.remote, ticket);
+                    f.sockets.cancel_ticket(me.netns, me.sub_remote, ticket);
                 }
-                let decided = placed.and_then(|p| f.sockets.error_of(&(me.netns, p, me.remote)));
+                let decided =
+                    placed.and_then(|p| f.sockets.error_of(&(me.netns, p, me.sub_remote)));
                 Err(decided.map_or_else(|| linux_error(e), io::Error::from_raw_os_error))
             }
         })
@@ -279,7 +286,7 @@ impl Drop for Connecting {
         // Closing a socket that is still connecting: its SYN is not retransmitted any more.
         if let (Some(t), false) = (self.ticket, self.done) {
             let mut f = self.shared.state();
-            f.abandon_connect(self.netns, self.remote, t.id);
+            f.abandon_connect(self.netns, self.sub_remote, t.id);
         }
         turmoil_net::set_current(self.host.id);
     }
@@ -309,8 +316,9 @@ impl Listener for SimListener {
         })
         .await
         .map_err(linux_error)?;
-        let peer = v4(peer)?;
-        let key = (self.netns, self.local.port(), peer);
+        let sub_peer = v4(peer)?;
+        let peer = view_addr(sub_peer);
+        let key = (self.netns, self.local.port(), sub_peer);
         let now = self.shared.now();
         let (local, original_dst) = {
             let f = self.shared.state();

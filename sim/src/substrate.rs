@@ -3,9 +3,9 @@
 //!
 //! Every namespace that has sockets (a pod, an external host) is one turmoil-net host with a
 //! private address in 240.0.0.0/4 that the model never sees; nodes have no sockets and no host.
-//! A substrate socket is bound to its host's private address; its *remote* is always a view
-//! address (what the app connected to, or the peer the kernel delivered), so apps and proxies
-//! see true peers. The table here supplies the other half, the view of the local end:
+//! A substrate socket is bound to its host's private address; its *remote* is a view address
+//! (what the app connected to, or the peer the kernel delivered; a loopback one by its alias,
+//! below), so apps and proxies see true peers. The table here supplies the other half, the view of the local end:
 //!
 //! - a connecting socket gets its view source when its SYN leaves the host: the [`Ticket`]
 //!   its `connect` queued (source chosen by the namespace's routing, or the transparent address
@@ -17,6 +17,15 @@
 //! One turmoil host per namespace means one port space per namespace, like the kernel; a
 //! listener's substrate port is its view port, an ephemeral socket's substrate port is
 //! whatever turmoil-net allocated and is translated.
+//!
+//! The loopback network is the one view address a substrate socket can not name: turmoil-net
+//! delivers `127.0.0.0/8` inside the host, where the model would never see it. So a view
+//! address `127.a.b.c` is `241.a.b.c` ([`LOOPBACK_ALIAS`]) to the substrate, in every
+//! namespace: a connect to `127.0.0.1:p` connects the substrate socket to `241.0.0.1:p`, which
+//! leaves the host like any remote and is translated back before the model sees it, and a
+//! packet the model delivers from `127.0.0.1` reaches the host from `241.0.0.1`. A [`SockKey`]'s
+//! remote is the substrate's ([`substrate_addr`]); everything the model and the apps see is the
+//! view ([`view_addr`]).
 
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::net::SocketAddrV4;
@@ -24,8 +33,26 @@ use std::net::SocketAddrV4;
 use crate::kernel::{Protocol, SocketInfo, SocketLookup};
 use crate::topology::NetnsId;
 
-/// A substrate socket: (namespace, substrate local port, remote as the socket sees it).
+/// A substrate socket: (namespace, substrate local port, remote as the substrate socket sees
+/// it — the view remote, or its alias for a loopback one).
 pub type SockKey = (NetnsId, u16, SocketAddrV4);
+
+/// The first octet of the substrate's alias of `127.0.0.0/8` (`241.0.0.0/8`, inside the
+/// substrate's private `240.0.0.0/4` and above every host's address, see `topology.rs`).
+pub const LOOPBACK_ALIAS: u8 = 241;
+
+/// The address a substrate socket uses for the view address `view`: its alias in
+/// `241.0.0.0/8` for a loopback address, otherwise itself.
+pub fn substrate_addr(view: SocketAddrV4) -> SocketAddrV4 {
+    let [a, b, c, d] = view.ip().octets();
+    if a == 127 { SocketAddrV4::new([LOOPBACK_ALIAS, b, c, d].into(), view.port()) } else { view }
+}
+
+/// The view address of a substrate socket's remote `sub` (the inverse of [`substrate_addr`]).
+pub fn view_addr(sub: SocketAddrV4) -> SocketAddrV4 {
+    let [a, b, c, d] = sub.ip().octets();
+    if a == LOOPBACK_ALIAS { SocketAddrV4::new([127, b, c, d].into(), sub.port()) } else { sub }
+}
 
 /// The kernel's view of one substrate socket, and what the harness learned from its segments.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -69,8 +96,10 @@ const EPHEMERAL: (u16, u16) = (32768, 60999);
 #[derive(Debug)]
 pub struct Sockets {
     by_sub: BTreeMap<SockKey, SockView>,
+    /// (namespace, view local, view remote) → substrate local port.
     by_view: BTreeMap<(NetnsId, SocketAddrV4, SocketAddrV4), u16>,
     listeners: BTreeMap<(NetnsId, u16), ListenView>,
+    /// By (namespace, substrate remote).
     tickets: BTreeMap<(NetnsId, SocketAddrV4), VecDeque<Ticket>>,
     /// Ticket id → the substrate port its SYN left from.
     placed: BTreeMap<u64, u16>,
@@ -78,6 +107,9 @@ pub struct Sockets {
     errors: BTreeMap<SockKey, i32>,
     /// Sockets whose handshake is not complete (an ICMP error aborts those).
     handshaking: BTreeSet<SockKey>,
+    /// Sockets the kernel has closed under their owner (a reset received, an error decided):
+    /// in TCP_CLOSE, closing them sends nothing.
+    closed: BTreeSet<SockKey>,
     /// Tickets whose connect was given up before its SYN left.
     abandoned: BTreeSet<u64>,
     next_port: u16,
@@ -94,6 +126,7 @@ impl Default for Sockets {
             placed: BTreeMap::new(),
             errors: BTreeMap::new(),
             handshaking: BTreeSet::new(),
+            closed: BTreeSet::new(),
             abandoned: BTreeSet::new(),
             next_port: EPHEMERAL.0,
             next_ticket: 1,
@@ -109,7 +142,8 @@ impl Sockets {
         p
     }
 
-    /// Queues the view of a connect's local end for its SYN (to `remote`, from `netns`).
+    /// Queues the view of a connect's local end for its SYN (to the substrate address `remote`,
+    /// from `netns`).
     pub fn push_ticket(
         &mut self,
         netns: NetnsId,
@@ -175,8 +209,9 @@ impl Sockets {
 
     fn insert(&mut self, key: SockKey, view: SockView) {
         let (netns, port, remote) = key;
+        self.closed.remove(&key);
         self.by_sub.insert(key, view);
-        self.by_view.insert((netns, view.local, remote), port);
+        self.by_view.insert((netns, view.local, view_addr(remote)), port);
     }
 
     /// The view of a substrate socket.
@@ -188,27 +223,33 @@ impl Sockets {
         self.by_sub.get_mut(key)
     }
 
-    /// Where a packet the kernel delivers locally in `netns` goes: the substrate port of the
-    /// socket whose view is (`local`, `remote`), else the listener's port (= `local`'s). A SYN
-    /// (or any packet to an unknown pair) records the view, so the host's answer translates.
-    pub fn deliver_port(
+    /// The socket a packet the kernel delivers locally in `netns` goes to: the live substrate
+    /// socket whose view is (`local`, `remote`), else, for a SYN (`syn`: SYN without ACK), a
+    /// new one on the port of the listener that takes it, whose view it records so the host's
+    /// answers translate. `None`: no socket takes it, the kernel answers with a reset.
+    pub fn deliver_to(
         &mut self,
         netns: NetnsId,
         local: SocketAddrV4,
         remote: SocketAddrV4,
         syn: bool,
-    ) -> u16 {
-        if !syn && let Some(&p) = self.by_view.get(&(netns, local, remote)) {
-            return p;
+    ) -> Option<SockKey> {
+        let live = self.by_view(netns, local, remote).filter(|k| !self.closed.contains(k));
+        if live.is_some() || !syn || !self.listening(netns, local) {
+            return live;
         }
-        let port = local.port();
-        let key = (netns, port, remote);
-        let info = self.listeners.get(&(netns, port)).map(|l| l.info).unwrap_or_default();
-        let info = SocketInfo { wildcard: false, ..info };
-        if syn || !self.by_sub.contains_key(&key) {
-            self.insert(key, SockView::new(local, info));
-        }
-        port
+        let key = (netns, local.port(), substrate_addr(remote));
+        let info = self.listeners.get(&(netns, local.port())).map(|l| l.info).unwrap_or_default();
+        self.insert(key, SockView::new(local, SocketInfo { wildcard: false, ..info }));
+        Some(key)
+    }
+
+    /// Whether a listening socket of `netns` takes a SYN to `local` (bound to its port, and
+    /// to its address or the wildcard).
+    pub fn listening(&self, netns: NetnsId, local: SocketAddrV4) -> bool {
+        self.listeners
+            .get(&(netns, local.port()))
+            .is_some_and(|l| l.addr.ip().is_unspecified() || l.addr.ip() == local.ip())
     }
 
     pub fn listen(&mut self, netns: NetnsId, addr: SocketAddrV4, info: SocketInfo) {
@@ -229,10 +270,23 @@ impl Sockets {
         self.handshaking.contains(key)
     }
 
-    /// Records an error the socket must report (errno).
+    /// Records an error the socket must report (errno); the kernel has closed it.
     pub fn set_error(&mut self, key: SockKey, errno: i32) {
         self.errors.insert(key, errno);
         self.handshaking.remove(&key);
+        self.closed.insert(key);
+    }
+
+    /// The kernel has closed the socket under its owner (a reset received or sent): it takes
+    /// no more packets.
+    pub fn close(&mut self, key: SockKey) {
+        self.handshaking.remove(&key);
+        self.closed.insert(key);
+    }
+
+    /// Whether the kernel has closed the socket under its owner (nothing to reset).
+    pub fn is_closed(&self, key: &SockKey) -> bool {
+        self.closed.contains(key)
     }
 
     /// The error the harness decided for a socket, if any.
@@ -247,7 +301,7 @@ impl Sockets {
         local: SocketAddrV4,
         remote: SocketAddrV4,
     ) -> Option<SockKey> {
-        self.by_view.get(&(netns, local, remote)).map(|&p| (netns, p, remote))
+        self.by_view.get(&(netns, local, remote)).map(|&p| (netns, p, substrate_addr(remote)))
     }
 
     /// Socket lookups for the model of one namespace.
@@ -321,7 +375,9 @@ mod tests {
         assert_eq!((v.local.port(), v.info.mark, v.info.id, abandoned), (p2, 0x539, t2.id, false));
         assert!(s.place_syn((n, 49154, remote)).is_none(), "no ticket left");
         assert_eq!(s.by_view(n, v.local, remote), Some((n, 49153, remote)));
-        assert_eq!(s.deliver_port(n, v.local, remote, false), 49153);
+        assert_eq!(s.deliver_to(n, v.local, remote, false), Some((n, 49153, remote)));
+        s.close((n, 49153, remote));
+        assert_eq!(s.deliver_to(n, v.local, remote, false), None, "closed");
     }
 
     #[test]
@@ -331,12 +387,55 @@ mod tests {
         s.listen(n, a("0.0.0.0:15001"), SocketInfo { mark: 0x539, ..SocketInfo::default() });
         let local = a("127.0.0.1:15001");
         let peer = a("10.0.1.2:32768");
-        assert_eq!(s.deliver_port(n, local, peer, true), 15001);
+        assert_eq!(s.deliver_to(n, local, peer, true), Some((n, 15001, peer)));
+        assert_eq!(s.deliver_to(n, local, peer, false), Some((n, 15001, peer)));
+        assert_eq!(s.deliver_to(n, a("127.0.0.1:15002"), peer, true), None, "no listener");
+        assert_eq!(s.deliver_to(n, local, a("10.0.1.2:32769"), false), None, "no socket");
         assert_eq!(s.view(&(n, 15001, peer)).unwrap().local, local);
         let l = s.lookup(n);
         assert_eq!(l.listener(Protocol::Tcp, a("10.0.1.2:15001")).unwrap().mark, 0x539);
         assert!(l.listener(Protocol::Tcp, a("10.0.1.2:15002")).is_none());
         assert_eq!(l.established(Protocol::Tcp, local, peer).unwrap().mark, 0x539);
         s.cancel_ticket(n, peer, 99);
+    }
+
+    #[test]
+    fn loopback_addresses_have_a_substrate_alias_and_translate_both_ways() {
+        let mut s = Sockets::default();
+        let n = NetnsId(2);
+        let server = a("127.0.0.1:8080");
+        let sub = substrate_addr(server);
+        assert_eq!(sub, a("241.0.0.1:8080"));
+        assert_eq!(view_addr(sub), server);
+        assert_eq!(substrate_addr(a("127.9.8.7:1")), a("241.9.8.7:1"));
+        assert_eq!(substrate_addr(a("10.0.1.2:80")), a("10.0.1.2:80"));
+        assert_eq!(view_addr(a("10.0.1.2:80")), a("10.0.1.2:80"));
+        s.listen(n, a("0.0.0.0:8080"), SocketInfo::default());
+        s.push_ticket(n, sub, a("127.0.0.1:32768"), SocketInfo::default());
+        let (client, _) = s.place_syn((n, 49152, sub)).unwrap();
+        assert_eq!(client.local, a("127.0.0.1:32768"));
+        // The SYN reaches the listener from the client's alias …
+        let accepted = s.deliver_to(n, server, client.local, true).unwrap();
+        assert_eq!(accepted, (n, 8080, a("241.0.0.1:32768")));
+        assert_eq!(s.view(&accepted).unwrap().local, server);
+        // … and the answer reaches the client's substrate socket from the server's.
+        assert_eq!(s.deliver_to(n, client.local, server, false), Some((n, 49152, sub)));
+        assert_eq!(s.by_view(n, server, client.local), Some(accepted));
+        let l = s.lookup(n);
+        assert!(l.established(Protocol::Tcp, client.local, server).is_some());
+    }
+
+    #[test]
+    fn a_listener_takes_syns_to_its_address_or_any_with_the_wildcard() {
+        let mut s = Sockets::default();
+        let n = NetnsId(1);
+        s.listen(n, a("0.0.0.0:15001"), SocketInfo::default());
+        s.listen(n, a("127.0.0.1:8080"), SocketInfo::default());
+        assert!(s.listening(n, a("127.0.0.1:15001")));
+        assert!(s.listening(n, a("10.0.1.2:15001")));
+        assert!(s.listening(n, a("127.0.0.1:8080")));
+        assert!(!s.listening(n, a("10.0.1.2:8080")), "bound to loopback only");
+        assert!(!s.listening(n, a("127.0.0.1:9090")));
+        assert!(!s.listening(NetnsId(2), a("127.0.0.1:15001")), "another namespace");
     }
 }

@@ -42,8 +42,13 @@ use crate::kernel::{self, IfIndex, RestoreOptions};
 /// The underlay network the nodes (and external hosts) share.
 pub const UNDERLAY: (Ipv4Addr, u8) = (Ipv4Addr::new(172, 18, 0, 0), 16);
 
-/// The substrate's private addresses (turmoil-net hosts); the model never sees them.
+/// The substrate's private addresses (turmoil-net hosts); the model never sees them. Hosts
+/// take `240.0.0.1` upwards; `241.0.0.0/8` is the loopback alias (`substrate.rs`), so there is
+/// room for [`MAX_NAMESPACES`].
 const SUBSTRATE_BASE: u32 = u32::from_be_bytes([240, 0, 0, 1]);
+
+/// Namespaces whose host address stays below the loopback alias.
+const MAX_NAMESPACES: usize = (1 << 24) - 1;
 
 /// Index of a network namespace in the topology.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -142,6 +147,17 @@ impl Topology {
         };
         if world.nodes.len() > 200 {
             return Err(err("the simulator supports at most 200 nodes"));
+        }
+        let added = world
+            .steps
+            .iter()
+            .filter(|s| matches!(s.action, Action::Fault(Fault::AddPod { .. })))
+            .count();
+        let namespaces = world.nodes.len() + world.external.len() + world.pods.len() + added;
+        if namespaces > MAX_NAMESPACES {
+            return Err(err(format!(
+                "{namespaces} namespaces: the simulator supports at most {MAX_NAMESPACES}"
+            )));
         }
         for node in &world.nodes {
             let cni = t.add_segment(format!("cni@{}", node.name));

@@ -33,9 +33,9 @@ fn every_catalog_scenario_passes_its_expectations() {
 
 /// The lifecycle scenarios (issue 4's list, and the rest of the catalog's plain traffic): every
 /// connection a captured app opens leaves its pod, and no conntrack entry is lost mid-connection.
-/// Elsewhere the nat counter legitimately differs from the connection count: a self-call to the
-/// pod's own address is not redirected (`self-call-proxy-ports`, `unknown-source-loopback`,
-/// `probe-address-not-redirected`), and a connection whose entry expired or was flushed is picked
+/// Elsewhere the nat counter legitimately differs from the connection count: a call to the pod's
+/// own address or to loopback is not redirected (`self-call-proxy-ports`,
+/// `unknown-source-loopback`, `probe-address-not-redirected`), and a connection whose entry expired or was flushed is picked
 /// up again and redirected a second time (`conntrack-close-wait-expiry`,
 /// `conntrack-flush-mid-connection`) — those scenarios assert their own counters.
 const NAT_COUNT_EXEMPT: &[&str] = &[

@@ -2,6 +2,7 @@
 
 pub mod certs;
 pub mod check;
+pub mod conform;
 pub mod fuzz;
 pub mod proxy;
 pub mod rules;

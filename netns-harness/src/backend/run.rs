@@ -9,7 +9,7 @@ use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use ambient_scenarios::assemble::{self, Accepts, ConnLabels};
-use ambient_scenarios::outcome::{NetnsState, Outcome, Skipped, Snapshot, State};
+use ambient_scenarios::outcome::{ConntrackEntry, NetnsState, Outcome, Skipped, Snapshot, State};
 use ambient_scenarios::traffic::{ClientEnd, ClientReport, ClientSpec, Payload};
 use ambient_scenarios::world::{
     Action, App, Connect, Fault, NodeLink, ObjectKey, Peer, PeerKind, Pod, Repeat, Step,
@@ -30,6 +30,12 @@ use crate::sandbox::Sandbox;
 const SETTLE: Duration = Duration::from_secs(3);
 /// How often it looks while settling.
 const SETTLE_POLL: Duration = Duration::from_millis(20);
+/// Conntrack tables that have not changed for this long are settled, even with entries in a
+/// transient state: a connection held half-closed by a live client (`CLOSE_WAIT` while the
+/// client holds) stays that way until the client acts, and waiting for it would wait out the
+/// hold and snapshot a later state than the step asked for. Closing handshakes that are under
+/// way change the table within a round trip (microseconds here).
+const SETTLE_QUIET: Duration = Duration::from_millis(400);
 
 /// A failure that ends the run (as opposed to an expectation that fails).
 pub type RunError = String;
@@ -443,8 +449,8 @@ impl<'w> Runner<'w> {
     }
 
     /// The state now: once the proxies have logged the end of every finished connection and
-    /// conntrack holds no connection half-way through opening or closing (together bounded by
-    /// [`SETTLE`]), every existing pod's and host's conntrack table, every captured pod's rule
+    /// conntrack holds no connection half-way through opening or closing, or has not changed
+    /// for [`SETTLE_QUIET`] (together bounded by [`SETTLE`]), every existing pod's and host's conntrack table, every captured pod's rule
     /// counters, and the tunnels opened so far.
     fn snapshot(&self) -> Result<State, RunError> {
         let clients = self.finished_clients();
@@ -455,11 +461,22 @@ impl<'w> Runner<'w> {
             std::thread::sleep(SETTLE_POLL);
         }
         // One bound for both: what keeps a proxy busy usually keeps conntrack busy too.
+        let mut last: Option<(BTreeMap<String, Vec<ConntrackEntry>>, Instant)> = None;
         let conntrack = loop {
             let tables = self.read_conntrack()?;
             let busy = tables.values().flatten().any(observe::transient);
-            if !busy || Instant::now() >= deadline {
+            let now = Instant::now();
+            let quiet = match &last {
+                Some((prev, since)) if *prev == tables => {
+                    now.duration_since(*since) >= SETTLE_QUIET
+                }
+                _ => false,
+            };
+            if !busy || quiet || now >= deadline {
                 break tables;
+            }
+            if last.as_ref().is_none_or(|(prev, _)| *prev != tables) {
+                last = Some((tables, now));
             }
             std::thread::sleep(SETTLE_POLL);
         };

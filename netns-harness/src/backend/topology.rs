@@ -95,10 +95,21 @@ fn create(sandbox: &Sandbox, name: String) -> Result<Netns, TopologyError> {
     })
 }
 
+/// Set to 0 in every namespace: no reverse-path filter (module docs), and no IGMP reports for
+/// link-local groups — a report (40 bytes, to 224.0.0.22) a namespace sends when its link comes
+/// up is flooded over the node's bridge into every pod, where conntrack tracks it as a new
+/// connection and nat PREROUTING counts it: noise outside the model, which would make a nat
+/// counter depend on when a pod's neighbours were built.
+const QUIET_SYSCTLS: [&str; 3] = [
+    "net/ipv4/conf/all/rp_filter",
+    "net/ipv4/conf/default/rp_filter",
+    "net/ipv4/igmp_link_local_mcast_reports",
+];
+
 /// The sysctls of a namespace (see the module docs), written from its worker thread.
 fn base_sysctls(ns: &Netns, forwarding: bool) -> JobHandle<Result<(), ToolError>> {
     ns.spawn(move || async move {
-        for key in ["net/ipv4/conf/all/rp_filter", "net/ipv4/conf/default/rp_filter"] {
+        for key in QUIET_SYSCTLS {
             sysctl_write_in(key, "0")?;
         }
         if forwarding {
@@ -312,7 +323,7 @@ impl Topology {
             .map(|(pod, p)| {
                 let (ip, capture) = (pod.ip, pod.capture.clone());
                 p.ns.spawn(move || async move {
-                    for key in ["net/ipv4/conf/all/rp_filter", "net/ipv4/conf/default/rp_filter"] {
+                    for key in QUIET_SYSCTLS {
                         sysctl_write_in(key, "0")
                             .map_err(|e| (format!("{ip}: sysctl"), e.to_string()))?;
                     }

@@ -92,7 +92,7 @@ pub fn compare(left: &Observation, right: &Observation) -> Vec<Difference> {
             }
         }
     }
-    let mut sensitive = BTreeSet::new();
+    let sensitive = timing_sensitive_flows(left, right);
     push(&mut out, "flows (ids)".into(), &ids(left), &ids(right));
     for l in &left.flows {
         let Some(r) = right.flows.iter().find(|f| f.id == l.id) else { continue };
@@ -111,32 +111,19 @@ pub fn compare(left: &Observation, right: &Observation) -> Vec<Difference> {
             push(&mut out, field("accepted"), &l.accepted, &r.accepted);
         }
         push(&mut out, field("echo"), &l.echo, &r.echo);
-        if l.timing_sensitive || r.timing_sensitive {
-            sensitive.insert(l.id);
-        } else {
+        if !sensitive.contains(&l.id) {
             push(&mut out, field("close"), &l.close, &r.close);
         }
     }
     push(&mut out, "unclaimed_accepts".into(), &left.unclaimed_accepts, &right.unclaimed_accepts);
-    let marks_comparable = !connmark_follows_packets(&left.canonical_rules);
     for (name, l, r) in [
         ("conntrack_open", &left.conntrack_open, &right.conntrack_open),
         ("conntrack_closed", &left.conntrack_closed, &right.conntrack_closed),
     ] {
         let sides: BTreeSet<_> = l.keys().chain(r.keys()).collect();
         for side in sides {
-            let keep = |entries: Option<&Vec<NormEntry>>| -> Vec<NormEntry> {
-                let mut v: Vec<NormEntry> = entries
-                    .into_iter()
-                    .flatten()
-                    .filter(|e| entry_flow(e).is_none_or(|id| !sensitive.contains(&id)))
-                    .map(|e| NormEntry {
-                        mark: if marks_comparable { e.mark } else { 0 },
-                        ..e.clone()
-                    })
-                    .collect();
-                v.sort();
-                v
+            let keep = |entries: Option<&Vec<NormEntry>>| {
+                comparable_entries(left, &sensitive, entries.map_or(&[], |v| v.as_slice()))
             };
             let (le, re) = (keep(l.get(side)), keep(r.get(side)));
             if le != re {
@@ -155,6 +142,29 @@ pub fn compare(left: &Observation, right: &Observation) -> Vec<Difference> {
         }
     }
     out
+}
+
+/// Flows either side marked `timing_sensitive`: their close and conntrack entries are not
+/// compared.
+pub fn timing_sensitive_flows(left: &Observation, right: &Observation) -> BTreeSet<u32> {
+    left.flows.iter().chain(&right.flows).filter(|f| f.timing_sensitive).map(|f| f.id).collect()
+}
+
+/// The part of a conntrack snapshot the comparison compares, sorted: entries of flows not in
+/// `sensitive`, without the mark when `left`'s rules make marks follow packets.
+pub fn comparable_entries(
+    left: &Observation,
+    sensitive: &BTreeSet<u32>,
+    entries: &[NormEntry],
+) -> Vec<NormEntry> {
+    let marks_comparable = !connmark_follows_packets(&left.canonical_rules);
+    let mut v: Vec<NormEntry> = entries
+        .iter()
+        .filter(|e| entry_flow(e).is_none_or(|id| !sensitive.contains(&id)))
+        .map(|e| NormEntry { mark: if marks_comparable { e.mark } else { 0 }, ..e.clone() })
+        .collect();
+    v.sort();
+    v
 }
 
 fn ids(o: &Observation) -> Vec<u32> {
@@ -208,6 +218,25 @@ mod tests {
         let mut other = base.clone();
         other.canonical_rules = other.canonical_rules.replace("15001", "15006");
         assert!(compare(&base, &other).iter().any(|d| d.field.starts_with("canonical_rules")));
+    }
+
+    #[test]
+    fn comparable_entries_are_what_compare_compares() {
+        let (_, base) = sample();
+        let entries = base.conntrack_closed[&crate::diff::case::Side::Pod].clone();
+        let none = BTreeSet::new();
+        assert_eq!(comparable_entries(&base, &none, &entries), entries);
+        // A timing-sensitive flow's entries drop out (seed 11235: the expected-differences
+        // conditions must see the same entries as the comparison).
+        assert!(comparable_entries(&base, &BTreeSet::from([0]), &entries).is_empty());
+        let mut marked = entries.clone();
+        marked[0].mark = 0x539;
+        assert_eq!(comparable_entries(&base, &none, &marked)[0].mark, 0x539);
+        let mut follows = base.clone();
+        follows.canonical_rules =
+            "*mangle\n-A OUTPUT -j CONNMARK --save-mark --nfmask 0xff --ctmask 0xff\nCOMMIT\n"
+                .into();
+        assert_eq!(comparable_entries(&follows, &none, &marked)[0].mark, 0);
     }
 
     #[test]

@@ -42,7 +42,10 @@
 //! with ENETUNREACH, and no non-transparent socket — nor the kernel's RST — sends from a
 //! foreign address; a hard ICMP error fails a connect only if it quotes the SYN (errors come
 //! back while `tcp_connect` is still sending it); an ICMP error that arrives between the
-//! handshake and the application's wake-up is what SO_ERROR reports, so the connect fails.
+//! handshake and the application's wake-up is what SO_ERROR reports, so the connect fails; a
+//! connection from the other namespace is accepted after its first data arrived (each namespace
+//! runs its tasks on its own thread), so the pod ACKs that data from a connection with no
+//! `struct socket` yet, which `-m owner --socket-exists` does not match.
 //!
 //! # The comparison, the normalisations and the exemptions
 //!

@@ -81,15 +81,19 @@ impl PortMap {
     }
 }
 
-/// The flow a normalised conntrack entry belongs to, judged by its original source port.
+/// The flow a normalised conntrack entry belongs to, judged by its client's port: the original
+/// source port, or — for an entry picked up mid-stream from a packet of the server
+/// (`nf_conntrack_tcp_loose`: its original direction is server → client) — the original
+/// destination port.
 pub fn entry_flow(entry: &NormEntry) -> Option<u32> {
-    match entry.orig.src.port {
+    let client = |port: &Port| match *port {
         Port::Ephemeral(id) => Some(id),
         Port::Fixed(p) if (EXPLICIT_PORT_BASE..EXPLICIT_PORT_BASE + 1000).contains(&p) => {
             Some(u32::from(p - EXPLICIT_PORT_BASE))
         }
         _ => None,
-    }
+    };
+    client(&entry.orig.src.port).or_else(|| client(&entry.orig.dst.port))
 }
 
 /// Whether only first packets of connections reach a rule (see the module docs).
@@ -182,6 +186,29 @@ mod tests {
         assert_eq!(json, r#"["eph:3","eph:?","80"]"#);
         let back: Vec<Port> = serde_json::from_str(&json).unwrap();
         assert_eq!(back, [Port::Ephemeral(3), Port::UnknownEphemeral, Port::Fixed(80)]);
+    }
+
+    #[test]
+    fn entries_belong_to_the_flow_of_their_client_port() {
+        let ep = |ip: [u8; 4], port| Endpoint { ip: ip.into(), port };
+        let entry = |src, dst| NormEntry {
+            proto: "tcp".into(),
+            state: Some("ESTABLISHED".into()),
+            orig: NormTuple { src, dst },
+            reply: NormTuple { src: dst, dst: src },
+            unreplied: true,
+            assured: false,
+            mark: 0,
+            zone: None,
+        };
+        let client = ep([10, 0, 1, 2], Port::Ephemeral(3));
+        let server = ep([10, 0, 1, 1], Port::Fixed(80));
+        assert_eq!(entry_flow(&entry(client, server)), Some(3));
+        // Picked up mid-stream from the server's packet (seeds 11599, 11809).
+        assert_eq!(entry_flow(&entry(server, client)), Some(3));
+        let explicit = ep([10, 0, 1, 2], Port::Fixed(20007));
+        assert_eq!(entry_flow(&entry(server, explicit)), Some(7));
+        assert_eq!(entry_flow(&entry(server, ep([10, 0, 1, 2], Port::Fixed(8080)))), None);
     }
 
     #[test]

@@ -12,11 +12,21 @@ use ambient_netns::diff::observe::{ClientRecord, ServerRecord, observe};
 use ambient_netns::iptables::Ruleset;
 use ambient_netns::socket::ConnectErrorKind;
 
-use super::super::tcp::{AppEvent, Tcb};
+use super::super::tcp::{AppEvent, Seg, Tcb};
 use super::{
     ClientPhase, Conn, Event, ModelError, ModelRun, Owner, Server, ServerPhase, WAKEUP, World,
     icmp_error_kind, index, is_local,
 };
+
+/// `AsyncWriteExt::shutdown` on a tokio `TcpStream`, as the kernel executor calls it: tokio
+/// turns the kernel's ENOTCONN (the connection was already reset or closed) into success
+/// (`TcpStream::shutdown_std`), so the executor never reports it.
+fn shutdown_as_tokio(tcb: &mut Tcb, now: std::time::Duration) -> Result<Option<Seg>, &'static str> {
+    match tcb.shutdown(now) {
+        Err("ENOTCONN") => Ok(None),
+        result => result,
+    }
+}
 
 impl World<'_> {
     fn client_tcb(&mut self, flow: usize) -> Option<(Side, usize, &mut Tcb)> {
@@ -56,6 +66,8 @@ impl World<'_> {
             server: None,
             timer_scheduled: 0,
             delack_scheduled: 0,
+            queued: false,
+            backlog: Vec::new(),
         });
         let conn = host.sockets.conns.len() - 1;
         self.clients[flow].conn = Some(conn);
@@ -170,7 +182,7 @@ impl World<'_> {
     fn client_shutdown_then_done(&mut self, flow: usize) {
         let now = self.now;
         let Some((side, conn, tcb)) = self.client_tcb(flow) else { return };
-        let result = match tcb.shutdown(now) {
+        let result = match shutdown_as_tokio(tcb, now) {
             Ok(fin) => {
                 if let Some(fin) = fin {
                     self.emit(side, conn, fin);
@@ -229,10 +241,11 @@ impl World<'_> {
                 c.phase = ClientPhase::Done;
                 return;
             }
-            CloseOrder::ClientFirst => match tcb.shutdown(now) {
+            CloseOrder::ClientFirst => match shutdown_as_tokio(tcb, now) {
                 Err(errno) => return self.client_closed(flow, CloseResult::Error(errno.into())),
                 Ok(fin) => {
-                    let eof = tcb.peer_fin;
+                    // The drain's read: EOF at once on a connection already closed.
+                    let eof = tcb.peer_fin || !tcb.is_open();
                     if let Some(fin) = fin {
                         self.emit(side, conn, fin);
                     }
@@ -369,7 +382,7 @@ impl World<'_> {
         let (order, peer_done) = (self.servers[server].order, self.servers[server].peer_done);
         let (side, conn, tcb) = self.server_tcb(server);
         if order == CloseOrder::ServerFirst {
-            match tcb.shutdown(now) {
+            match shutdown_as_tokio(tcb, now) {
                 Err(_) => return self.server_done(server),
                 Ok(fin) => {
                     if let Some(fin) = fin {

@@ -30,7 +30,10 @@
 //!   → ECONNREFUSED, net unreachable → ENETUNREACH, host unreachable and admin prohibited →
 //!   EHOSTUNREACH; in other states ICMP errors are soft and ignored;
 //! - SO_MARK marks every packet of a client socket; accepted sockets and the kernel's own RSTs
-//!   carry mark 0 (`tcp_fwmark_accept` and `fwmark_reflect` are off).
+//!   carry mark 0 (`tcp_fwmark_accept` and `fwmark_reflect` are off);
+//! - the echo server accepts a connection from the other namespace only after the client's
+//!   first data arrived ([`ACCEPT_WAKEUP`]; until then the connection has no `struct socket`,
+//!   which `-m owner` sees), one from its own namespace before the client writes.
 
 use std::collections::BTreeMap;
 use std::net::{Ipv4Addr, SocketAddrV4};
@@ -49,7 +52,7 @@ use ambient_sim::kernel::{
     SocketLookup, TcpFlags,
 };
 
-use super::tcp::{Reaction, Seg, State, Tcb};
+use super::tcp::{AppEvent, Reaction, Seg, State, Tcb};
 
 mod apps;
 
@@ -59,6 +62,15 @@ pub const HOP: Duration = Duration::from_micros(10);
 /// Time from a connect completing in the stack to the application looking at it (SO_ERROR):
 /// longer than a hop, so an error the handshake's last ACK provokes on the same host is there.
 pub const WAKEUP: Duration = Duration::from_micros(50);
+/// Time from a connection completing its handshake to the echo server's `accept()` returning
+/// it, for a client in the other namespace: longer than the client's wake-up plus a hop, so the
+/// client's first data is there before the accept, as on the kernel side, where each namespace
+/// runs its tasks on its own thread (the data crosses the veth in the sending thread's softirq,
+/// while the accepting thread needs a wake-up: the pod ACKs that data from a connection that has
+/// no `struct socket` yet — differential suite seeds 10491 and 10815). A client in the same
+/// namespace shares the accepting task's thread, whose runtime turn runs the accept before the
+/// client's write: it is accepted at once.
+pub const ACCEPT_WAKEUP: Duration = Duration::from_micros(200);
 /// Time `conntrack -L` of both namespaces takes on the kernel side (before the close begins).
 const SNAPSHOT: Duration = Duration::from_millis(2);
 /// Socket ids at and above this are listeners; below, connections.
@@ -149,6 +161,12 @@ struct Conn {
     /// Timer generations already scheduled.
     timer_scheduled: u64,
     delack_scheduled: u64,
+    /// A completed connection in its listener's accept queue: no `struct socket` yet, so
+    /// `-m owner` sees none in what it sends ([`SocketInfo::orphan`]).
+    queued: bool,
+    /// What happened to a queued connection, for its server once it accepts (the flow id the
+    /// segment carried with it).
+    backlog: Vec<(AppEvent, Option<u32>)>,
 }
 
 /// One namespace's sockets; answers the model's lookups.
@@ -167,6 +185,7 @@ impl Sockets {
             wildcard: false,
             mark: t.mark,
             time_wait: t.state == State::TimeWait,
+            orphan: self.conns[i].queued,
         }
     }
 
@@ -212,6 +231,7 @@ impl SocketLookup for Sockets {
                 wildcard: l.addr.ip().is_unspecified(),
                 mark: 0,
                 time_wait: false,
+                orphan: false,
             }
         })
     }
@@ -325,6 +345,8 @@ enum Event {
     DelayedAck { side: Side, conn: usize, generation: u64 },
     /// A client's application wakes up to a completed connect.
     ClientWake { flow: usize },
+    /// A listener's application accepts a queued connection.
+    Accept { side: Side, conn: usize, listener: usize },
     /// A client's time limit for the phase it was in when the limit was set.
     ClientLimit { flow: usize, phase: ClientPhase },
     /// A server's time limit.
@@ -534,6 +556,7 @@ impl World<'_> {
                 }
             }
             Event::ClientWake { flow } => self.client_wake(flow),
+            Event::Accept { side, conn, listener } => self.accept(side, conn, listener),
             Event::ClientLimit { flow, phase } => self.client_limit(flow, phase),
             Event::ServerLimit { server, phase } => self.server_limit(server, phase),
         }
@@ -673,6 +696,8 @@ impl World<'_> {
                 server: None,
                 timer_scheduled: 0,
                 delack_scheduled: 0,
+                queued: false,
+                backlog: Vec::new(),
             });
             let conn = host.sockets.conns.len() - 1;
             self.emit(side, conn, synack);
@@ -707,18 +732,67 @@ impl World<'_> {
         }
     }
 
-    /// Sends what a connection's reaction calls for, then tells its application.
+    /// Sends what a connection's reaction calls for, then tells its application. A connection
+    /// that completed its handshake waits in the accept queue for [`ACCEPT_WAKEUP`]; what
+    /// happens to it meanwhile waits for the server.
     fn react(&mut self, side: Side, conn: usize, r: Reaction, seg: &Seg) {
+        let owner = self.hosts[index(side)].sockets.conns[conn].owner;
+        if let Owner::Server(listener) = owner
+            && r.events.contains(&AppEvent::Accepted)
+            && !self.client_on_same_side(side, conn)
+        {
+            self.hosts[index(side)].sockets.conns[conn].queued = true;
+            self.schedule(self.now + ACCEPT_WAKEUP, Event::Accept { side, conn, listener });
+        }
         for s in r.send {
             self.emit(side, conn, s);
         }
         self.sync_timers(side, conn);
-        let owner = self.hosts[index(side)].sockets.conns[conn].owner;
         for event in r.events {
             match owner {
                 Owner::Client(flow) => self.client_event(flow, event),
+                Owner::Server(_)
+                    if event == AppEvent::Accepted
+                        && self.hosts[index(side)].sockets.conns[conn].queued => {}
+                Owner::Server(_) if self.hosts[index(side)].sockets.conns[conn].queued => {
+                    self.hosts[index(side)].sockets.conns[conn].backlog.push((event, seg.flow));
+                }
                 Owner::Server(listener) => self.server_event(side, conn, listener, event, seg.flow),
             }
+        }
+    }
+
+    /// Whether the client of server connection `conn` is a flow of the same namespace (its
+    /// source port is one of this side's clients': the sides allocate disjoint ports, explicit
+    /// ports are one per flow).
+    fn client_on_same_side(&self, side: Side, conn: usize) -> bool {
+        let sockets = &self.hosts[index(side)].sockets;
+        let port = sockets.conns[conn].tcb.remote.port();
+        sockets
+            .conns
+            .iter()
+            .any(|c| matches!(c.owner, Owner::Client(_)) && c.tcb.local.port() == port)
+    }
+
+    /// The echo server's `accept()` returns a queued connection: it gets its socket, and its
+    /// server sees what arrived meanwhile — the data as one read.
+    fn accept(&mut self, side: Side, conn: usize, listener: usize) {
+        let c = &mut self.hosts[index(side)].sockets.conns[conn];
+        c.queued = false;
+        let backlog = std::mem::take(&mut c.backlog);
+        self.server_event(side, conn, listener, AppEvent::Accepted, None);
+        let mut events: Vec<(AppEvent, Option<u32>)> = Vec::new();
+        for (event, flow) in backlog {
+            match (events.last_mut(), event) {
+                (Some((AppEvent::Data(n), first)), AppEvent::Data(m)) => {
+                    *n += m;
+                    *first = first.or(flow);
+                }
+                _ => events.push((event, flow)),
+            }
+        }
+        for (event, flow) in events {
+            self.server_event(side, conn, listener, event, flow);
         }
     }
 }

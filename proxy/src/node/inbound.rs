@@ -74,7 +74,7 @@ impl<N: Network> Inner<N> {
             Ok(Ok(tls)) => tls,
             Ok(Err((e, stream))) => {
                 self.error(Some(peer), DIR, "tls", None, describe_error(&e));
-                self.network.reset(stream);
+                self.reset(stream);
                 return self.count_conn(DIR, "error");
             }
             Err(_) => {
@@ -84,7 +84,7 @@ impl<N: Network> Inner<N> {
         };
         let Some(peer_id) = peer_identity(tls.get_ref().1) else {
             self.error(Some(peer), DIR, "tls", None, "client presented no SPIFFE identity".into());
-            self.network.reset(tls.into_inner().0);
+            self.reset(tls.into_inner().0);
             return self.count_conn(DIR, "error");
         };
         let window = self.config.h2_window;
@@ -204,7 +204,7 @@ impl<N: Network> Inner<N> {
         let mut send = match respond.send_response(resp, false) {
             Ok(s) => s,
             Err(e) => {
-                self.network.reset(app);
+                self.reset(app);
                 self.error(Some(client), DIR, "h2", None, format!("responding: {e}"));
                 return self.count_conn(DIR, "error");
             }
@@ -234,12 +234,12 @@ impl<N: Network> Inner<N> {
                 if let CopyError::Tcp { .. } = e {
                     send.send_reset(h2::Reason::CANCEL);
                 }
-                self.network.reset(app);
+                self.reset(app);
                 CloseResult::Reset { side: e.side().to_string(), message: e.to_string() }
             }
             Err(reason) => {
                 send.send_reset(h2::Reason::CANCEL);
-                self.network.reset(app);
+                self.reset(app);
                 let reason = reason.unwrap_or_else(|| "revoked".into());
                 tracing::info!(node = %self.config.node, %client, %reason, "closing a connection no longer allowed");
                 CloseResult::PolicyRevoked { reason }
@@ -283,7 +283,7 @@ impl<N: Network> Inner<N> {
             Ok(w) => w,
             Err(rej) => {
                 self.error(Some(client), DIR, "request", None, rej.reason);
-                self.network.reset(stream);
+                self.reset(stream);
                 return self.count_conn(DIR, "error");
             }
         };
@@ -296,7 +296,7 @@ impl<N: Network> Inner<N> {
         let verdict = self.authorize(mesh.policies(), workload, &attrs);
         self.verdict_event(client, DIR, dst, None, &verdict);
         if !verdict.allowed {
-            self.network.reset(stream);
+            self.reset(stream);
             return self.count_conn(DIR, "denied");
         }
         let workload_ip = workload.ip;
@@ -304,14 +304,14 @@ impl<N: Network> Inner<N> {
         let Some(netns) = self.netns_of(dst.ip()).or_else(|| self.netns_of(pod_ip)) else {
             let message = format!("pod {} is not served by this proxy", dst.ip());
             self.error(Some(client), DIR, "upstream", None, message);
-            self.network.reset(stream);
+            self.reset(stream);
             return self.count_conn(DIR, "error");
         };
         let mut app = match self.connect_app(&netns, dst, client.ip()).await {
             Ok(s) => s,
             Err(message) => {
                 self.error(Some(client), DIR, "upstream", None, message);
-                self.network.reset(stream);
+                self.reset(stream);
                 return self.count_conn(DIR, "error");
             }
         };
@@ -327,13 +327,13 @@ impl<N: Network> Inner<N> {
         let result = match outcome {
             Ok(Ok(())) => CloseResult::Ok,
             Ok(Err(e)) => {
-                self.network.reset(stream);
-                self.network.reset(app);
+                self.reset(stream);
+                self.reset(app);
                 CloseResult::Reset { side: e.side().to_string(), message: e.to_string() }
             }
             Err(reason) => {
-                self.network.reset(stream);
-                self.network.reset(app);
+                self.reset(stream);
+                self.reset(app);
                 CloseResult::PolicyRevoked { reason: reason.unwrap_or_else(|| "revoked".into()) }
             }
         };

@@ -16,7 +16,7 @@ use std::collections::BTreeMap;
 use std::future::Future;
 use std::io;
 use std::net::{IpAddr, SocketAddr};
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -136,6 +136,10 @@ pub(crate) struct Inner<N: Network> {
     busy: AtomicUsize,
     idle: Notify,
     draining: Arc<Signal<bool>>,
+    /// Set by [`NodeProxy::crash`] before it aborts anything: from then on the proxy is dead, as
+    /// a killed process is — no task logs an event or resets a socket on its way out (aborting
+    /// tasks one by one would otherwise let a task see another's death and react to it).
+    crashed: AtomicBool,
 }
 
 /// A node proxy. Cheap to clone; all clones drive the same proxy.
@@ -174,6 +178,7 @@ impl<N: Network> NodeProxy<N> {
                 busy: AtomicUsize::new(0),
                 idle: Notify::new(),
                 draining: Arc::new(Signal::new(false)),
+                crashed: AtomicBool::new(false),
                 config,
             }),
         }
@@ -361,6 +366,7 @@ impl<N: Network> NodeProxy<N> {
     /// Abrupt stop, as a crash: every task and socket of the proxy is dropped now.
     pub fn crash(&self) {
         let inner = &self.inner;
+        inner.crashed.store(true, Ordering::SeqCst);
         let tasks = std::mem::take(&mut *inner.tasks.lock().unwrap_or_else(|e| e.into_inner()));
         for handle in tasks.into_values() {
             handle.abort();
@@ -454,7 +460,20 @@ impl<N: Network> Inner<N> {
     }
 
     pub(crate) fn emit(&self, event: ProxyEvent) {
+        if self.crashed.load(Ordering::SeqCst) {
+            return;
+        }
         emit(self.config.sink.as_ref(), event);
+    }
+
+    /// Closes `stream` abortively (RST) — unless the proxy has crashed: a dead process resets
+    /// nothing on purpose; its sockets are closed as the kernel closes them (dropped here).
+    pub(crate) fn reset(&self, stream: N::Stream) {
+        if self.crashed.load(Ordering::SeqCst) {
+            drop(stream);
+        } else {
+            self.network.reset(stream);
+        }
     }
 
     pub(crate) fn count(&self, name: &str, n: u64) {

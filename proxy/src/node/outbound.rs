@@ -118,8 +118,8 @@ impl<N: Network> Inner<N> {
             Err(e) => {
                 let result =
                     CloseResult::Reset { side: e.side().to_string(), message: e.to_string() };
-                self.network.reset(stream);
-                self.network.reset(upstream);
+                self.reset(stream);
+                self.reset(upstream);
                 result
             }
         };
@@ -132,7 +132,7 @@ impl<N: Network> Inner<N> {
     fn refuse(&self, stream: N::Stream, client: SocketAddr, stage: &str, message: String) {
         self.error(Some(client), DIR, stage, None, message);
         self.count_conn(DIR, "error");
-        self.network.reset(stream);
+        self.reset(stream);
     }
 
     /// A proxied connection ended: count it and log `connection-closed`.
@@ -318,7 +318,7 @@ impl<N: Network> Inner<N> {
             } else {
                 // The destination could not be reached: the app sees a reset, as without a proxy.
                 self.count_conn(DIR, "error");
-                self.network.reset(stream);
+                self.reset(stream);
             }
             return;
         }
@@ -339,7 +339,7 @@ impl<N: Network> Inner<N> {
                 if let CopyError::Tcp { .. } = e {
                     send.send_reset(h2::Reason::CANCEL);
                 }
-                self.network.reset(stream);
+                self.reset(stream);
                 CloseResult::Reset { side: e.side().to_string(), message: e.to_string() }
             }
         };

@@ -22,7 +22,11 @@ pub struct ServeReport {
 /// - `close` closes its side at once (a FIN, nothing returned), then reads and discards until the
 ///   client half-closes — so a close never turns into a reset because of unread bytes, which on a
 ///   real kernel would depend on timing;
-/// - `reset` resets at once (a RST).
+/// - `reset` waits for the client's first bytes (or its half-close), then resets (a RST). Not at
+///   once: a proxy between client and app connects to the app before it forwards anything, and
+///   an app that reset straight after accepting would race that connect — on a real kernel the
+///   proxy would then see the reset as a failed connect (ECONNRESET from `connect`) about as
+///   often as a reset of an established connection, and the client's write would race the RST.
 pub async fn serve<S: AppStream>(app: App, mut stream: S) -> ServeReport {
     let mut report = ServeReport { received: 0, returned: 0, failed: false };
     match app {
@@ -62,7 +66,14 @@ pub async fn serve<S: AppStream>(app: App, mut stream: S) -> ServeReport {
                 }
             }
         }
-        App::Reset => stream.reset(),
+        App::Reset => {
+            let mut buf = [0u8; 1];
+            match stream.read(&mut buf).await {
+                Ok(n) => report.received += n as u64,
+                Err(_) => report.failed = true,
+            }
+            stream.reset();
+        }
     }
     report
 }

@@ -86,3 +86,21 @@ async fn a_reply_that_differs_from_what_was_sent_is_not_intact() {
     assert!(!report.echoed);
     assert!(!report.intact(100));
 }
+
+#[tokio::test(start_paused = true)]
+async fn reset_waits_for_the_first_bytes_or_the_half_close_before_resetting() {
+    use tokio::io::AsyncWriteExt;
+    let (mut client, server) = tokio::io::duplex(4096);
+    let app = tokio::spawn(serve(App::Reset, server));
+    // Nothing sent yet: the app has not reset (a proxy's connect to it cannot race a reset).
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    assert!(!app.is_finished());
+    client.write_all(b"x").await.unwrap();
+    let served = app.await.unwrap();
+    assert_eq!((served.received, served.returned, served.failed), (1, 0, false));
+    // A client that sends nothing and half-closes is reset at its EOF.
+    let (mut client, server) = tokio::io::duplex(4096);
+    let app = tokio::spawn(serve(App::Reset, server));
+    client.shutdown().await.unwrap();
+    assert_eq!(app.await.unwrap().received, 0);
+}

@@ -1,6 +1,9 @@
 //! The last step of the packet loop: what the kernel delivered locally reaches its substrate
-//! socket (or, in a namespace without sockets, gets the kernel's reset); ICMP errors fail
-//! sockets that are still connecting; a segment already acknowledged gets a duplicate ACK.
+//! socket (from the alias of its source when that is a loopback address); a SYN nothing
+//! listens for (the port unbound, or bound to another address), a segment for a socket that
+//! is not there (never was, or closed by a reset), and anything that reaches a namespace
+//! without sockets, get the kernel's reset (from no socket: no mark); ICMP errors fail sockets that are
+//! still connecting; a segment already acknowledged gets a duplicate ACK.
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddrV4};
 
@@ -40,23 +43,18 @@ impl Fabric {
         }
         let Some(host) = self.topo.slot(netns).host else {
             // No sockets here (a node): the kernel answers with a reset.
-            if !pkt.tcp_flags.has(TcpFlags::RST) {
-                let flags =
-                    if pkt.tcp_flags.has(TcpFlags::ACK) { TcpFlags::R } else { TcpFlags::RA };
-                let rst = Packet::tcp(pkt.dst_sock(), pkt.src_sock(), flags).with_len(40);
-                let len = wire.payload.len() as u32
-                    + u32::from(pkt.tcp_flags.has(TcpFlags::SYN))
-                    + u32::from(pkt.tcp_flags.has(TcpFlags::FIN));
-                let w = Wire { seq: wire.ack, ack: wire.seq.wrapping_add(len), ..Wire::default() };
-                self.output(cx, netns, rst, Some(SocketInfo::kernel()), w);
-            }
-            return;
+            return self.kernel_reset(cx, netns, &pkt, &wire);
         };
         let local = pkt.dst_sock();
         let remote = pkt.src_sock();
         let flags = to_sub_flags(pkt.tcp_flags);
-        let port = self.sockets.deliver_port(netns, local, remote, flags.syn && !flags.ack);
-        let key = (netns, port, remote);
+        let syn = flags.syn && !flags.ack;
+        let Some(key) = self.sockets.deliver_to(netns, local, remote, syn) else {
+            // No socket takes it (nothing listens on the address and port; the socket is
+            // closed): the kernel's reset.
+            return self.kernel_reset(cx, netns, &pkt, &wire);
+        };
+        let (_, port, sub_remote) = key;
         let seg = TcpSegment {
             src_port: remote.port(),
             dst_port: port,
@@ -70,6 +68,9 @@ impl Fabric {
         if flags.syn && flags.ack {
             self.sockets.established(&key);
         }
+        if flags.rst {
+            self.sockets.close(key);
+        }
         // A segment entirely below what this socket already acknowledged: the kernel would
         // answer with a duplicate ACK (the sender's ACK may have been lost).
         let len = tcp::seq_len(&seg);
@@ -81,7 +82,7 @@ impl Fabric {
             _ => None,
         };
         cx.guard.deliver(SubPacket {
-            src: IpAddr::V4(*remote.ip()),
+            src: IpAddr::V4(*sub_remote.ip()),
             dst: IpAddr::V4(host.addr),
             ttl: 64,
             payload: Transport::Tcp(seg),
@@ -89,7 +90,7 @@ impl Fabric {
         if let Some((seq, ack, window)) = dup {
             let p = SubPacket {
                 src: IpAddr::V4(host.addr),
-                dst: IpAddr::V4(*remote.ip()),
+                dst: IpAddr::V4(*sub_remote.ip()),
                 ttl: 64,
                 payload: Transport::Tcp(TcpSegment {
                     src_port: port,
@@ -103,6 +104,21 @@ impl Fabric {
             };
             self.egressed(cx, p, true);
         }
+    }
+
+    /// The kernel's answer to a segment no socket takes: a reset from its control socket
+    /// (none to a reset), through the output path.
+    fn kernel_reset(&mut self, cx: &Cx<'_>, netns: NetnsId, pkt: &Packet, wire: &Wire) {
+        if pkt.tcp_flags.has(TcpFlags::RST) {
+            return;
+        }
+        let flags = if pkt.tcp_flags.has(TcpFlags::ACK) { TcpFlags::R } else { TcpFlags::RA };
+        let rst = Packet::tcp(pkt.dst_sock(), pkt.src_sock(), flags).with_len(40);
+        let len = wire.payload.len() as u32
+            + u32::from(pkt.tcp_flags.has(TcpFlags::SYN))
+            + u32::from(pkt.tcp_flags.has(TcpFlags::FIN));
+        let w = Wire { seq: wire.ack, ack: wire.seq.wrapping_add(len), ..Wire::default() };
+        self.output(cx, netns, rst, Some(SocketInfo::kernel()), w);
     }
 
     /// An ICMP error reached a namespace: a socket still connecting fails with the errno

@@ -10,7 +10,10 @@
 //!               ─▶ receiver netns PREROUTING … INPUT ─▶ deliver, or FORWARD ─▶ next hop …
 //! ```
 //!
-//! REJECT replies and the kernel's own ICMP errors travel the same way. A packet the model
+//! A segment's remote is translated too: the substrate names a loopback address by its alias
+//! (`substrate.rs`), so loopback traffic inside a namespace leaves the host and takes the
+//! `local (lo)` branch like any other. REJECT replies and the kernel's own ICMP errors travel
+//! the same way. A packet the model
 //! delivers to a namespace without sockets (a node) gets the kernel's reset; an ICMP error
 //! delivered to a socket that is still connecting fails it with the errno Linux maps the error
 //! to. Drops are traced with their cause. One [`pass`] moves everything that is ready *now*;
@@ -31,7 +34,7 @@ use crate::kernel::{IfIndex, Packet, SocketInfo, TcpFlags, Trace};
 use crate::net::SimStream;
 use crate::pcap::{Captures, TcpWire};
 use crate::shared::{Log, Shared};
-use crate::substrate::{SockKey, Sockets};
+use crate::substrate::{SockKey, Sockets, view_addr};
 use crate::tcp::{self, Expiry, Flights};
 
 mod deliver;
@@ -194,13 +197,29 @@ impl Cx<'_> {
     }
 }
 
-/// Moves everything that is ready now: queued resets, held packets and retransmissions that
-/// are due, and every host's egress. Returns whether anything moved.
+/// Moves everything that is ready now: held packets and retransmissions that are due, every
+/// host's egress, then queued resets. Returns whether anything moved.
+///
+/// Egress comes before resets because a host answers what it receives (ACKs) when the
+/// segment arrives, as the kernel does, but turmoil-net only hands those answers over at the
+/// next egress: a socket reset since then must not be seen to send them after its RST.
 pub fn pass(shared: &Shared, guard: &EnterGuard) -> bool {
     let now = shared.now();
     let cx = Cx { guard, now, log: &shared.log };
+    let mut moved = {
+        let mut f = shared.state();
+        let mut moved = f.due(&cx);
+        let mut out = std::mem::take(&mut f.egress);
+        guard.egress_all(&mut out);
+        moved |= !out.is_empty();
+        for p in out.drain(..) {
+            f.egressed(&cx, p, false);
+        }
+        f.egress = out;
+        moved
+    };
     let resets = shared.take_resets();
-    let mut moved = !resets.is_empty();
+    moved |= !resets.is_empty();
     for stream in resets {
         reset(shared, &cx, stream);
     }
@@ -213,48 +232,43 @@ pub fn pass(shared: &Shared, guard: &EnterGuard) -> bool {
             abort_in_place(guard, host, key.1, key.2);
         }
     }
-    let mut f = shared.state();
-    moved |= f.due(&cx);
-    let mut out = std::mem::take(&mut f.egress);
-    guard.egress_all(&mut out);
-    moved |= !out.is_empty();
-    for p in out.drain(..) {
-        f.egressed(&cx, p, false);
-    }
-    f.egress = out;
     moved
 }
 
 /// A stream closed abortively: the socket is aborted in place (no packet), closed, and the
-/// RST its kernel would send goes out through the model.
+/// RST its kernel would send goes out through the model — unless the kernel had already
+/// closed it (a reset received, an error): then, as `tcp_close` in TCP_CLOSE, nothing is sent.
 fn reset(shared: &Shared, cx: &Cx<'_>, mut stream: SimStream) {
     let Some((host, key, inner)) = stream.take_for_reset() else { return };
     let (_, port, remote) = key;
     let rst = {
         let mut f = shared.state();
         f.flights.forget(&key);
-        let view = f.sockets.view(&key).copied();
-        let (seq, ack) = view.map_or((0, 0), |v| (v.snd_nxt, v.rcv_ack.unwrap_or(0)));
-        SubPacket {
+        let view = f.sockets.view(&key).copied().filter(|_| !f.sockets.is_closed(&key));
+        view.map(|v| SubPacket {
             src: IpAddr::V4(host.addr),
             dst: IpAddr::V4(*remote.ip()),
             ttl: 64,
             payload: Transport::Tcp(TcpSegment {
                 src_port: port,
                 dst_port: remote.port(),
-                seq,
-                ack,
+                seq: v.snd_nxt,
+                ack: v.rcv_ack.unwrap_or(0),
                 flags: SubFlags { rst: true, ack: true, ..SubFlags::default() },
                 window: 0,
                 payload: Bytes::new(),
             }),
-        }
+        })
     };
     abort_in_place(cx.guard, host.addr, port, remote);
     turmoil_net::set_current(host.id);
     drop(inner);
     drop(stream);
-    shared.state().egressed(cx, rst, true);
+    let mut f = shared.state();
+    if let Some(rst) = rst {
+        f.egressed(cx, rst, true);
+    }
+    f.sockets.close(key);
 }
 
 impl Fabric {
@@ -362,7 +376,7 @@ impl Fabric {
                                 self.sockets
                                     .view(&key)
                                     .map_or(String::from("?"), |v| v.local.to_string()),
-                                key.2,
+                                view_addr(key.2),
                                 seg.seq
                             ));
                         }
@@ -393,7 +407,7 @@ impl Fabric {
             cx.note(format!(
                 "{} socket {local} > {} fails: {why} (errno {err})",
                 self.topo.slot(key.0).label,
-                key.2
+                view_addr(key.2)
             ));
         }
         abort_in_place(cx.guard, host.addr, key.1, key.2);
@@ -409,8 +423,9 @@ impl Fabric {
             return;
         };
         let Some(&netns) = self.topo.by_host_addr.get(&src) else { return };
-        let remote = SocketAddrV4::new(dst, seg.dst_port);
-        let key = (netns, seg.src_port, remote);
+        let sub_remote = SocketAddrV4::new(dst, seg.dst_port);
+        let key = (netns, seg.src_port, sub_remote);
+        let remote = view_addr(sub_remote);
         let fresh_syn = seg.flags.syn && !seg.flags.ack && !retransmit;
         let (view, abandoned) = if fresh_syn {
             self.sockets.place_syn(key).map_or((None, false), |(v, a)| (Some(v), a))

@@ -382,7 +382,7 @@ fn match_one(m: &Match, skb: &mut Skb, env: &Env<'_>) -> bool {
             hit != mp.negated
         }
         Match::Socket(s) => socket_match(*s, skb, env),
-        Match::OwnerSocketExists { negated } => skb.socket.is_some() != *negated,
+        Match::OwnerSocketExists { negated } => skb.socket.is_some_and(|s| !s.orphan) != *negated,
         Match::Comment(_) => true,
     }
 }
@@ -421,10 +421,14 @@ fn socket_match(s: super::rules::SocketMatch, skb: &mut Skb, env: &Env<'_>) -> b
         }
     }
     let local = std::net::SocketAddrV4::new(daddr, dport);
-    let sk = env
-        .sockets
-        .established(p.proto, local, p.src_sock())
-        .or_else(|| env.sockets.listener(p.proto, local));
+    // The packet's own socket first (`skb->sk`: what TPROXY assigned), a lookup only without
+    // one (kernel 6.18, differential suite seed 21587: a SYN TPROXY gave a wildcard listener
+    // does not match, though a listener bound to its destination exists).
+    let sk = skb.assigned.or_else(|| {
+        env.sockets
+            .established(p.proto, local, p.src_sock())
+            .or_else(|| env.sockets.listener(p.proto, local))
+    });
     let Some(sk) = sk else { return false };
     let wildcard = !s.nowildcard && sk.wildcard && !sk.time_wait;
     let transparent = !s.transparent || sk.transparent;
@@ -517,5 +521,77 @@ mod tests {
         let reply = o.reply.expect("REJECT's ICMP error");
         assert!(!reply.accepted(), "the error must be rejected in turn: {reply:?}");
         assert!(n.save(true).contains("[2:"), "{}", n.save(true));
+    }
+    /// Kernel 6.18 (differential suite seeds 10491, 10815; reproduced by hand with counters on
+    /// `-m owner ! --socket-exists`): what a connection still in the accept queue sends — the
+    /// ACK of data that came before `accept()` — has no `struct socket`, so `--socket-exists`
+    /// does not match it; the same connection's packets after `accept()` match.
+    #[test]
+    fn socket_exists_does_not_match_a_connection_not_yet_accepted() {
+        use crate::kernel::SocketInfo;
+        let mut n = Netns::new();
+        n.ip("addr add 10.0.1.2/24 dev eth0").unwrap();
+        n.ip("route add default via 10.0.1.1 dev eth0").unwrap();
+        let rules = "*raw\n-A OUTPUT -p tcp -m owner --socket-exists\n\
+                     -A OUTPUT -p tcp -m owner ! --socket-exists\nCOMMIT\n";
+        n.restore(rules, RestoreOptions::default()).unwrap();
+        let (src, dst) = ("10.0.1.2:8080".parse().unwrap(), "10.0.1.1:40000".parse().unwrap());
+        let ack = || Packet::tcp(src, dst, TcpFlags::A).with_len(52);
+        let queued = SocketInfo { id: 3, orphan: true, ..SocketInfo::default() };
+        n.output(ack(), Some(queued), Duration::ZERO, &NoSockets);
+        let accepted = SocketInfo { orphan: false, ..queued };
+        n.output(ack(), Some(accepted), Duration::ZERO, &NoSockets);
+        n.output(ack(), Some(accepted), Duration::ZERO, &NoSockets);
+        let save = n.save(true);
+        assert!(save.contains("[2:104] -A OUTPUT -p tcp -m owner --socket-exists"), "{save}");
+        assert!(save.contains("[1:52] -A OUTPUT -p tcp -m owner ! --socket-exists"), "{save}");
+    }
+    /// Kernel 6.18 (differential suite seed 21587, reproduced by hand): `-m socket` looks at the
+    /// socket TPROXY assigned to the packet before looking one up. A looped-back SYN to
+    /// 10.0.1.2:8080 that TPROXY gave the transparent listener on 0.0.0.0:15001 does not match
+    /// `-m socket` (a wildcard listener) — though 10.0.1.2:8080 has a listener of its own —
+    /// and matches `--nowildcard`.
+    #[test]
+    fn socket_match_prefers_the_socket_tproxy_assigned() {
+        use crate::kernel::{Protocol, SocketInfo, SocketLookup};
+        struct Listeners;
+        impl SocketLookup for Listeners {
+            fn established(
+                &self,
+                _: Protocol,
+                _: SocketAddrV4,
+                _: SocketAddrV4,
+            ) -> Option<SocketInfo> {
+                None
+            }
+            fn listener(&self, _: Protocol, l: SocketAddrV4) -> Option<SocketInfo> {
+                match l.port() {
+                    8080 => Some(SocketInfo { id: 1, ..SocketInfo::default() }),
+                    15001 => Some(SocketInfo {
+                        id: 2,
+                        transparent: true,
+                        wildcard: true,
+                        ..SocketInfo::default()
+                    }),
+                    _ => None,
+                }
+            }
+        }
+        let mut n = Netns::new();
+        n.ip("addr add 10.0.1.2/24 dev eth0").unwrap();
+        let rules = "*mangle\n-A PREROUTING -p tcp -j TPROXY --on-port 15001\n\
+                     -A INPUT -p tcp -m socket\n-A INPUT -p tcp -m socket --nowildcard\nCOMMIT\n";
+        n.restore(rules, RestoreOptions::default()).unwrap();
+        let (src, dst) = ("10.0.1.2:40000".parse().unwrap(), "10.0.1.2:8080".parse().unwrap());
+        let o = n.output(Packet::tcp(src, dst, TcpFlags::S), None, Duration::ZERO, &Listeners);
+        assert_eq!(
+            o.disposition,
+            Disposition::Local {
+                socket: Listeners.listener(Protocol::Tcp, "0.0.0.0:15001".parse().unwrap())
+            }
+        );
+        let save = n.save(true);
+        assert!(save.contains("[0:0] -A INPUT -p tcp -m socket\n"), "{save}");
+        assert!(save.contains("[1:60] -A INPUT -p tcp -m socket --nowildcard"), "{save}");
     }
 }

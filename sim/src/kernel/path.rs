@@ -5,8 +5,10 @@
 //! packet only; later ones get the recorded binding) → re-route if NAT changed the destination →
 //! filter OUTPUT → mangle POSTROUTING → nat POSTROUTING → confirm. A local route loops the packet
 //! back through `lo` with its conntrack entry and mark: raw PREROUTING → (no second conntrack
-//! lookup) → mangle PREROUTING → nat PREROUTING (binding already set) → mangle INPUT → filter
-//! INPUT → nat INPUT → deliver; the output route stands (the kernel keeps the dst).
+//! lookup, unless OUTPUT found the packet INVALID: then a fresh one, in the zone raw PREROUTING
+//! gives it) → mangle PREROUTING → nat PREROUTING (binding already set) → mangle INPUT → filter
+//! INPUT → nat INPUT → deliver; the output route stands (the kernel keeps the dst) unless nat
+//! PREROUTING changed the destination, which routes the packet anew as an arrival on `lo`.
 //!
 //! Arriving (`Netns::input`): raw PREROUTING → conntrack → mangle PREROUTING → nat PREROUTING →
 //! route (with the packet mark, so fwmark rules apply) → local: mangle INPUT → filter INPUT →
@@ -543,6 +545,13 @@ impl Netns {
         w.skb.oif = None;
         w.skb.oif_key = IfKey::NONE;
         w.skb.socket = None;
+        if w.skb.ct.is_none() && !w.skb.untracked {
+            // OUTPUT's lookup consumed the CT template and found the packet INVALID: it comes
+            // back with no conntrack attached, so PREROUTING looks it up afresh — in the zone
+            // a raw PREROUTING rule gives it, else zone 0 (kernel 6.18, differential suite
+            // seed 11460).
+            w.skb.zone = 0;
+        }
         self.enter(&mut w.skb, Hook::Prerouting, cx);
         pass!(self, w, cx, self.table(TableKind::Raw, &mut w.skb, cx));
         // The entry travels with the packet: no second lookup unless it had none.
@@ -550,7 +559,13 @@ impl Netns {
             return self.finish(w, PacketVerdict::Drop(c), cx);
         }
         pass!(self, w, cx, self.table(TableKind::Mangle, &mut w.skb, cx));
+        let dst = w.skb.pkt.dst;
         pass!(self, w, cx, self.nat_hook(&mut w.skb, Manip::Dst, cx));
+        if w.skb.pkt.dst != dst {
+            // nat PREROUTING drops the route of a packet whose destination it changed
+            // (nf_nat_ipv4_pre_routing): the input route decides anew, as for any arrival.
+            return self.route_in(w, IfIndex::LO, cx);
+        }
         self.local_in(w, cx)
     }
 
@@ -593,6 +608,12 @@ impl Netns {
         }
         pass!(self, w, cx, self.table(TableKind::Mangle, &mut w.skb, cx));
         pass!(self, w, cx, self.nat_hook(&mut w.skb, Manip::Dst, cx));
+        self.route_in(w, iif, cx)
+    }
+
+    /// The input route of an arriving packet after PREROUTING, then local delivery or the
+    /// forward path.
+    fn route_in(&mut self, mut w: Walk, iif: IfIndex, cx: &mut Ctx<'_>) -> Outcome {
         let p = w.skb.pkt;
         let r = self.routing.input(p.dst, p.src, p.mark, iif, self.forwarding);
         cx.event(|| Event::Route {
@@ -699,5 +720,79 @@ mod tests {
             assert!(!o.accepted());
             assert_eq!(o.reply.is_some(), answered, "{dst}: {o:?}");
         }
+    }
+    /// Kernel 6.18 (differential suite seed 11460, reproduced by hand): nat INPUT SNATs a peer's
+    /// SYN to 127.0.0.1, so the SYN-ACK is routed through `lo`; raw OUTPUT puts it in zone 1
+    /// (`--ctstate INVALID` matches every packet before the lookup), where it has no entry and
+    /// is INVALID, so nat OUTPUT does not undo the SNAT. Back through `lo` it carries no
+    /// conntrack: PREROUTING looks it up in zone 0, finds the connection (SYN_RECV, replied),
+    /// undoes the SNAT (destination 10.0.1.1), and the new input route — forwarding is off —
+    /// drops it. The client never connects.
+    #[test]
+    fn an_invalid_looped_back_packet_is_looked_up_again_in_zone_0_and_rerouted_after_nat() {
+        use crate::kernel::path::DropCause;
+        use crate::kernel::{PacketVerdict, RouteError};
+        let mut n = Netns::new();
+        n.ip("addr add 10.0.1.2/24 dev eth0").unwrap();
+        n.ip("route add default via 10.0.1.1 dev eth0").unwrap();
+        let rules = "*raw\n-A OUTPUT -m conntrack --ctstate INVALID -j CT --zone 1\nCOMMIT\n\
+                     *nat\n-A INPUT -p tcp -j SNAT --to-source 127.0.0.1\nCOMMIT\n";
+        n.restore(rules, RestoreOptions::default()).unwrap();
+        let eth0 = n.interface("eth0").unwrap();
+        let (client, server) =
+            ("10.0.1.1:20003".parse().unwrap(), "10.0.1.2:8080".parse().unwrap());
+        let now = Duration::ZERO;
+        let syn = n.input(Packet::tcp(client, server, TcpFlags::S), eth0, now, &NoSockets);
+        assert!(matches!(syn.disposition, Disposition::Local { .. }), "{syn:?}");
+        let seen = syn.packet.src_sock();
+        assert_eq!(seen, "127.0.0.1:20003".parse().unwrap());
+        let synack = n.output(Packet::tcp(server, seen, TcpFlags::SA), None, now, &NoSockets);
+        assert_eq!(
+            synack.verdict,
+            PacketVerdict::Drop(DropCause::Route(RouteError::NotForwarding)),
+            "{synack:?}"
+        );
+        assert_eq!(*synack.packet.dst_sock().ip(), std::net::Ipv4Addr::new(10, 0, 1, 1));
+        let dump = n.conntrack_dump(now);
+        assert!(dump.contains("SYN_RECV") && !dump.contains("UNREPLIED"), "{dump}");
+        assert_eq!(dump.lines().count(), 1, "no zone-1 entry: {dump}");
+    }
+    /// Kernel 6.18 (differential suite seed 10299, reproduced by hand): a pod connects to its
+    /// own 10.0.1.2:15001; raw OUTPUT puts the client's packets in zone 1, so its ACK (an ACK
+    /// of the original direction to a SYN_SENT entry) is INVALID there. Back through `lo` it is
+    /// picked up in zone 0 as a new connection, which nat PREROUTING REDIRECTs to 127.0.0.1;
+    /// the route nat dropped is looked up again, and 127.0.0.1 arriving on `lo` is a martian
+    /// (`route_localnet` off): the ACK, and every data segment after it, never arrives — each
+    /// one REDIRECTed anew, its unconfirmed entry discarded.
+    #[test]
+    fn a_looped_back_packet_redirected_to_127_0_0_1_is_a_martian() {
+        use crate::kernel::path::DropCause;
+        use crate::kernel::{PacketVerdict, RouteError};
+        let mut n = Netns::new();
+        n.ip("addr add 10.0.1.2/24 dev eth0").unwrap();
+        let rules = "*raw\n-A OUTPUT -p tcp --dport 15001 -j CT --zone 1\nCOMMIT\n\
+                     *nat\n-A PREROUTING -j REDIRECT\nCOMMIT\n";
+        n.restore(rules, RestoreOptions::default()).unwrap();
+        let (client, server) =
+            ("10.0.1.2:40000".parse().unwrap(), "10.0.1.2:15001".parse().unwrap());
+        let now = Duration::ZERO;
+        let mut send = |src, dst, flags: TcpFlags| {
+            let len = if flags.has(TcpFlags::SYN) { 60 } else { 52 };
+            n.output(Packet::tcp(src, dst, flags).with_len(len), None, now, &NoSockets)
+        };
+        assert!(send(client, server, TcpFlags::S).is_local());
+        assert!(send(server, client, TcpFlags::SA).is_local());
+        for _ in 0..2 {
+            let ack = send(client, server, TcpFlags::A);
+            assert_eq!(
+                ack.verdict,
+                PacketVerdict::Drop(DropCause::Route(RouteError::Martian)),
+                "{ack:?}"
+            );
+        }
+        assert!(n.save(true).contains("[2:104] -A PREROUTING -j REDIRECT"), "{}", n.save(true));
+        let dump = n.conntrack_dump(now);
+        assert!(dump.contains("SYN_SENT") && dump.contains("zone=1"), "{dump}");
+        assert_eq!(dump.lines().count(), 1, "{dump}");
     }
 }

@@ -395,7 +395,10 @@ impl Routing {
         if src.is_multicast() || src.is_broadcast() || src.octets()[0] == 0 {
             return Err(RouteError::Martian);
         }
-        if !lo && (src.is_loopback() || dst.is_loopback()) {
+        // 127/8 is martian on every device, `lo` included (`route_localnet` is off): a looped
+        // packet whose route nat PREROUTING dropped is routed here like any other (kernel 6.18,
+        // differential suite seed 10299: REDIRECT of a looped packet to 127.0.0.1 drops it).
+        if src.is_loopback() || dst.is_loopback() {
             return Err(RouteError::Martian);
         }
         if dst.is_broadcast() {
@@ -753,6 +756,16 @@ mod tests {
             Err(RouteError::Martian)
         );
         assert_eq!(r.input(ip("10.9.9.9"), peer, 0, eth0, false), Err(RouteError::NotForwarding));
+        let local = ip("10.0.1.5");
+        assert_eq!(
+            r.input(ip("127.0.0.1"), local, 0, IfIndex::LO, false),
+            Err(RouteError::Martian)
+        );
+        assert_eq!(
+            r.input(local, ip("127.0.0.1"), 0, IfIndex::LO, false),
+            Err(RouteError::Martian)
+        );
+        assert_eq!(r.input(local, local, 0, IfIndex::LO, false).unwrap().kind, RouteType::Local);
         assert_eq!(r.input(ip("10.9.9.9"), peer, 0, eth0, true).unwrap().kind, RouteType::Unicast);
         assert_eq!(
             r.input(ip("10.9.9.9"), peer, 0x111, eth0, false).unwrap().kind,

@@ -7,7 +7,9 @@
 //! Packets the kernel makes itself are not all socketless (checked on kernel 6.18): the TCP
 //! stack's resets for closed ports and every ICMP error (REJECT's included) leave through the
 //! kernel's per-namespace control sockets, so `--socket-exists` matches them — pass
-//! [`SocketInfo::kernel`]. Only REJECT's TCP reset has no socket at all (`None`).
+//! [`SocketInfo::kernel`]. Only REJECT's TCP reset has no socket at all (`None`). What a
+//! connection not yet `accept()`ed sends has a socket without a `struct socket`
+//! ([`SocketInfo::orphan`]), which `--socket-exists` does not match either.
 
 use std::net::SocketAddrV4;
 
@@ -28,6 +30,11 @@ pub struct SocketInfo {
     pub mark: u32,
     /// A TCP socket in TIME_WAIT (not a full socket).
     pub time_wait: bool,
+    /// A full socket with no `struct socket` (`sk_socket` is NULL): a connection still in its
+    /// listener's accept queue (`sock_graft` attaches one at `accept()`). `-m owner` sees no
+    /// socket in what it sends (xt_owner tests `sk->sk_socket`; kernel 6.18, differential suite
+    /// seeds 10491 and 10815).
+    pub orphan: bool,
 }
 
 impl SocketInfo {
