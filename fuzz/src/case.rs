@@ -128,6 +128,7 @@ impl Expect {
 }
 
 #[derive(Debug, Clone, PartialEq)]
+#[allow(clippy::large_enum_variant)] // a handful per case; boxing would only clutter the shrinker
 pub enum Step {
     Connect(Connect),
     Partition(usize, usize),
@@ -140,10 +141,16 @@ pub enum Step {
     Restart(usize),
     Start(usize),
     FlushConntrack(Peer),
-    DeletePod { name: String, namespace: String },
+    DeletePod {
+        name: String,
+        namespace: String,
+    },
     AddPod(Pod),
     Apply(PolicyObject),
-    Remove { name: String, namespace: String },
+    Remove {
+        name: String,
+        namespace: String,
+    },
     WaitMs(u64),
 }
 
@@ -163,7 +170,10 @@ impl Step {
             ),
             Step::Loss(a, b, pct) => fault(
                 "loss",
-                Y::map([("between", pair(*a, *b)), ("rate", Y::raw(format!("{:.2}", *pct as f64 / 100.0)))]),
+                Y::map([
+                    ("between", pair(*a, *b)),
+                    ("rate", Y::raw(format!("{:.2}", *pct as f64 / 100.0))),
+                ]),
             ),
             Step::Crash(n) => fault("crash", Y::str(format!("proxy@{}", NODES[*n]))),
             Step::Restart(n) => fault("restart", Y::str(format!("proxy@{}", NODES[*n]))),
@@ -174,7 +184,9 @@ impl Step {
             }
             Step::AddPod(p) => fault("add-pod", p.to_y()),
             Step::Apply(p) => fault("apply", policy_y(p)),
-            Step::Remove { name, namespace } => fault("remove", Y::str(format!("{name}.{namespace}"))),
+            Step::Remove { name, namespace } => {
+                fault("remove", Y::str(format!("{name}.{namespace}")))
+            }
             Step::WaitMs(ms) => {
                 Y::map([("wait", Y::raw(format_duration(std::time::Duration::from_millis(*ms))))])
             }
@@ -343,11 +355,13 @@ pub fn policy_y(p: &PolicyObject) -> Y {
 impl Case {
     /// Looks a pod up among the initial pods and the pods added by steps.
     pub fn find_pod(&self, name: &str, namespace: &str) -> Option<&Pod> {
-        self.pods.iter().chain(self.steps.iter().filter_map(|s| match s {
-            Step::AddPod(p) => Some(p),
-            _ => None,
-        }))
-        .find(|p| p.name == name && p.namespace == namespace)
+        self.pods
+            .iter()
+            .chain(self.steps.iter().filter_map(|s| match s {
+                Step::AddPod(p) => Some(p),
+                _ => None,
+            }))
+            .find(|p| p.name == name && p.namespace == namespace)
     }
 
     /// Every connect step.
@@ -378,8 +392,10 @@ impl Case {
         )];
         cluster.push(("pods".into(), Y::Seq(self.pods.iter().map(Pod::to_y).collect())));
         if !self.services.is_empty() {
-            cluster
-                .push(("services".into(), Y::Seq(self.services.iter().map(Service::to_y).collect())));
+            cluster.push((
+                "services".into(),
+                Y::Seq(self.services.iter().map(Service::to_y).collect()),
+            ));
         }
         if self.external {
             let host = Y::map([
@@ -429,4 +445,119 @@ fn fold_description(text: &str, description: &str) -> String {
         block.push_str(&format!("  {current}\n"));
     }
     text.replacen(&line, &block, 1)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeSet;
+
+    use ambient_scenarios::world::{Action, ObjectKey};
+
+    use crate::runner::{case_seed, generate, load};
+    use crate::strategy::Limits;
+
+    use super::*;
+
+    /// Every generated case renders to YAML the loader accepts, and the loaded world is the
+    /// case: same nodes, pods (address, node, capture), services, policies and steps.
+    #[test]
+    fn generated_cases_round_trip_through_the_loader() {
+        for i in 0..300 {
+            let case = generate(Limits::default(), case_seed(11, i), &format!("rt-{i}"));
+            assert_eq!(case, generate(Limits::default(), case_seed(11, i), &format!("rt-{i}")));
+            let world = match load(&case) {
+                Ok(w) => w,
+                Err(bug) => panic!("case {i}: {bug}"),
+            };
+            assert_eq!(world.id, case.id);
+            assert_eq!(world.seed, case.seed);
+            assert_eq!(world.nodes.len(), case.nodes, "case {i}");
+            assert_eq!(world.pods.len(), case.pods.len(), "case {i}");
+            for p in &case.pods {
+                let key = ObjectKey { name: p.name.clone(), namespace: p.namespace.clone() };
+                let w = &world.pods[&key];
+                assert_eq!((w.ip, w.node.as_str()), (p.ip, NODES[p.node]), "case {i} pod {key}");
+                assert_eq!(w.is_captured(), p.ambient, "case {i} pod {key}");
+                assert_eq!(w.service_account, p.service_account, "case {i} pod {key}");
+                assert_eq!(w.serve.len(), p.serve.len(), "case {i} pod {key}");
+            }
+            assert_eq!(world.services.len(), case.services.len(), "case {i}");
+            assert_eq!(world.external.len(), usize::from(case.external), "case {i}");
+            let objects: Vec<&PolicyObject> = world.policies.iter().map(|p| &p.object).collect();
+            assert_eq!(objects, case.policies.iter().collect::<Vec<_>>(), "case {i}");
+            assert_eq!(world.steps.len(), case.steps.len(), "case {i}");
+            for (w, c) in world.steps.iter().zip(&case.steps) {
+                let same_kind = matches!(
+                    (&w.action, c),
+                    (Action::Connect(_), Step::Connect(_))
+                        | (Action::Wait(_), Step::WaitMs(_))
+                        | (Action::Fault(_), _)
+                );
+                assert!(same_kind, "case {i}: {:?} loaded as {:?}", c, w.action);
+                if let (Action::Connect(w), Step::Connect(c)) = (&w.action, c) {
+                    assert_eq!(
+                        (w.id.as_str(), w.send, w.background),
+                        (c.id.as_str(), c.send, c.background)
+                    );
+                }
+            }
+        }
+    }
+
+    /// Over a few hundred cases the strategies reach every kind of step, every policy field
+    /// (with its negation) and both kinds of policy.
+    #[test]
+    fn strategies_cover_the_vocabulary() {
+        let mut kinds = BTreeSet::new();
+        let mut text = String::new();
+        let (mut parallel, mut services, mut external, mut four_nodes) =
+            (false, false, false, false);
+        for i in 0..300 {
+            let case = generate(Limits::default(), case_seed(3, i), "cov");
+            kinds.extend(case.steps.iter().map(crate::runner::step_kind));
+            text.push_str(&case.to_yaml());
+            parallel |= case.connects().any(|c| matches!(c.repeat, Repeat::Parallel(_)));
+            services |= case.connects().any(|c| matches!(c.to, Target::Service { .. }));
+            external |= case.connects().any(|c| c.from == Peer::External);
+            four_nodes |= case.nodes == 4;
+        }
+        let all = [
+            "connect",
+            "connect (background)",
+            "partition",
+            "heal",
+            "latency",
+            "loss",
+            "crash",
+            "restart",
+            "start",
+            "flush-conntrack",
+            "delete-pod",
+            "add-pod",
+            "apply",
+            "remove",
+            "wait",
+        ];
+        for k in all {
+            assert!(kinds.contains(k), "no {k} step in 300 cases");
+        }
+        for field in [
+            "principals:",
+            "notPrincipals:",
+            "namespaces:",
+            "notNamespaces:",
+            "ipBlocks:",
+            "notIpBlocks:",
+            "ports:",
+            "notPorts:",
+            "action: DENY",
+            "action: ALLOW",
+            "kind: PeerAuthentication",
+            "mode: STRICT",
+            "portLevelMtls:",
+        ] {
+            assert!(text.contains(field), "no {field} in 300 cases");
+        }
+        assert!(parallel && services && external && four_nodes);
+    }
 }

@@ -31,7 +31,8 @@ pub fn default_planner() -> Planner {
 
 /// The seed of case `index` of a session with `seed` (splitmix64 of both).
 pub fn case_seed(seed: u64, index: u64) -> u64 {
-    let mut z = seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) ^ index.wrapping_add(0x632b_e59b_d9b4_e019);
+    let mut z =
+        seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) ^ index.wrapping_add(0x632b_e59b_d9b4_e019);
     z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
     z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
     z ^ (z >> 31)
@@ -75,9 +76,10 @@ impl std::error::Error for GeneratorBug {}
 /// Loads a case's YAML.
 pub fn load(case: &Case) -> Result<World, GeneratorBug> {
     let yaml = case.to_yaml();
-    load_str(&format!("{}.yaml", case.id), &yaml)
-        .into_result()
-        .map_err(|errors| GeneratorBug { yaml, errors: errors.iter().map(|d| d.to_string()).collect() })
+    load_str(&format!("{}.yaml", case.id), &yaml).into_result().map_err(|errors| GeneratorBug {
+        yaml,
+        errors: errors.iter().map(|d| d.to_string()).collect(),
+    })
 }
 
 /// One case's run and verdict.
@@ -129,8 +131,17 @@ pub fn run_world(
         match run_inspected(world, &opts, &again) {
             Ok(r) => Some(r.outcome),
             Err(e) => {
-                let v = Violation { invariant: Invariant::Backend, connection: None, message: e.message };
-                return CaseReport { outcome: Some(run.outcome), predictions, violations: vec![v], fired };
+                let v = Violation {
+                    invariant: Invariant::Backend,
+                    connection: None,
+                    message: e.message,
+                };
+                return CaseReport {
+                    outcome: Some(run.outcome),
+                    predictions,
+                    violations: vec![v],
+                    fired,
+                };
             }
         }
     } else {

@@ -39,7 +39,11 @@ impl<F: FnMut(&Case) -> bool> Shrinker<F> {
 
     /// Tries each candidate `edit(case, i)` for i in 0.. (until it returns `None`), keeping
     /// those that still fail. Returns whether any was kept.
-    fn pass(&mut self, case: &mut Case, mut edit: impl FnMut(&Case, usize) -> Option<Option<Case>>) -> bool {
+    fn pass(
+        &mut self,
+        case: &mut Case,
+        mut edit: impl FnMut(&Case, usize) -> Option<Option<Case>>,
+    ) -> bool {
         let mut progress = false;
         let mut i = 0;
         while let Some(candidate) = edit(case, i) {
@@ -293,4 +297,72 @@ fn simplify_step(c: &Case, i: usize) -> Option<Option<Case>> {
         _ => false,
     };
     Some(changed.then_some(n))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::case::Connect;
+    use crate::runner::{case_seed, generate, load};
+    use crate::strategy::Limits;
+
+    /// A connect of at least 1 KiB between two different pods on different nodes.
+    fn culprit(c: &Connect, case: &Case) -> bool {
+        let (Peer::Pod { name: a, namespace: na }, Target::Pod { name: b, namespace: nb, .. }) =
+            (&c.from, &c.to)
+        else {
+            return false;
+        };
+        let (Some(a), Some(b)) = (case.find_pod(a, na), case.find_pod(b, nb)) else {
+            return false;
+        };
+        c.send >= 1024 && a.node != b.node
+    }
+
+    /// With a synthetic property ("some cross-node pod-to-pod connect of ≥ 1 KiB"), the
+    /// shrinker reduces big generated cases to the two pods and the one step the property
+    /// needs, and never keeps a case the loader rejects.
+    #[test]
+    fn shrinks_to_what_the_property_needs() {
+        let mut shrunk = 0;
+        for i in 0..200 {
+            let case = generate(Limits::default(), case_seed(5, i), "shrink");
+            let fails = |c: &Case| load(c).is_ok() && c.connects().any(|x| culprit(x, c));
+            if !fails(&case) || case.size().0 < 4 || case.steps.len() < 6 {
+                continue;
+            }
+            let mut s = Shrinker::new(fails, 10_000);
+            let small = s.shrink(case.clone());
+            assert!(fails(&small), "case {i}: the shrunk case lost the property");
+            let (pods, steps, policies) = small.size();
+            // The connect, and the add-pod of a pod it names if that pod was added by a step.
+            let added = small.steps.iter().filter(|s| matches!(s, Step::AddPod(_))).count();
+            assert_eq!(
+                (pods, steps - added, policies),
+                (2, 1, 0),
+                "case {i}:\n{}",
+                small.to_yaml()
+            );
+            assert!(small.services.is_empty() && !small.external && small.fault_points.is_none());
+            let c = small.connects().next().map(|c| (c.send, c.repeat, c.hold_ms, c.background));
+            assert_eq!(c, Some((1024, Repeat::Count(1), 0, false)), "case {i}");
+            let used =
+                small.pods.iter().map(|p| p.node).chain(small.steps.iter().flat_map(step_nodes));
+            let used = used.max().unwrap_or(0);
+            assert_eq!(small.nodes, used + 1, "case {i}: unused nodes are dropped");
+            shrunk += 1;
+        }
+        assert!(shrunk >= 10, "only {shrunk} of 200 cases had the property");
+    }
+
+    /// The budget bounds the runs, and a shrink that cannot remove anything returns the case.
+    #[test]
+    fn respects_the_budget() {
+        let case = generate(Limits::default(), case_seed(5, 1), "budget");
+        let mut s = Shrinker::new(|_: &Case| true, 7);
+        let _ = s.shrink(case.clone());
+        assert_eq!(s.tried, 7);
+        let mut s = Shrinker::new(|_: &Case| false, 10_000);
+        assert_eq!(s.shrink(case.clone()), case);
+    }
 }

@@ -215,9 +215,8 @@ fn source() -> impl Strategy<Value = serde_json::Value> {
 }
 
 fn operation() -> impl Strategy<Value = serde_json::Value> {
-    (ports(), any::<bool>()).prop_map(|(p, not)| {
-        if not { json!({"notPorts": p}) } else { json!({"ports": p}) }
-    })
+    (ports(), any::<bool>())
+        .prop_map(|(p, not)| if not { json!({"notPorts": p}) } else { json!({"ports": p}) })
 }
 
 fn rule() -> impl Strategy<Value = serde_json::Value> {
@@ -319,6 +318,7 @@ pub fn key(p: &PolicyObject) -> (String, String) {
 
 /// A step as drawn: numbers that [`build_steps`] reads against the state so far.
 #[derive(Debug, Clone)]
+#[allow(clippy::large_enum_variant)] // drawn once per step; boxing buys nothing here
 pub enum RawStep {
     Connect(RawConnect),
     /// kind (partition, heal, latency, loss), two node draws, an amount.
@@ -429,26 +429,27 @@ impl Walk<'_> {
     }
 
     fn connect(&mut self, r: RawConnect, background: bool) {
-        let clients: Vec<Option<&Pod>> = self
-            .pods
-            .iter()
-            .map(Some)
-            .chain(self.topo.external.then_some(None))
-            .collect();
+        let clients: Vec<Option<&Pod>> =
+            self.pods.iter().map(Some).chain(self.topo.external.then_some(None)).collect();
         let Some(&client) = pick(&clients, r.from) else { return };
         let captured = client.is_some_and(|c| c.ambient);
         let port = PORTS[r.port as usize % PORTS.len()];
-        let pod_target =
-            |draw: u8| pick(&self.pods, draw).map(|p| Target::Pod {
+        let pod_target = |draw: u8| {
+            pick(&self.pods, draw).map(|p| Target::Pod {
                 name: p.name.clone(),
                 namespace: p.namespace.clone(),
                 port,
-            });
+            })
+        };
         let to = match r.kind % 4 {
             2 if captured && !self.topo.services.is_empty() => {
                 let s = &self.topo.services[r.target as usize % self.topo.services.len()];
                 let (p, _) = s.ports[r.port as usize % s.ports.len()];
-                Some(Target::Service { name: s.name.clone(), namespace: s.namespace.clone(), port: p })
+                Some(Target::Service {
+                    name: s.name.clone(),
+                    namespace: s.namespace.clone(),
+                    port: p,
+                })
             }
             3 if self.topo.external && client.is_some() => {
                 Some(Target::External { port: EXTERNAL_PORT })
@@ -465,7 +466,7 @@ impl Walk<'_> {
         };
         let hold_ms = if background {
             [2_000, 5_000, 20_000][r.hold as usize % 3]
-        } else if r.hold % 10 == 0 {
+        } else if r.hold.is_multiple_of(10) {
             500
         } else {
             0
@@ -521,7 +522,7 @@ impl Walk<'_> {
         let n = node as usize % self.topo.nodes;
         if self.down.remove(&n) {
             self.steps.push(Step::Start(n));
-        } else if kind % 2 == 0 {
+        } else if kind.is_multiple_of(2) {
             self.down.insert(n);
             self.steps.push(Step::Crash(n));
         } else {
@@ -631,7 +632,8 @@ pub fn build_steps(topo: &Topology, policies: &[PolicyObject], raw: &[RawStep]) 
     }
     if w.steps.iter().all(|s| !matches!(s, Step::Connect(_))) {
         // A case without traffic checks little; open one connection from the first pod.
-        let c = RawConnect { from: 0, kind: 0, target: 0, port: 0, size: 1, repeat: 0, n: 0, hold: 1 };
+        let c =
+            RawConnect { from: 0, kind: 0, target: 0, port: 0, size: 1, repeat: 0, n: 0, hold: 1 };
         w.connect(c, false);
     }
     if !w.links.is_empty() {

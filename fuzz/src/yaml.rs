@@ -191,7 +191,7 @@ mod tests {
         let text = document(&doc);
         assert_eq!(
             text,
-            "description: two pods\ncluster:\n  nodes: [node-a, node-b]\n  pods: [{name: p0, node: node-a, ip: 10.0.1.2}]\n"
+            "description: \"two pods\"\ncluster:\n  nodes: [node-a, node-b]\n  pods: [{name: p0, node: node-a, ip: 10.0.1.2}]\n"
         );
     }
 }

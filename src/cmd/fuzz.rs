@@ -106,7 +106,8 @@ fn on_kernel(k: &Kernel, world: &World) -> Vec<Violation> {
     let preds = ambient_fuzz::oracle::predict(world, false);
     match k.run(world, &RunOptions::default()) {
         Ok(run) => {
-            let ev = Evidence { outcome: &run.outcome, second: None, underlay: None, proxies: None };
+            let ev =
+                Evidence { outcome: &run.outcome, second: None, underlay: None, proxies: None };
             let mut v = invariants::check(world, &preds, ev);
             for s in &run.outcome.skipped {
                 v.push(Violation {
@@ -117,7 +118,9 @@ fn on_kernel(k: &Kernel, world: &World) -> Vec<Violation> {
             }
             v
         }
-        Err(e) => vec![Violation { invariant: Invariant::Backend, connection: None, message: e.message }],
+        Err(e) => {
+            vec![Violation { invariant: Invariant::Backend, connection: None, message: e.message }]
+        }
     }
 }
 
@@ -127,13 +130,15 @@ fn on_kernel(_: &Kernel, _: &World) -> Vec<Violation> {
 }
 
 fn parse_rates(text: &str) -> anyhow::Result<FaultRates> {
-    let v: Vec<u16> = text
-        .split(',')
-        .map(|p| p.trim().parse::<u16>())
-        .collect::<Result<_, _>>()
-        .map_err(|_| anyhow::anyhow!("--fault-rates: expected four numbers 0-1000, found {text:?}"))?;
+    let v: Vec<u16> =
+        text.split(',').map(|p| p.trim().parse::<u16>()).collect::<Result<_, _>>().map_err(
+            |_| anyhow::anyhow!("--fault-rates: expected four numbers 0-1000, found {text:?}"),
+        )?;
     let &[dial_fails, slow_tls, goaway, stream_reset] = v.as_slice() else {
-        anyhow::bail!("--fault-rates: expected four numbers (dial-fails,slow-tls,goaway,stream-reset), found {}", v.len());
+        anyhow::bail!(
+            "--fault-rates: expected four numbers (dial-fails,slow-tls,goaway,stream-reset), found {}",
+            v.len()
+        );
     };
     if v.iter().any(|r| *r > 1000) {
         anyhow::bail!("--fault-rates: rates are per mille, 0-1000");
@@ -218,10 +223,7 @@ fn print_tally(t: &runner::Tally) {
     let list = |items: Vec<(String, u64)>| {
         items.iter().map(|(k, v)| format!("{k} {v}")).collect::<Vec<_>>().join(", ")
     };
-    println!(
-        "cases: {} ({} pods, {} policies in all)",
-        t.cases, t.pods, t.policies
-    );
+    println!("cases: {} ({} pods, {} policies in all)", t.cases, t.pods, t.policies);
     println!(
         "connections: {} ({} predicted exactly, {} with alternatives, {} not modelled)",
         t.connections,
@@ -243,9 +245,7 @@ fn shrink_failure(
 ) -> (Case, Violation, usize) {
     let target = f.report.violations[0].invariant;
     let twice = target == Invariant::Determinism;
-    let fails = |c: &Case| {
-        runner::run_case(c, planner, twice).is_ok_and(|r| r.broke(target))
-    };
+    let fails = |c: &Case| runner::run_case(c, planner, twice).is_ok_and(|r| r.broke(target));
     let mut shrinker = Shrinker::new(fails, budget);
     let small = shrinker.shrink(f.case.clone());
     let violation = runner::run_case(&small, planner, twice)
@@ -267,7 +267,11 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         fault_points: !args.no_fault_points,
     };
     if let Some(i) = args.show_case {
-        let case = runner::generate(limits, runner::case_seed(args.seed, i), &runner::case_id(args.seed, i));
+        let case = runner::generate(
+            limits,
+            runner::case_seed(args.seed, i),
+            &runner::case_id(args.seed, i),
+        );
         print!("{}", case.to_yaml());
         if let Some(fp) = case.fault_points {
             let r = fp.rates;
@@ -278,9 +282,11 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         }
         return Ok(ExitCode::SUCCESS);
     }
-    let jobs = args.jobs.unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
+    let jobs =
+        args.jobs.unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
     let planner = default_planner();
-    let session = Session { seed: args.seed, cases: args.cases, limits, jobs, planner: planner.clone() };
+    let session =
+        Session { seed: args.seed, cases: args.cases, limits, jobs, planner: planner.clone() };
     eprintln!(
         "testbed fuzz: {} cases, seed {}, up to {} nodes, {} pods, {} steps, fault points {}, {jobs} jobs",
         args.cases,
@@ -310,10 +316,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     }
     let secs = report.elapsed.as_secs_f64();
     print_tally(&report.tally);
-    println!(
-        "time: {secs:.1}s, {:.1} cases/s",
-        report.tally.cases as f64 / secs.max(1e-9)
-    );
+    println!("time: {secs:.1}s, {:.1} cases/s", report.tally.cases as f64 / secs.max(1e-9));
     if let Some((index, bug)) = &report.generator_bug {
         eprintln!("testbed fuzz: case {index} (seed {}): {bug}", args.seed);
         return Ok(ExitCode::from(2));
@@ -349,7 +352,10 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     std::fs::create_dir_all(&args.out)?;
     std::fs::write(&path, &text)?;
     let (pods, steps, policies) = small.size();
-    println!("shrunk in {tried} runs to {pods} pods, {steps} steps, {policies} policies: {}", path.display());
+    println!(
+        "shrunk in {tried} runs to {pods} pods, {steps} steps, {policies} policies: {}",
+        path.display()
+    );
     println!("  broken: {violation}");
     if small.fault_points.is_some() {
         let r = small.fault_points.map(|f| f.rates).unwrap_or_default();
@@ -371,7 +377,9 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
             Ok(world) => {
                 let v = on_kernel(k, &world);
                 if v.is_empty() {
-                    println!("on the kernel (netns): every invariant held (the failure is the simulator's or needs its faults)");
+                    println!(
+                        "on the kernel (netns): every invariant held (the failure is the simulator's or needs its faults)"
+                    );
                 } else {
                     println!("on the kernel (netns): {} violation(s)", v.len());
                     for v in v {

@@ -142,7 +142,6 @@ impl Expect {
         self.identity = self.identity.join(Tri::MustNot).join(Tri::Must);
         self.notes.push(why);
     }
-
 }
 
 /// One place a connection may go.

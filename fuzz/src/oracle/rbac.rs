@@ -120,8 +120,7 @@ fn strict(policies: &[&PolicyObject], w: Workload<'_>, port: u16) -> bool {
     let port_mode = selecting
         .iter()
         .find_map(|p| p.spec.port_level_mtls.get(&PortKey(port)).and_then(|m| set(m.mode)));
-    let workload_mode =
-        || selecting.iter().find_map(|p| p.spec.mtls.and_then(|m| set(m.mode)));
+    let workload_mode = || selecting.iter().find_map(|p| p.spec.mtls.and_then(|m| set(m.mode)));
     let scope_mode = |ns: &str| {
         pas.iter()
             .filter(|p| namespace_of(&p.metadata) == ns && p.spec.selector.is_none())
@@ -205,9 +204,8 @@ fn source_matches(s: &Source, c: &Conn<'_>) -> bool {
     let id = c.identity;
     let principal = |v: &String| id.is_some_and(|i| string_match(v, &i.principal()));
     let namespace = |v: &String| id.is_some_and(|i| string_match(v, &i.namespace));
-    let account = |v: &String| {
-        id.is_some_and(|i| format!("{}/{}", i.namespace, i.service_account) == *v)
-    };
+    let account =
+        |v: &String| id.is_some_and(|i| format!("{}/{}", i.namespace, i.service_account) == *v);
     let ip = |v: &String| ip_in(v, c.source_ip);
     any_or_empty(&s.principals, principal)
         && none_of(&s.not_principals, principal)

@@ -57,6 +57,31 @@ struct Touches {
     netns: BTreeSet<String>,
     /// Destination pod and connection attributes, for re-checking RBAC on a policy change.
     rbac: Option<(ObjectKey, Ipv4Addr, Option<Ident>, Ipv4Addr, u16)>,
+    /// With `rbac`: what the connection does if RBAC allows it (a change that lands before
+    /// the connection is certainly authorized may let it through).
+    allowed: Option<Expect>,
+    /// The client's netns label.
+    client: String,
+}
+
+/// What a change does to a live connection it touches.
+struct Hit {
+    /// Outcomes it may now end with.
+    outcomes: Vec<ConnOutcome>,
+    /// It also hits connections that may not have reached their app (still connecting, or
+    /// ending otherwise): a captured client's connection to its own proxy is open while that
+    /// proxy dials, so a proxy crash or a policy change can land on it.
+    in_progress: bool,
+    /// The change may decide the connection afresh: these expectations join the old ones.
+    merge: Option<Expect>,
+    /// The Outcome may no longer tie the server app's accept to the connection.
+    untie: bool,
+}
+
+impl Hit {
+    fn open(outcomes: Vec<ConnOutcome>) -> Option<Hit> {
+        Some(Hit { outcomes, in_progress: false, merge: None, untie: false })
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -130,8 +155,7 @@ pub fn predict(world: &World, fault_points: bool) -> Vec<Prediction> {
             }
             Action::Check(_) => {
                 // Settling named background connections takes at most their hold + deadline.
-                let longest =
-                    w.live.iter().map(|l| l.hold + l.deadline).max().unwrap_or_default();
+                let longest = w.live.iter().map(|l| l.hold + l.deadline).max().unwrap_or_default();
                 w.now.hi += longest + SLACK;
             }
         }
@@ -152,9 +176,13 @@ impl Walk<'_> {
                     identity: p.is_captured().then(|| self.ident(p)),
                 })
             }
-            PeerKind::External(name) => {
-                Ok(Client { label: name.clone(), ip: peer.ip, node: None, captured: false, identity: None })
-            }
+            PeerKind::External(name) => Ok(Client {
+                label: name.clone(),
+                ip: peer.ip,
+                node: None,
+                captured: false,
+                identity: None,
+            }),
         }
     }
 
@@ -170,13 +198,7 @@ impl Walk<'_> {
         self.policies.values().collect()
     }
 
-    fn allowed(
-        &self,
-        dst: &Pod,
-        source_ip: Ipv4Addr,
-        identity: Option<&Ident>,
-        port: u16,
-    ) -> bool {
+    fn allowed(&self, dst: &Pod, source_ip: Ipv4Addr, identity: Option<&Ident>, port: u16) -> bool {
         let w = Workload { namespace: &dst.key.namespace, labels: &dst.labels };
         let c = Conn { source_ip, identity, dest_ip: dst.ip, dest_port: port };
         rbac::decide(&self.policies(), w, &c).0
@@ -210,11 +232,19 @@ impl Walk<'_> {
 
     fn app_at(&self, ip: Ipv4Addr, port: u16) -> Option<App> {
         let pod = self.pods.values().find(|p| p.ip == ip).and_then(|p| p.serve.get(&port));
-        let host = self.world.external.values().find(|h| h.ip == ip).and_then(|h| h.serve.get(&port));
+        let host =
+            self.world.external.values().find(|h| h.ip == ip).and_then(|h| h.serve.get(&port));
         pod.or(host).copied()
     }
 
-    fn app_expect(&self, ip: Ipv4Addr, port: u16, send: u64, path: PathKind, identity: Tri) -> Expect {
+    fn app_expect(
+        &self,
+        ip: Ipv4Addr,
+        port: u16,
+        send: u64,
+        path: PathKind,
+        identity: Tri,
+    ) -> Expect {
         match self.app_at(ip, port) {
             None => Expect::one(Refused, Some(path), Tri::MustNot, identity),
             Some(app) => {
@@ -226,24 +256,37 @@ impl Walk<'_> {
     }
 
     /// A captured client's connection to pod `dst` (an endpoint) on `port`.
-    fn captured_to_pod(&self, c: &Client, dst: &Pod, port: u16, connect: &Connect) -> (Expect, Touches) {
+    fn captured_to_pod(
+        &self,
+        c: &Client,
+        dst: &Pod,
+        port: u16,
+        connect: &Connect,
+    ) -> (Expect, Touches) {
         let n = c.node.clone().unwrap_or_default();
         let m = dst.node.clone();
         let mut t = Touches {
             proxies: [n.clone()].into(),
             links: if n != m { [link_key(&n, &m)].into() } else { BTreeSet::new() },
             netns: [c.label.clone(), dst.label()].into(),
-            rbac: None,
+            ..Touches::default()
         };
         if !dst.is_captured() {
             if self.partitioned(&n, &m) {
-                let e = Expect::one(Timeout, Some(PathKind::Passthrough), Tri::MustNot, Tri::MustNot);
+                let e =
+                    Expect::one(Timeout, Some(PathKind::Passthrough), Tri::MustNot, Tri::MustNot);
                 return (e, t);
             }
-            return (self.app_expect(dst.ip, port, connect.send, PathKind::Passthrough, Tri::MustNot), t);
+            return (
+                self.app_expect(dst.ip, port, connect.send, PathKind::Passthrough, Tri::MustNot),
+                t,
+            );
         }
         t.proxies.insert(m.clone());
         t.rbac = Some((dst.key.clone(), c.ip, c.identity.clone(), dst.ip, port));
+        let mut allowed = self.app_expect(dst.ip, port, connect.send, PathKind::Hbone, Tri::Must);
+        allowed.tunnel = Some(NodePair { from: n.clone(), to: m.clone() });
+        t.allowed = Some(allowed);
         let tunnel = Some(NodePair { from: n.clone(), to: m.clone() });
         let hbone = Some(PathKind::Hbone);
         let mut e = if self.partitioned(&n, &m) {
@@ -296,7 +339,11 @@ impl Walk<'_> {
             let n = c.node.clone().unwrap_or_default();
             if self.down.contains(&n) {
                 let e = Expect::one(Refused, None, Tri::MustNot, Tri::MustNot);
-                let t = Touches { proxies: [n].into(), netns: [c.label.clone()].into(), ..Touches::default() };
+                let t = Touches {
+                    proxies: [n].into(),
+                    netns: [c.label.clone()].into(),
+                    ..Touches::default()
+                };
                 return Ok((c, one(e, t)));
             }
             let (endpoints, target_port): (Vec<&Pod>, u16) = match &connect.to.dest {
@@ -321,13 +368,18 @@ impl Walk<'_> {
             };
             if matches!(connect.to.dest, Dest::Service { .. }) && endpoints.is_empty() {
                 let e = Expect::one(Refused, None, Tri::MustNot, Tri::MustNot);
-                let t = Touches { proxies: [n].into(), netns: [c.label.clone()].into(), ..Touches::default() };
+                let t = Touches {
+                    proxies: [n].into(),
+                    netns: [c.label.clone()].into(),
+                    ..Touches::default()
+                };
                 return Ok((c, one(e, t)));
             }
             if endpoints.is_empty() {
                 let ip = *connect.to.addr.ip();
                 let Some(h) = host_at(ip) else { return Err(format!("nothing owns {ip}")) };
-                let e = self.app_expect(h.ip, port, connect.send, PathKind::Passthrough, Tri::MustNot);
+                let e =
+                    self.app_expect(h.ip, port, connect.send, PathKind::Passthrough, Tri::MustNot);
                 let t = Touches {
                     proxies: [n].into(),
                     netns: [c.label.clone(), h.name.clone()].into(),
@@ -374,6 +426,13 @@ impl Walk<'_> {
                 return Ok((c, one(Expect::one(Refused, None, Tri::MustNot, Tri::MustNot), t)));
             }
             t.rbac = Some((dst.key.clone(), c.ip, None, ip, port));
+            t.allowed = Some(self.app_expect(
+                ip,
+                port,
+                connect.send,
+                PathKind::InboundPlaintext,
+                Tri::MustNot,
+            ));
             let plain = Some(PathKind::InboundPlaintext);
             let e = if !self.allowed(dst, c.ip, None, port) {
                 Expect::one(Denied, plain, Tri::MustNot, Tri::MustNot)
@@ -405,7 +464,10 @@ impl Walk<'_> {
                         a.expect.paths.iter().all(|p| *p == Some(PathKind::Hbone))
                             && a.expect.tunnel.as_ref().is_some_and(|t| t.from != t.to)
                     });
-                let (alts, touches): (Vec<Alt>, Vec<Touches>) = alts.into_iter().unzip();
+                let (alts, mut touches): (Vec<Alt>, Vec<Touches>) = alts.into_iter().unzip();
+                for t in &mut touches {
+                    t.client = client.label.clone();
+                }
                 let pred = Prediction {
                     id: connect.id.clone(),
                     client_ip: client.ip,
@@ -430,8 +492,7 @@ impl Walk<'_> {
                 (pred, Vec::new())
             }
         };
-        let may_time_out =
-            pred.alternatives.iter().any(|a| a.expect.outcomes.contains(&Timeout));
+        let may_time_out = pred.alternatives.iter().any(|a| a.expect.outcomes.contains(&Timeout));
         let all_time_out = !pred.alternatives.is_empty()
             && pred.alternatives.iter().all(|a| a.expect.outcomes == [Timeout].into());
         let lossy = touches.iter().any(|t| t.links.iter().any(|(a, b)| self.lossy(a, b)));
@@ -466,7 +527,7 @@ impl Walk<'_> {
 
     /// Applies a change to the live background connections it may hit: `hit` gives, per
     /// alternative's touches, the outcomes the change forces (or `None` if it does not touch it).
-    fn hit_live(&mut self, what: &str, hit: impl Fn(&Self, &Touches) -> Option<Vec<ConnOutcome>>) {
+    fn hit_live(&mut self, what: &str, hit: impl Fn(&Self, &Touches) -> Option<Hit>) {
         let at = self.now;
         let mut changes = Vec::new();
         for live in &self.live {
@@ -479,22 +540,56 @@ impl Walk<'_> {
             let certain =
                 at.lo >= live.start.hi + establish && at.hi + SLACK < live.start.lo + live.hold;
             for (i, t) in live.touches.iter().enumerate() {
-                if let Some(outcomes) = hit(self, t) {
+                if let Some(h) = hit(self, t) {
                     for &p in &live.preds {
-                        changes.push((p, i, outcomes.clone(), certain));
+                        changes.push((
+                            p,
+                            i,
+                            h.outcomes.clone(),
+                            h.in_progress,
+                            h.merge.clone(),
+                            h.untie,
+                            certain,
+                        ));
                     }
                 }
             }
         }
-        for (p, i, outcomes, certain) in changes {
+        for (p, i, outcomes, in_progress, merge, untie, certain) in changes {
             let Some(alt) = self.preds[p].alternatives.get_mut(i) else { continue };
             let e = &mut alt.expect;
-            // Only a connection that reached its app is still open to be hit.
-            if !e.outcomes.contains(&OkOutcome) {
+            // A change that lands before the connection is certainly authorized may decide it
+            // afresh (and then it is all that is known).
+            if let Some(m) = merge.filter(|_| !certain) {
+                e.outcomes.extend(m.outcomes.iter().copied());
+                e.paths.extend(m.paths.iter().copied());
+                e.accepted = e.accepted.join(m.accepted);
+                e.identity = e.identity.join(m.identity);
+                e.reply = m.reply;
+                e.notes.push(format!("{what} before it is certainly authorized"));
                 continue;
+            }
+            if outcomes.is_empty() {
+                continue;
+            }
+            if untie {
+                e.accepted = e.accepted.join(Tri::MustNot);
+            }
+            // Otherwise only a connection that reached its app is still open to be hit — or,
+            // for `in_progress` changes, one that may still be connecting.
+            let open = e.outcomes.contains(&OkOutcome);
+            let connecting = in_progress && (!certain || e.outcomes.contains(&Timeout));
+            if !open && !connecting {
+                continue;
+            }
+            if connecting {
+                // Whether it got as far as the app or the destination proxy is not known.
+                e.accepted = e.accepted.join(Tri::MustNot).join(Tri::Must);
+                e.identity = e.identity.join(Tri::MustNot).join(Tri::Must);
             }
             let why = format!("{what} while it may be open");
             if outcomes.contains(&ConnOutcome::Error) {
+                // (A deleted client's own close, too.)
                 // A crashed proxy: the kernel closed its sockets (a FIN may cut the bytes),
                 // and it logged no close event, so the Outcome cannot tie the app's accept to
                 // the connection (`server_peer` may be null).
@@ -525,7 +620,11 @@ impl Walk<'_> {
                     link.partitioned_at = Some(now);
                 }
                 self.hit_live("a partition on its link", |_, t| {
-                    t.links.contains(&k).then(|| vec![OkOutcome, Timeout, Reset])
+                    if t.links.contains(&k) {
+                        Hit::open(vec![OkOutcome, Timeout, Reset])
+                    } else {
+                        None
+                    }
                 });
             }
             Fault::Heal(which) => {
@@ -537,9 +636,8 @@ impl Walk<'_> {
                 for k in keys {
                     let Some(link) = self.links.get_mut(&k) else { continue };
                     if link.partitioned {
-                        let long = link
-                            .partitioned_at
-                            .is_some_and(|p| now.lo >= p.hi + KEEPALIVE_NOTICES);
+                        let long =
+                            link.partitioned_at.is_some_and(|p| now.lo >= p.hi + KEEPALIVE_NOTICES);
                         if !long || link.stale_risk {
                             link.disturbed_until = link.disturbed_until.max(now.hi + STALE_WINDOW);
                         }
@@ -570,8 +668,15 @@ impl Walk<'_> {
                     self.down.insert(node.clone());
                 }
                 let node = node.clone();
+                // A connection that starts while it is down (a later repetition of a
+                // background step) is refused.
                 self.hit_live(&format!("proxy@{node} stopping"), |_, t| {
-                    t.proxies.contains(&node).then(|| vec![Reset, ConnOutcome::Error])
+                    t.proxies.contains(&node).then(|| Hit {
+                        outcomes: vec![Reset, ConnOutcome::Error, Refused],
+                        in_progress: true,
+                        merge: None,
+                        untie: true,
+                    })
                 });
             }
             Fault::StartProxy(node) => {
@@ -580,15 +685,28 @@ impl Walk<'_> {
             Fault::FlushConntrack(peer) => {
                 let label = peer.label();
                 self.hit_live(&format!("flushing {label}'s conntrack"), |_, t| {
-                    t.netns.contains(&label).then(|| vec![OkOutcome, Reset, Timeout])
+                    if t.netns.contains(&label) {
+                        Hit::open(vec![OkOutcome, Reset, Timeout])
+                    } else {
+                        None
+                    }
                 });
             }
             Fault::DeletePod { pod, .. } => {
                 if let Some(p) = self.pods.remove(pod) {
                     self.stale_ips.insert(p.ip, self.now.hi + STALE_WINDOW);
                     let label = p.label();
+                    // Its sockets go with it: a client in it may see its connection closed
+                    // (the Outcome then reports what it read so far), and a server app's
+                    // accept can no longer be tied to the connection.
                     self.hit_live(&format!("deleting {label}"), |_, t| {
-                        t.netns.contains(&label).then(|| vec![Reset, Timeout])
+                        let outcomes = if t.client == label {
+                            vec![Reset, Timeout, ConnOutcome::Error]
+                        } else {
+                            vec![Reset, Timeout]
+                        };
+                        let hit = Hit { outcomes, in_progress: false, merge: None, untie: true };
+                        t.netns.contains(&label).then_some(hit)
                     });
                 }
             }
@@ -611,17 +729,36 @@ impl Walk<'_> {
                     Fault::Remove(k) => format!("removing {k}"),
                     _ => String::new(),
                 };
-                self.hit_live(&format!("{what} (now denies it)"), |w, t| {
+                self.hit_live(&format!("{what} (changes its verdict)"), |w, t| {
                     let (key, src, id, dst_ip, port) = t.rbac.as_ref()?;
                     let dst = w.pods.get(key)?;
                     let was = {
                         let wl = Workload { namespace: &dst.key.namespace, labels: &dst.labels };
-                        let c = Conn { source_ip: *src, identity: id.as_ref(), dest_ip: *dst_ip, dest_port: *port };
+                        let c = Conn {
+                            source_ip: *src,
+                            identity: id.as_ref(),
+                            dest_ip: *dst_ip,
+                            dest_port: *port,
+                        };
                         let ps: Vec<&PolicyObject> = before.iter().collect();
                         rbac::decide(&ps, wl, &c).0
                     };
                     let now = w.allowed(dst, *src, id.as_ref(), *port);
-                    (was && !now).then(|| vec![Denied])
+                    if was == now {
+                        return None;
+                    }
+                    // Before the connection is certainly authorized, the new verdict may be
+                    // the one it gets; after, only a revocation ends it.
+                    let merge = if now {
+                        t.allowed.clone()
+                    } else {
+                        let mut d = t.allowed.clone()?;
+                        d.outcomes = [Denied].into();
+                        d.accepted = Tri::MustNot;
+                        Some(d)
+                    };
+                    let outcomes = if now { Vec::new() } else { vec![Denied] };
+                    Some(Hit { outcomes, in_progress: false, merge, untie: false })
                 });
             }
         }
