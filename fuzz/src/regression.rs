@@ -6,9 +6,10 @@
 
 use std::path::{Path, PathBuf};
 
+use ambient_proxy::faults::FaultRates;
 use ambient_scenarios::outcome::ConnOutcome;
 
-use crate::case::{Case, Expect, Step};
+use crate::case::{Case, Expect, FaultPoints, Step};
 use crate::invariants::Violation;
 use crate::oracle::{Prediction, Tri};
 
@@ -119,4 +120,51 @@ pub fn render(case: &Case, path: &Path, violation: &Violation, p: &Provenance) -
 /// Where the regression for `id` goes in `dir`.
 pub fn path_for(dir: &Path, id: &str) -> PathBuf {
     dir.join(format!("{id}.yaml"))
+}
+
+/// The proxy fault points a regression file's header names (`--fault-seed S --fault-rates
+/// D,T,G,R`, as [`render`] writes it), if any: a file found with fault points replays with
+/// them.
+pub fn fault_points_in(text: &str) -> Option<FaultPoints> {
+    let line =
+        text.lines().take_while(|l| l.starts_with('#')).find(|l| l.contains("--fault-seed"))?;
+    let mut words = line.split_whitespace();
+    let seed = words.clone().skip_while(|w| *w != "--fault-seed").nth(1)?;
+    let rates = words.by_ref().skip_while(|w| *w != "--fault-rates").nth(1)?;
+    let seed = seed.trim_end_matches(['`', '.', ',']).parse().ok()?;
+    let r: Vec<u16> = rates
+        .trim_end_matches(['`', '.'])
+        .split(',')
+        .map(|x| x.parse().ok())
+        .collect::<Option<_>>()?;
+    let &[dial_fails, slow_tls, goaway, stream_reset] = r.as_slice() else { return None };
+    Some(FaultPoints { seed, rates: FaultRates { dial_fails, slow_tls, goaway, stream_reset } })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_header_gives_the_fault_points_back() {
+        let fp = FaultPoints {
+            seed: 67073532573741867,
+            rates: FaultRates { dial_fails: 164, slow_tls: 0, goaway: 7, stream_reset: 130 },
+        };
+        let case = Case {
+            fault_points: Some(fp),
+            ..crate::runner::generate(crate::Limits::default(), 1, "x")
+        };
+        let v = Violation {
+            invariant: crate::Invariant::Oracle,
+            connection: None,
+            message: "m".into(),
+        };
+        let p = Provenance { seed: 1, index: 0, case_seed: 1, original: (1, 1, 1) };
+        let text = render(&case, Path::new("scenarios/regressions/x.yaml"), &v, &p);
+        assert_eq!(fault_points_in(&text), Some(fp));
+        let plain = render(&Case { fault_points: None, ..case }, Path::new("x.yaml"), &v, &p);
+        assert_eq!(fault_points_in(&plain), None);
+        assert!(crate::runner::load_text("x.yaml", &plain).is_ok(), "the header is a comment");
+    }
 }

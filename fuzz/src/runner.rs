@@ -75,9 +75,13 @@ impl std::error::Error for GeneratorBug {}
 
 /// Loads a case's YAML.
 pub fn load(case: &Case) -> Result<World, GeneratorBug> {
-    let yaml = case.to_yaml();
-    load_str(&format!("{}.yaml", case.id), &yaml).into_result().map_err(|errors| GeneratorBug {
-        yaml,
+    load_text(&format!("{}.yaml", case.id), &case.to_yaml())
+}
+
+/// Loads scenario text (a case's, or a regression file's with its header).
+pub fn load_text(file: &str, yaml: &str) -> Result<World, GeneratorBug> {
+    load_str(file, yaml).into_result().map_err(|errors| GeneratorBug {
+        yaml: yaml.to_string(),
         errors: errors.iter().map(|d| d.to_string()).collect(),
     })
 }

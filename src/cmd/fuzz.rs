@@ -172,13 +172,16 @@ fn scenario_files(paths: &[PathBuf]) -> anyhow::Result<Vec<PathBuf>> {
 
 fn replay(args: &Args, kernel: Option<&Kernel>) -> anyhow::Result<ExitCode> {
     let files = scenario_files(&args.replay)?;
-    let fault_points = match (args.fault_seed, &args.fault_rates) {
+    let given = match (args.fault_seed, &args.fault_rates) {
         (Some(seed), Some(r)) => Some(FaultPoints { seed, rates: parse_rates(r)? }),
         _ => None,
     };
     let planner = default_planner();
     let mut failed = 0;
     for f in &files {
+        // Fault points: given on the command line, else those the file's header names.
+        let text = std::fs::read_to_string(f).unwrap_or_default();
+        let fault_points = given.or_else(|| regression::fault_points_in(&text));
         let loaded = load_file(f);
         let world = match loaded.into_result() {
             Ok(w) => w,
