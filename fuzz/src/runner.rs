@@ -175,6 +175,8 @@ pub struct Session {
     pub limits: Limits,
     pub jobs: usize,
     pub planner: Planner,
+    /// Run every case instead of stopping at the first failure (triage: how many fail, how).
+    pub keep_going: bool,
 }
 
 impl std::fmt::Debug for Session {
@@ -269,6 +271,8 @@ pub struct Failure {
 pub struct SessionReport {
     pub tally: Tally,
     pub failure: Option<Failure>,
+    /// With `keep_going`: every failing case's index and first violation.
+    pub failures: Vec<(u64, Violation)>,
     pub generator_bug: Option<(u64, GeneratorBug)>,
     pub elapsed: std::time::Duration,
 }
@@ -297,7 +301,8 @@ pub fn fuzz(s: &Session, mut progress: impl FnMut(Progress)) -> SessionReport {
         (0..s.cases).map(|_| std::sync::Mutex::new(None)).collect();
     let (tx, rx) = std::sync::mpsc::channel::<usize>();
     let mut tally = Tally::default();
-    let mut failure = None;
+    let mut failure: Option<Failure> = None;
+    let mut failures = Vec::new();
     let mut generator_bug = None;
     std::thread::scope(|scope| {
         for _ in 0..s.jobs.max(1) {
@@ -339,7 +344,19 @@ pub fn fuzz(s: &Session, mut progress: impl FnMut(Progress)) -> SessionReport {
                         tally.add(&case, &report);
                         if report.violations.is_empty() {
                             false
+                        } else if s.keep_going {
+                            failures.push((done as u64, report.violations[0].clone()));
+                            if failure.is_none() {
+                                failure = Some(Failure {
+                                    index: done as u64,
+                                    case_seed: case_seed(s.seed, done as u64),
+                                    case,
+                                    report,
+                                });
+                            }
+                            false
                         } else {
+                            failures.push((done as u64, report.violations[0].clone()));
                             failure = Some(Failure {
                                 index: done as u64,
                                 case_seed: case_seed(s.seed, done as u64),
@@ -363,5 +380,5 @@ pub fn fuzz(s: &Session, mut progress: impl FnMut(Progress)) -> SessionReport {
         }
         stop.store(true, Ordering::SeqCst);
     });
-    SessionReport { tally, failure, generator_bug, elapsed: start.elapsed() }
+    SessionReport { tally, failure, failures, generator_bug, elapsed: start.elapsed() }
 }

@@ -48,6 +48,9 @@ pub struct Args {
     /// `netns` also replays a found case (or `--replay` files) on the kernel.
     #[arg(long, value_enum, default_value_t = BackendKind::Sim)]
     backend: BackendKind,
+    /// Run every case, list every failing one, then shrink the first (triage).
+    #[arg(long)]
+    keep_going: bool,
     /// Worker threads (default: the machine's cores).
     #[arg(long)]
     jobs: Option<usize>,
@@ -288,8 +291,14 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     let jobs =
         args.jobs.unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
     let planner = default_planner();
-    let session =
-        Session { seed: args.seed, cases: args.cases, limits, jobs, planner: planner.clone() };
+    let session = Session {
+        seed: args.seed,
+        cases: args.cases,
+        limits,
+        jobs,
+        planner: planner.clone(),
+        keep_going: args.keep_going,
+    };
     eprintln!(
         "testbed fuzz: {} cases, seed {}, up to {} nodes, {} pods, {} steps, fault points {}, {jobs} jobs",
         args.cases,
@@ -323,6 +332,12 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     if let Some((index, bug)) = &report.generator_bug {
         eprintln!("testbed fuzz: case {index} (seed {}): {bug}", args.seed);
         return Ok(ExitCode::from(2));
+    }
+    if args.keep_going && !report.failures.is_empty() {
+        println!("{} of {} cases failed:", report.failures.len(), report.tally.cases);
+        for (i, v) in &report.failures {
+            println!("  case {i}: {v}");
+        }
     }
     let Some(failure) = report.failure else {
         println!("fuzz: {} cases passed every invariant", report.tally.cases);

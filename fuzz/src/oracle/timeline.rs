@@ -708,6 +708,18 @@ impl Walk<'_> {
                         let hit = Hit { outcomes, in_progress: false, merge: None, untie: true };
                         t.netns.contains(&label).then_some(hit)
                     });
+                    // Later repetitions of a background step whose client is gone: whether
+                    // each started before the deletion is not known (no route event after).
+                    let gone: Vec<usize> = self
+                        .live
+                        .iter()
+                        .filter(|l| l.touches.first().is_some_and(|t| t.client == label))
+                        .flat_map(|l| l.preds.iter().skip(1).copied())
+                        .collect();
+                    for i in gone {
+                        self.preds[i].unmodelled =
+                            Some(format!("a later repetition whose client {label} was deleted"));
+                    }
                 }
             }
             Fault::AddPod { pod, .. } => {
