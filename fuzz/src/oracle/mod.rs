@@ -51,8 +51,16 @@
 //!   any of `ok`, `reset`, `timeout`). Whether the change lands while it holds is decided from
 //!   the simulated time the steps take, which the oracle bounds (an interval, see
 //!   `timeline.rs`); where the bounds overlap the hold's end, the union.
+//! - **Changes racing a live connection's start**: a proxy on its path stopping while it may
+//!   still be connecting (a captured client's socket to its own proxy is open while that proxy
+//!   dials) → also `refused`, `reset`, `error` (truncation allowed), accept and authentication
+//!   unknown; a policy change that lands before the connection is certainly authorized → the
+//!   old or the new verdict; deleting the client's own pod → also `error` (its sockets close).
+//! - **Repetitions of a background step** (`count: k`) are not timed individually: once its
+//!   client pod is deleted, the later ones are reported unchecked ("unmodelled", with the
+//!   reason); once its client's proxy stops, a later one may also be refused with no route.
 //! - **Proxy fault points** that fired (their events say `injected fault`): a failed dial →
-//!   `refused`; a reset stream → `reset`.
+//!   `refused`; a reset stream → `reset`, or `refused` when h2 hands the source proxy the reset before the 200.
 //!
 //! What it does not model (the connection is reported unchecked): targets written as `ip:port`
 //! that no pod or host owns, the proxies' own ports, clients outside the mesh calling a

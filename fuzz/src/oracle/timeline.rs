@@ -62,6 +62,8 @@ struct Touches {
     allowed: Option<Expect>,
     /// The client's netns label.
     client: String,
+    /// The client's node, when the client is a captured pod (its proxy routes it).
+    client_proxy: Option<String>,
 }
 
 /// What a change does to a live connection it touches.
@@ -467,6 +469,7 @@ impl Walk<'_> {
                 let (alts, mut touches): (Vec<Alt>, Vec<Touches>) = alts.into_iter().unzip();
                 for t in &mut touches {
                     t.client = client.label.clone();
+                    t.client_proxy = client.node.clone().filter(|_| client.captured);
                 }
                 let pred = Prediction {
                     id: connect.id.clone(),
@@ -666,6 +669,27 @@ impl Walk<'_> {
                 }
                 if matches!(f, Fault::CrashProxy(_)) {
                     self.down.insert(node.clone());
+                }
+                // A repetition of a live background step that starts while its client's own
+                // proxy is down is refused before any route: an extra alternative, unrouted.
+                let at = self.now;
+                let extra: Vec<usize> = self
+                    .live
+                    .iter()
+                    .filter(|l| l.preds.len() > 1)
+                    .filter(|l| at.lo <= l.start.hi + (l.hold + l.deadline) * l.preds.len() as u32)
+                    .filter(|l| {
+                        l.touches.first().is_some_and(|t| t.client_proxy.as_ref() == Some(node))
+                    })
+                    .flat_map(|l| l.preds.iter().skip(1).copied())
+                    .collect();
+                for i in extra {
+                    let alts = &mut self.preds[i].alternatives;
+                    if alts.iter().all(|a| a.endpoint.is_some()) {
+                        let mut e = Expect::one(Refused, None, Tri::MustNot, Tri::MustNot);
+                        e.notes.push(format!("started while proxy@{node} was down"));
+                        alts.push(Alt { endpoint: None, expect: e });
+                    }
                 }
                 let node = node.clone();
                 // A connection that starts while it is down (a later repetition of a
