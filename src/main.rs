@@ -36,6 +36,9 @@ enum Command {
     /// Run packets through the kernel model of one network namespace (netfilter, conntrack,
     /// routing) and print one JSON line per packet.
     Trace(cmd::trace::Args),
+    /// Generate random worlds, run them in the simulator, check the oracle and invariants;
+    /// shrink a failure to a scenario file.
+    Fuzz(cmd::fuzz::Args),
 }
 
 fn main() -> ExitCode {
@@ -48,6 +51,7 @@ fn main() -> ExitCode {
         Command::Certs(args) => cmd::certs::run(args),
         Command::Proxy(args) => cmd::proxy::run(args),
         Command::Trace(args) => cmd::trace::run(args),
+        Command::Fuzz(args) => cmd::fuzz::run(args),
     };
     match result {
         Ok(code) => code,

@@ -16,6 +16,7 @@
 //!   [`MeshState`]).
 //! - [`config`] — the config file of a standalone node proxy (`testbed proxy`).
 //! - [`error`] — validation errors with key paths, reported all at once.
+//! - [`faults`] — seeded fault points for tests (a runtime plan production code never builds).
 //!
 //! Pure decisions (no runtime, no I/O):
 //! - [`policy`] — Istio objects compiled into L4 matchers; the RBAC evaluator ([`policy::evaluate`]).
@@ -57,6 +58,7 @@ pub mod copy;
 pub mod crypto;
 pub mod error;
 pub mod events;
+pub mod faults;
 pub mod identity;
 pub mod inbound;
 pub mod inpod;
@@ -73,4 +75,4 @@ pub mod x509;
 
 pub use mesh::{MeshHandle, MeshSpec, MeshState};
 pub use net::{Accepted, ConnectOptions, ListenOptions, Listener, Network};
-pub use node::{NodeProxy, PodSpec, ProxyConfig};
+pub use node::{NodeProxy, PodSpec, ProxyConfig, Resources};

@@ -85,10 +85,14 @@ pub fn connection(
     });
     // A connection some proxy took in on 15006 came in plaintext, even if it was refused there.
     let via_15006 = events.iter().any(|(_, e)| direction(e) == Some(Direction::InboundPlaintext));
+    // The client's own proxy took it in on 15001 and refused it before routing it (no endpoint,
+    // a self-call, an unknown source): it was captured, and it never left the client.
+    let refused_at_15001 = events.iter().any(|(_, e)| direction(e) == Some(Direction::Outbound));
     let path = match &route {
         Some((Path::Hbone, ..)) => Some(PathKind::Hbone),
         Some((Path::Passthrough, ..)) => Some(PathKind::Passthrough),
         None if via_15006 => Some(PathKind::InboundPlaintext),
+        None if refused_at_15001 => None,
         None if client.is_some() || report.connected => Some(PathKind::Direct),
         None => None,
     };

@@ -10,14 +10,16 @@ use std::collections::BTreeMap;
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::sync::Arc;
 
+use ambient_proxy::Resources;
 use ambient_proxy::clock::FIXED_ORIGIN;
+use ambient_proxy::faults::FaultPlan;
 use ambient_scenarios::backend::{Artifact, Backend, BackendError, Run, RunOptions};
 use ambient_scenarios::outcome::Outcome;
 use ambient_scenarios::world::World;
 use turmoil_net::{KernelConfig, Net};
 
 use crate::driver::Driver;
-use crate::fabric::{Fabric, Stats, Walks};
+use crate::fabric::{Fabric, Stats, UnderlayPacket, Walks};
 use crate::pump::pump;
 use crate::shared::Shared;
 use crate::topology::Topology;
@@ -49,6 +51,22 @@ pub struct SimRun {
     pub stats: Stats,
     /// What each namespace's model saw, by the Outcome's label (nodes included).
     pub walks: BTreeMap<String, Walks>,
+    /// Segments with payload that crossed the underlay between nodes (with
+    /// [`Inspect::underlay`]; empty otherwise).
+    pub underlay: Vec<UnderlayPacket>,
+    /// What each running proxy held when the steps were done, by node.
+    pub proxies: BTreeMap<String, Resources>,
+}
+
+/// What a caller may ask of a run beyond [`RunOptions`] — the fuzzer's hooks. Nothing here
+/// changes what the scenario does unless `faults` is given, and `testbed run` never gives it.
+#[derive(Debug, Clone, Default)]
+pub struct Inspect {
+    /// Seeded fault points for every proxy of the run (`ambient_proxy::faults`). Make a fresh
+    /// plan per run: it carries its rng.
+    pub faults: Option<Arc<FaultPlan>>,
+    /// Record the segments that cross the underlay between nodes ([`SimRun::underlay`]).
+    pub underlay: bool,
 }
 
 /// The substrate's TCP settings: its own count-based retransmission off (the harness
@@ -59,9 +77,18 @@ fn kernel_config() -> KernelConfig {
 
 /// Runs `world` once (with `opts.seed`, else the scenario's seed).
 pub fn run(world: &World, opts: &RunOptions) -> Result<SimRun, BackendError> {
+    run_inspected(world, opts, &Inspect::default())
+}
+
+/// [`run`], with the fuzzer's hooks ([`Inspect`]).
+pub fn run_inspected(
+    world: &World,
+    opts: &RunOptions,
+    inspect: &Inspect,
+) -> Result<SimRun, BackendError> {
     // An internal bug must not take the caller down with it: it becomes an error naming the
     // scenario (the scenario itself can never cause one; bad input is refused with a message).
-    match catch_unwind(AssertUnwindSafe(|| run_inner(world, opts))) {
+    match catch_unwind(AssertUnwindSafe(|| run_inner(world, opts, inspect))) {
         Ok(r) => r,
         Err(panic) => {
             let what = panic
@@ -74,7 +101,7 @@ pub fn run(world: &World, opts: &RunOptions) -> Result<SimRun, BackendError> {
     }
 }
 
-fn run_inner(world: &World, opts: &RunOptions) -> Result<SimRun, BackendError> {
+fn run_inner(world: &World, opts: &RunOptions, inspect: &Inspect) -> Result<SimRun, BackendError> {
     let seed = opts.seed.unwrap_or(world.seed);
     let mut net = Net::with_config(kernel_config());
     let topo = Topology::build(world, &mut net)?;
@@ -86,11 +113,15 @@ fn run_inner(world: &World, opts: &RunOptions) -> Result<SimRun, BackendError> {
         .map_err(|e| BackendError::new(format!("simulator: cannot build a runtime: {e}")))?;
     let result = rt.block_on(async {
         let pcap = opts.pcap.then_some(FIXED_ORIGIN);
-        let shared = Arc::new(Shared::new(Fabric::new(topo, seed, opts.trace, pcap), opts.trace));
-        let driver = Driver::new(world, seed, shared.clone())?;
-        let outcome = tokio::select! {
+        let mut fabric = Fabric::new(topo, seed, opts.trace, pcap);
+        if inspect.underlay {
+            fabric.tap_underlay();
+        }
+        let shared = Arc::new(Shared::new(fabric, opts.trace));
+        let driver = Driver::new(world, seed, shared.clone())?.with_faults(inspect.faults.clone());
+        let (outcome, proxies) = tokio::select! {
             biased;
-            r = driver.run() => r?,
+            r = driver.run_inspected() => r?,
             () = pump(shared.clone(), &guard) => return Err(BackendError::new("simulator: the packet loop stopped")),
         };
         // Streams still queued for a reset hold the shared state; let them go while the
@@ -110,7 +141,8 @@ fn run_inner(world: &World, opts: &RunOptions) -> Result<SimRun, BackendError> {
                 artifacts.push(Artifact { name, bytes });
             }
         }
-        Ok(SimRun { outcome, artifacts, trace, stats, walks })
+        let underlay = f.underlay.take().unwrap_or_default();
+        Ok(SimRun { outcome, artifacts, trace, stats, walks, underlay, proxies })
     });
     // Tasks still alive drop their sockets with the runtime, which needs the substrate.
     drop(rt);

@@ -15,9 +15,10 @@ use ambient_proxy::ca::{CertStore, KeySource, MeshCa};
 use ambient_proxy::clock::{FIXED_ORIGIN, WallClock};
 use ambient_proxy::crypto::deterministic_provider;
 use ambient_proxy::events::{EventSink, ProxyEvent};
+use ambient_proxy::faults::FaultPlan;
 use ambient_proxy::net::{ListenOptions, Listener, Network};
 use ambient_proxy::tls::TlsContext;
-use ambient_proxy::{MeshState, NodeProxy, PodSpec, ProxyConfig};
+use ambient_proxy::{MeshState, NodeProxy, PodSpec, ProxyConfig, Resources};
 use ambient_scenarios::BackendError;
 use ambient_scenarios::ClusterState;
 use ambient_scenarios::assemble::{Accept, Accepts, EventLog};
@@ -75,6 +76,8 @@ pub struct Cluster {
     starts: u64,
     apps: BTreeMap<NetnsId, Arc<Mutex<Vec<AbortHandle>>>>,
     accepts: Arc<Mutex<Vec<AcceptRecord>>>,
+    /// Fault points every proxy of the run gets (the fuzzer's; `None` otherwise).
+    pub faults: Option<Arc<FaultPlan>>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -95,6 +98,7 @@ impl Cluster {
             starts: 0,
             apps: BTreeMap::new(),
             accepts: Arc::new(Mutex::new(Vec::new())),
+            faults: None,
         })
     }
 
@@ -122,6 +126,7 @@ impl Cluster {
         let mut cfg = ProxyConfig::new(node, TlsContext::new(Arc::new(store), &self.trust_domain));
         cfg.seed = self.seed;
         cfg.sink = Arc::new(Sink { node: node.to_string(), shared: self.shared.clone() });
+        cfg.faults = self.faults.clone();
         let proxy = NodeProxy::new(self.net.clone(), mesh, cfg);
         self.shared.note(format!("proxy@{node} starts"));
         for &(ip, netns) in pods {
@@ -257,6 +262,11 @@ impl Cluster {
     /// Counters of every running proxy (for reports and the bench).
     pub fn proxy_counters(&self) -> BTreeMap<String, BTreeMap<String, u64>> {
         self.proxies.iter().map(|(n, p)| (n.clone(), p.counters())).collect()
+    }
+
+    /// What every running proxy holds now, by node.
+    pub fn proxy_resources(&self) -> BTreeMap<String, Resources> {
+        self.proxies.iter().map(|(n, p)| (n.clone(), p.resources())).collect()
     }
 
     /// Stops everything (the end of a run).

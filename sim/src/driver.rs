@@ -14,9 +14,12 @@
 //! The Outcome's connections are assembled at the end, from every proxy's events and every
 //! app's accepts, with `ambient_scenarios::assemble`, as the netns backend does.
 
+use std::collections::BTreeMap;
 use std::net::{SocketAddr, SocketAddrV4};
 use std::sync::{Arc, Mutex};
 
+use ambient_proxy::Resources;
+use ambient_proxy::faults::FaultPlan;
 use ambient_proxy::net::ConnectOptions;
 use ambient_scenarios::BackendError;
 use ambient_scenarios::ClusterState;
@@ -134,8 +137,21 @@ impl<'w> Driver<'w> {
         self.cluster.start_proxy(node, mesh, &pods).await
     }
 
+    /// Gives every proxy of the run these fault points.
+    pub fn with_faults(mut self, plan: Option<Arc<FaultPlan>>) -> Self {
+        self.cluster.faults = plan;
+        self
+    }
+
     /// Sets the cluster up, runs every step, and returns the Outcome.
-    pub async fn run(mut self) -> Result<Outcome, BackendError> {
+    pub async fn run(self) -> Result<Outcome, BackendError> {
+        Ok(self.run_inspected().await?.0)
+    }
+
+    /// [`Driver::run`], also returning what each running proxy held at the end.
+    pub async fn run_inspected(
+        mut self,
+    ) -> Result<(Outcome, BTreeMap<String, Resources>), BackendError> {
         let world = self.world;
         for node in &world.nodes {
             self.start_proxy(&node.name).await?;
@@ -190,15 +206,17 @@ impl<'w> Driver<'w> {
             let log = client.and_then(|a| logs.get(&a)).unwrap_or(&none);
             connections.push(assemble::connection(labels, &report, client, log, &mut accepts));
         }
+        let resources = self.cluster.proxy_resources();
         self.cluster.shutdown();
-        Ok(Outcome {
+        let outcome = Outcome {
             scenario: world.id.clone(),
             seed: self.seed,
             connections,
             checks: std::mem::take(&mut self.checks),
             end,
             skipped: Vec::new(),
-        })
+        };
+        Ok((outcome, resources))
     }
 
     fn snapshot(&self) -> ambient_scenarios::outcome::State {

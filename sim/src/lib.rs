@@ -8,7 +8,9 @@
 //! scenario (`ambient_scenarios::traffic`) and one real `ambient_proxy::NodeProxy` per node on
 //! simulated sockets — driven on simulated time into an `Outcome`.
 //!
-//! - [`backend`] — `SimBackend` and `run`: one run, its Outcome and artifacts (trace, pcaps).
+//! - [`backend`] — `SimBackend` and `run`: one run, its Outcome and artifacts (trace, pcaps);
+//!   `run_inspected` adds the fuzzer's read-only hooks (underlay tap, proxy resources at the end)
+//!   and its seeded proxy fault points.
 //! - [`topology`] — namespaces (pods, nodes, external hosts), addresses, routes, segments.
 //! - [`substrate`] — turmoil-net hosts under the namespaces; per-namespace socket tables that
 //!   translate a substrate socket to the kernel's view of it.
@@ -114,4 +116,4 @@ pub mod tcp;
 pub mod topology;
 pub mod trace;
 
-pub use backend::{SimBackend, SimRun, run};
+pub use backend::{Inspect, SimBackend, SimRun, run, run_inspected};

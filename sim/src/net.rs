@@ -115,10 +115,36 @@ impl Network for SimNetwork {
             }
         }
         let bind = if specific { host.addr } else { Ipv4Addr::UNSPECIFIED };
+        let at = SocketAddr::new(IpAddr::V4(bind), addr.port());
         turmoil_net::set_current(host.id);
-        let inner = TcpListener::bind(SocketAddr::new(IpAddr::V4(bind), addr.port()))
-            .await
-            .map_err(linux_error)?;
+        let mut bound = TcpListener::bind(at).await;
+        // SO_REUSEADDR, which the Linux implementation sets on every listener: a port held
+        // only by connections whose listener is gone (the orphans of a crashed proxy, still
+        // closing) can be listened on again. turmoil-net has no such option, so those orphans
+        // are aborted in place first; a peer that writes to one then gets a reset, as a
+        // Linux orphan answers.
+        if bound.as_ref().is_err_and(|e| e.kind() == io::ErrorKind::AddrInUse) {
+            let entries = turmoil_net::netstat(IpAddr::V4(host.addr)).entries;
+            let on_port = entries.iter().filter(|e| e.local.port() == addr.port());
+            let listening =
+                on_port.clone().any(|e| e.state == Some(turmoil_net::NetstatState::Listen));
+            if !listening {
+                for e in on_port {
+                    if let Some(SocketAddr::V4(peer)) = e.peer {
+                        self.shared.queue_orphan_abort(host.addr, (netns, addr.port(), peer));
+                    }
+                }
+                for _ in 0..16 {
+                    tokio::task::yield_now().await;
+                    turmoil_net::set_current(host.id);
+                    bound = TcpListener::bind(at).await;
+                    if bound.is_ok() {
+                        break;
+                    }
+                }
+            }
+        }
+        let inner = bound.map_err(linux_error)?;
         let info = SocketInfo {
             mark: opts.mark.unwrap_or(0),
             transparent: opts.transparent,

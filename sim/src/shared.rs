@@ -35,6 +35,9 @@ pub struct Shared {
     resets: Mutex<Vec<SimStream>>,
     /// Sockets their owner closed gracefully since the last pass (see `Sockets::release`).
     released: Mutex<Vec<SockKey>>,
+    /// Orphaned substrate sockets to abort in place (no packet) on the next pass: see
+    /// `SimNetwork::listen` (SO_REUSEADDR).
+    orphans: Mutex<Vec<(std::net::Ipv4Addr, SockKey)>>,
     /// Woken whenever a socket is used: the packet loop has something to move.
     kick: Notify,
     kicks: AtomicU64,
@@ -55,6 +58,7 @@ impl Shared {
             log: Mutex::new(Log { events: Vec::new(), trace: trace.then(Default::default) }),
             resets: Mutex::new(Vec::new()),
             released: Mutex::new(Vec::new()),
+            orphans: Mutex::new(Vec::new()),
             kick: Notify::new(),
             kicks: AtomicU64::new(0),
             quiet: AtomicBool::new(false),
@@ -120,6 +124,16 @@ impl Shared {
 
     pub fn take_released(&self) -> Vec<SockKey> {
         std::mem::take(&mut *lock(&self.released))
+    }
+
+    /// Aborts the substrate socket `key` of the host at `host` in place on the next pass.
+    pub fn queue_orphan_abort(&self, host: std::net::Ipv4Addr, key: SockKey) {
+        lock(&self.orphans).push((host, key));
+        self.kick();
+    }
+
+    pub fn take_orphans(&self) -> Vec<(std::net::Ipv4Addr, SockKey)> {
+        std::mem::take(&mut *lock(&self.orphans))
     }
 
     /// Adds a line to the trace, if one is kept.

@@ -3,6 +3,7 @@
 pub mod certs;
 pub mod check;
 pub mod conform;
+pub mod fuzz;
 pub mod proxy;
 pub mod rules;
 pub mod run;

@@ -14,6 +14,7 @@ use tokio_rustls::client::TlsStream;
 
 use super::Inner;
 use crate::events::ProxyEvent;
+use crate::faults::{FaultPoint, INJECTED};
 use crate::inbound::forwarded_for;
 use crate::inpod::PROXY_MARK;
 use crate::mesh::Workload;
@@ -40,6 +41,11 @@ impl<N: Network> Inner<N> {
     ) -> Result<(SendRequest<Bytes>, TunnelConn<N::Stream>), DialError> {
         let cfg = &self.config;
         let err = |stage, message| DialError { stage, message };
+        if self.fault(FaultPoint::DialFails) {
+            let why =
+                format!("connect to {}: {INJECTED} ({})", plan.gateway, FaultPoint::DialFails);
+            return Err(err("connect", why));
+        }
         // In a pod's own netns the source would be the pod IP anyway; binding it keeps that
         // true when pods share a namespace.
         let opts =

@@ -14,11 +14,12 @@ use super::Inner;
 use super::outbound::Ends;
 use crate::copy::{self, CopyError, Transferred};
 use crate::events::{CloseResult, Direction, ProxyEvent};
+use crate::faults::{FaultPoint, INJECTED};
 use crate::identity::Identity;
 use crate::inbound::{ConnectRequest, check_connect, check_plaintext, parse_forwarded_for};
 use crate::inpod::PROXY_MARK;
 use crate::net::{Accepted, ConnectOptions, Network};
-use crate::policy::{ConnectionAttrs, Verdict, evaluate};
+use crate::policy::{ConnectionAttrs, Verdict};
 use crate::signal::Signal;
 use crate::tls::{describe_error, peer_identity};
 
@@ -61,6 +62,10 @@ impl<N: Network> Inner<N> {
         const DIR: Direction = Direction::InboundHbone;
         let _busy = self.busy();
         let peer = acc.peer;
+        if self.fault(FaultPoint::SlowTls) {
+            let delay = self.config.faults.as_ref().map(|f| f.tls_delay()).unwrap_or_default();
+            tokio::time::sleep(delay).await;
+        }
         // Refusals reset the connection rather than dropping it: a dropped socket sends a FIN or
         // a RST depending on whether the client's bytes had arrived, and that race should not
         // decide what the client sees.
@@ -114,6 +119,10 @@ impl<N: Network> Inner<N> {
                     Some(Ok((req, respond))) => {
                         let me = self.clone();
                         self.spawn(me.inbound_stream(req, respond, peer_id.clone(), peer));
+                        if !going_away && self.fault(FaultPoint::GoAway) {
+                            conn.graceful_shutdown();
+                            going_away = true;
+                        }
                     }
                     Some(Err(e)) => {
                         tracing::debug!(node = %self.config.node, %peer, error = %e, "inbound tunnel ended");
@@ -162,7 +171,7 @@ impl<N: Network> Inner<N> {
             destination_ip: target.ip(),
             destination_port: target.port(),
         };
-        let verdict = evaluate(mesh.policies(), workload, &attrs);
+        let verdict = self.authorize(mesh.policies(), workload, &attrs);
         self.verdict_event(client, DIR, target, attrs.source_identity.as_ref(), &verdict);
         if !verdict.allowed {
             respond_status(&mut respond, 401);
@@ -201,6 +210,16 @@ impl<N: Network> Inner<N> {
             }
         };
         let mut recv = req.into_body();
+        if self.fault(FaultPoint::StreamReset) {
+            send.send_reset(h2::Reason::CANCEL);
+            self.network.reset(app);
+            let result = CloseResult::Reset {
+                side: INJECTED.to_string(),
+                message: format!("{INJECTED} ({})", FaultPoint::StreamReset),
+            };
+            let ends = Ends { client, destination: target, upstream: app_local };
+            return self.closed_in(DIR, ends, &Transferred::default(), start, result);
+        }
         let (live, revoked) = self.register_live(workload_ip, attrs);
         let moved = Transferred::default();
         let outcome = tokio::select! {
@@ -274,7 +293,7 @@ impl<N: Network> Inner<N> {
             destination_ip: dst.ip(),
             destination_port: dst.port(),
         };
-        let verdict = evaluate(mesh.policies(), workload, &attrs);
+        let verdict = self.authorize(mesh.policies(), workload, &attrs);
         self.verdict_event(client, DIR, dst, None, &verdict);
         if !verdict.allowed {
             self.reset(stream);

@@ -26,6 +26,7 @@ use tokio::sync::{Notify, oneshot};
 use tokio::task::AbortHandle;
 
 use crate::events::{Counters, Direction, EventSink, NoopSink, ProxyEvent, emit};
+use crate::faults::{FaultPlan, FaultPoint};
 use crate::inpod::{INBOUND_HBONE_PORT, INBOUND_PLAINTEXT_PORT, OUTBOUND_PORT, PROXY_MARK};
 use crate::mesh::{MeshHandle, MeshState};
 use crate::net::{ListenOptions, Listener, Network};
@@ -50,6 +51,9 @@ pub struct ProxyConfig {
     pub h2_window: u32,
     /// Deadline for TCP connects, TLS handshakes and the CONNECT response.
     pub connect_timeout: Duration,
+    /// Seeded fault points (`faults.rs`); `None` — the default, and all a config file can
+    /// give — disables them.
+    pub faults: Option<Arc<FaultPlan>>,
 }
 
 impl ProxyConfig {
@@ -63,8 +67,26 @@ impl ProxyConfig {
             buffer_size: 16 * 1024,
             h2_window: 256 * 1024,
             connect_timeout: Duration::from_secs(10),
+            faults: None,
         }
     }
+}
+
+/// What a node proxy holds at one moment ([`NodeProxy::resources`]).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Resources {
+    /// Captured pods served.
+    pub pods: usize,
+    /// Of `tasks`, the accept loops of those pods (three each).
+    pub listener_tasks: usize,
+    /// Tracked tasks alive: accept loops, connection handlers, inbound tunnels, pool drivers.
+    pub tasks: usize,
+    /// Authorized inbound connections registered for policy re-checks.
+    pub live_connections: usize,
+    /// Connection handlers running (what a drain waits for).
+    pub busy: usize,
+    /// h2 connections in the pool.
+    pub pooled_tunnels: usize,
 }
 
 /// A captured pod as the proxy serves it.
@@ -263,7 +285,7 @@ impl<N: Network> NodeProxy<N> {
             let reason = match mesh.workload(conn.workload_ip) {
                 None => Some("destination workload left the mesh".to_string()),
                 Some(w) => {
-                    let v = evaluate(mesh.policies(), w, &conn.attrs);
+                    let v = inner.authorize(mesh.policies(), w, &conn.attrs);
                     (!v.allowed).then(|| match v.policy {
                         Some(p) => format!("{} ({p})", v.reason),
                         None => v.reason.to_string(),
@@ -290,6 +312,27 @@ impl<N: Network> NodeProxy<N> {
     /// Live h2 connections in the pool.
     pub fn pooled_tunnels(&self) -> usize {
         self.inner.pool.connections().len()
+    }
+
+    /// What the proxy holds now (read-only; the fuzzer checks nothing is left behind once the
+    /// traffic is over).
+    pub fn resources(&self) -> Resources {
+        let inner = &self.inner;
+        fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+            m.lock().unwrap_or_else(|e| e.into_inner())
+        }
+        let (pods, listener_tasks) = {
+            let pods = lock(&inner.pods);
+            (pods.len(), pods.values().map(|p| p.listener_tasks.len()).sum())
+        };
+        Resources {
+            pods,
+            listener_tasks,
+            tasks: lock(&inner.tasks).len(),
+            live_connections: lock(&inner.live).len(),
+            busy: inner.busy.load(Ordering::SeqCst),
+            pooled_tunnels: inner.pool.connections().len(),
+        }
     }
 
     /// Graceful stop: close the listeners, send GOAWAY on inbound tunnels, close idle pooled
@@ -389,6 +432,31 @@ impl<N: Network> Inner<N> {
     pub(crate) fn busy(self: &Arc<Self>) -> Busy<N> {
         self.busy.fetch_add(1, Ordering::SeqCst);
         Busy(self.clone())
+    }
+
+    /// Whether fault point `point` fires now (never without a plan).
+    pub(crate) fn fault(&self, point: FaultPoint) -> bool {
+        crate::faults::fires(self.config.faults.as_ref(), point)
+    }
+
+    /// Whether a test planted `bug` in this proxy's fault plan.
+    #[cfg(feature = "planted-bugs")]
+    pub(crate) fn planted(&self, bug: crate::faults::PlantedBug) -> bool {
+        self.config.faults.as_ref().is_some_and(|f| f.planted(bug))
+    }
+
+    /// The RBAC verdict for a connection (`policy::evaluate`, unless a test planted a bug).
+    pub(crate) fn authorize(
+        &self,
+        set: &crate::policy::PolicySet,
+        w: &crate::mesh::Workload,
+        attrs: &ConnectionAttrs,
+    ) -> crate::policy::Verdict {
+        #[cfg(feature = "planted-bugs")]
+        if self.planted(crate::faults::PlantedBug::DenyAfterAllow) {
+            return crate::faults::deny_after_allow(set, w, attrs);
+        }
+        evaluate(set, w, attrs)
     }
 
     pub(crate) fn emit(&self, event: ProxyEvent) {

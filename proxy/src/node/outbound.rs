@@ -178,12 +178,18 @@ impl<N: Network> Inner<N> {
         plan: &HbonePlan,
         source_ip: IpAddr,
     ) -> Result<(Lease, bool), (String, String)> {
-        let key = PoolKey {
+        #[allow(unused_mut)] // mutated only with a planted bug
+        let mut key = PoolKey {
             source_identity: plan.source_identity.clone(),
             destination_identity: plan.destination_identity.clone(),
             gateway: plan.gateway,
             source_ip,
         };
+        #[cfg(feature = "planted-bugs")]
+        if self.planted(crate::faults::PlantedBug::PoolKeyIgnoresSource) {
+            key.source_identity = key.destination_identity.clone();
+            key.source_ip = key.gateway.ip();
+        }
         match self.pool.checkout(&key).await {
             Ok(Checkout::Reuse(lease)) => Ok((lease, true)),
             Ok(Checkout::Dial(permit)) => match self.dial(netns, plan, source_ip).await {

@@ -150,6 +150,9 @@ fn a_proxy_that_found_no_upstream_makes_the_connection_refused() {
     let report = ClientReport { received: 0, ..ok_report(10) };
     let c = connection(LABELS, &report, Some(client), &log, &mut Accepts::default());
     assert_eq!(c.outcome, ConnOutcome::Refused);
+    // Captured, refused by its own proxy before routing: it never left the client (not
+    // `direct`, which says neither side was captured).
+    assert_eq!(c.path, None);
     assert_eq!(c.proxy_events[0].detail, "outbound route: service echo.default has no endpoint");
 }
 

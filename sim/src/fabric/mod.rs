@@ -128,6 +128,21 @@ pub struct LinkFault {
     pub loss: f64,
 }
 
+/// A TCP segment put on the underlay between two nodes, as the fabric's tap recorded it
+/// (see [`Fabric::tap_underlay`]). Read-only: recording changes nothing about the run.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UnderlayPacket {
+    /// Simulated time since the run started.
+    pub at: Duration,
+    /// The sending and the receiving node (their labels).
+    pub from: String,
+    pub to: String,
+    pub src: SocketAddrV4,
+    pub dst: SocketAddrV4,
+    /// The segment's payload, byte for byte as it crossed the link.
+    pub payload: Bytes,
+}
+
 /// A packet held on a link.
 #[derive(Debug)]
 struct Held {
@@ -178,6 +193,8 @@ pub struct Fabric {
     /// Resets held back from substrate sockets that still have unread data (see
     /// [`Fabric::deliver_deferred_resets`]), by socket, with the host they go to.
     deferred_resets: BTreeMap<SockKey, (Ipv4Addr, SubPacket)>,
+    /// Segments with payload that left one node for another on the underlay, when tapped.
+    pub underlay: Option<Vec<UnderlayPacket>>,
 }
 
 /// Per-pass context.
@@ -224,6 +241,15 @@ pub fn pass(shared: &Shared, guard: &EnterGuard) -> bool {
     moved |= !resets.is_empty();
     for stream in resets {
         reset(shared, &cx, stream);
+    }
+    let orphans = shared.take_orphans();
+    if !orphans.is_empty() {
+        moved = true;
+        let mut f = shared.state();
+        for (host, key) in orphans {
+            f.flights.forget(&key);
+            abort_in_place(guard, host, key.1, key.2);
+        }
     }
     moved
 }
@@ -287,7 +313,15 @@ impl Fabric {
             walks: BTreeMap::new(),
             egress: Vec::new(),
             deferred_resets: BTreeMap::new(),
+            underlay: None,
         }
+    }
+
+    /// Records every TCP segment with payload that goes onto the underlay from one node to
+    /// another (before link faults: a partitioned link still saw it leave). The fuzzer's
+    /// "no plaintext between nodes" invariant reads it.
+    pub fn tap_underlay(&mut self) {
+        self.underlay.get_or_insert_with(Vec::new);
     }
 
     /// Hands each held-back reset to its substrate socket once the socket's owner has read
@@ -631,6 +665,21 @@ impl Fabric {
         };
         // A packet that leaves a namespace leaves its mark behind.
         pkt.mark = 0;
+        if let Some(tap) = self.underlay.as_mut()
+            && !wire.payload.is_empty()
+            && self.topo.is_underlay(seg)
+            && matches!(self.topo.slot(from).role, crate::topology::Role::Node { .. })
+            && matches!(self.topo.slot(to).role, crate::topology::Role::Node { .. })
+        {
+            tap.push(UnderlayPacket {
+                at: cx.now,
+                from: self.topo.slot(from).label.clone(),
+                to: self.topo.slot(to).label.clone(),
+                src: SocketAddrV4::new(pkt.src, pkt.sport),
+                dst: SocketAddrV4::new(pkt.dst, pkt.dport),
+                payload: wire.payload.clone(),
+            });
+        }
         if self.topo.is_underlay(seg)
             && let (Some(a), Some(b)) = (self.topo.node_of(from), self.topo.node_of(to))
             && let Some(fault) = self.links.get(&Self::link_key(a, b)).copied()

@@ -1,0 +1,808 @@
+//! The oracle's walk through the steps: the cluster as it stands at each step (pods, policies,
+//! proxies up or down, link faults), simulated time as an interval (steps take time the oracle
+//! can bound but not know: a connection that times out takes its deadline, one that succeeds
+//! a few milliseconds), and background connections that later steps may hit while they hold.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::{Ipv4Addr, SocketAddrV4};
+use std::time::Duration;
+
+use ambient_proxy::istio::PolicyObject;
+use ambient_scenarios::outcome::{ConnOutcome, PathKind};
+use ambient_scenarios::values::NodePair;
+use ambient_scenarios::world::{
+    Action, App, Connect, Dest, Fault, ObjectKey, Peer, PeerKind, Pod, Repeat, World,
+};
+
+use super::rbac::{self, Conn, Ident, Workload};
+use super::{Alt, Expect, Prediction, Tri};
+
+use ConnOutcome::{Denied, Ok as OkOutcome, Refused, Reset, Timeout};
+
+/// The proxy's own connect timeout (ProxyConfig default, `ambient-facts.md` does not say; the
+/// architecture doc does): a dial across a partition fails after it.
+const PROXY_CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+/// Keepalive notices a dead tunnel within interval + timeout.
+const KEEPALIVE_NOTICES: Duration = Duration::from_secs(40);
+/// After a heal (or a crash behind a fault), how long a stale pooled tunnel may linger.
+const STALE_WINDOW: Duration = Duration::from_secs(90);
+/// Slack for what a step takes beyond its waits and holds (handshakes, latency, settling).
+const SLACK: Duration = Duration::from_secs(2);
+/// How long establishing a connection may take (TLS held back by a fault point included).
+const ESTABLISH: Duration = Duration::from_millis(1500);
+
+/// Simulated time since the start, as bounds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Span {
+    lo: Duration,
+    hi: Duration,
+}
+
+#[derive(Debug, Clone, Default)]
+struct Link {
+    partitioned: bool,
+    lossy: bool,
+    partitioned_at: Option<Span>,
+    /// A crash happened behind this link's fault: a stale tunnel may outlive the heal.
+    stale_risk: bool,
+    /// HBONE over this link may meet a stale tunnel until then (upper bound of the time).
+    disturbed_until: Duration,
+}
+
+/// What a live (background) connection touches, per alternative.
+#[derive(Debug, Clone, Default)]
+struct Touches {
+    proxies: BTreeSet<String>,
+    links: BTreeSet<(String, String)>,
+    netns: BTreeSet<String>,
+    /// Destination pod and connection attributes, for re-checking RBAC on a policy change.
+    rbac: Option<(ObjectKey, Ipv4Addr, Option<Ident>, Ipv4Addr, u16)>,
+    /// With `rbac`: what the connection does if RBAC allows it (a change that lands before
+    /// the connection is certainly authorized may let it through).
+    allowed: Option<Expect>,
+    /// The client's netns label.
+    client: String,
+    /// The client's node, when the client is a captured pod (its proxy routes it).
+    client_proxy: Option<String>,
+}
+
+/// What a change does to a live connection it touches.
+struct Hit {
+    /// Outcomes it may now end with.
+    outcomes: Vec<ConnOutcome>,
+    /// It also hits connections that may not have reached their app (still connecting, or
+    /// ending otherwise): a captured client's connection to its own proxy is open while that
+    /// proxy dials, so a proxy crash or a policy change can land on it.
+    in_progress: bool,
+    /// The change may decide the connection afresh: these expectations join the old ones.
+    merge: Option<Expect>,
+    /// The Outcome may no longer tie the server app's accept to the connection.
+    untie: bool,
+}
+
+impl Hit {
+    fn open(outcomes: Vec<ConnOutcome>) -> Option<Hit> {
+        Some(Hit { outcomes, in_progress: false, merge: None, untie: false })
+    }
+}
+
+#[derive(Debug, Clone)]
+struct Live {
+    /// Index of the prediction (one per repetition).
+    preds: Vec<usize>,
+    touches: Vec<Touches>,
+    start: Span,
+    hold: Duration,
+    deadline: Duration,
+}
+
+/// The client of a connection, resolved.
+#[derive(Debug, Clone)]
+struct Client {
+    label: String,
+    ip: Ipv4Addr,
+    /// `None` for an external host.
+    node: Option<String>,
+    captured: bool,
+    identity: Option<Ident>,
+}
+
+struct Walk<'w> {
+    world: &'w World,
+    pods: BTreeMap<ObjectKey, Pod>,
+    policies: BTreeMap<ObjectKey, PolicyObject>,
+    down: BTreeSet<String>,
+    links: BTreeMap<(String, String), Link>,
+    /// Deleted pods' addresses: a tunnel to them may linger until then.
+    stale_ips: BTreeMap<Ipv4Addr, Duration>,
+    now: Span,
+    live: Vec<Live>,
+    preds: Vec<Prediction>,
+    fault_points: bool,
+}
+
+fn link_key(a: &str, b: &str) -> (String, String) {
+    if a <= b { (a.to_string(), b.to_string()) } else { (b.to_string(), a.to_string()) }
+}
+
+fn app_outcome(app: App) -> ConnOutcome {
+    match app {
+        App::Echo | App::Sink | App::Close => OkOutcome,
+        App::Reset => Reset,
+    }
+}
+
+/// Predictions for every connection `world` opens, in Outcome order. `fault_points`: the run
+/// had proxy fault points (a TLS handshake may be held back).
+pub fn predict(world: &World, fault_points: bool) -> Vec<Prediction> {
+    let mut w = Walk {
+        world,
+        pods: world.pods.clone(),
+        policies: world.policies.iter().map(|p| (p.key.clone(), p.object.clone())).collect(),
+        down: BTreeSet::new(),
+        links: BTreeMap::new(),
+        stale_ips: BTreeMap::new(),
+        now: Span { lo: Duration::ZERO, hi: Duration::ZERO },
+        live: Vec::new(),
+        preds: Vec::new(),
+        fault_points,
+    };
+    for step in &world.steps {
+        match &step.action {
+            Action::Connect(c) => w.connect(c),
+            Action::Fault(f) => w.fault(f),
+            Action::Wait(d) => {
+                w.now.lo += *d;
+                w.now.hi += *d;
+            }
+            Action::Check(_) => {
+                // Settling named background connections takes at most their hold + deadline.
+                let longest = w.live.iter().map(|l| l.hold + l.deadline).max().unwrap_or_default();
+                w.now.hi += longest + SLACK;
+            }
+        }
+    }
+    w.preds
+}
+
+impl Walk<'_> {
+    fn client(&self, peer: &Peer) -> Result<Client, String> {
+        match &peer.kind {
+            PeerKind::Pod(key) => {
+                let p = self.pods.get(key).ok_or_else(|| format!("client {key} does not exist"))?;
+                Ok(Client {
+                    label: p.label(),
+                    ip: p.ip,
+                    node: Some(p.node.clone()),
+                    captured: p.is_captured(),
+                    identity: p.is_captured().then(|| self.ident(p)),
+                })
+            }
+            PeerKind::External(name) => Ok(Client {
+                label: name.clone(),
+                ip: peer.ip,
+                node: None,
+                captured: false,
+                identity: None,
+            }),
+        }
+    }
+
+    fn ident(&self, p: &Pod) -> Ident {
+        Ident {
+            trust_domain: self.world.trust_domain.clone(),
+            namespace: p.key.namespace.clone(),
+            service_account: p.service_account.clone(),
+        }
+    }
+
+    fn policies(&self) -> Vec<&PolicyObject> {
+        self.policies.values().collect()
+    }
+
+    fn allowed(&self, dst: &Pod, source_ip: Ipv4Addr, identity: Option<&Ident>, port: u16) -> bool {
+        let w = Workload { namespace: &dst.key.namespace, labels: &dst.labels };
+        let c = Conn { source_ip, identity, dest_ip: dst.ip, dest_port: port };
+        rbac::decide(&self.policies(), w, &c).0
+    }
+
+    fn partitioned(&self, a: &str, b: &str) -> bool {
+        a != b && self.links.get(&link_key(a, b)).is_some_and(|l| l.partitioned)
+    }
+
+    fn lossy(&self, a: &str, b: &str) -> bool {
+        a != b && self.links.get(&link_key(a, b)).is_some_and(|l| l.lossy)
+    }
+
+    /// Why HBONE from `a` to `b` (address `ip`) may meet a stale pooled tunnel now.
+    fn disturbed(&self, a: &str, b: &str, ip: Ipv4Addr) -> Option<String> {
+        if let Some(l) = self.links.get(&link_key(a, b))
+            && self.now.lo < l.disturbed_until
+        {
+            return Some(format!(
+                "a pooled tunnel {a}<->{b} may be stale after a fault (until {:?})",
+                l.disturbed_until
+            ));
+        }
+        match self.stale_ips.get(&ip) {
+            Some(until) if self.now.lo < *until => {
+                Some(format!("a tunnel to the deleted pod that had {ip} may still be pooled"))
+            }
+            _ => None,
+        }
+    }
+
+    fn app_at(&self, ip: Ipv4Addr, port: u16) -> Option<App> {
+        let pod = self.pods.values().find(|p| p.ip == ip).and_then(|p| p.serve.get(&port));
+        let host =
+            self.world.external.values().find(|h| h.ip == ip).and_then(|h| h.serve.get(&port));
+        pod.or(host).copied()
+    }
+
+    fn app_expect(
+        &self,
+        ip: Ipv4Addr,
+        port: u16,
+        send: u64,
+        path: PathKind,
+        identity: Tri,
+    ) -> Expect {
+        match self.app_at(ip, port) {
+            None => Expect::one(Refused, Some(path), Tri::MustNot, identity),
+            Some(app) => {
+                let mut e = Expect::one(app_outcome(app), Some(path), Tri::Must, identity);
+                e.reply = app.expected_reply(send);
+                e
+            }
+        }
+    }
+
+    /// A captured client's connection to pod `dst` (an endpoint) on `port`.
+    fn captured_to_pod(
+        &self,
+        c: &Client,
+        dst: &Pod,
+        port: u16,
+        connect: &Connect,
+    ) -> (Expect, Touches) {
+        let n = c.node.clone().unwrap_or_default();
+        let m = dst.node.clone();
+        let mut t = Touches {
+            proxies: [n.clone()].into(),
+            links: if n != m { [link_key(&n, &m)].into() } else { BTreeSet::new() },
+            netns: [c.label.clone(), dst.label()].into(),
+            ..Touches::default()
+        };
+        if !dst.is_captured() {
+            if self.partitioned(&n, &m) {
+                let e =
+                    Expect::one(Timeout, Some(PathKind::Passthrough), Tri::MustNot, Tri::MustNot);
+                return (e, t);
+            }
+            return (
+                self.app_expect(dst.ip, port, connect.send, PathKind::Passthrough, Tri::MustNot),
+                t,
+            );
+        }
+        t.proxies.insert(m.clone());
+        t.rbac = Some((dst.key.clone(), c.ip, c.identity.clone(), dst.ip, port));
+        let mut allowed = self.app_expect(dst.ip, port, connect.send, PathKind::Hbone, Tri::Must);
+        allowed.tunnel = Some(NodePair { from: n.clone(), to: m.clone() });
+        t.allowed = Some(allowed);
+        let tunnel = Some(NodePair { from: n.clone(), to: m.clone() });
+        let hbone = Some(PathKind::Hbone);
+        let mut e = if self.partitioned(&n, &m) {
+            let mut e = Expect::one(Timeout, hbone, Tri::MustNot, Tri::MustNot);
+            // A captured client is connected to its own proxy at once; it waits its hold and
+            // deadline, and the proxy gives up its dial after 10 s.
+            if connect.deadline + connect.hold >= PROXY_CONNECT_TIMEOUT {
+                e.widen(&[Refused, Reset], "the proxy's own 10s timeouts end it first".into());
+            }
+            e
+        } else if self.down.contains(&m) {
+            Expect::one(Refused, hbone, Tri::MustNot, Tri::MustNot)
+        } else if !self.allowed(dst, c.ip, c.identity.as_ref(), port) {
+            Expect::one(Denied, hbone, Tri::MustNot, Tri::Must)
+        } else {
+            self.app_expect(dst.ip, port, connect.send, PathKind::Hbone, Tri::Must)
+        };
+        if !self.partitioned(&n, &m)
+            && let Some(why) = self.disturbed(&n, &m, dst.ip)
+        {
+            e.widen(&[Timeout, Reset, Refused], why);
+        }
+        e.tunnel = tunnel;
+        (e, t)
+    }
+
+    /// All alternatives for one connection, or why it is not modelled.
+    fn alternatives(&self, connect: &Connect) -> Result<(Client, Vec<(Alt, Touches)>), String> {
+        let c = self.client(&connect.from)?;
+        let port = connect.to.addr.port();
+        if [15001, 15006, 15008].contains(&port) {
+            return Err("a proxy port".into());
+        }
+        let one = |e: Expect, t: Touches| vec![(Alt { endpoint: None, expect: e }, t)];
+        // The destination as a pod or host that exists now.
+        let pod_at = |ip: Ipv4Addr| self.pods.values().find(|p| p.ip == ip);
+        let host_at = |ip: Ipv4Addr| self.world.external.values().find(|h| h.ip == ip);
+        // A pod calling its own address goes over `lo`, which the in-pod rules accept
+        // (`! -d 127.0.0.1/32 -o lo -j ACCEPT`): no proxy, the app answers directly.
+        if matches!(connect.from.kind, PeerKind::Pod(_))
+            && !matches!(connect.to.dest, Dest::Service { .. })
+            && *connect.to.addr.ip() == c.ip
+        {
+            let mut e = self.app_expect(c.ip, port, connect.send, PathKind::Direct, Tri::MustNot);
+            if e.outcomes.contains(&Refused) {
+                e.paths = [None].into();
+            }
+            let t = Touches { netns: [c.label.clone()].into(), ..Touches::default() };
+            return Ok((c, one(e, t)));
+        }
+        if c.captured {
+            let n = c.node.clone().unwrap_or_default();
+            if self.down.contains(&n) {
+                let e = Expect::one(Refused, None, Tri::MustNot, Tri::MustNot);
+                let t = Touches {
+                    proxies: [n].into(),
+                    netns: [c.label.clone()].into(),
+                    ..Touches::default()
+                };
+                return Ok((c, one(e, t)));
+            }
+            let (endpoints, target_port): (Vec<&Pod>, u16) = match &connect.to.dest {
+                Dest::Service { key, port: sp } => {
+                    let svc = self.world.services.get(key).ok_or("unknown service")?;
+                    let eps = self
+                        .pods
+                        .values()
+                        .filter(|p| {
+                            p.key.namespace == svc.key.namespace
+                                && !svc.selector.is_empty()
+                                && svc.selector.iter().all(|(k, v)| p.labels.get(k) == Some(v))
+                        })
+                        .collect();
+                    (eps, sp.target_port)
+                }
+                Dest::Pod(_) | Dest::Address => match pod_at(*connect.to.addr.ip()) {
+                    Some(p) => (vec![p], port),
+                    None => (Vec::new(), port),
+                },
+                Dest::External(_) => (Vec::new(), port),
+            };
+            if matches!(connect.to.dest, Dest::Service { .. }) && endpoints.is_empty() {
+                let e = Expect::one(Refused, None, Tri::MustNot, Tri::MustNot);
+                let t = Touches {
+                    proxies: [n].into(),
+                    netns: [c.label.clone()].into(),
+                    ..Touches::default()
+                };
+                return Ok((c, one(e, t)));
+            }
+            if endpoints.is_empty() {
+                let ip = *connect.to.addr.ip();
+                let Some(h) = host_at(ip) else { return Err(format!("nothing owns {ip}")) };
+                let e =
+                    self.app_expect(h.ip, port, connect.send, PathKind::Passthrough, Tri::MustNot);
+                let t = Touches {
+                    proxies: [n].into(),
+                    netns: [c.label.clone(), h.name.clone()].into(),
+                    ..Touches::default()
+                };
+                let endpoint = Some(SocketAddrV4::new(h.ip, port));
+                return Ok((c, vec![(Alt { endpoint, expect: e }, t)]));
+            }
+            let alts = endpoints
+                .into_iter()
+                .map(|p| {
+                    let (e, t) = self.captured_to_pod(&c, p, target_port, connect);
+                    let endpoint = Some(SocketAddrV4::new(p.ip, target_port));
+                    (Alt { endpoint, expect: e }, t)
+                })
+                .collect();
+            return Ok((c, alts));
+        }
+        // An uncaptured client: no proxy of its own, no Service VIPs.
+        if matches!(connect.to.dest, Dest::Service { .. }) {
+            return Err("a client outside the mesh calling a Service VIP".into());
+        }
+        let ip = *connect.to.addr.ip();
+        if let Some(dst) = pod_at(ip) {
+            let m = dst.node.clone();
+            let crosses = c.node.as_ref().filter(|n| **n != m);
+            let mut t = Touches {
+                links: crosses.map(|n| [link_key(n, &m)].into()).unwrap_or_default(),
+                netns: [c.label.clone(), dst.label()].into(),
+                ..Touches::default()
+            };
+            if crosses.is_some_and(|n| self.partitioned(n, &m)) {
+                return Ok((c, one(Expect::one(Timeout, None, Tri::MustNot, Tri::MustNot), t)));
+            }
+            if !dst.is_captured() {
+                let mut e = self.app_expect(ip, port, connect.send, PathKind::Direct, Tri::MustNot);
+                if e.outcomes.contains(&Refused) {
+                    e.paths = [None].into();
+                }
+                return Ok((c, one(e, t)));
+            }
+            t.proxies.insert(m.clone());
+            if self.down.contains(&m) {
+                return Ok((c, one(Expect::one(Refused, None, Tri::MustNot, Tri::MustNot), t)));
+            }
+            t.rbac = Some((dst.key.clone(), c.ip, None, ip, port));
+            t.allowed = Some(self.app_expect(
+                ip,
+                port,
+                connect.send,
+                PathKind::InboundPlaintext,
+                Tri::MustNot,
+            ));
+            let plain = Some(PathKind::InboundPlaintext);
+            let e = if !self.allowed(dst, c.ip, None, port) {
+                Expect::one(Denied, plain, Tri::MustNot, Tri::MustNot)
+            } else {
+                self.app_expect(ip, port, connect.send, PathKind::InboundPlaintext, Tri::MustNot)
+            };
+            return Ok((c, one(e, t)));
+        }
+        if c.node.is_none() {
+            return Err("an external host calling another".into());
+        }
+        let Some(h) = host_at(ip) else { return Err(format!("nothing owns {ip}")) };
+        let mut e = self.app_expect(h.ip, port, connect.send, PathKind::Direct, Tri::MustNot);
+        if e.outcomes.contains(&Refused) {
+            e.paths = [None].into();
+        }
+        let t = Touches { netns: [c.label.clone(), h.name.clone()].into(), ..Touches::default() };
+        Ok((c, one(e, t)))
+    }
+
+    fn connect(&mut self, connect: &Connect) {
+        let n = connect.repeat.count() as usize;
+        let first = self.preds.len();
+        let (pred, touches) = match self.alternatives(connect) {
+            Ok((client, alts)) => {
+                let encrypted = client.captured
+                    && !alts.is_empty()
+                    && alts.iter().all(|(a, _)| {
+                        a.expect.paths.iter().all(|p| *p == Some(PathKind::Hbone))
+                            && a.expect.tunnel.as_ref().is_some_and(|t| t.from != t.to)
+                    });
+                let (alts, mut touches): (Vec<Alt>, Vec<Touches>) = alts.into_iter().unzip();
+                for t in &mut touches {
+                    t.client = client.label.clone();
+                    t.client_proxy = client.node.clone().filter(|_| client.captured);
+                }
+                let pred = Prediction {
+                    id: connect.id.clone(),
+                    client_ip: client.ip,
+                    client_identity: client.identity.as_ref().map(Ident::uri),
+                    send: connect.send,
+                    encrypted_between_nodes: encrypted,
+                    alternatives: alts,
+                    unmodelled: None,
+                };
+                (pred, touches)
+            }
+            Err(why) => {
+                let pred = Prediction {
+                    id: connect.id.clone(),
+                    client_ip: connect.from.ip,
+                    client_identity: None,
+                    send: connect.send,
+                    encrypted_between_nodes: false,
+                    alternatives: Vec::new(),
+                    unmodelled: Some(why),
+                };
+                (pred, Vec::new())
+            }
+        };
+        let may_time_out = pred.alternatives.iter().any(|a| a.expect.outcomes.contains(&Timeout));
+        let all_time_out = !pred.alternatives.is_empty()
+            && pred.alternatives.iter().all(|a| a.expect.outcomes == [Timeout].into());
+        let lossy = touches.iter().any(|t| t.links.iter().any(|(a, b)| self.lossy(a, b)));
+        for _ in 0..n {
+            self.preds.push(pred.clone());
+        }
+        if connect.background {
+            let live = Live {
+                preds: (first..first + n).collect(),
+                touches,
+                start: self.now,
+                hold: connect.hold,
+                deadline: connect.deadline,
+            };
+            self.live.push(live);
+            return;
+        }
+        // A foreground step: its connections end before the next step starts.
+        let one_hi = if may_time_out || lossy || pred.unmodelled.is_some() {
+            connect.hold + connect.deadline + SLACK
+        } else {
+            connect.hold + SLACK
+        };
+        let one_lo = if all_time_out { connect.deadline } else { Duration::ZERO };
+        let times = match connect.repeat {
+            Repeat::Sequential(k) => k,
+            Repeat::Parallel(_) => 1,
+        };
+        self.now.lo += one_lo * times;
+        self.now.hi += one_hi * times;
+    }
+
+    /// Applies a change to the live background connections it may hit: `hit` gives, per
+    /// alternative's touches, the outcomes the change forces (or `None` if it does not touch it).
+    fn hit_live(&mut self, what: &str, hit: impl Fn(&Self, &Touches) -> Option<Hit>) {
+        let at = self.now;
+        let mut changes = Vec::new();
+        for live in &self.live {
+            // Certainly over: past its hold and deadline (with slack).
+            if at.lo > live.start.hi + live.hold + live.deadline + SLACK {
+                continue;
+            }
+            // Certainly established and still holding.
+            let establish = if self.fault_points { ESTABLISH } else { SLACK / 4 };
+            let certain =
+                at.lo >= live.start.hi + establish && at.hi + SLACK < live.start.lo + live.hold;
+            for (i, t) in live.touches.iter().enumerate() {
+                if let Some(h) = hit(self, t) {
+                    for &p in &live.preds {
+                        changes.push((
+                            p,
+                            i,
+                            h.outcomes.clone(),
+                            h.in_progress,
+                            h.merge.clone(),
+                            h.untie,
+                            certain,
+                        ));
+                    }
+                }
+            }
+        }
+        for (p, i, outcomes, in_progress, merge, untie, certain) in changes {
+            let Some(alt) = self.preds[p].alternatives.get_mut(i) else { continue };
+            let e = &mut alt.expect;
+            // A change that lands before the connection is certainly authorized may decide it
+            // afresh (and then it is all that is known).
+            if let Some(m) = merge.filter(|_| !certain) {
+                e.outcomes.extend(m.outcomes.iter().copied());
+                e.paths.extend(m.paths.iter().copied());
+                e.accepted = e.accepted.join(m.accepted);
+                e.identity = e.identity.join(m.identity);
+                e.reply = m.reply;
+                e.notes.push(format!("{what} before it is certainly authorized"));
+                continue;
+            }
+            if outcomes.is_empty() {
+                continue;
+            }
+            if untie {
+                e.accepted = e.accepted.join(Tri::MustNot);
+            }
+            // Otherwise only a connection that reached its app is still open to be hit — or,
+            // for `in_progress` changes, one that may still be connecting.
+            let open = e.outcomes.contains(&OkOutcome);
+            let connecting = in_progress && (!certain || e.outcomes.contains(&Timeout));
+            if !open && !connecting {
+                continue;
+            }
+            if connecting {
+                // Whether it got as far as the app or the destination proxy is not known.
+                e.accepted = e.accepted.join(Tri::MustNot).join(Tri::Must);
+                e.identity = e.identity.join(Tri::MustNot).join(Tri::Must);
+            }
+            let why = format!("{what} while it may be open");
+            if outcomes.contains(&ConnOutcome::Error) {
+                // (A deleted client's own close, too.)
+                // A crashed proxy: the kernel closed its sockets (a FIN may cut the bytes),
+                // and it logged no close event, so the Outcome cannot tie the app's accept to
+                // the connection (`server_peer` may be null).
+                e.truncation = true;
+                e.accepted = e.accepted.join(Tri::MustNot);
+            }
+            if certain {
+                e.outcomes.remove(&OkOutcome);
+                e.outcomes.extend(outcomes.iter().copied());
+                e.notes.push(format!("{what} while it is open"));
+            } else {
+                e.outcomes.extend(outcomes.iter().copied());
+                e.notes.push(why);
+            }
+        }
+    }
+
+    fn fault(&mut self, f: &Fault) {
+        // Settling after a fault may wait for packets held on a link.
+        self.now.hi += Duration::from_millis(500);
+        match f {
+            Fault::Partition(l) => {
+                let k = link_key(&l.a, &l.b);
+                let now = self.now;
+                let link = self.links.entry(k.clone()).or_default();
+                if !link.partitioned {
+                    link.partitioned = true;
+                    link.partitioned_at = Some(now);
+                }
+                self.hit_live("a partition on its link", |_, t| {
+                    if t.links.contains(&k) {
+                        Hit::open(vec![OkOutcome, Timeout, Reset])
+                    } else {
+                        None
+                    }
+                });
+            }
+            Fault::Heal(which) => {
+                let now = self.now;
+                let keys: Vec<(String, String)> = match which {
+                    Some(l) => vec![link_key(&l.a, &l.b)],
+                    None => self.links.keys().cloned().collect(),
+                };
+                for k in keys {
+                    let Some(link) = self.links.get_mut(&k) else { continue };
+                    if link.partitioned {
+                        let long =
+                            link.partitioned_at.is_some_and(|p| now.lo >= p.hi + KEEPALIVE_NOTICES);
+                        if !long || link.stale_risk {
+                            link.disturbed_until = link.disturbed_until.max(now.hi + STALE_WINDOW);
+                        }
+                    }
+                    if link.lossy && link.stale_risk {
+                        link.disturbed_until = link.disturbed_until.max(now.hi + STALE_WINDOW);
+                    }
+                    link.partitioned = false;
+                    link.lossy = false;
+                    link.partitioned_at = None;
+                    link.stale_risk = false;
+                }
+            }
+            Fault::Latency { .. } => {}
+            Fault::Loss { link, rate } => {
+                let l = self.links.entry(link_key(&link.a, &link.b)).or_default();
+                l.lossy = *rate > 0.0;
+            }
+            Fault::RestartProxy(node) | Fault::CrashProxy(node) => {
+                let now = self.now;
+                for ((a, b), link) in self.links.iter_mut() {
+                    if (a == node || b == node) && (link.partitioned || link.lossy) {
+                        link.stale_risk = true;
+                        link.disturbed_until = link.disturbed_until.max(now.hi + STALE_WINDOW);
+                    }
+                }
+                if matches!(f, Fault::CrashProxy(_)) {
+                    self.down.insert(node.clone());
+                }
+                // A repetition of a live background step that starts while its client's own
+                // proxy is down is refused before any route: an extra alternative, unrouted.
+                let at = self.now;
+                let extra: Vec<usize> = self
+                    .live
+                    .iter()
+                    .filter(|l| l.preds.len() > 1)
+                    .filter(|l| at.lo <= l.start.hi + (l.hold + l.deadline) * l.preds.len() as u32)
+                    .filter(|l| {
+                        l.touches.first().is_some_and(|t| t.client_proxy.as_ref() == Some(node))
+                    })
+                    .flat_map(|l| l.preds.iter().skip(1).copied())
+                    .collect();
+                for i in extra {
+                    let alts = &mut self.preds[i].alternatives;
+                    if alts.iter().all(|a| a.endpoint.is_some()) {
+                        let mut e = Expect::one(Refused, None, Tri::MustNot, Tri::MustNot);
+                        e.notes.push(format!("started while proxy@{node} was down"));
+                        alts.push(Alt { endpoint: None, expect: e });
+                    }
+                }
+                let node = node.clone();
+                // A connection that starts while it is down (a later repetition of a
+                // background step) is refused.
+                self.hit_live(&format!("proxy@{node} stopping"), |_, t| {
+                    t.proxies.contains(&node).then(|| Hit {
+                        outcomes: vec![Reset, ConnOutcome::Error, Refused],
+                        in_progress: true,
+                        merge: None,
+                        untie: true,
+                    })
+                });
+            }
+            Fault::StartProxy(node) => {
+                self.down.remove(node);
+            }
+            Fault::FlushConntrack(peer) => {
+                let label = peer.label();
+                self.hit_live(&format!("flushing {label}'s conntrack"), |_, t| {
+                    if t.netns.contains(&label) {
+                        Hit::open(vec![OkOutcome, Reset, Timeout])
+                    } else {
+                        None
+                    }
+                });
+            }
+            Fault::DeletePod { pod, .. } => {
+                if let Some(p) = self.pods.remove(pod) {
+                    self.stale_ips.insert(p.ip, self.now.hi + STALE_WINDOW);
+                    let label = p.label();
+                    // Its sockets go with it: a client in it may see its connection closed
+                    // (the Outcome then reports what it read so far), and a server app's
+                    // accept can no longer be tied to the connection.
+                    self.hit_live(&format!("deleting {label}"), |_, t| {
+                        let outcomes = if t.client == label {
+                            vec![Reset, Timeout, ConnOutcome::Error]
+                        } else {
+                            vec![Reset, Timeout]
+                        };
+                        let hit = Hit { outcomes, in_progress: false, merge: None, untie: true };
+                        t.netns.contains(&label).then_some(hit)
+                    });
+                    // Later repetitions of a background step whose client is gone: whether
+                    // each started before the deletion is not known (no route event after).
+                    let gone: Vec<usize> = self
+                        .live
+                        .iter()
+                        .filter(|l| l.touches.first().is_some_and(|t| t.client == label))
+                        .flat_map(|l| l.preds.iter().skip(1).copied())
+                        .collect();
+                    for i in gone {
+                        self.preds[i].unmodelled =
+                            Some(format!("a later repetition whose client {label} was deleted"));
+                    }
+                }
+            }
+            Fault::AddPod { pod, .. } => {
+                self.pods.insert(pod.key.clone(), (**pod).clone());
+            }
+            Fault::Apply(_) | Fault::Remove(_) => {
+                let before = self.clone_policies();
+                match f {
+                    Fault::Apply(p) => {
+                        self.policies.insert(p.key.clone(), p.object.clone());
+                    }
+                    Fault::Remove(k) => {
+                        self.policies.remove(k);
+                    }
+                    _ => {}
+                }
+                let what = match f {
+                    Fault::Apply(p) => format!("applying {}", p.key),
+                    Fault::Remove(k) => format!("removing {k}"),
+                    _ => String::new(),
+                };
+                self.hit_live(&format!("{what} (changes its verdict)"), |w, t| {
+                    let (key, src, id, dst_ip, port) = t.rbac.as_ref()?;
+                    let dst = w.pods.get(key)?;
+                    let was = {
+                        let wl = Workload { namespace: &dst.key.namespace, labels: &dst.labels };
+                        let c = Conn {
+                            source_ip: *src,
+                            identity: id.as_ref(),
+                            dest_ip: *dst_ip,
+                            dest_port: *port,
+                        };
+                        let ps: Vec<&PolicyObject> = before.iter().collect();
+                        rbac::decide(&ps, wl, &c).0
+                    };
+                    let now = w.allowed(dst, *src, id.as_ref(), *port);
+                    if was == now {
+                        return None;
+                    }
+                    // Before the connection is certainly authorized, the new verdict may be
+                    // the one it gets; after, only a revocation ends it.
+                    let merge = if now {
+                        t.allowed.clone()
+                    } else {
+                        let mut d = t.allowed.clone()?;
+                        d.outcomes = [Denied].into();
+                        d.accepted = Tri::MustNot;
+                        Some(d)
+                    };
+                    let outcomes = if now { Vec::new() } else { vec![Denied] };
+                    Some(Hit { outcomes, in_progress: false, merge, untie: false })
+                });
+            }
+        }
+    }
+
+    fn clone_policies(&self) -> Vec<PolicyObject> {
+        self.policies.values().cloned().collect()
+    }
+}
