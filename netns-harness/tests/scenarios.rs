@@ -133,10 +133,11 @@ steps:
 "#;
 
 /// Latency, measured by the clients' own timers: with 150 ms added each way a TCP handshake
-/// across the link takes at least one round trip, 300 ms, so a 250 ms deadline times out while a
-/// 5 s one completes (the packets are delayed, not lost); a smaller delay on the same link
-/// retunes it; after heal the same 250 ms deadline is met. The client is uncaptured, so the
-/// handshake is the only thing between it and its deadline's first check.
+/// across the link takes at least one round trip, 300 ms, so a 250 ms deadline times out; a
+/// 900 ms one is met (handshake and one echo, two round trips: the packets are delayed, not
+/// dropped, which would cost a 1 s SYN retransmission); 64 KiB cross intact, in order. A
+/// smaller delay on the same link retunes it; after heal the 250 ms deadline is met again.
+/// The client is uncaptured, so only the handshake and the echo stand before its deadline.
 const LATENCY: &str = r#"
 description: latency between two nodes, retuned, healed
 cluster:
@@ -148,7 +149,8 @@ steps:
   - connect: {id: before, from: legacy, to: server:8080, deadline: 250ms, expect: {outcome: ok, path: inbound-plaintext}}
   - fault: {latency: {between: [node-a, node-b], add: 150ms}}
   - connect: {id: too-slow, from: legacy, to: server:8080, deadline: 250ms, expect: {outcome: timeout, server_peer: null}}
-  - connect: {id: slow, from: legacy, to: server:8080, deadline: 5s, send: 64KiB, expect: {outcome: ok, path: inbound-plaintext, received: 64KiB, intact: true}}
+  - connect: {id: in-time, from: legacy, to: server:8080, deadline: 900ms, expect: {outcome: ok, path: inbound-plaintext}}
+  - connect: {id: bulk, from: legacy, to: server:8080, deadline: 10s, send: 64KiB, expect: {outcome: ok, path: inbound-plaintext, received: 64KiB, intact: true}}
   - fault: {latency: {between: [node-a, node-b], add: 10ms}}
   - connect: {id: retuned, from: legacy, to: server:8080, deadline: 250ms, expect: {outcome: ok, path: inbound-plaintext}}
   - fault: {latency: {between: [node-a, node-b], add: 150ms}}

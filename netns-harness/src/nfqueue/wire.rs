@@ -9,7 +9,7 @@
 //!
 //! | message | attributes we send or read |
 //! | --- | --- |
-//! | `NFQNL_MSG_CONFIG` | `NFQA_CFG_CMD` (bind / unbind), `NFQA_CFG_PARAMS` (copy mode and range), `NFQA_CFG_QUEUE_MAXLEN` |
+//! | `NFQNL_MSG_CONFIG` | `NFQA_CFG_CMD` (bind / unbind), `NFQA_CFG_PARAMS` (copy mode and range), `NFQA_CFG_QUEUE_MAXLEN`, `NFQA_CFG_MASK` + `NFQA_CFG_FLAGS` (`NFQA_CFG_F_GSO`) |
 //! | `NFQNL_MSG_PACKET` (kernel → us) | `NFQA_PACKET_HDR` (packet id, hw protocol, hook); the rest is skipped |
 //! | `NFQNL_MSG_VERDICT` | `NFQA_VERDICT_HDR` (verdict, packet id) |
 //! | `NLMSG_ERROR` (kernel → us) | an errno (0: the acknowledgement of a request with `NLM_F_ACK`) and the request's header |
@@ -39,6 +39,11 @@ const NFQA_VERDICT_HDR: u16 = 2;
 const NFQA_CFG_CMD: u16 = 1;
 const NFQA_CFG_PARAMS: u16 = 2;
 const NFQA_CFG_QUEUE_MAXLEN: u16 = 3;
+const NFQA_CFG_MASK: u16 = 4;
+const NFQA_CFG_FLAGS: u16 = 5;
+/// `NFQA_CFG_F_GSO`: queue a GSO packet whole, as the stack built it, rather than have the
+/// kernel cut it into segments first (we never read the payload, so nothing needs them cut).
+const CFG_F_GSO: u32 = 4;
 const CFG_CMD_BIND: u8 = 1;
 const CFG_CMD_UNBIND: u8 = 2;
 /// `NFQNL_COPY_META`: the kernel sends the packet's metadata (id, devices, mark), no payload.
@@ -112,7 +117,8 @@ fn align(len: usize) -> usize {
 }
 
 /// Binds `queue` to the sending socket, copying metadata only (no payload), with room for
-/// `max_len` packets held at once (`NFQA_CFG_QUEUE_MAXLEN`); asks for an acknowledgement.
+/// `max_len` packets held at once (`NFQA_CFG_QUEUE_MAXLEN`), GSO packets queued whole; asks
+/// for an acknowledgement. The kernel applies the command first, then the settings, all or none.
 pub fn bind(seq: u32, queue: u16, max_len: u32) -> Vec<u8> {
     let mut params = 0u32.to_be_bytes().to_vec(); // copy_range: unused with COPY_META
     params.push(COPY_META);
@@ -120,6 +126,8 @@ pub fn bind(seq: u32, queue: u16, max_len: u32) -> Vec<u8> {
         .attr(NFQA_CFG_CMD, &[CFG_CMD_BIND, 0, 0, 0]) // command, pad, pf (unused since 3.8)
         .attr(NFQA_CFG_PARAMS, &params)
         .attr(NFQA_CFG_QUEUE_MAXLEN, &max_len.to_be_bytes())
+        .attr(NFQA_CFG_MASK, &CFG_F_GSO.to_be_bytes())
+        .attr(NFQA_CFG_FLAGS, &CFG_F_GSO.to_be_bytes())
         .finish()
 }
 
@@ -222,7 +230,7 @@ mod tests {
         let bytes = bind(7, 0x0102, 4096);
         #[rustfmt::skip]
         let expected = vec![
-            48, 0, 0, 0,        // nlmsg_len
+            64, 0, 0, 0,        // nlmsg_len
             0x02, 0x03,         // type: NFNL_SUBSYS_QUEUE << 8 | NFQNL_MSG_CONFIG
             0x05, 0x00,         // flags: REQUEST | ACK
             7, 0, 0, 0,         // seq
@@ -235,6 +243,10 @@ mod tests {
             0, 0, 0,            //   padding to 4
             8, 0, 3, 0,         // NFQA_CFG_QUEUE_MAXLEN
             0, 0, 0x10, 0,      //   4096 big-endian
+            8, 0, 4, 0,         // NFQA_CFG_MASK
+            0, 0, 0, 4,         //   NFQA_CFG_F_GSO
+            8, 0, 5, 0,         // NFQA_CFG_FLAGS
+            0, 0, 0, 4,         //   NFQA_CFG_F_GSO
         ];
         assert_eq!(bytes, expected);
     }
