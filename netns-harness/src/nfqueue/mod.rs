@@ -14,6 +14,11 @@
 //! passing them undelayed. A [`Delay`] is bound before its rule is loaded and stopped after the
 //! rule is removed, so that window never opens in a run; if the line dies mid-run, packets are
 //! lost (visible as a failing connection), never silently sent without their delay.
+//!
+//! Simplifications: a packet's arrival is when its notice is read, not when the kernel queued
+//! it, so each packet waits `add` plus the notice's latency (microseconds) — never less. The task
+//! shares the namespace's thread with whatever else runs there (on a node: the node proxy), so a
+//! busy thread can postpone a release by its poll latency. No jitter, no rate limit.
 
 pub mod delay;
 pub mod wire;
@@ -29,8 +34,9 @@ use delay::DelayLine;
 use wire::{Message, Verdict};
 
 /// How many packets a queue may hold at once (`NFQA_CFG_QUEUE_MAXLEN`; the kernel's default is
-/// 1024). A 256 KiB transfer is under 200 full-size segments; this leaves room for many such
-/// flows at once on one link before the kernel drops.
+/// 1024). A 256 KiB transfer is under 200 full-size segments (fewer packets, as GSO packets are
+/// queued whole); this leaves room for many such flows at once on one link before the kernel
+/// drops.
 pub const QUEUE_MAX_LEN: u32 = 8192;
 /// The socket's receive buffer (`SO_RCVBUF`, capped by `net.core.rmem_max`): packet notices
 /// that do not fit are lost, and so are their packets.
@@ -77,6 +83,7 @@ pub struct Delay {
 impl Delay {
     /// Binds queue `queue` in `ns` and starts delaying its packets by `add`. Returns once the
     /// kernel has acknowledged the binding: from then on the queue's packets are delayed.
+    /// Blocks the calling thread: call it from a plain thread, not from async code.
     pub fn start(ns: &Netns, queue: u16, add: Duration) -> Result<Delay, DelayError> {
         let (control, commands) = watch::channel(Some(add));
         let (ready_tx, ready_rx) = oneshot::channel();
