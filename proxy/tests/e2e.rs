@@ -461,10 +461,10 @@ async fn an_idle_tunnel_is_closed_after_the_idle_timeout_and_keepalive_keeps_a_b
         keepalive_timeout: Duration::from_millis(500),
         ..Default::default()
     };
-    let w = world("127.72", WorldOptions { pool: Some(pool), ..Default::default() }).await;
-    let _app = App::start(addr("127.72.1.5:8080"), AppMode::Echo).await;
+    let w = world("127.75", WorldOptions { pool: Some(pool), ..Default::default() }).await;
+    let _app = App::start(addr("127.75.1.5:8080"), AppMode::Echo).await;
     // A connection held open for longer than the idle timeout: pings flow, the tunnel stays.
-    let mut s = w.connect(addr("127.72.1.5:8080")).await.unwrap();
+    let mut s = w.connect(addr("127.75.1.5:8080")).await.unwrap();
     s.write_all(b"a").await.unwrap();
     s.read_exact(&mut [0u8; 1]).await.unwrap();
     tokio::time::sleep(Duration::from_millis(700)).await;
@@ -485,7 +485,7 @@ async fn an_idle_tunnel_is_closed_after_the_idle_timeout_and_keepalive_keeps_a_b
         .collect();
     assert_eq!(closed, ["idle for 400ms/1"]);
     // The next connection dials a fresh tunnel.
-    let mut s = w.connect(addr("127.72.1.5:8080")).await.unwrap();
+    let mut s = w.connect(addr("127.75.1.5:8080")).await.unwrap();
     assert_eq!(exchange(&mut s, b"c").await.unwrap(), b"c");
     assert_eq!(w.a.counters()["tunnels.opened"], 2);
 }
