@@ -15,7 +15,7 @@ use ambient_scenarios::world::{
 };
 
 use super::rbac::{self, Conn, Ident, Workload};
-use super::{Alt, Expect, Prediction, Tri};
+use super::{Alt, Expect, Prediction, Tri, Unrouted, unrouted_path};
 
 use ConnOutcome::{Denied, Ok as OkOutcome, Refused, Reset, Timeout};
 
@@ -332,17 +332,17 @@ impl Walk<'_> {
             && !matches!(connect.to.dest, Dest::Service { .. })
             && *connect.to.addr.ip() == c.ip
         {
-            let mut e = self.app_expect(c.ip, port, connect.send, PathKind::Direct, Tri::MustNot);
-            if e.outcomes.contains(&Refused) {
-                e.paths = [None].into();
-            }
+            // Refused by a RST over `lo`: the SYN was sent, so `direct` all the same.
+            let e = self.app_expect(c.ip, port, connect.send, PathKind::Direct, Tri::MustNot);
             let t = Touches { netns: [c.label.clone()].into(), ..Touches::default() };
             return Ok((c, one(e, t)));
         }
         if c.captured {
             let n = c.node.clone().unwrap_or_default();
             if self.down.contains(&n) {
-                let e = Expect::one(Refused, None, Tri::MustNot, Tri::MustNot);
+                // The SYN is REDIRECTed to 15001, where nothing listens: a RST.
+                let path = unrouted_path(Unrouted::SynLeft);
+                let e = Expect::one(Refused, path, Tri::MustNot, Tri::MustNot);
                 let t = Touches {
                     proxies: [n].into(),
                     netns: [c.label.clone()].into(),
@@ -371,7 +371,8 @@ impl Walk<'_> {
                 Dest::External(_) => (Vec::new(), port),
             };
             if matches!(connect.to.dest, Dest::Service { .. }) && endpoints.is_empty() {
-                let e = Expect::one(Refused, None, Tri::MustNot, Tri::MustNot);
+                let path = unrouted_path(Unrouted::RefusedByOwnProxy);
+                let e = Expect::one(Refused, path, Tri::MustNot, Tri::MustNot);
                 let t = Touches {
                     proxies: [n].into(),
                     netns: [c.label.clone()].into(),
@@ -415,19 +416,19 @@ impl Walk<'_> {
                 netns: [c.label.clone(), dst.label()].into(),
                 ..Touches::default()
             };
+            // Every way this ends without a proxy in between, the SYN was sent.
+            let sent = unrouted_path(Unrouted::SynLeft);
             if crosses.is_some_and(|n| self.partitioned(n, &m)) {
-                return Ok((c, one(Expect::one(Timeout, None, Tri::MustNot, Tri::MustNot), t)));
+                return Ok((c, one(Expect::one(Timeout, sent, Tri::MustNot, Tri::MustNot), t)));
             }
             if !dst.is_captured() {
-                let mut e = self.app_expect(ip, port, connect.send, PathKind::Direct, Tri::MustNot);
-                if e.outcomes.contains(&Refused) {
-                    e.paths = [None].into();
-                }
+                let e = self.app_expect(ip, port, connect.send, PathKind::Direct, Tri::MustNot);
                 return Ok((c, one(e, t)));
             }
             t.proxies.insert(m.clone());
             if self.down.contains(&m) {
-                return Ok((c, one(Expect::one(Refused, None, Tri::MustNot, Tri::MustNot), t)));
+                // REDIRECTed to 15006 in the destination, where nothing listens: a RST.
+                return Ok((c, one(Expect::one(Refused, sent, Tri::MustNot, Tri::MustNot), t)));
             }
             t.rbac = Some((dst.key.clone(), c.ip, None, ip, port));
             t.allowed = Some(self.app_expect(
@@ -449,10 +450,7 @@ impl Walk<'_> {
             return Err("an external host calling another".into());
         }
         let Some(h) = host_at(ip) else { return Err(format!("nothing owns {ip}")) };
-        let mut e = self.app_expect(h.ip, port, connect.send, PathKind::Direct, Tri::MustNot);
-        if e.outcomes.contains(&Refused) {
-            e.paths = [None].into();
-        }
+        let e = self.app_expect(h.ip, port, connect.send, PathKind::Direct, Tri::MustNot);
         let t = Touches { netns: [c.label.clone(), h.name.clone()].into(), ..Touches::default() };
         Ok((c, one(e, t)))
     }
@@ -688,7 +686,9 @@ impl Walk<'_> {
                 for i in extra {
                     let alts = &mut self.preds[i].alternatives;
                     if alts.iter().all(|a| a.endpoint.is_some()) {
-                        let mut e = Expect::one(Refused, None, Tri::MustNot, Tri::MustNot);
+                        // REDIRECTed to the dead 15001: a RST.
+                        let path = unrouted_path(Unrouted::SynLeft);
+                        let mut e = Expect::one(Refused, path, Tri::MustNot, Tri::MustNot);
                         e.notes.push(format!("started while proxy@{node} was down"));
                         alts.push(Alt { endpoint: None, expect: e });
                     }

@@ -498,6 +498,19 @@ impl Fabric {
             ));
             return;
         };
+        if !fresh_syn && self.sockets.is_closed(&key) {
+            // The kernel closed this socket (a reset received, an error decided): in TCP_CLOSE
+            // it sends nothing more. The substrate may still emit what its owner queued after
+            // the reset (a FIN from a `shutdown` in the same instant), which would otherwise
+            // be retransmitted for a socket that no longer exists.
+            self.stats.drops += 1;
+            cx.note(format!(
+                "{} socket {} > {remote} is closed (reset): segment not sent",
+                self.topo.slot(netns).label,
+                view.local
+            ));
+            return;
+        }
         if let Some(v) = self.sockets.view_mut(&key) {
             let end = seg.seq.wrapping_add(tcp::seq_len(&seg));
             if !tcp::seq_le(end, v.snd_nxt) || v.snd_nxt == 0 {
