@@ -51,8 +51,10 @@
 //!   still be pooled; HBONE to that address may also end `timeout`, `reset` or `refused`.
 //! - **Background connections** hit by a later change while they hold (policy change that now
 //!   denies → `denied`; a proxy on the path crashes → `reset`, or `error` for a close that
-//!   cut the bytes short (the kernel closes a dead process's sockets with a FIN); a partition on its link → any of
-//!   `ok`, `timeout`, `reset`; its pod deleted → `reset` or `timeout`; its conntrack flushed →
+//!   cut the bytes short (the kernel closes a dead process's sockets with a FIN); a partition
+//!   on its link → any of `ok`, `timeout`, `reset`; its client's or server's pod deleted →
+//!   `reset`, `timeout`, or `error` for a close that cut the bytes short (the pod's app
+//!   processes die, and the kernel closes their sockets with a FIN); its conntrack flushed →
 //!   any of `ok`, `reset`, `timeout`). Whether the change lands while it holds is decided from
 //!   the simulated time the steps take, which the oracle bounds (an interval, see
 //!   `timeline.rs`); where the bounds overlap the hold's end, the union.

@@ -722,15 +722,14 @@ impl Walk<'_> {
                 if let Some(p) = self.pods.remove(pod) {
                     self.stale_ips.insert(p.ip, self.now.hi + STALE_WINDOW);
                     let label = p.label();
-                    // Its sockets go with it: a client in it may see its connection closed
-                    // (the Outcome then reports what it read so far), and a server app's
-                    // accept can no longer be tied to the connection.
+                    // Its sockets go with it: its apps' processes die and the kernel closes
+                    // their sockets with a FIN. A client in it may see its connection closed
+                    // (the Outcome then reports what it read so far); a client of a server
+                    // app in it reads a clean close that may cut the reply short (`error`,
+                    // which it cannot tell from the app's own close). A server app's accept
+                    // can no longer be tied to the connection.
                     self.hit_live(&format!("deleting {label}"), |_, t| {
-                        let outcomes = if t.client == label {
-                            vec![Reset, Timeout, ConnOutcome::Error]
-                        } else {
-                            vec![Reset, Timeout]
-                        };
+                        let outcomes = vec![Reset, Timeout, ConnOutcome::Error];
                         let hit = Hit { outcomes, in_progress: false, merge: None, untie: true };
                         t.netns.contains(&label).then_some(hit)
                     });

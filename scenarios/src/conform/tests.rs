@@ -50,8 +50,7 @@ pub(crate) fn outcome(port: u16) -> Outcome {
         proxy_events: Vec::new(),
     };
     let p = |k: u16| port + k;
-    let mut client = crate::outcome::NetnsState::default();
-    client.conntrack = vec![
+    let mut conntrack = vec![
         entry(
             &format!("10.0.1.2:{} -> 10.0.1.3:8080", p(0)),
             &format!("127.0.0.1:15001 -> 10.0.1.2:{}", p(0)),
@@ -71,7 +70,8 @@ pub(crate) fn outcome(port: u16) -> Outcome {
             0x111,
         ),
     ];
-    client.conntrack.sort();
+    conntrack.sort();
+    let mut client = crate::outcome::NetnsState { conntrack, ..Default::default() };
     client
         .counters
         .insert("nat/ISTIO_OUTPUT/6".parse().unwrap(), Counter { packets: 2, bytes: 120 });
