@@ -63,6 +63,12 @@
 //!   dials) → also `refused`, `reset`, `error` (truncation allowed), accept and authentication
 //!   unknown; a policy change that lands before the connection is certainly authorized → the
 //!   old or the new verdict; deleting the client's own pod → also `error` (its sockets close).
+//! - **The client's own proxy stopping while an HBONE connection may wait for its tunnel**
+//!   (within the dial's time after the start: the proxy's 10 s connect timeout across a
+//!   partition): the proxy logs an HBONE route only once it has a tunnel, so there may be no
+//!   route event — an extra unrouted alternative, `direct` (the client reached 15001), no app
+//!   reached, `error` with a cut reply or `reset` or `refused`, and `ok` only where nothing
+//!   was to come back.
 //! - **Repetitions of a background step** (`count: k`) are not timed individually: once its
 //!   client pod is deleted, the later ones are reported unchecked ("unmodelled", with the
 //!   reason); once its client's proxy stops, a later one may also be refused with no route.
