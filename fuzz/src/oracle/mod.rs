@@ -54,7 +54,8 @@
 //!   cut the bytes short (the kernel closes a dead process's sockets with a FIN); a partition
 //!   on its link → any of `ok`, `timeout`, `reset`; its client's or server's pod deleted →
 //!   `reset`, `timeout`, or `error` for a close that cut the bytes short (the pod's app
-//!   processes die, and the kernel closes their sockets with a FIN); its conntrack flushed →
+//!   processes die, and the kernel closes their sockets with a FIN; a captured server's
+//!   proxy also revokes it: `denied`); its conntrack flushed →
 //!   any of `ok`, `reset`, `timeout`). Whether the change lands while it holds is decided from
 //!   the simulated time the steps take, which the oracle bounds (an interval, see
 //!   `timeline.rs`); where the bounds overlap the hold's end, the union.

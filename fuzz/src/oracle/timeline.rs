@@ -436,8 +436,14 @@ impl Walk<'_> {
                     // app in it reads a clean close that may cut the reply short (`error`,
                     // which it cannot tell from the app's own close). A server app's accept
                     // can no longer be tied to the connection.
+                    let key = pod.clone();
                     self.hit_live(&format!("deleting {label}"), |_, t| {
-                        let outcomes = vec![Reset, Timeout, ConnOutcome::Error];
+                        let mut outcomes = vec![Reset, Timeout, ConnOutcome::Error];
+                        // A captured destination leaving the mesh: its proxy revokes the
+                        // connections it authorized (`connection-closed` policy-revoked).
+                        if t.rbac.as_ref().is_some_and(|(k, ..)| *k == key) {
+                            outcomes.push(Denied);
+                        }
                         let hit = Hit { outcomes, in_progress: false, merge: None, untie: true };
                         t.netns.contains(&label).then_some(hit)
                     });
