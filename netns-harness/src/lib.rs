@@ -22,6 +22,7 @@
 //! | [`sandbox`] | [`sandbox::Sandbox::enter`]: user + mount + net namespaces for the whole process, entered first thing in `main`; `/run` is a private tmpfs |
 //! | [`netns`] | [`netns::Netns`]: a named namespace at `/run/netns/<name>` with one worker thread running a current-thread tokio runtime inside it; jobs run there |
 //! | [`link`] | rtnetlink: veth pairs across namespaces, addresses, up/down, routes (incl. `local … table 100`), fwmark rules — no `ip` process |
+//! | [`nfqueue`] | a delay line on an NFQUEUE queue: packets held in the kernel and released `add` after they arrived ([`nfqueue::wire`] the messages as bytes, [`nfqueue::delay`] the pure FIFO) |
 //! | [`tools`] | `iptables-restore`/`-save`, `conntrack`, long-running processes and `/proc/sys/net` writes, run from a namespace's thread; children die with it |
 //! | [`iptables`] | `iptables-save -c` parsed: per-rule counters keyed `table/chain/position`, canonical rule text |
 //! | [`conntrack`] | `conntrack -L` parsed into entries (state, tuples, flags, mark, zone) |
@@ -81,6 +82,7 @@ pub mod diff;
 pub mod iptables;
 pub mod link;
 pub mod netns;
+pub mod nfqueue;
 pub mod sandbox;
 pub mod socket;
 pub mod testkit;

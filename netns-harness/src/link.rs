@@ -16,15 +16,9 @@ use std::os::fd::AsRawFd as _;
 use std::path::Path;
 
 use futures_util::TryStreamExt as _;
-use netlink_packet_route::RouteNetlinkMessage;
 use netlink_packet_route::link::{InfoData, InfoKind, InfoVeth, LinkAttribute, LinkFlags, State};
 use netlink_packet_route::route::{RouteScope, RouteType};
 use netlink_packet_route::rule::{RuleAction, RuleAttribute};
-use netlink_packet_route::tc::{TcAttribute, TcHandle, TcMessage};
-use rtnetlink::packet_core::{
-    DefaultNla, NLM_F_ACK, NLM_F_CREATE, NLM_F_REPLACE, NLM_F_REQUEST, NetlinkMessage,
-    NetlinkPayload,
-};
 use rtnetlink::{
     Handle, LinkBridge, LinkMessageBuilder, LinkUnspec, LinkVeth, RouteMessageBuilder,
 };
@@ -273,66 +267,6 @@ impl Rtnl {
             .map_err(|source| LinkError::Request { what: format!("ip link del {name}"), source })
     }
 
-    /// Replaces the root queueing discipline of `dev` with netem adding `delay` to every packet
-    /// sent on it (`tc qdisc replace dev <dev> root netem delay <delay>`). Fails when the kernel
-    /// has no netem (`CONFIG_NET_SCH_NETEM`).
-    pub async fn set_netem_delay(
-        &self,
-        dev: &str,
-        delay: std::time::Duration,
-    ) -> Result<(), LinkError> {
-        let index = self.index(dev).await?;
-        let mut msg = TcMessage::with_index(index as i32);
-        msg.header.parent = TcHandle::ROOT;
-        msg.attributes.push(TcAttribute::Kind("netem".into()));
-        msg.attributes.push(TcAttribute::Other(DefaultNla::new(TCA_OPTIONS, netem_options(delay))));
-        let mut req = NetlinkMessage::from(RouteNetlinkMessage::NewQueueDiscipline(msg));
-        req.header.flags = NLM_F_REQUEST | NLM_F_ACK | NLM_F_CREATE | NLM_F_REPLACE;
-        let what = format!("tc qdisc replace dev {dev} root netem delay {delay:?}");
-        self.request(req, &what).await
-    }
-
-    /// Removes the root queueing discipline of `dev` (back to the default). A device without
-    /// one configured is left as it is.
-    pub async fn clear_root_qdisc(&self, dev: &str) -> Result<(), LinkError> {
-        let index = self.index(dev).await?;
-        let mut msg = TcMessage::with_index(index as i32);
-        msg.header.parent = TcHandle::ROOT;
-        let mut req = NetlinkMessage::from(RouteNetlinkMessage::DelQueueDiscipline(msg));
-        req.header.flags = NLM_F_REQUEST | NLM_F_ACK;
-        match self.request(req, &format!("tc qdisc del dev {dev} root")).await {
-            // ENOENT / EINVAL: nothing to delete.
-            Err(LinkError::Request { source: rtnetlink::Error::NetlinkError(e), .. })
-                if matches!(-e.raw_code(), nix::libc::ENOENT | nix::libc::EINVAL) =>
-            {
-                Ok(())
-            }
-            other => other,
-        }
-    }
-
-    async fn request(
-        &self,
-        req: NetlinkMessage<RouteNetlinkMessage>,
-        what: &str,
-    ) -> Result<(), LinkError> {
-        let mut handle = self.handle.clone();
-        let mut responses = handle
-            .request(req)
-            .map_err(|source| LinkError::Request { what: what.to_string(), source })?;
-        while let Some(msg) = futures_util::StreamExt::next(&mut responses).await {
-            if let NetlinkPayload::Error(err) = msg.payload
-                && err.code.is_some()
-            {
-                return Err(LinkError::Request {
-                    what: what.to_string(),
-                    source: rtnetlink::Error::NetlinkError(err),
-                });
-            }
-        }
-        Ok(())
-    }
-
     /// Sets a link administratively up or down.
     pub async fn set_up(&self, name: &str, up: bool) -> Result<(), LinkError> {
         let index = self.index(name).await?;
@@ -455,26 +389,6 @@ impl Rtnl {
         })
         .await
     }
-}
-
-/// `TCA_OPTIONS` of a queueing discipline.
-const TCA_OPTIONS: u16 = 2;
-/// `TCA_NETEM_LATENCY64`: the delay in nanoseconds (s64), overriding the struct's tick field.
-const TCA_NETEM_LATENCY64: u16 = 10;
-
-/// netem's options: `struct tc_netem_qopt` (latency, limit, loss, gap, duplicate, jitter — u32
-/// each; the delay goes in the 64-bit attribute after it instead of kernel ticks), then the
-/// `TCA_NETEM_LATENCY64` attribute.
-fn netem_options(delay: std::time::Duration) -> Vec<u8> {
-    let mut out = Vec::with_capacity(36);
-    for field in [0u32, 1000, 0, 0, 0, 0] {
-        out.extend_from_slice(&field.to_ne_bytes());
-    }
-    let nanos = i64::try_from(delay.as_nanos()).unwrap_or(i64::MAX);
-    out.extend_from_slice(&12u16.to_ne_bytes()); // nla_len: header + 8
-    out.extend_from_slice(&TCA_NETEM_LATENCY64.to_ne_bytes());
-    out.extend_from_slice(&nanos.to_ne_bytes());
-    out
 }
 
 fn format_mac(mac: [u8; 6]) -> String {

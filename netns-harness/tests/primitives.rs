@@ -1,5 +1,6 @@
 //! The namespace primitives against the real kernel: sandbox, named namespaces and their paths,
-//! jobs, rtnetlink links/addresses/routes/rules, tools, readers, sockets, process lifetime.
+//! jobs, rtnetlink links/addresses/routes/rules, tools, readers, sockets, process lifetime, the
+//! NFQUEUE delay line.
 //!
 //! `harness = false`: the sandbox must be entered while the process has one thread. Run with
 //! `cargo test -p ambient-netns --test primitives [-- FILTER]`. Needs root or unprivileged user
@@ -12,6 +13,7 @@ use std::time::{Duration, Instant};
 use ambient_netns::iptables::{Counters, RuleKey, Table};
 use ambient_netns::link::{LinkError, Route};
 use ambient_netns::netns::{Netns, NetnsError};
+use ambient_netns::nfqueue::Delay;
 use ambient_netns::sandbox::{NamespaceIds, Sandbox, SandboxError, SandboxMode, ns_inode};
 use ambient_netns::socket::{self, ConnectErrorKind, ConnectOptions, ListenOptions};
 use ambient_netns::testkit::Suite;
@@ -34,6 +36,7 @@ fn main() -> ExitCode {
         .case("tools::failing_restore_reports_stderr", |sb| Ok(failing_restore(sb)?))
         .case("tools::processes_die_with_their_namespace", |sb| Ok(processes_die(sb)?))
         .case("readers::inpod_rules_redirect_outbound", |sb| Ok(inpod_redirect(sb)?))
+        .case("nfqueue::a_delay_line_holds_each_packet_add", |sb| Ok(nfqueue_delay(sb)?))
         .run()
 }
 
@@ -325,5 +328,64 @@ fn inpod_redirect(sb: &Sandbox) -> anyhow::Result<()> {
         "{entry:?}"
     );
     ensure!(entry.state.as_deref() == Some("TIME_WAIT") && entry.assured, "{entry:?}");
+    Ok(())
+}
+
+/// How long a TCP handshake from `ns` to `dst` takes, measured; `None` if it does not complete
+/// within `limit`.
+fn handshake(ns: &Netns, dst: SocketAddrV4, limit: Duration) -> anyhow::Result<Option<Duration>> {
+    ns.run(move || async move {
+        let started = Instant::now();
+        let connect = tokio::net::TcpStream::connect(dst);
+        match tokio::time::timeout(limit, connect).await {
+            Ok(Ok(_stream)) => Ok(Some(started.elapsed())),
+            Ok(Err(e)) => Err(anyhow::anyhow!("connect to {dst}: {e}")),
+            Err(_) => Ok(None),
+        }
+    })?
+}
+
+/// Each side's output queued and released `add` later: a handshake (SYN one way, SYN-ACK the
+/// other) takes at least 2 × `add` of real time, measured, yet well under the 1 s SYN
+/// retransmission (the packets are delayed, not dropped and resent). Without the rules it is
+/// fast again; with a rule but no delay line bound the queue drops (no bypass).
+fn nfqueue_delay(sb: &Sandbox) -> anyhow::Result<()> {
+    const ADD: Duration = Duration::from_millis(100);
+    let (pod, peer) = pod_and_peer(sb, "prim-nfq")?;
+    let dst = SocketAddrV4::new(PEER, 7000);
+    // A listener completes handshakes without accepting; it stays in the peer's namespace.
+    let _listener = peer.run_blocking(move || std::net::TcpListener::bind(dst))??;
+    let queued = "*filter\n:INPUT ACCEPT [0:0]\n:FORWARD ACCEPT [0:0]\n:OUTPUT ACCEPT [0:0]\n\
+                  -A OUTPUT -o eth0 -p tcp -j NFQUEUE --queue-num 5\nCOMMIT\n";
+    let clear =
+        "*filter\n:INPUT ACCEPT [0:0]\n:FORWARD ACCEPT [0:0]\n:OUTPUT ACCEPT [0:0]\nCOMMIT\n";
+
+    let before = handshake(&pod, dst, Duration::from_secs(2))?.context("no handshake")?;
+    ensure!(before < ADD, "without a delay the handshake took {before:?}");
+
+    let lines = [Delay::start(&pod, 5, ADD)?, Delay::start(&peer, 5, ADD)?];
+    for ns in [&pod, &peer] {
+        ns.iptables_restore(queued, false)?;
+    }
+    let delayed = handshake(&pod, dst, Duration::from_secs(3))?.context("no delayed handshake")?;
+    ensure!(
+        delayed >= 2 * ADD && delayed < Duration::from_millis(900),
+        "with {ADD:?} each way the handshake took {delayed:?}"
+    );
+
+    for ns in [&pod, &peer] {
+        ns.iptables_restore(clear, false)?;
+    }
+    for line in lines {
+        let stats = line.stop()?;
+        ensure!(stats.delayed >= 1, "a delay line delayed nothing: {stats:?}");
+    }
+    let after = handshake(&pod, dst, Duration::from_secs(2))?.context("no handshake after")?;
+    ensure!(after < ADD, "after the lines stopped the handshake took {after:?}");
+
+    // A rule with nobody bound: the kernel drops, it does not pass packets undelayed.
+    pod.iptables_restore(queued, false)?;
+    let unbound = handshake(&pod, dst, Duration::from_millis(500))?;
+    ensure!(unbound.is_none(), "an unbound queue let a handshake through in {unbound:?}");
     Ok(())
 }

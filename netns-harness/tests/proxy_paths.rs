@@ -91,7 +91,7 @@ impl Cluster {
     }
 
     /// One echo connection from pod `from` to `dst`.
-    fn call(&self, from: &str, ip: Ipv4Addr, dst: SocketAddrV4) -> anyhow::Result<ClientRun> {
+    fn call(&self, from: &str, dst: SocketAddrV4) -> anyhow::Result<ClientRun> {
         let ns = &self.topo.pods[&ObjectKey::new(from, "default")].ns;
         let spec = ClientSpec {
             send: 3000,
@@ -176,7 +176,7 @@ fn hbone(sb: &Sandbox) -> anyhow::Result<()> {
     let world = world()?;
     let c = Cluster::start(sb, &world)?;
     let dst = SocketAddrV4::new(SERVER, 8080);
-    let run = c.call("client", CLIENT, dst)?;
+    let run = c.call("client", dst)?;
     let client = run.local.context("no client address")?;
     // The source proxy got the connection through REDIRECT and read the original destination.
     let a = c.closed("node-a", client)?;
@@ -234,7 +234,7 @@ fn inbound_plaintext(sb: &Sandbox) -> anyhow::Result<()> {
     let world = world()?;
     let c = Cluster::start(sb, &world)?;
     let dst = SocketAddrV4::new(SERVER, 8080);
-    let run = c.call("legacy-client", LEGACY_CLIENT, dst)?;
+    let run = c.call("legacy-client", dst)?;
     let client = run.local.context("no client address")?;
     ensure!(c.proxies.log()["node-a"].is_empty(), "node-a's proxy saw an uncaptured pod's call");
     let b = c.closed("node-b", client)?;
@@ -265,7 +265,7 @@ fn passthrough(sb: &Sandbox) -> anyhow::Result<()> {
     let world = world()?;
     let c = Cluster::start(sb, &world)?;
     let dst = SocketAddrV4::new(LEGACY_SERVER, 9090);
-    let run = c.call("client", CLIENT, dst)?;
+    let run = c.call("client", dst)?;
     let client = run.local.context("no client address")?;
     let a = c.closed("node-a", client)?;
     match a.first() {

@@ -155,7 +155,7 @@ pub fn parse_host_ip(text: &str) -> Result<Ipv4Addr, String> {
     let why = if ip.is_loopback() {
         Some("loopback")
     } else if ip.is_link_local() {
-        Some("link-local (169.254/16, where kubelet probes come from)")
+        Some("link-local (169.254/16; only an external host may be the kubelet probe address)")
     } else if ip.is_multicast() {
         Some("multicast")
     } else if ip.is_broadcast() || o[0] >= 240 {
@@ -168,6 +168,21 @@ pub fn parse_host_ip(text: &str) -> Result<Ipv4Addr, String> {
     match why {
         Some(why) => Err(format!("{ip} is {why}; expected a unicast address")),
         None => Ok(ip),
+    }
+}
+
+/// Parses an external host's address: as [`parse_host_ip`], and also the kubelet probe
+/// address (`169.254.7.127`, the only link-local one), so a host there can stand in for the
+/// node's kubelet and show that probes are not redirected.
+pub fn parse_external_ip(text: &str) -> Result<Ipv4Addr, String> {
+    match parse_ipv4(text) {
+        Ok(ip) if ip == ambient_proxy::inpod::DEFAULT_PROBE_ADDR => Ok(ip),
+        Ok(ip) if ip.is_link_local() => Err(format!(
+            "{ip} is link-local; expected a unicast address (of 169.254/16 only the kubelet \
+             probe address {} is allowed, for an external host)",
+            ambient_proxy::inpod::DEFAULT_PROBE_ADDR
+        )),
+        _ => parse_host_ip(text),
     }
 }
 

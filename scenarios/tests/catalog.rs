@@ -521,6 +521,17 @@ const CASES: &[(&str, &str, Holds)] = &[
                 })
         },
     ),
+    (
+        "host-probe traffic from 169.254.7.127 not redirected (inbound half)",
+        "probe-source-not-redirected",
+        |w| {
+            connects(w).any(|c| {
+                c.from.ip.octets() == [169, 254, 7, 127]
+                    && outcome(w, c, ConnOutcome::Ok)
+                    && path(w, c, PathKind::Direct)
+            }) && w.pods.values().any(|p| counter(w, &p.label(), "nat/ISTIO_PRERT/1") == Some(1))
+        },
+    ),
     ("conntrack: TIME_WAIT entries expire after 120 s", "conntrack-time-wait-expiry", |w| {
         expires(w, TcpState::TimeWait, Duration::from_secs(120))
     }),

@@ -7,9 +7,16 @@
 //!   routes unchanged, exactly as a cut cable between statically routed nodes;
 //! - **loss** — each such packet is dropped with the given probability
 //!   (`-m statistic --mode random --probability p -j DROP`, once per direction);
-//! - **latency** — the link's queueing discipline is netem with the given delay on both ends.
-//!   Only where the kernel has `sch_netem`; otherwise the step is reported as skipped;
+//! - **latency** — every packet a node forwards onto the link is handed to an NFQUEUE queue
+//!   (`-j NFQUEUE --queue-num <other node's index>`, see [`queue_num`]) whose delay line
+//!   ([`crate::nfqueue::Delay`], run by [`super::run`] on the node namespace's thread) releases
+//!   it `add` after it arrived; both nodes do so, so each direction gets `add`. No netem: the
+//!   kernels we run on may lack `sch_netem`, and one mechanism everywhere keeps runs comparable;
 //! - **heal** — all of those removed from the link (or from every link).
+//!
+//! Rule order within a node: partition, then loss, then the queue — a packet that is dropped is
+//! dropped before it is delayed (it never occupies the delay line), which is also netem's order
+//! (the filter hook runs before the egress qdisc). Packets that survive loss are delayed.
 //!
 //! The rules live in the *node* namespaces' filter tables, which nothing else uses: the pods'
 //! rules and counters are untouched. [`LinkFaults::filter_table`] renders a node's whole filter
@@ -28,7 +35,7 @@ pub struct LinkState {
     pub partitioned: bool,
     /// Fraction of packets dropped, each direction.
     pub loss: Option<f64>,
-    /// Delay added each direction (applied only if the kernel has netem).
+    /// Delay added each direction (a zero delay is no fault: no rule, no delay line).
     pub latency: Option<Duration>,
 }
 
@@ -42,6 +49,12 @@ impl LinkState {
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct LinkFaults {
     links: BTreeMap<(usize, usize), LinkState>,
+}
+
+/// The NFQUEUE queue number that delays what a node forwards to node `other`. Queues are per
+/// network namespace, so the other node's index is unique within each node.
+pub fn queue_num(other: usize) -> u16 {
+    u16::try_from(other).unwrap_or(u16::MAX)
 }
 
 fn key(i: usize, j: usize) -> (usize, usize) {
@@ -92,6 +105,14 @@ impl LinkFaults {
                     "-A FORWARD -o {dev} -m statistic --mode random --probability {rate:.6} -j DROP"
                 );
             }
+            if state.latency.is_some_and(|d| !d.is_zero()) {
+                // No --queue-bypass: without a reader the kernel drops rather than pass undelayed.
+                let _ = writeln!(
+                    out,
+                    "-A FORWARD -o {dev} -j NFQUEUE --queue-num {}",
+                    queue_num(other)
+                );
+            }
         }
         out.push_str("COMMIT\n");
         out
@@ -120,6 +141,22 @@ mod tests {
         assert!(f.filter_table(&plan, 1).contains(
             "-A FORWARD -o n0 -m statistic --mode random --probability 0.250000 -j DROP\n"
         ));
+        // Latency queues after the drops, on the queue named by the other node.
+        f.update(0, 1, |s| s.latency = Some(Duration::from_millis(50)));
+        let rules: Vec<String> = f
+            .filter_table(&plan, 1)
+            .lines()
+            .filter(|l| l.starts_with("-A"))
+            .map(String::from)
+            .collect();
+        assert_eq!(
+            rules.last().map(String::as_str),
+            Some("-A FORWARD -o n0 -j NFQUEUE --queue-num 0")
+        );
+        assert_eq!(rules.len(), 3);
+        assert!(f.filter_table(&plan, 0).contains("-A FORWARD -o n1 -j NFQUEUE --queue-num 1\n"));
+        f.update(0, 1, |s| s.latency = Some(Duration::ZERO));
+        assert!(!f.filter_table(&plan, 0).contains("NFQUEUE"));
         // Healing the link clears it entirely.
         f.update(0, 1, |s| *s = LinkState::default());
         assert!(f.faulted().is_empty());

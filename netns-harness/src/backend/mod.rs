@@ -39,7 +39,7 @@
 //!    of every pod and host, `iptables-save -c` of every captured pod, tunnels from the
 //!    proxies' events; connections are assembled from client reports, proxy events and app
 //!    accepts by `ambient_scenarios::assemble`, the code the simulator uses.
-//! 5. **Teardown**: proxies crashed, then every namespace dropped (links, routes, rules and
+//! 5. **Teardown**: proxies crashed, delay lines dropped (told to stop), then every namespace dropped (links, routes, rules and
 //!    conntrack go with them) — on success, on error and on panic (drop order); on Ctrl-C or
 //!    SIGKILL the whole sandbox goes with the process (see [`crate::sandbox`]).
 //!
@@ -49,8 +49,8 @@
 //! | --- | --- |
 //! | `partition: [a, b]` | both nodes drop everything they forward onto their inter-node link (filter FORWARD in the node namespaces): both directions cut, silently, routes unchanged |
 //! | `loss` | the same rule with `-m statistic --mode random --probability p`, each direction |
-//! | `latency` | netem on both ends of the inter-node link, if the kernel has `sch_netem`; otherwise **skipped** with the kernel's refusal as the reason |
-//! | `heal` | the link's rules (and netem) removed; without nodes, every link's |
+//! | `latency` | both nodes queue what they forward onto the link (`-j NFQUEUE`, after the drop rules) to a delay line on their namespace's thread ([`crate::nfqueue`]) that accepts each packet `add` after it arrived, in order: the kernel holds the real packet meanwhile. No netem (this project's kernels lack `sch_netem`); no `--queue-bypass` (unbound, the queue drops rather than pass packets undelayed); the line is bound before its rule is loaded |
+//! | `heal` | the link's rules removed, then its delay lines stopped (what they hold is released at once); without nodes, every link's |
 //! | `crash` / `start` / `restart: proxy@n` | `NodeProxy::crash` (every task and socket dropped now) / a new `NodeProxy` with the node's captured pods re-added |
 //! | `flush-conntrack: x` | `conntrack -F` in x's namespace |
 //! | `delete-pod` | the proxy stops serving it, the mesh is updated, its veth and namespace go |

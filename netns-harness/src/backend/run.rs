@@ -2,7 +2,8 @@
 //!
 //! The driver runs on the caller's thread and only sends work to namespaces' threads and waits
 //! for it; it keeps the [`ClusterState`] (what the proxies are told after each mesh fault), the
-//! connections in start order, the link faults, the snapshots and the skipped steps.
+//! connections in start order, the link faults with their delay lines, the snapshots and the
+//! skipped steps.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::{SocketAddr, SocketAddrV4};
@@ -16,13 +17,14 @@ use ambient_scenarios::world::{
 };
 use ambient_scenarios::{ClusterState, World};
 
-use super::faults::{LinkFaults, LinkState};
+use super::faults::{LinkFaults, LinkState, queue_num};
 use super::observe::{self, conntrack_entries, rule_counters};
-use super::plan::{Plan, node_link};
+use super::plan::Plan;
 use super::proxies::{PodRef, Proxies};
 use super::topology::{Topology, TopologyError};
 use super::traffic::{AcceptLog, ClientRun, start_apps, start_clients};
 use crate::netns::{JobHandle, Netns};
+use crate::nfqueue::Delay;
 use crate::sandbox::Sandbox;
 
 /// How long a snapshot waits for proxies to finish logging closed connections and for
@@ -69,9 +71,13 @@ pub enum Injected {
 }
 
 /// The state of one run. Field order is teardown order: proxies first (their sockets and
-/// per-namespace threads reference the pods' namespaces), then the namespaces.
+/// per-namespace threads reference the pods' namespaces), the delay lines (tasks on the node
+/// namespaces' threads), then the namespaces.
 pub(super) struct Runner<'w> {
     proxies: Proxies,
+    /// The latency faults' delay lines, keyed `(node, other node)`: node's queue for what it
+    /// forwards to the other.
+    delays: BTreeMap<(usize, usize), Delay>,
     topo: Topology,
     world: &'w World,
     sandbox: &'w Sandbox,
@@ -118,6 +124,7 @@ impl<'w> Runner<'w> {
         }
         let mut runner = Runner {
             proxies,
+            delays: BTreeMap::new(),
             topo,
             world,
             sandbox,
@@ -173,7 +180,7 @@ impl<'w> Runner<'w> {
     fn step(&mut self, step: &Step) -> Result<(), RunError> {
         match &step.action {
             Action::Connect(c) => self.connect(c),
-            Action::Fault(f) => self.fault(step.index, f),
+            Action::Fault(f) => self.fault(f),
             Action::Wait(d) => {
                 std::thread::sleep(*d);
                 Ok(())
@@ -297,14 +304,14 @@ impl<'w> Runner<'w> {
         self.state.mesh_state().map_err(|e| format!("the mesh does not validate: {e}"))
     }
 
-    fn fault(&mut self, index: usize, fault: &Fault) -> Result<(), RunError> {
+    fn fault(&mut self, fault: &Fault) -> Result<(), RunError> {
         match fault {
             Fault::Partition(link) => self.link_fault(link, |s| s.partitioned = true),
             Fault::Loss { link, rate } => {
                 let rate = *rate;
                 self.link_fault(link, |s| s.loss = Some(rate))
             }
-            Fault::Latency { link, add } => self.latency(index, link, *add),
+            Fault::Latency { link, add } => self.latency(link, *add),
             Fault::Heal(link) => self.heal(link.as_ref()),
             Fault::RestartProxy(node) => {
                 self.crash_proxy(node)?;
@@ -351,43 +358,40 @@ impl<'w> Runner<'w> {
         Ok(())
     }
 
-    fn latency(&mut self, index: usize, link: &NodeLink, add: Duration) -> Result<(), RunError> {
+    /// Latency on a link: a delay line per direction, bound to its queue *before* the rule that
+    /// feeds it is loaded (unbound, the queue would drop); a new delay on a delayed link only
+    /// retunes the lines. A zero delay removes the fault.
+    fn latency(&mut self, link: &NodeLink, add: Duration) -> Result<(), RunError> {
         let (a, b) = self.link_indices(link)?;
-        let mut result = Ok(());
+        if add.is_zero() {
+            self.faults.update(a, b, |s| s.latency = None);
+            self.load_filters(&[a, b])?;
+            return self.stop_delays(a, b);
+        }
         for (here, there) in [(a, b), (b, a)] {
-            let dev = node_link(there);
-            result = self.topo.nodes[here]
-                .rtnl(move |rt| async move { rt.set_netem_delay(&dev, add).await });
-            if result.is_err() {
-                break;
+            if let Some(line) = self.delays.get(&(here, there)) {
+                line.set_add(add);
+                continue;
             }
+            let line =
+                Delay::start(&self.topo.nodes[here], queue_num(there), add).map_err(|e| {
+                    format!("starting node {}'s delay line: {e}", self.world.nodes[here].name)
+                })?;
+            self.delays.insert((here, there), line);
         }
-        match result {
-            Ok(()) => {
-                self.faults.update(a, b, |s| s.latency = Some(add));
-                Ok(())
-            }
-            Err(e) => {
-                // Undo a half-applied delay, then say why the step was not performed.
-                self.clear_netem(a, b)?;
-                self.skipped.push(Skipped {
-                    step: index,
-                    reason: format!(
-                        "adding latency needs the kernel's netem queueing discipline \
-                         (CONFIG_NET_SCH_NETEM), which this kernel refused: {e}"
-                    ),
-                });
-                Ok(())
-            }
-        }
+        self.faults.update(a, b, |s| s.latency = Some(add));
+        self.load_filters(&[a, b])
     }
 
-    fn clear_netem(&self, a: usize, b: usize) -> Result<(), RunError> {
-        for (here, there) in [(a, b), (b, a)] {
-            let dev = node_link(there);
-            self.topo.nodes[here]
-                .rtnl(move |rt| async move { rt.clear_root_qdisc(&dev).await })
-                .map_err(|e| format!("removing netem: {e}"))?;
+    /// Stops the delay lines of link `(a, b)`, once their rules are gone: what they hold is
+    /// released at once.
+    fn stop_delays(&mut self, a: usize, b: usize) -> Result<(), RunError> {
+        for key in [(a, b), (b, a)] {
+            if let Some(line) = self.delays.remove(&key) {
+                line.stop().map_err(|e| {
+                    format!("stopping node {}'s delay line: {e}", self.world.nodes[key.0].name)
+                })?;
+            }
         }
         Ok(())
     }
@@ -398,14 +402,15 @@ impl<'w> Runner<'w> {
             None => self.faults.faulted(),
         };
         let mut nodes = BTreeSet::new();
-        for (a, b) in links {
-            if self.faults.get(a, b).latency.is_some() {
-                self.clear_netem(a, b)?;
-            }
+        for &(a, b) in &links {
             self.faults.update(a, b, |s| *s = LinkState::default());
             nodes.extend([a, b]);
         }
-        self.load_filters(&nodes.into_iter().collect::<Vec<_>>())
+        self.load_filters(&nodes.into_iter().collect::<Vec<_>>())?;
+        for (a, b) in links {
+            self.stop_delays(a, b)?;
+        }
+        Ok(())
     }
 
     /// The order of a real pod deletion: the node proxy is told first (the CNI plugin's DEL

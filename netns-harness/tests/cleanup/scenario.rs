@@ -26,7 +26,9 @@ use ambient_scenarios::{Backend, RunOptions, load_str};
 /// Namespaces the scenario makes: wan, two nodes, one external host, two pods.
 pub const NAMESPACES: usize = 6;
 
-/// Step 2 waits: long enough for the parent to look (and, for the signal cases, to signal).
+/// Step 0 puts delay lines (tasks bound to NFQUEUE queues in both node namespaces) on the link,
+/// so the run fails with them live. Step 3 waits: long enough for the parent to look (and, for
+/// the signal cases, to signal).
 const SCENARIO: &str = r#"
 description: fails midway
 cluster:
@@ -37,11 +39,15 @@ cluster:
   external:
     - {name: web, ip: 203.0.113.10, serve: [{port: 443, app: echo}]}
 steps:
+  - fault: {latency: {between: [node-a, node-b], add: 5ms}}
   - connect: {id: first, from: client, to: server:8080}
   - connect: {id: held, from: client, to: server:8080, hold: 60s, background: true}
   - wait: WAIT
   - connect: {id: never, from: client, to: web:443}
 "#;
+
+/// The step the injected failure replaces: the last one, after the wait.
+const FAILS_AT: usize = 4;
 
 /// What is counted before and after.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -91,9 +97,9 @@ pub fn child(how: &str) -> ExitCode {
     };
     let mut backend = NetnsBackend::new(&sandbox);
     backend = match how {
-        "error" => backend.inject(3, Injected::Error),
-        "panic" => backend.inject(3, Injected::Panic),
-        "leak" => backend.inject(3, Injected::Error),
+        "error" => backend.inject(FAILS_AT, Injected::Error),
+        "panic" => backend.inject(FAILS_AT, Injected::Panic),
+        "leak" => backend.inject(FAILS_AT, Injected::Error),
         _ => backend,
     };
     let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {

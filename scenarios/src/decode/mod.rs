@@ -245,6 +245,11 @@ impl Dec<'_> {
         self.parse(f, values::parse_host_ip).map(|ip| Located::new(ip, f.at.clone()))
     }
 
+    /// An external host's address: the kubelet probe address is allowed too.
+    pub fn external_ip(&mut self, f: &Field<'_>) -> Option<Located<Ipv4Addr>> {
+        self.parse(f, values::parse_external_ip).map(|ip| Located::new(ip, f.at.clone()))
+    }
+
     /// `key: value` string pairs: labels and selectors.
     pub fn labels(&mut self, f: &Field<'_>) -> Option<BTreeMap<String, String>> {
         let mut out = BTreeMap::new();
@@ -481,7 +486,7 @@ fn external(d: &mut Dec<'_>, f: &Field<'_>) -> Option<ExternalDoc> {
     let before = d.diags.error_count();
     let m = d.map(f, &["name", "ip", "serve"])?;
     let name = d.req(&m, "name").and_then(|f| d.name(&f));
-    let ip = d.req(&m, "ip").and_then(|f| d.ip(&f));
+    let ip = d.req(&m, "ip").and_then(|f| d.external_ip(&f));
     let serve = m.get("serve").map_or(Some(Vec::new()), |f| serve(d, &f));
     if d.diags.error_count() > before {
         return None;
