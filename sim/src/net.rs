@@ -462,7 +462,12 @@ impl AsyncRead for SimStream {
         cx: &mut Context<'_>,
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
-        self.poll_inner(cx, |s, cx| s.poll_read(cx, buf))
+        let before = buf.filled().len();
+        let r = self.poll_inner(cx, |s, cx| s.poll_read(cx, buf));
+        if matches!(r, Poll::Ready(Ok(()))) && buf.filled().len() > before {
+            self.shared.note_read(self.host.addr, self.key);
+        }
+        r
     }
 }
 
