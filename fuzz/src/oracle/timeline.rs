@@ -118,6 +118,20 @@ struct Walk<'w> {
     live: Vec<Live>,
     preds: Vec<Prediction>,
     fault_points: bool,
+    /// HBONE connections that started across a partition: their client's proxy keeps dialing
+    /// (SYN retransmissions) until its connect timeout, whatever the client does meanwhile.
+    dials: Vec<Dial>,
+}
+
+/// A proxy's dial across a partitioned link, for one alternative of some predictions.
+#[derive(Debug, Clone)]
+struct Dial {
+    preds: Vec<usize>,
+    alt: usize,
+    link: (String, String),
+    start: Span,
+    /// The destination pod and connection attributes (`Touches::rbac`).
+    rbac: Option<(ObjectKey, Ipv4Addr, Option<Ident>, Ipv4Addr, u16)>,
 }
 
 fn link_key(a: &str, b: &str) -> (String, String) {
@@ -145,6 +159,7 @@ pub fn predict(world: &World, fault_points: bool) -> Vec<Prediction> {
         live: Vec::new(),
         preds: Vec::new(),
         fault_points,
+        dials: Vec::new(),
     };
     for step in &world.steps {
         match &step.action {
@@ -209,6 +224,22 @@ impl Walk<'_> {
         let all_time_out = !pred.alternatives.is_empty()
             && pred.alternatives.iter().all(|a| a.expect.outcomes == [Timeout].into());
         let lossy = touches.iter().any(|t| t.links.iter().any(|(a, b)| self.lossy(a, b)));
+        for (i, (alt, t)) in pred.alternatives.iter().zip(&touches).enumerate() {
+            if !alt.expect.paths.contains(&Some(PathKind::Hbone)) {
+                continue;
+            }
+            for (a, b) in &t.links {
+                if self.partitioned(a, b) {
+                    self.dials.push(Dial {
+                        preds: (first..first + n).collect(),
+                        alt: i,
+                        link: (a.clone(), b.clone()),
+                        start: self.now,
+                        rbac: t.rbac.clone(),
+                    });
+                }
+            }
+        }
         for _ in 0..n {
             self.preds.push(pred.clone());
         }
@@ -346,6 +377,7 @@ impl Walk<'_> {
                     Some(l) => vec![link_key(&l.a, &l.b)],
                     None => self.links.keys().cloned().collect(),
                 };
+                self.heal_dials(&keys);
                 for k in keys {
                     let Some(link) = self.links.get_mut(&k) else { continue };
                     if link.partitioned {
@@ -520,6 +552,38 @@ impl Walk<'_> {
     /// be no route event at all. The client, connected to 15001 (`direct`, no proxy events),
     /// reads the dead proxy's FIN — a cut reply, `ok` only where nothing was to come back —
     /// or a reset on its write; no app was reached.
+    /// A heal of `links` lands while a proxy may still be dialing across one of them (within
+    /// its connect timeout): the dial may then complete after the client gave up — the proxy
+    /// forwards what it had read, so the destination proxy authenticates the client and, if
+    /// the policies in force then allow it, the app may accept, behind a client that already
+    /// saw its `timeout`; if they deny it, the Outcome reports `denied` (a policy decision
+    /// explains everything, `assemble.rs`).
+    fn heal_dials(&mut self, links: &[(String, String)]) {
+        let at = self.now;
+        let (now, gone): (Vec<Dial>, Vec<Dial>) =
+            std::mem::take(&mut self.dials).into_iter().partition(|d| links.contains(&d.link));
+        self.dials = gone;
+        for d in now {
+            if at.lo > d.start.hi + PROXY_CONNECT_TIMEOUT + SLACK {
+                continue;
+            }
+            let denied = d.rbac.as_ref().is_some_and(|(key, src, id, _, port)| {
+                self.pods.get(key).is_some_and(|dst| !self.allowed(dst, *src, id.as_ref(), *port))
+            });
+            for &p in &d.preds {
+                let Some(alt) = self.preds[p].alternatives.get_mut(d.alt) else { continue };
+                let e = &mut alt.expect;
+                if denied {
+                    e.outcomes.insert(Denied);
+                } else {
+                    e.accepted = e.accepted.join(Tri::Must);
+                }
+                e.identity = e.identity.join(Tri::Must);
+                e.notes.push("a heal while its proxy may still be dialing".into());
+            }
+        }
+    }
+
     fn crash_while_dialing(&mut self, node: &str) {
         let at = self.now;
         let establish = if self.fault_points { ESTABLISH } else { SLACK / 4 };
