@@ -135,8 +135,12 @@ impl Walk<'_> {
         };
         if !dst.is_captured() {
             if self.partitioned(&n, &m) {
-                let e =
+                let mut e =
                     Expect::one(Timeout, Some(PathKind::Passthrough), Tri::MustNot, Tri::MustNot);
+                // As for HBONE below: the proxy's passthrough dial gives up after 10 s too.
+                if connect.deadline + connect.hold >= PROXY_CONNECT_TIMEOUT {
+                    e.widen(&[Refused, Reset], "the proxy's own 10s timeouts end it first".into());
+                }
                 return (e, t);
             }
             return (
