@@ -93,6 +93,8 @@ struct Live {
     start: Span,
     hold: Duration,
     deadline: Duration,
+    /// The step, to predict it afresh (a heal while it may still be connecting).
+    connect: Connect,
 }
 
 /// The client of a connection, resolved.
@@ -225,7 +227,8 @@ impl Walk<'_> {
             && pred.alternatives.iter().all(|a| a.expect.outcomes == [Timeout].into());
         let lossy = touches.iter().any(|t| t.links.iter().any(|(a, b)| self.lossy(a, b)));
         for (i, (alt, t)) in pred.alternatives.iter().zip(&touches).enumerate() {
-            if !alt.expect.paths.contains(&Some(PathKind::Hbone)) {
+            let proxied = [Some(PathKind::Hbone), Some(PathKind::Passthrough)];
+            if !proxied.iter().any(|p| alt.expect.paths.contains(p)) {
                 continue;
             }
             for (a, b) in &t.links {
@@ -250,6 +253,7 @@ impl Walk<'_> {
                 start: self.now,
                 hold: connect.hold,
                 deadline: connect.deadline,
+                connect: connect.clone(),
             };
             self.live.push(live);
             return;
@@ -378,6 +382,7 @@ impl Walk<'_> {
                     None => self.links.keys().cloned().collect(),
                 };
                 self.heal_dials(&keys);
+                let keys_healed = keys.clone();
                 for k in keys {
                     let Some(link) = self.links.get_mut(&k) else { continue };
                     if link.partitioned {
@@ -395,6 +400,7 @@ impl Walk<'_> {
                     link.partitioned_at = None;
                     link.stale_risk = false;
                 }
+                self.heal_live(&keys_healed);
             }
             Fault::Latency { .. } => {}
             Fault::Loss { link, rate } => {
@@ -578,9 +584,49 @@ impl Walk<'_> {
                 } else {
                     e.accepted = e.accepted.join(Tri::Must);
                 }
-                e.identity = e.identity.join(Tri::Must);
+                if e.paths.contains(&Some(PathKind::Hbone)) {
+                    e.identity = e.identity.join(Tri::Must);
+                }
                 e.notes.push("a heal while its proxy may still be dialing".into());
             }
+        }
+    }
+
+    /// A heal of `links` lands while a background connection across one of them may still be
+    /// connecting (its client's SYN retransmissions, or its proxy's dial, within its deadline):
+    /// it may then end as it would have without the partition. What it would do is predicted
+    /// afresh, now, and joins what was expected (per alternative, by endpoint).
+    fn heal_live(&mut self, links: &[(String, String)]) {
+        let at = self.now;
+        let mut changes: Vec<(usize, Alt)> = Vec::new();
+        for live in &self.live {
+            if at.lo > live.start.hi + live.deadline + SLACK {
+                continue;
+            }
+            if !live.touches.iter().any(|t| t.links.iter().any(|l| links.contains(l))) {
+                continue;
+            }
+            let Ok((_, alts)) = self.alternatives(&live.connect) else { continue };
+            for &p in &live.preds {
+                changes.extend(alts.iter().map(|(a, _)| (p, a.clone())));
+            }
+        }
+        for (p, new) in changes {
+            let Some(alt) =
+                self.preds[p].alternatives.iter_mut().find(|a| a.endpoint == new.endpoint)
+            else {
+                continue;
+            };
+            let (e, n) = (&mut alt.expect, new.expect);
+            e.outcomes.extend(n.outcomes.iter().copied());
+            e.paths.extend(n.paths.iter().copied());
+            e.accepted = e.accepted.join(n.accepted);
+            e.identity = e.identity.join(n.identity);
+            e.truncation |= n.truncation;
+            if e.tunnel.is_none() {
+                e.tunnel = n.tunnel;
+            }
+            e.notes.push("a heal while it may still be connecting".into());
         }
     }
 
