@@ -70,6 +70,15 @@
 //!   route event — an extra unrouted alternative, `direct` (the client reached 15001), no app
 //!   reached, `error` with a cut reply or `reset` or `refused`, and `ok` only where nothing
 //!   was to come back.
+//! - **A heal while a proxy may still be dialing across the partition** (within its 10 s
+//!   connect timeout of the start, HBONE or passthrough): the dial completes after the client
+//!   gave up and the proxy forwards what it had read — the app may accept and a destination
+//!   proxy authenticates the client behind a client that saw `timeout`; if the policies then
+//!   in force deny it, `denied` (a policy decision explains everything, `assemble.rs`).
+//! - **A heal while a background connection across the link may still be connecting** (within
+//!   its deadline): it is predicted afresh at the heal and that joins, per endpoint.
+//! - **A captured client's passthrough across a partition** with deadline + hold ≥ 10 s: the
+//!   proxy's dial gives up first, also `refused` or `reset` (as for HBONE).
 //! - **Repetitions of a background step** (`count: k`) are not timed individually: once its
 //!   client pod is deleted, the later ones are reported unchecked ("unmodelled", with the
 //!   reason); once its client's proxy stops, a later one may also be refused with no route.
