@@ -127,7 +127,14 @@ pub fn routed_endpoint(c: &Connection) -> Option<SocketAddrV4> {
 /// Whether fault point `point` fired for this connection (its events name it).
 fn injected(c: &Connection, point: FaultPoint) -> bool {
     let name = format!("({point})");
-    c.proxy_events.iter().any(|e| e.detail.contains(INJECTED) && e.detail.contains(&name))
+    // A reset close is described by its side only ("inbound-hbone reset by injected fault",
+    // `assemble.rs`): the one fault point that closes a stream with a reset is stream-reset.
+    let reset_by = format!("reset by {INJECTED}");
+    c.proxy_events.iter().any(|e| {
+        e.detail.contains(INJECTED)
+            && (e.detail.contains(&name)
+                || (point == FaultPoint::StreamReset && e.detail.ends_with(&reset_by)))
+    })
 }
 
 /// What the oracle expects once the fault points that fired are taken into account.

@@ -8,7 +8,7 @@
 //! otherwise the `upstream` socket of the last proxy (`connection-closed` names it).
 
 use std::collections::BTreeMap;
-use std::net::{IpAddr, SocketAddr};
+use std::net::{IpAddr, SocketAddr, SocketAddrV4};
 
 use ambient_proxy::events::{CloseResult, Direction, Path, ProxyEvent as Event};
 
@@ -59,6 +59,11 @@ pub struct ConnLabels<'a> {
     /// client should read back is decided by it, whether or not the connection reached it. The
     /// app that actually accepted, when one did, takes precedence.
     pub app: Option<App>,
+    /// For a Service target, the app of each endpoint
+    /// ([`crate::ClusterState::endpoint_apps`]): the endpoint the route event names decides
+    /// what the client should read back when no accept is tied to the connection, ahead of
+    /// `app` (which is `None` when the endpoints disagree).
+    pub endpoints: &'a [(SocketAddrV4, App)],
 }
 
 /// Builds the Outcome's entry for one connection. `client` is the client socket's own address,
@@ -107,7 +112,15 @@ pub fn connection(
         .collect();
     peers.extend(client);
     let accept = accepts.take(&peers).cloned();
-    let app = accept.as_ref().map(|a| a.app).or(labels.app);
+    // Without an accept (a crashed proxy logged no close), the routed endpoint's app: a
+    // Service whose endpoints run different apps must not count a cut stream as complete.
+    let routed_app = events.iter().find_map(|(_, e)| match e {
+        Event::OutboundRoute { endpoint: SocketAddr::V4(ep), .. } => {
+            labels.endpoints.iter().find(|(a, _)| a == ep).map(|(_, app)| *app)
+        }
+        _ => None,
+    });
+    let app = accept.as_ref().map(|a| a.app).or(routed_app).or(labels.app);
     let expected = app.map_or(0, |a| a.expected_reply(report.sent));
     let intact = report.intact(expected);
 

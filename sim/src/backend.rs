@@ -70,9 +70,13 @@ pub struct Inspect {
 }
 
 /// The substrate's TCP settings: its own count-based retransmission off (the harness
-/// retransmits on Linux's timers, `tcp.rs`); a backlog large enough for any burst.
+/// retransmits on Linux's timers, `tcp.rs`); a backlog large enough for any burst; the receive
+/// buffer the harness's window updates assume (`tcp::RECV_BUF`).
 fn kernel_config() -> KernelConfig {
-    KernelConfig::default().retx_threshold(u32::MAX).default_backlog(65_536)
+    KernelConfig::default()
+        .retx_threshold(u32::MAX)
+        .default_backlog(65_536)
+        .recv_buf_cap(crate::tcp::RECV_BUF)
 }
 
 /// Runs `world` once (with `opts.seed`, else the scenario's seed).

@@ -47,6 +47,7 @@ struct Conn {
     from: String,
     to: String,
     app: Option<App>,
+    endpoints: Vec<(SocketAddrV4, App)>,
     result: ReportCell,
 }
 
@@ -202,7 +203,13 @@ impl<'w> Driver<'w> {
             let Some((report, client)) = lock(&c.result).clone() else {
                 return Err(internal(format!("connection {} never reported", c.id)));
             };
-            let labels = ConnLabels { id: &c.id, from: &c.from, to: &c.to, app: c.app };
+            let labels = ConnLabels {
+                id: &c.id,
+                from: &c.from,
+                to: &c.to,
+                app: c.app,
+                endpoints: &c.endpoints,
+            };
             let log = client.and_then(|a| logs.get(&a)).unwrap_or(&none);
             connections.push(assemble::connection(labels, &report, client, log, &mut accepts));
         }
@@ -241,6 +248,7 @@ impl<'w> Driver<'w> {
     async fn connect(&mut self, c: &Connect) -> Result<(), BackendError> {
         let netns = self.netns_of(&c.from)?;
         let app = self.state.app_for(&c.to);
+        let endpoints = self.state.endpoint_apps(&c.to);
         let n = c.repeat.count();
         let mut cells = Vec::with_capacity(n as usize);
         for _ in 0..n {
@@ -251,6 +259,7 @@ impl<'w> Driver<'w> {
                 from: c.from.label(),
                 to: c.to.label.clone(),
                 app,
+                endpoints: endpoints.clone(),
                 result: result.clone(),
             });
             let spec = ClientSpec {

@@ -50,6 +50,8 @@
 //! - **Retransmission** is the harness's (`tcp.rs`), on Linux's timers (1 s for SYN/SYN-ACK,
 //!   200 ms for data, doubling to 120 s; 6/5/15 retries, then ETIMEDOUT), go-back-N, with a
 //!   duplicate ACK for a segment already acknowledged.
+//! - **Window updates** after a read are the harness's too (`tcp.rs`), on Linux's rule
+//!   (`tcp_cleanup_rbuf`); turmoil-net sends one only when a read drains half the buffer.
 //! - **Ports**: ephemeral ports come from one counter for the whole run (32768 upwards), so they
 //!   never collide across namespaces; the kernel randomises them (conformance normalises).
 //! - **ICMP errors** reach sockets only while they connect: the errno Linux maps the error to

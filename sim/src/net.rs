@@ -183,7 +183,8 @@ pub(crate) type SeenAddr = Arc<std::sync::Mutex<Option<SocketAddr>>>;
 
 impl SimNetwork {
     /// [`ProxyNetwork::connect`], recording the socket's address in `seen` once its SYN has
-    /// left, even if the connect then fails (a reset, an ICMP error, a timeout) — as a client
+    /// left, even if the connect then fails (a reset, an ICMP error, a timeout, or the client
+    /// gives up at its deadline) — as a client
     /// on the kernel knows its address after `connect()` returned EINPROGRESS.
     pub(crate) async fn connect_observed(
         &self,
@@ -310,6 +311,11 @@ impl Drop for Connecting {
         // Closing a socket that is still connecting: its SYN is not retransmitted any more.
         if let (Some(t), false) = (self.ticket, self.done) {
             let mut f = self.shared.state();
+            // A connect given up (the client's deadline) after its SYN left: its address was
+            // known all the same, as after `connect()` returned EINPROGRESS on the kernel.
+            if let (Some(seen), Some(_)) = (&self.seen, f.sockets.placed(t.id)) {
+                *seen.lock().unwrap_or_else(|e| e.into_inner()) = Some(SocketAddr::V4(self.local));
+            }
             f.abandon_connect(self.netns, self.sub_remote, t.id);
         }
         turmoil_net::set_current(self.host.id);
@@ -456,7 +462,12 @@ impl AsyncRead for SimStream {
         cx: &mut Context<'_>,
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
-        self.poll_inner(cx, |s, cx| s.poll_read(cx, buf))
+        let before = buf.filled().len();
+        let r = self.poll_inner(cx, |s, cx| s.poll_read(cx, buf));
+        if matches!(r, Poll::Ready(Ok(()))) && buf.filled().len() > before {
+            self.shared.note_read(self.host.addr, self.key);
+        }
+        r
     }
 }
 

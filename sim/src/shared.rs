@@ -38,6 +38,9 @@ pub struct Shared {
     /// Orphaned substrate sockets to abort in place (no packet) on the next pass: see
     /// `SimNetwork::listen` (SO_REUSEADDR).
     orphans: Mutex<Vec<(std::net::Ipv4Addr, SockKey)>>,
+    /// Sockets their owner read from since the last pass (they may owe a window update), by
+    /// the address of their host.
+    reads: Mutex<std::collections::BTreeSet<(std::net::Ipv4Addr, SockKey)>>,
     /// Woken whenever a socket is used: the packet loop has something to move.
     kick: Notify,
     kicks: AtomicU64,
@@ -59,6 +62,7 @@ impl Shared {
             resets: Mutex::new(Vec::new()),
             released: Mutex::new(Vec::new()),
             orphans: Mutex::new(Vec::new()),
+            reads: Mutex::new(Default::default()),
             kick: Notify::new(),
             kicks: AtomicU64::new(0),
             quiet: AtomicBool::new(false),
@@ -134,6 +138,16 @@ impl Shared {
 
     pub fn take_orphans(&self) -> Vec<(std::net::Ipv4Addr, SockKey)> {
         std::mem::take(&mut *lock(&self.orphans))
+    }
+
+    /// Records that the owner of `key` (on the host at `host`) read from it; the next pass
+    /// decides whether it sends a window update (`tcp::window_update`).
+    pub fn note_read(&self, host: std::net::Ipv4Addr, key: SockKey) {
+        lock(&self.reads).insert((host, key));
+    }
+
+    pub fn take_reads(&self) -> Vec<(std::net::Ipv4Addr, SockKey)> {
+        std::mem::take(&mut *lock(&self.reads)).into_iter().collect()
     }
 
     /// Adds a line to the trace, if one is kept.

@@ -15,6 +15,14 @@
 //! - a segment that arrives entirely below what the receiver already acknowledged gets a
 //!   duplicate ACK, as the kernel sends one; without it a lost ACK would never be repaired.
 //!
+//! Window updates are the harness's too. turmoil-net advertises a reopened window only when one
+//! read drains half its receive buffer; a reader taking less at a time (a proxy's 16 KiB
+//! copy buffer) would leave a sender that filled the window waiting forever, as nothing else
+//! tells it the window opened (no zero-window probes either). So after a socket's owner reads,
+//! the harness sends the ACK Linux's `tcp_cleanup_rbuf` sends: when the window last advertised
+//! is at most half the buffer and the free space now is at least twice it
+//! ([`window_update`]).
+//!
 //! Not modelled: fast retransmit, SACK, RTT estimation, zero-window probes, keepalive probes.
 
 use std::collections::{BTreeMap, VecDeque};
@@ -30,6 +38,23 @@ const RTO_MAX: Duration = Duration::from_secs(120);
 const SYN_RETRIES: u32 = 6;
 const SYNACK_RETRIES: u32 = 5;
 const DATA_RETRIES: u32 = 15;
+
+/// The substrate's receive buffer (`KernelConfig::recv_buf_cap`, set to this in `backend.rs`).
+pub const RECV_BUF: usize = 64 * 1024;
+
+/// The window a socket should advertise in a window update after its owner read, if it should
+/// send one: its last advertised window was `advertised`, `unread()` bytes wait in its buffer
+/// (asked only when it matters: it snapshots the host's sockets).
+/// Linux's rule (`tcp_cleanup_rbuf`): only once the advertised window has fallen to at most
+/// half the buffer, and only if the new window is at least twice it ("freed lots of space").
+pub fn window_update(advertised: u16, unread: impl FnOnce() -> usize) -> Option<u16> {
+    let now = usize::from(advertised);
+    if 2 * now > RECV_BUF {
+        return None;
+    }
+    let free = RECV_BUF.saturating_sub(unread()).min(usize::from(u16::MAX));
+    (free > 0 && free >= 2 * now).then_some(free as u16)
+}
 
 /// Sequence-space comparison (RFC 1982).
 pub fn seq_le(a: u32, b: u32) -> bool {
@@ -174,6 +199,20 @@ mod tests {
 
     use super::*;
     use crate::topology::NetnsId;
+
+    #[test]
+    fn window_update_follows_linux_rule() {
+        // A closed window that a read reopened: update with the free space.
+        assert_eq!(window_update(0, || 49_152), Some(16_384));
+        assert_eq!(window_update(0, || 0), Some(65_535));
+        // Nothing read yet: no update for a window still shut.
+        assert_eq!(window_update(0, || RECV_BUF), None);
+        // A small window that did not at least double: none.
+        assert_eq!(window_update(20_000, || 30_000), None);
+        assert_eq!(window_update(20_000, || 20_000), Some(45_536));
+        // The advertised window is still more than half the buffer: none.
+        assert_eq!(window_update(40_000, || 0), None);
+    }
 
     fn seg(seq: u32, ack: u32, flags: TcpFlags, len: usize) -> TcpSegment {
         TcpSegment {

@@ -12,11 +12,16 @@
 //! proxy must have authenticated the client (`server_identity`), the tunnel, and the bytes an
 //! `ok` reads back.
 //!
-//! A pod calling its own address: over `lo`, which the in-pod rules accept, so `direct` (or
-//! `refused`, no path, when nothing listens).
+//! The `path` of a connection no proxy routed ([`unrouted_path`]): `direct` whenever the
+//! client's SYN was sent, even if a RST or an ICMP error or a partition ended it; no path only
+//! when nothing left the client (the kernel refused the connect at once, or the client's own
+//! proxy refused it on 15001 before routing it).
+//!
+//! A pod calling its own address: over `lo`, which the in-pod rules accept, so `direct` (also
+//! when nothing listens: `refused`).
 //!
 //! Captured client on node *n* (its proxy redirects 15001):
-//! - *n*'s proxy down → `refused`, no path (nothing listens on 15001).
+//! - *n*'s proxy down → `refused`, `direct` (REDIRECTed to 15001, where nothing listens).
 //! - Service with no endpoint now → `refused`, no path (the proxy refuses before routing).
 //! - captured destination pod on node *m* → `hbone`, tunnel *n*→*m*: link partitioned →
 //!   `timeout` (a deadline under the proxy's 10 s connect timeout; else any of `timeout`,
@@ -26,11 +31,11 @@
 //!   `refused`; else the app's outcome.
 //!
 //! Uncaptured client (pod or external host):
-//! - captured pod → `inbound-plaintext`: partitioned → `timeout`, no path; the pod's proxy down
-//!   → `refused`, no path; RBAC without identity denies (STRICT, principals…) → `denied`; no
+//! - captured pod → `inbound-plaintext`: partitioned → `timeout`, `direct`; the pod's proxy
+//!   down → `refused`, `direct` (nothing listens on 15006); RBAC without identity denies (STRICT, principals…) → `denied`; no
 //!   app → `refused`; else the app's outcome.
-//! - uncaptured pod or host → `direct`: partitioned → `timeout`, no app → `refused` (no path);
-//!   else the app's outcome.
+//! - uncaptured pod or host → `direct`: partitioned → `timeout`, no app → `refused`; else the
+//!   app's outcome.
 //!
 //! Apps: `echo`, `sink`, `close` → `ok` (echo reads back what it sent, the others nothing);
 //! `reset` → `reset`.
@@ -46,8 +51,11 @@
 //!   still be pooled; HBONE to that address may also end `timeout`, `reset` or `refused`.
 //! - **Background connections** hit by a later change while they hold (policy change that now
 //!   denies → `denied`; a proxy on the path crashes → `reset`, or `error` for a close that
-//!   cut the bytes short (the kernel closes a dead process's sockets with a FIN); a partition on its link → any of
-//!   `ok`, `timeout`, `reset`; its pod deleted → `reset` or `timeout`; its conntrack flushed →
+//!   cut the bytes short (the kernel closes a dead process's sockets with a FIN); a partition
+//!   on its link → any of `ok`, `timeout`, `reset`; its client's or server's pod deleted →
+//!   `reset`, `timeout`, or `error` for a close that cut the bytes short (the pod's app
+//!   processes die, and the kernel closes their sockets with a FIN; a captured server's
+//!   proxy also revokes it: `denied`); its conntrack flushed →
 //!   any of `ok`, `reset`, `timeout`). Whether the change lands while it holds is decided from
 //!   the simulated time the steps take, which the oracle bounds (an interval, see
 //!   `timeline.rs`); where the bounds overlap the hold's end, the union.
@@ -56,6 +64,21 @@
 //!   dials) → also `refused`, `reset`, `error` (truncation allowed), accept and authentication
 //!   unknown; a policy change that lands before the connection is certainly authorized → the
 //!   old or the new verdict; deleting the client's own pod → also `error` (its sockets close).
+//! - **The client's own proxy stopping while an HBONE connection may wait for its tunnel**
+//!   (within the dial's time after the start: the proxy's 10 s connect timeout across a
+//!   partition): the proxy logs an HBONE route only once it has a tunnel, so there may be no
+//!   route event — an extra unrouted alternative, `direct` (the client reached 15001), no app
+//!   reached, `error` with a cut reply or `reset` or `refused`, and `ok` only where nothing
+//!   was to come back.
+//! - **A heal while a proxy may still be dialing across the partition** (within its 10 s
+//!   connect timeout of the start, HBONE or passthrough): the dial completes after the client
+//!   gave up and the proxy forwards what it had read — the app may accept and a destination
+//!   proxy authenticates the client behind a client that saw `timeout`; if the policies then
+//!   in force deny it, `denied` (a policy decision explains everything, `assemble.rs`).
+//! - **A heal while a background connection across the link may still be connecting** (within
+//!   its deadline): it is predicted afresh at the heal and that joins, per endpoint.
+//! - **A captured client's passthrough across a partition** with deadline + hold ≥ 10 s: the
+//!   proxy's dial gives up first, also `refused` or `reset` (as for HBONE).
 //! - **Repetitions of a background step** (`count: k`) are not timed individually: once its
 //!   client pod is deleted, the later ones are reported unchecked ("unmodelled", with the
 //!   reason); once its client's proxy stops, a later one may also be refused with no route.
@@ -152,6 +175,29 @@ impl Expect {
     }
 }
 
+/// How a connection that no proxy routed (no route event) ended, as far as its `path` goes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Unrouted {
+    /// The kernel refused the connect at once (no route): no packet was sent.
+    NoRoute,
+    /// The client's own proxy took it in on 15001 and refused it before routing (a Service
+    /// with no endpoint): it never left the client.
+    RefusedByOwnProxy,
+    /// The client's SYN was sent, whatever came of it: answered by the app, refused by a RST
+    /// (a closed port, or REDIRECTed to a 15001/15006 where no proxy listens), failed by an
+    /// ICMP error, or lost in a partition.
+    SynLeft,
+}
+
+/// The `path` of a connection no proxy routed: `direct` once the client's SYN left, none
+/// when nothing left the client.
+pub fn unrouted_path(how: Unrouted) -> Option<PathKind> {
+    match how {
+        Unrouted::NoRoute | Unrouted::RefusedByOwnProxy => None,
+        Unrouted::SynLeft => Some(PathKind::Direct),
+    }
+}
+
 /// One place a connection may go.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Alt {
@@ -181,5 +227,17 @@ impl Prediction {
     /// The alternatives whose endpoint is `endpoint`.
     pub fn for_endpoint(&self, endpoint: Option<SocketAddrV4>) -> Option<&Expect> {
         self.alternatives.iter().find(|a| a.endpoint == endpoint).map(|a| &a.expect)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn unrouted_path_is_direct_once_the_syn_left() {
+        assert_eq!(unrouted_path(Unrouted::SynLeft), Some(PathKind::Direct));
+        assert_eq!(unrouted_path(Unrouted::NoRoute), None);
+        assert_eq!(unrouted_path(Unrouted::RefusedByOwnProxy), None);
     }
 }

@@ -4,18 +4,17 @@
 //! a few milliseconds), and background connections that later steps may hit while they hold.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::net::{Ipv4Addr, SocketAddrV4};
+use std::net::Ipv4Addr;
 use std::time::Duration;
 
 use ambient_proxy::istio::PolicyObject;
 use ambient_scenarios::outcome::{ConnOutcome, PathKind};
-use ambient_scenarios::values::NodePair;
-use ambient_scenarios::world::{
-    Action, App, Connect, Dest, Fault, ObjectKey, Peer, PeerKind, Pod, Repeat, World,
-};
+use ambient_scenarios::world::{Action, App, Connect, Fault, ObjectKey, Pod, Repeat, World};
+
+mod route;
 
 use super::rbac::{self, Conn, Ident, Workload};
-use super::{Alt, Expect, Prediction, Tri};
+use super::{Alt, Expect, Prediction, Tri, Unrouted, unrouted_path};
 
 use ConnOutcome::{Denied, Ok as OkOutcome, Refused, Reset, Timeout};
 
@@ -94,6 +93,8 @@ struct Live {
     start: Span,
     hold: Duration,
     deadline: Duration,
+    /// The step, to predict it afresh (a heal while it may still be connecting).
+    connect: Connect,
 }
 
 /// The client of a connection, resolved.
@@ -119,6 +120,20 @@ struct Walk<'w> {
     live: Vec<Live>,
     preds: Vec<Prediction>,
     fault_points: bool,
+    /// HBONE connections that started across a partition: their client's proxy keeps dialing
+    /// (SYN retransmissions) until its connect timeout, whatever the client does meanwhile.
+    dials: Vec<Dial>,
+}
+
+/// A proxy's dial across a partitioned link, for one alternative of some predictions.
+#[derive(Debug, Clone)]
+struct Dial {
+    preds: Vec<usize>,
+    alt: usize,
+    link: (String, String),
+    start: Span,
+    /// The destination pod and connection attributes (`Touches::rbac`).
+    rbac: Option<(ObjectKey, Ipv4Addr, Option<Ident>, Ipv4Addr, u16)>,
 }
 
 fn link_key(a: &str, b: &str) -> (String, String) {
@@ -146,6 +161,7 @@ pub fn predict(world: &World, fault_points: bool) -> Vec<Prediction> {
         live: Vec::new(),
         preds: Vec::new(),
         fault_points,
+        dials: Vec::new(),
     };
     for step in &world.steps {
         match &step.action {
@@ -166,297 +182,6 @@ pub fn predict(world: &World, fault_points: bool) -> Vec<Prediction> {
 }
 
 impl Walk<'_> {
-    fn client(&self, peer: &Peer) -> Result<Client, String> {
-        match &peer.kind {
-            PeerKind::Pod(key) => {
-                let p = self.pods.get(key).ok_or_else(|| format!("client {key} does not exist"))?;
-                Ok(Client {
-                    label: p.label(),
-                    ip: p.ip,
-                    node: Some(p.node.clone()),
-                    captured: p.is_captured(),
-                    identity: p.is_captured().then(|| self.ident(p)),
-                })
-            }
-            PeerKind::External(name) => Ok(Client {
-                label: name.clone(),
-                ip: peer.ip,
-                node: None,
-                captured: false,
-                identity: None,
-            }),
-        }
-    }
-
-    fn ident(&self, p: &Pod) -> Ident {
-        Ident {
-            trust_domain: self.world.trust_domain.clone(),
-            namespace: p.key.namespace.clone(),
-            service_account: p.service_account.clone(),
-        }
-    }
-
-    fn policies(&self) -> Vec<&PolicyObject> {
-        self.policies.values().collect()
-    }
-
-    fn allowed(&self, dst: &Pod, source_ip: Ipv4Addr, identity: Option<&Ident>, port: u16) -> bool {
-        let w = Workload { namespace: &dst.key.namespace, labels: &dst.labels };
-        let c = Conn { source_ip, identity, dest_ip: dst.ip, dest_port: port };
-        rbac::decide(&self.policies(), w, &c).0
-    }
-
-    fn partitioned(&self, a: &str, b: &str) -> bool {
-        a != b && self.links.get(&link_key(a, b)).is_some_and(|l| l.partitioned)
-    }
-
-    fn lossy(&self, a: &str, b: &str) -> bool {
-        a != b && self.links.get(&link_key(a, b)).is_some_and(|l| l.lossy)
-    }
-
-    /// Why HBONE from `a` to `b` (address `ip`) may meet a stale pooled tunnel now.
-    fn disturbed(&self, a: &str, b: &str, ip: Ipv4Addr) -> Option<String> {
-        if let Some(l) = self.links.get(&link_key(a, b))
-            && self.now.lo < l.disturbed_until
-        {
-            return Some(format!(
-                "a pooled tunnel {a}<->{b} may be stale after a fault (until {:?})",
-                l.disturbed_until
-            ));
-        }
-        match self.stale_ips.get(&ip) {
-            Some(until) if self.now.lo < *until => {
-                Some(format!("a tunnel to the deleted pod that had {ip} may still be pooled"))
-            }
-            _ => None,
-        }
-    }
-
-    fn app_at(&self, ip: Ipv4Addr, port: u16) -> Option<App> {
-        let pod = self.pods.values().find(|p| p.ip == ip).and_then(|p| p.serve.get(&port));
-        let host =
-            self.world.external.values().find(|h| h.ip == ip).and_then(|h| h.serve.get(&port));
-        pod.or(host).copied()
-    }
-
-    fn app_expect(
-        &self,
-        ip: Ipv4Addr,
-        port: u16,
-        send: u64,
-        path: PathKind,
-        identity: Tri,
-    ) -> Expect {
-        match self.app_at(ip, port) {
-            None => Expect::one(Refused, Some(path), Tri::MustNot, identity),
-            Some(app) => {
-                let mut e = Expect::one(app_outcome(app), Some(path), Tri::Must, identity);
-                e.reply = app.expected_reply(send);
-                e
-            }
-        }
-    }
-
-    /// A captured client's connection to pod `dst` (an endpoint) on `port`.
-    fn captured_to_pod(
-        &self,
-        c: &Client,
-        dst: &Pod,
-        port: u16,
-        connect: &Connect,
-    ) -> (Expect, Touches) {
-        let n = c.node.clone().unwrap_or_default();
-        let m = dst.node.clone();
-        let mut t = Touches {
-            proxies: [n.clone()].into(),
-            links: if n != m { [link_key(&n, &m)].into() } else { BTreeSet::new() },
-            netns: [c.label.clone(), dst.label()].into(),
-            ..Touches::default()
-        };
-        if !dst.is_captured() {
-            if self.partitioned(&n, &m) {
-                let e =
-                    Expect::one(Timeout, Some(PathKind::Passthrough), Tri::MustNot, Tri::MustNot);
-                return (e, t);
-            }
-            return (
-                self.app_expect(dst.ip, port, connect.send, PathKind::Passthrough, Tri::MustNot),
-                t,
-            );
-        }
-        t.proxies.insert(m.clone());
-        t.rbac = Some((dst.key.clone(), c.ip, c.identity.clone(), dst.ip, port));
-        let mut allowed = self.app_expect(dst.ip, port, connect.send, PathKind::Hbone, Tri::Must);
-        allowed.tunnel = Some(NodePair { from: n.clone(), to: m.clone() });
-        t.allowed = Some(allowed);
-        let tunnel = Some(NodePair { from: n.clone(), to: m.clone() });
-        let hbone = Some(PathKind::Hbone);
-        let mut e = if self.partitioned(&n, &m) {
-            let mut e = Expect::one(Timeout, hbone, Tri::MustNot, Tri::MustNot);
-            // A captured client is connected to its own proxy at once; it waits its hold and
-            // deadline, and the proxy gives up its dial after 10 s.
-            if connect.deadline + connect.hold >= PROXY_CONNECT_TIMEOUT {
-                e.widen(&[Refused, Reset], "the proxy's own 10s timeouts end it first".into());
-            }
-            e
-        } else if self.down.contains(&m) {
-            Expect::one(Refused, hbone, Tri::MustNot, Tri::MustNot)
-        } else if !self.allowed(dst, c.ip, c.identity.as_ref(), port) {
-            Expect::one(Denied, hbone, Tri::MustNot, Tri::Must)
-        } else {
-            self.app_expect(dst.ip, port, connect.send, PathKind::Hbone, Tri::Must)
-        };
-        if !self.partitioned(&n, &m)
-            && let Some(why) = self.disturbed(&n, &m, dst.ip)
-        {
-            e.widen(&[Timeout, Reset, Refused], why);
-        }
-        e.tunnel = tunnel;
-        (e, t)
-    }
-
-    /// All alternatives for one connection, or why it is not modelled.
-    fn alternatives(&self, connect: &Connect) -> Result<(Client, Vec<(Alt, Touches)>), String> {
-        let c = self.client(&connect.from)?;
-        let port = connect.to.addr.port();
-        if [15001, 15006, 15008].contains(&port) {
-            return Err("a proxy port".into());
-        }
-        let one = |e: Expect, t: Touches| vec![(Alt { endpoint: None, expect: e }, t)];
-        // The destination as a pod or host that exists now.
-        let pod_at = |ip: Ipv4Addr| self.pods.values().find(|p| p.ip == ip);
-        let host_at = |ip: Ipv4Addr| self.world.external.values().find(|h| h.ip == ip);
-        // A pod calling its own address goes over `lo`, which the in-pod rules accept
-        // (`! -d 127.0.0.1/32 -o lo -j ACCEPT`): no proxy, the app answers directly.
-        if matches!(connect.from.kind, PeerKind::Pod(_))
-            && !matches!(connect.to.dest, Dest::Service { .. })
-            && *connect.to.addr.ip() == c.ip
-        {
-            let mut e = self.app_expect(c.ip, port, connect.send, PathKind::Direct, Tri::MustNot);
-            if e.outcomes.contains(&Refused) {
-                e.paths = [None].into();
-            }
-            let t = Touches { netns: [c.label.clone()].into(), ..Touches::default() };
-            return Ok((c, one(e, t)));
-        }
-        if c.captured {
-            let n = c.node.clone().unwrap_or_default();
-            if self.down.contains(&n) {
-                let e = Expect::one(Refused, None, Tri::MustNot, Tri::MustNot);
-                let t = Touches {
-                    proxies: [n].into(),
-                    netns: [c.label.clone()].into(),
-                    ..Touches::default()
-                };
-                return Ok((c, one(e, t)));
-            }
-            let (endpoints, target_port): (Vec<&Pod>, u16) = match &connect.to.dest {
-                Dest::Service { key, port: sp } => {
-                    let svc = self.world.services.get(key).ok_or("unknown service")?;
-                    let eps = self
-                        .pods
-                        .values()
-                        .filter(|p| {
-                            p.key.namespace == svc.key.namespace
-                                && !svc.selector.is_empty()
-                                && svc.selector.iter().all(|(k, v)| p.labels.get(k) == Some(v))
-                        })
-                        .collect();
-                    (eps, sp.target_port)
-                }
-                Dest::Pod(_) | Dest::Address => match pod_at(*connect.to.addr.ip()) {
-                    Some(p) => (vec![p], port),
-                    None => (Vec::new(), port),
-                },
-                Dest::External(_) => (Vec::new(), port),
-            };
-            if matches!(connect.to.dest, Dest::Service { .. }) && endpoints.is_empty() {
-                let e = Expect::one(Refused, None, Tri::MustNot, Tri::MustNot);
-                let t = Touches {
-                    proxies: [n].into(),
-                    netns: [c.label.clone()].into(),
-                    ..Touches::default()
-                };
-                return Ok((c, one(e, t)));
-            }
-            if endpoints.is_empty() {
-                let ip = *connect.to.addr.ip();
-                let Some(h) = host_at(ip) else { return Err(format!("nothing owns {ip}")) };
-                let e =
-                    self.app_expect(h.ip, port, connect.send, PathKind::Passthrough, Tri::MustNot);
-                let t = Touches {
-                    proxies: [n].into(),
-                    netns: [c.label.clone(), h.name.clone()].into(),
-                    ..Touches::default()
-                };
-                let endpoint = Some(SocketAddrV4::new(h.ip, port));
-                return Ok((c, vec![(Alt { endpoint, expect: e }, t)]));
-            }
-            let alts = endpoints
-                .into_iter()
-                .map(|p| {
-                    let (e, t) = self.captured_to_pod(&c, p, target_port, connect);
-                    let endpoint = Some(SocketAddrV4::new(p.ip, target_port));
-                    (Alt { endpoint, expect: e }, t)
-                })
-                .collect();
-            return Ok((c, alts));
-        }
-        // An uncaptured client: no proxy of its own, no Service VIPs.
-        if matches!(connect.to.dest, Dest::Service { .. }) {
-            return Err("a client outside the mesh calling a Service VIP".into());
-        }
-        let ip = *connect.to.addr.ip();
-        if let Some(dst) = pod_at(ip) {
-            let m = dst.node.clone();
-            let crosses = c.node.as_ref().filter(|n| **n != m);
-            let mut t = Touches {
-                links: crosses.map(|n| [link_key(n, &m)].into()).unwrap_or_default(),
-                netns: [c.label.clone(), dst.label()].into(),
-                ..Touches::default()
-            };
-            if crosses.is_some_and(|n| self.partitioned(n, &m)) {
-                return Ok((c, one(Expect::one(Timeout, None, Tri::MustNot, Tri::MustNot), t)));
-            }
-            if !dst.is_captured() {
-                let mut e = self.app_expect(ip, port, connect.send, PathKind::Direct, Tri::MustNot);
-                if e.outcomes.contains(&Refused) {
-                    e.paths = [None].into();
-                }
-                return Ok((c, one(e, t)));
-            }
-            t.proxies.insert(m.clone());
-            if self.down.contains(&m) {
-                return Ok((c, one(Expect::one(Refused, None, Tri::MustNot, Tri::MustNot), t)));
-            }
-            t.rbac = Some((dst.key.clone(), c.ip, None, ip, port));
-            t.allowed = Some(self.app_expect(
-                ip,
-                port,
-                connect.send,
-                PathKind::InboundPlaintext,
-                Tri::MustNot,
-            ));
-            let plain = Some(PathKind::InboundPlaintext);
-            let e = if !self.allowed(dst, c.ip, None, port) {
-                Expect::one(Denied, plain, Tri::MustNot, Tri::MustNot)
-            } else {
-                self.app_expect(ip, port, connect.send, PathKind::InboundPlaintext, Tri::MustNot)
-            };
-            return Ok((c, one(e, t)));
-        }
-        if c.node.is_none() {
-            return Err("an external host calling another".into());
-        }
-        let Some(h) = host_at(ip) else { return Err(format!("nothing owns {ip}")) };
-        let mut e = self.app_expect(h.ip, port, connect.send, PathKind::Direct, Tri::MustNot);
-        if e.outcomes.contains(&Refused) {
-            e.paths = [None].into();
-        }
-        let t = Touches { netns: [c.label.clone(), h.name.clone()].into(), ..Touches::default() };
-        Ok((c, one(e, t)))
-    }
-
     fn connect(&mut self, connect: &Connect) {
         let n = connect.repeat.count() as usize;
         let first = self.preds.len();
@@ -501,6 +226,23 @@ impl Walk<'_> {
         let all_time_out = !pred.alternatives.is_empty()
             && pred.alternatives.iter().all(|a| a.expect.outcomes == [Timeout].into());
         let lossy = touches.iter().any(|t| t.links.iter().any(|(a, b)| self.lossy(a, b)));
+        for (i, (alt, t)) in pred.alternatives.iter().zip(&touches).enumerate() {
+            let proxied = [Some(PathKind::Hbone), Some(PathKind::Passthrough)];
+            if !proxied.iter().any(|p| alt.expect.paths.contains(p)) {
+                continue;
+            }
+            for (a, b) in &t.links {
+                if self.partitioned(a, b) {
+                    self.dials.push(Dial {
+                        preds: (first..first + n).collect(),
+                        alt: i,
+                        link: (a.clone(), b.clone()),
+                        start: self.now,
+                        rbac: t.rbac.clone(),
+                    });
+                }
+            }
+        }
         for _ in 0..n {
             self.preds.push(pred.clone());
         }
@@ -511,6 +253,7 @@ impl Walk<'_> {
                 start: self.now,
                 hold: connect.hold,
                 deadline: connect.deadline,
+                connect: connect.clone(),
             };
             self.live.push(live);
             return;
@@ -638,6 +381,8 @@ impl Walk<'_> {
                     Some(l) => vec![link_key(&l.a, &l.b)],
                     None => self.links.keys().cloned().collect(),
                 };
+                self.heal_dials(&keys);
+                let keys_healed = keys.clone();
                 for k in keys {
                     let Some(link) = self.links.get_mut(&k) else { continue };
                     if link.partitioned {
@@ -655,6 +400,7 @@ impl Walk<'_> {
                     link.partitioned_at = None;
                     link.stale_risk = false;
                 }
+                self.heal_live(&keys_healed);
             }
             Fault::Latency { .. } => {}
             Fault::Loss { link, rate } => {
@@ -686,13 +432,13 @@ impl Walk<'_> {
                     .flat_map(|l| l.preds.iter().skip(1).copied())
                     .collect();
                 for i in extra {
-                    let alts = &mut self.preds[i].alternatives;
-                    if alts.iter().all(|a| a.endpoint.is_some()) {
-                        let mut e = Expect::one(Refused, None, Tri::MustNot, Tri::MustNot);
-                        e.notes.push(format!("started while proxy@{node} was down"));
-                        alts.push(Alt { endpoint: None, expect: e });
-                    }
+                    // REDIRECTed to the dead 15001: a RST.
+                    let path = unrouted_path(Unrouted::SynLeft);
+                    let mut e = Expect::one(Refused, path, Tri::MustNot, Tri::MustNot);
+                    e.notes.push(format!("started while proxy@{node} was down"));
+                    add_unrouted(&mut self.preds[i].alternatives, e);
                 }
+                self.crash_while_dialing(node);
                 let node = node.clone();
                 // A connection that starts while it is down (a later repetition of a
                 // background step) is refused.
@@ -722,15 +468,20 @@ impl Walk<'_> {
                 if let Some(p) = self.pods.remove(pod) {
                     self.stale_ips.insert(p.ip, self.now.hi + STALE_WINDOW);
                     let label = p.label();
-                    // Its sockets go with it: a client in it may see its connection closed
-                    // (the Outcome then reports what it read so far), and a server app's
-                    // accept can no longer be tied to the connection.
+                    // Its sockets go with it: its apps' processes die and the kernel closes
+                    // their sockets with a FIN. A client in it may see its connection closed
+                    // (the Outcome then reports what it read so far); a client of a server
+                    // app in it reads a clean close that may cut the reply short (`error`,
+                    // which it cannot tell from the app's own close). A server app's accept
+                    // can no longer be tied to the connection.
+                    let key = pod.clone();
                     self.hit_live(&format!("deleting {label}"), |_, t| {
-                        let outcomes = if t.client == label {
-                            vec![Reset, Timeout, ConnOutcome::Error]
-                        } else {
-                            vec![Reset, Timeout]
-                        };
+                        let mut outcomes = vec![Reset, Timeout, ConnOutcome::Error];
+                        // A captured destination leaving the mesh: its proxy revokes the
+                        // connections it authorized (`connection-closed` policy-revoked).
+                        if t.rbac.as_ref().is_some_and(|(k, ..)| *k == key) {
+                            outcomes.push(Denied);
+                        }
                         let hit = Hit { outcomes, in_progress: false, merge: None, untie: true };
                         t.netns.contains(&label).then_some(hit)
                     });
@@ -802,7 +553,144 @@ impl Walk<'_> {
         }
     }
 
+    /// The client's own proxy at `node` dies while an HBONE connection may still be waiting
+    /// for its tunnel: the proxy logs an HBONE route only once it has a tunnel, so there may
+    /// be no route event at all. The client, connected to 15001 (`direct`, no proxy events),
+    /// reads the dead proxy's FIN — a cut reply, `ok` only where nothing was to come back —
+    /// or a reset on its write; no app was reached.
+    /// A heal of `links` lands while a proxy may still be dialing across one of them (within
+    /// its connect timeout): the dial may then complete after the client gave up — the proxy
+    /// forwards what it had read, so the destination proxy authenticates the client and, if
+    /// the policies in force then allow it, the app may accept, behind a client that already
+    /// saw its `timeout`; if they deny it, the Outcome reports `denied` (a policy decision
+    /// explains everything, `assemble.rs`).
+    fn heal_dials(&mut self, links: &[(String, String)]) {
+        let at = self.now;
+        let (now, gone): (Vec<Dial>, Vec<Dial>) =
+            std::mem::take(&mut self.dials).into_iter().partition(|d| links.contains(&d.link));
+        self.dials = gone;
+        for d in now {
+            if at.lo > d.start.hi + PROXY_CONNECT_TIMEOUT + SLACK {
+                continue;
+            }
+            let denied = d.rbac.as_ref().is_some_and(|(key, src, id, _, port)| {
+                self.pods.get(key).is_some_and(|dst| !self.allowed(dst, *src, id.as_ref(), *port))
+            });
+            for &p in &d.preds {
+                let Some(alt) = self.preds[p].alternatives.get_mut(d.alt) else { continue };
+                let e = &mut alt.expect;
+                if denied {
+                    e.outcomes.insert(Denied);
+                } else {
+                    e.accepted = e.accepted.join(Tri::Must);
+                }
+                if e.paths.contains(&Some(PathKind::Hbone)) {
+                    e.identity = e.identity.join(Tri::Must);
+                }
+                e.notes.push("a heal while its proxy may still be dialing".into());
+            }
+        }
+    }
+
+    /// A heal of `links` lands while a background connection across one of them may still be
+    /// connecting (its client's SYN retransmissions, or its proxy's dial, within its deadline):
+    /// it may then end as it would have without the partition. What it would do is predicted
+    /// afresh, now, and joins what was expected (per alternative, by endpoint).
+    fn heal_live(&mut self, links: &[(String, String)]) {
+        let at = self.now;
+        let mut changes: Vec<(usize, Alt)> = Vec::new();
+        for live in &self.live {
+            if at.lo > live.start.hi + live.deadline + SLACK {
+                continue;
+            }
+            if !live.touches.iter().any(|t| t.links.iter().any(|l| links.contains(l))) {
+                continue;
+            }
+            let Ok((_, alts)) = self.alternatives(&live.connect) else { continue };
+            for &p in &live.preds {
+                changes.extend(alts.iter().map(|(a, _)| (p, a.clone())));
+            }
+        }
+        for (p, new) in changes {
+            let Some(alt) =
+                self.preds[p].alternatives.iter_mut().find(|a| a.endpoint == new.endpoint)
+            else {
+                continue;
+            };
+            let (e, n) = (&mut alt.expect, new.expect);
+            e.outcomes.extend(n.outcomes.iter().copied());
+            e.paths.extend(n.paths.iter().copied());
+            e.accepted = e.accepted.join(n.accepted);
+            e.identity = e.identity.join(n.identity);
+            e.truncation |= n.truncation;
+            if e.tunnel.is_none() {
+                e.tunnel = n.tunnel;
+            }
+            e.notes.push("a heal while it may still be connecting".into());
+        }
+    }
+
+    fn crash_while_dialing(&mut self, node: &str) {
+        let at = self.now;
+        let establish = if self.fault_points { ESTABLISH } else { SLACK / 4 };
+        let mut unrouted = Vec::new();
+        for l in &self.live {
+            let Some(first) = l.touches.first() else { continue };
+            if first.client_proxy.as_deref() != Some(node) {
+                continue;
+            }
+            let Some(p) = l.preds.first().map(|&i| &self.preds[i]) else { continue };
+            let hbone: Vec<&Alt> =
+                p.alternatives.iter().filter(|a| a.expect.tunnel.is_some()).collect();
+            if hbone.is_empty() {
+                continue;
+            }
+            // A dial across a partition hangs until the proxy's connect timeout.
+            let dial = if hbone.iter().any(|a| a.expect.outcomes.contains(&Timeout)) {
+                PROXY_CONNECT_TIMEOUT
+            } else {
+                establish
+            };
+            // Sequential repetitions start one after another.
+            let last_start = l.start.hi + (l.hold + l.deadline + SLACK) * (l.preds.len() as u32);
+            if at.lo > last_start + dial + SLACK {
+                continue;
+            }
+            let nothing_back =
+                l.touches.iter().all(|t| t.allowed.as_ref().is_none_or(|a| a.reply == 0))
+                    && hbone.iter().all(|a| a.expect.reply == 0);
+            unrouted.extend(l.preds.iter().map(|&i| (i, nothing_back)));
+        }
+        for (i, nothing_back) in unrouted {
+            let path = unrouted_path(Unrouted::SynLeft);
+            let mut e = Expect::one(ConnOutcome::Error, path, Tri::MustNot, Tri::MustNot);
+            e.outcomes.extend([Reset, Refused]);
+            if nothing_back {
+                e.outcomes.insert(OkOutcome);
+            }
+            e.truncation = true;
+            e.notes.push(format!("proxy@{node} stopping while it may wait for its tunnel"));
+            add_unrouted(&mut self.preds[i].alternatives, e);
+        }
+    }
+
     fn clone_policies(&self) -> Vec<PolicyObject> {
         self.policies.values().cloned().collect()
+    }
+}
+
+/// Adds `e` as the alternative without a route event, or joins it to the one there is.
+fn add_unrouted(alts: &mut Vec<Alt>, e: Expect) {
+    match alts.iter_mut().find(|a| a.endpoint.is_none()) {
+        Some(a) => {
+            let x = &mut a.expect;
+            x.outcomes.extend(e.outcomes);
+            x.paths.extend(e.paths);
+            x.accepted = x.accepted.join(e.accepted);
+            x.identity = x.identity.join(e.identity);
+            x.truncation |= e.truncation;
+            x.notes.extend(e.notes);
+        }
+        None => alts.push(Alt { endpoint: None, expect: e }),
     }
 }

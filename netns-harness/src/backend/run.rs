@@ -6,7 +6,7 @@
 //! skipped steps.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::net::SocketAddr;
+use std::net::{SocketAddr, SocketAddrV4};
 use std::time::{Duration, Instant};
 
 use ambient_scenarios::assemble::{self, Accepts, ConnLabels};
@@ -49,6 +49,8 @@ struct Slot {
     from: String,
     to: String,
     app: Option<App>,
+    /// For a Service target, each endpoint's app (see `ConnLabels::endpoints`).
+    endpoints: Vec<(SocketAddrV4, App)>,
     run: Option<ClientRun>,
 }
 
@@ -202,6 +204,7 @@ impl<'w> Runner<'w> {
 
     fn connect(&mut self, c: &Connect) -> Result<(), RunError> {
         let app = self.state.app_for(&c.to);
+        let endpoints = self.state.endpoint_apps(&c.to);
         let first = self.slots.len();
         let count = c.repeat.count() as usize;
         let specs: Vec<ClientSpec> = (0..count)
@@ -218,6 +221,7 @@ impl<'w> Runner<'w> {
                 from: c.from.label(),
                 to: c.to.label.clone(),
                 app,
+                endpoints: endpoints.clone(),
                 run: None,
             });
         }
@@ -573,7 +577,13 @@ impl<'w> Runner<'w> {
             .iter()
             .map(|s| {
                 let run = s.run.as_ref().unwrap_or(&unfinished);
-                let labels = ConnLabels { id: &s.id, from: &s.from, to: &s.to, app: s.app };
+                let labels = ConnLabels {
+                    id: &s.id,
+                    from: &s.from,
+                    to: &s.to,
+                    app: s.app,
+                    endpoints: &s.endpoints,
+                };
                 assemble::connection(labels, &run.report, run.local, &log, &mut accepts)
             })
             .collect()

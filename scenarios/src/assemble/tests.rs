@@ -10,8 +10,13 @@ fn addr(s: &str) -> SocketAddr {
 }
 
 /// The target runs an echo; the app that accepted, when there is one, overrides it.
-const LABELS: ConnLabels<'static> =
-    ConnLabels { id: "c", from: "client.default", to: "server.default:8080", app: Some(App::Echo) };
+const LABELS: ConnLabels<'static> = ConnLabels {
+    id: "c",
+    from: "client.default",
+    to: "server.default:8080",
+    app: Some(App::Echo),
+    endpoints: &[],
+};
 
 fn ok_report(n: u64) -> ClientReport {
     ClientReport { connected: true, sent: n, received: n, echoed: true, end: ClientEnd::Closed }
@@ -205,4 +210,32 @@ fn a_refusal_on_15006_is_refused_and_came_in_plaintext() {
     let report = ClientReport { received: 0, end: ClientEnd::Reset, ..ok_report(10) };
     let c = connection(LABELS, &report, Some(client), &log, &mut Accepts::default());
     assert_eq!((c.outcome, c.path), (ConnOutcome::Refused, Some(PathKind::InboundPlaintext)));
+}
+
+/// A Service whose endpoints run different apps (`app` is `None`), and a proxy that crashed
+/// while the connection held: no close event, so no accept is tied to it. The route event's
+/// endpoint runs an echo, so a clean close with nothing read back is a truncation, not `ok`
+/// (fuzz seed 1 case 351 reported such a stream as `ok`).
+#[test]
+fn without_an_accept_the_routed_endpoints_app_decides_what_should_come_back() {
+    let client = addr("10.0.1.2:40000");
+    let mut log = hbone_log(true);
+    // The crash: neither proxy logged the connection's close.
+    for events in log.values_mut() {
+        events.retain(|e| !matches!(e, Event::ConnectionClosed { .. }));
+    }
+    let cut = ClientReport { received: 0, ..ok_report(100) };
+    let endpoints = [
+        ("10.0.2.2:8080".parse().unwrap(), App::Echo),
+        ("10.0.2.3:8080".parse().unwrap(), App::Sink),
+    ];
+    let labels = ConnLabels { app: None, endpoints: &endpoints, ..LABELS };
+    let c = connection(labels, &cut, Some(client), &log, &mut Accepts::default());
+    assert_eq!(c.outcome, ConnOutcome::Error);
+    assert_eq!(c.error.as_deref(), Some("read back 0 bytes of the 100 the server returns"));
+    // Routed to the sink endpoint instead, nothing comes back: `ok`.
+    let sink = [(endpoints[0].0, App::Sink), (endpoints[1].0, App::Echo)];
+    let labels = ConnLabels { app: None, endpoints: &sink, ..LABELS };
+    let c = connection(labels, &cut, Some(client), &log, &mut Accepts::default());
+    assert_eq!(c.outcome, ConnOutcome::Ok);
 }

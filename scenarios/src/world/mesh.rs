@@ -9,7 +9,7 @@ use std::collections::BTreeMap;
 use ambient_proxy::mesh::{self, MeshSpec};
 use ambient_proxy::{MeshState, istio::PolicyObject};
 
-use std::net::Ipv4Addr;
+use std::net::{Ipv4Addr, SocketAddrV4};
 
 use super::{App, Dest, Fault, ObjectKey, Pod, Policy, Target, World};
 
@@ -121,6 +121,24 @@ impl<'w> ClusterState<'w> {
             }
             Dest::External(_) => self.host_app(target),
         }
+    }
+
+    /// For a Service target: the app each current endpoint runs on the target port (an
+    /// endpoint serving nothing there is left out). The route event names the endpoint the
+    /// proxy chose, so what the client should read back is known even when the endpoints
+    /// disagree and the app's accept cannot be tied to the connection (a crashed proxy logs no
+    /// close). Empty for any other target.
+    pub fn endpoint_apps(&self, target: &Target) -> Vec<(SocketAddrV4, App)> {
+        let Dest::Service { key, port } = &target.dest else { return Vec::new() };
+        let Some(svc) = self.world.services.get(key) else { return Vec::new() };
+        self.pods
+            .values()
+            .filter(|p| svc.selects(p))
+            .filter_map(|p| {
+                let app = p.serve.get(&port.target_port)?;
+                Some((SocketAddrV4::new(p.ip, port.target_port), *app))
+            })
+            .collect()
     }
 
     fn host_app(&self, target: &Target) -> Option<App> {

@@ -234,6 +234,10 @@ pub fn pass(shared: &Shared, guard: &EnterGuard) -> bool {
             f.egressed(&cx, p, false);
         }
         f.egress = out;
+        // After the egress: a window update turmoil-net sent itself is already counted.
+        for (host, key) in shared.take_reads() {
+            moved |= f.window_update(&cx, host, key);
+        }
         moved
     };
     moved |= shared.state().deliver_deferred_resets(guard);
@@ -454,6 +458,35 @@ impl Fabric {
         moved
     }
 
+    /// After its owner read from `key`: sends the window update Linux would
+    /// ([`tcp::window_update`]), as a pure ACK from the socket. Returns whether it sent one.
+    fn window_update(&mut self, cx: &Cx<'_>, host: Ipv4Addr, key: SockKey) -> bool {
+        if self.sockets.is_closed(&key) {
+            return false;
+        }
+        let Some(v) = self.sockets.view(&key).copied() else { return false };
+        let Some(ack) = v.rcv_ack else { return false };
+        let Some(window) = tcp::window_update(v.window, || unread(host, &key)) else {
+            return false;
+        };
+        let p = SubPacket {
+            src: IpAddr::V4(host),
+            dst: IpAddr::V4(*key.2.ip()),
+            ttl: 64,
+            payload: Transport::Tcp(TcpSegment {
+                src_port: key.1,
+                dst_port: key.2.port(),
+                seq: v.snd_nxt,
+                ack,
+                flags: SubFlags { ack: true, ..SubFlags::default() },
+                window,
+                payload: Bytes::new(),
+            }),
+        };
+        self.egressed(cx, p, false);
+        true
+    }
+
     /// The harness fails a socket: it reports `errno` and is aborted in place.
     fn fail(&mut self, cx: &Cx<'_>, key: SockKey, err: i32, why: &str) {
         self.flights.forget(&key);
@@ -498,6 +531,19 @@ impl Fabric {
             ));
             return;
         };
+        if !fresh_syn && self.sockets.is_closed(&key) {
+            // The kernel closed this socket (a reset received, an error decided): in TCP_CLOSE
+            // it sends nothing more. The substrate may still emit what its owner queued after
+            // the reset (a FIN from a `shutdown` in the same instant), which would otherwise
+            // be retransmitted for a socket that no longer exists.
+            self.stats.drops += 1;
+            cx.note(format!(
+                "{} socket {} > {remote} is closed (reset): segment not sent",
+                self.topo.slot(netns).label,
+                view.local
+            ));
+            return;
+        }
         if let Some(v) = self.sockets.view_mut(&key) {
             let end = seg.seq.wrapping_add(tcp::seq_len(&seg));
             if !tcp::seq_le(end, v.snd_nxt) || v.snd_nxt == 0 {

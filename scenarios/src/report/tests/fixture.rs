@@ -164,7 +164,7 @@ fn conn(
     if let Some(peer) = accepted_from {
         accepts.push(Accept { app: App::Echo, peer: a(peer), served: None });
     }
-    let labels = ConnLabels { id, from, to, app: Some(App::Echo) };
+    let labels = ConnLabels { id, from, to, app: Some(App::Echo), endpoints: &[] };
     assemble::connection(labels, &report, Some(client), &log, &mut accepts)
 }
 
