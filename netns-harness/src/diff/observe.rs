@@ -12,7 +12,7 @@ use std::net::SocketAddrV4;
 
 use super::case::{
     AcceptObservation, Case, CloseResult, ConnectResult, EchoResult, FlowObservation, Observation,
-    Side,
+    Port, Side,
 };
 use super::normalize::{PortMap, entry_flow, rule_observations};
 use crate::conntrack::Entry;
@@ -91,7 +91,12 @@ pub fn observe(
         let accepted = by_header.or_else(by_addr).map(|i| accepts.remove(i));
         flows.push(FlowObservation {
             id: flow.id,
-            client_port: client.local_port.map(|p| ports.port(p)),
+            // A flow's own ephemeral port is its own, even if the kernel handed the same port
+            // to a later flow once this one had closed (the map keeps the later owner).
+            client_port: client.local_port.map(|p| match (flow.src_port, ports.port(p)) {
+                (None, Port::Ephemeral(_)) => Port::Ephemeral(flow.id),
+                (_, port) => port,
+            }),
             connect: client.connect.clone(),
             accepted: accepted.as_ref().map(accept_obs),
             echo: client.echo.clone(),
