@@ -17,19 +17,10 @@ use quick_junit::{
 use super::expected::{ExpectedDifferences, LIFECYCLE, Verdict};
 use super::{Comparison, ConformReport, Judged, ScenarioConformance};
 use crate::report::ScenarioResult;
-use crate::report::table::REASON_WIDTH;
+use crate::report::table::{REASON_WIDTH, columns, shorten};
 
 /// The command that regenerates the committed report (README, `.ci/run`).
 pub const REGENERATE: &str = "cargo run --release -- conform --report reports/conformance.md";
-
-fn shorten(text: &str, width: usize) -> String {
-    if text.chars().count() <= width {
-        return text.to_string();
-    }
-    let mut s: String = text.chars().take(width.saturating_sub(1)).collect();
-    s.push('…');
-    s
-}
 
 /// `pass`, or `FAIL` (markdown and stdout).
 fn side(r: &ScenarioResult) -> &'static str {
@@ -357,25 +348,7 @@ pub fn table(report: &ConformReport, out_dir: &str) -> String {
         })
         .collect();
     let header = ["scenario", "sim", "netns", "agree", "time"].map(String::from);
-    let mut widths = [0usize; 5];
-    for row in std::iter::once(&header).chain(&rows) {
-        for (w, cell) in widths.iter_mut().zip(row) {
-            *w = (*w).max(cell.chars().count());
-        }
-    }
-    let mut out = String::new();
-    for row in std::iter::once(&header).chain(&rows) {
-        let mut line = String::new();
-        for (i, (cell, w)) in row.iter().zip(widths).enumerate() {
-            if i == 4 {
-                let _ = write!(line, "{cell:>w$}");
-            } else {
-                let _ = write!(line, "{cell:<w$}  ");
-            }
-        }
-        out.push_str(line.trim_end());
-        out.push('\n');
-    }
+    let mut out = columns(&header, &rows);
     let n = report.results.len();
     let _ = writeln!(
         out,

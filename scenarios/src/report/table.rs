@@ -8,7 +8,8 @@ use super::RunReport;
 /// Reasons longer than this are cut (with `…`); `summary.md` has them whole.
 pub const REASON_WIDTH: usize = 110;
 
-fn shorten(text: &str, width: usize) -> String {
+/// `text` cut to `width` characters, the last one `…` when it was longer.
+pub fn shorten(text: &str, width: usize) -> String {
     if text.chars().count() <= width {
         return text.to_string();
     }
@@ -32,25 +33,7 @@ pub fn render(report: &RunReport, out_dir: &str) -> String {
         })
         .collect();
     let header = ["scenario", "result", "connections", "time"].map(String::from);
-    let mut widths = [0usize; 4];
-    for row in std::iter::once(&header).chain(&rows) {
-        for (w, cell) in widths.iter_mut().zip(row) {
-            *w = (*w).max(cell.chars().count());
-        }
-    }
-    let mut out = String::new();
-    for row in std::iter::once(&header).chain(&rows) {
-        let mut line = String::new();
-        for (i, (cell, w)) in row.iter().zip(widths).enumerate() {
-            if i == 3 {
-                let _ = write!(line, "{cell:>w$}");
-            } else {
-                let _ = write!(line, "{cell:<w$}  ");
-            }
-        }
-        out.push_str(line.trim_end());
-        out.push('\n');
-    }
+    let mut out = columns(&header, &rows);
     let n = report.results.len();
     let _ = writeln!(
         out,
@@ -60,5 +43,30 @@ pub fn render(report: &RunReport, out_dir: &str) -> String {
         report.failed(),
         report.backend,
     );
+    out
+}
+
+/// `header` and `rows` aligned in columns two spaces apart, every column left-aligned but the
+/// last (a time), which is right-aligned; trailing spaces trimmed.
+pub fn columns<const N: usize>(header: &[String; N], rows: &[[String; N]]) -> String {
+    let mut widths = [0usize; N];
+    for row in std::iter::once(header).chain(rows) {
+        for (w, cell) in widths.iter_mut().zip(row) {
+            *w = (*w).max(cell.chars().count());
+        }
+    }
+    let mut out = String::new();
+    for row in std::iter::once(header).chain(rows) {
+        let mut line = String::new();
+        for (i, (cell, w)) in row.iter().zip(widths).enumerate() {
+            if i + 1 == N {
+                let _ = write!(line, "{cell:>w$}");
+            } else {
+                let _ = write!(line, "{cell:<w$}  ");
+            }
+        }
+        out.push_str(line.trim_end());
+        out.push('\n');
+    }
     out
 }
