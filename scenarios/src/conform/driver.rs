@@ -26,9 +26,8 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use super::{Comparison, ConformReport, Judged, ScenarioConformance, compare, render};
 use crate::backend::{Backend, RunOptions};
 use crate::catalog::{Catalog, Selection};
-use crate::report::driver::{Clock, RunError, run_one};
+use crate::report::driver::{Clock, Entry, RunError, run_one, select, selection_words, stem};
 use crate::report::{ScenarioResult, Status, write};
-use crate::world::World;
 
 use super::expected::ExpectedDifferences;
 
@@ -53,33 +52,9 @@ pub trait ConformProgress: Send {
     fn finish(&mut self);
 }
 
-/// A scenario to run, or a file that did not load.
-enum Entry<'a> {
-    Valid(&'a World),
-    Broken(&'a crate::load::Loaded),
-}
-
-fn stem(file: &str) -> String {
-    Path::new(file)
-        .file_stem()
-        .map_or_else(|| file.to_string(), |s| s.to_string_lossy().into_owned())
-}
-
 /// The selection in words.
 pub fn describe(req: &ConformRequest) -> String {
-    let mut parts = Vec::new();
-    if !req.selection.include.is_empty() {
-        parts.push(format!("include {}", req.selection.include.join(", ")));
-    }
-    if !req.selection.exclude.is_empty() {
-        parts.push(format!("exclude {}", req.selection.exclude.join(", ")));
-    }
-    if let Some(s) = req.selection.shard {
-        parts.push(format!("shard {s}"));
-    }
-    if let Some(seed) = req.options.seed {
-        parts.push(format!("seed {seed} for every scenario"));
-    }
+    let parts = selection_words(&req.selection, req.options.seed);
     if parts.is_empty() { "all scenarios, their own seeds".into() } else { parts.join(" · ") }
 }
 
@@ -97,13 +72,7 @@ pub fn run(
         let msg = "nothing selected: no scenario files (*.yaml) under the given paths";
         return Err(RunError::NothingSelected(msg.into()));
     }
-    let mut entries: Vec<Entry> =
-        req.selection.select(catalog.worlds()).into_iter().map(Entry::Valid).collect();
-    let broken = catalog.invalid().enumerate().filter(|(j, _)| match req.selection.shard {
-        None => true,
-        Some(s) => (*j as u64 % u64::from(s.count)) + 1 == u64::from(s.index),
-    });
-    entries.extend(broken.map(|(_, l)| Entry::Broken(l)));
+    let mut entries = select(&catalog, &req.selection);
     if entries.is_empty() {
         return Err(RunError::NothingSelected(format!(
             "nothing selected: {} scenario files found, none kept by the selection ({})",
@@ -115,11 +84,7 @@ pub fn run(
 
     // Slow scenarios first, then by id.
     let slow = |e: &Entry| matches!(e, Entry::Valid(w) if w.tags.contains("slow"));
-    let id = |e: &Entry| match e {
-        Entry::Valid(w) => w.id.clone(),
-        Entry::Broken(l) => stem(&l.file),
-    };
-    entries.sort_by_key(|e| (!slow(e), id(e)));
+    entries.sort_by_key(|e| (!slow(e), e.id()));
 
     let total = entries.len();
     progress.start(total);

@@ -116,13 +116,15 @@ impl std::error::Error for RunError {}
 /// Opens the backend (once, when first needed).
 pub type OpenBackend<'a> = dyn FnMut() -> Result<Box<dyn Backend>, BackendError> + 'a;
 
-enum Entry<'a> {
+/// A selected scenario, or a file that did not load (run as a failure whatever the tags say).
+pub(crate) enum Entry<'a> {
     Valid(&'a World),
     Broken(&'a Loaded),
 }
 
 impl Entry<'_> {
-    fn id(&self) -> String {
+    /// The scenario's id; a broken file's stem.
+    pub(crate) fn id(&self) -> String {
         match self {
             Entry::Valid(w) => w.id.clone(),
             Entry::Broken(l) => stem(&l.file),
@@ -130,13 +132,14 @@ impl Entry<'_> {
     }
 }
 
-fn stem(file: &str) -> String {
+pub(crate) fn stem(file: &str) -> String {
     Path::new(file)
         .file_stem()
         .map_or_else(|| file.to_string(), |s| s.to_string_lossy().into_owned())
 }
 
-fn select<'a>(catalog: &'a Catalog, selection: &Selection) -> Vec<Entry<'a>> {
+/// The selected scenarios and, shard by shard, the files that did not load; by id.
+pub(crate) fn select<'a>(catalog: &'a Catalog, selection: &Selection) -> Vec<Entry<'a>> {
     let mut entries: Vec<Entry> =
         selection.select(catalog.worlds()).into_iter().map(Entry::Valid).collect();
     let broken = catalog.invalid().enumerate().filter(|(j, _)| match selection.shard {
@@ -150,19 +153,7 @@ fn select<'a>(catalog: &'a Catalog, selection: &Selection) -> Vec<Entry<'a>> {
 
 /// The selection and options in words, for the reports' headers.
 pub fn describe(req: &Request) -> String {
-    let mut parts = Vec::new();
-    if !req.selection.include.is_empty() {
-        parts.push(format!("include {}", req.selection.include.join(", ")));
-    }
-    if !req.selection.exclude.is_empty() {
-        parts.push(format!("exclude {}", req.selection.exclude.join(", ")));
-    }
-    if let Some(s) = req.selection.shard {
-        parts.push(format!("shard {s}"));
-    }
-    if let Some(seed) = req.options.seed {
-        parts.push(format!("seed {seed} for every scenario"));
-    }
+    let mut parts = selection_words(&req.selection, req.options.seed);
     if req.options.pcap {
         parts.push("pcap".into());
     }
@@ -170,6 +161,24 @@ pub fn describe(req: &Request) -> String {
         parts.push("trace".into());
     }
     if parts.is_empty() { "all scenarios, their own seeds".into() } else { parts.join(" · ") }
+}
+
+/// The selection and a seed for every scenario, in words (empty: all, their own seeds).
+pub(crate) fn selection_words(selection: &Selection, seed: Option<u64>) -> Vec<String> {
+    let mut parts = Vec::new();
+    if !selection.include.is_empty() {
+        parts.push(format!("include {}", selection.include.join(", ")));
+    }
+    if !selection.exclude.is_empty() {
+        parts.push(format!("exclude {}", selection.exclude.join(", ")));
+    }
+    if let Some(s) = selection.shard {
+        parts.push(format!("shard {s}"));
+    }
+    if let Some(seed) = seed {
+        parts.push(format!("seed {seed} for every scenario"));
+    }
+    parts
 }
 
 /// Runs a request: see the module docs. Writes `<out>/<id>/` as each scenario finishes, then
