@@ -387,26 +387,8 @@ fn describe(a: &Action) -> String {
             let bg = if c.background { " background" } else { "" };
             format!("connect {} {} -> {} ({}){n}{bg}", c.id, c.from.label(), c.to.label, c.to.addr)
         }
-        Action::Fault(f) => format!("fault {}", describe_fault(f)),
+        Action::Fault(f) => format!("fault {f}"),
         Action::Wait(d) => format!("wait {}", ambient_scenarios::values::format_duration(*d)),
         Action::Check(_) => "check".into(),
-    }
-}
-
-fn describe_fault(f: &Fault) -> String {
-    match f {
-        Fault::Partition(l) => format!("partition {} {}", l.a, l.b),
-        Fault::Heal(Some(l)) => format!("heal {} {}", l.a, l.b),
-        Fault::Heal(None) => "heal everything".into(),
-        Fault::Latency { link, add } => format!("latency {} {} +{add:?}", link.a, link.b),
-        Fault::Loss { link, rate } => format!("loss {} {} {rate}", link.a, link.b),
-        Fault::RestartProxy(n) => format!("restart proxy@{n}"),
-        Fault::CrashProxy(n) => format!("crash proxy@{n}"),
-        Fault::StartProxy(n) => format!("start proxy@{n}"),
-        Fault::FlushConntrack(p) => format!("flush-conntrack {}", p.label()),
-        Fault::DeletePod { pod, .. } => format!("delete-pod {pod}"),
-        Fault::AddPod { pod, .. } => format!("add-pod {} ({})", pod.key, pod.ip),
-        Fault::Apply(p) => format!("apply {}", p.key),
-        Fault::Remove(k) => format!("remove {k}"),
     }
 }

@@ -605,21 +605,7 @@ impl<'w> Runner<'w> {
 fn describe(action: &Action) -> String {
     match action {
         Action::Connect(c) => format!("connect {} from {} to {}", c.id, c.from.label(), c.to.label),
-        Action::Fault(f) => match f {
-            Fault::Partition(l) => format!("partition {} {}", l.a, l.b),
-            Fault::Heal(Some(l)) => format!("heal {} {}", l.a, l.b),
-            Fault::Heal(None) => "heal everything".into(),
-            Fault::Latency { link, add } => format!("latency {} {} +{add:?}", link.a, link.b),
-            Fault::Loss { link, rate } => format!("loss {} {} {rate}", link.a, link.b),
-            Fault::RestartProxy(n) => format!("restart proxy@{n}"),
-            Fault::CrashProxy(n) => format!("crash proxy@{n}"),
-            Fault::StartProxy(n) => format!("start proxy@{n}"),
-            Fault::FlushConntrack(p) => format!("flush conntrack of {}", p.label()),
-            Fault::DeletePod { pod, .. } => format!("delete pod {pod}"),
-            Fault::AddPod { pod, .. } => format!("add pod {}", pod.label()),
-            Fault::Apply(p) => format!("apply policy {}", p.key),
-            Fault::Remove(k) => format!("remove policy {k}"),
-        },
+        Action::Fault(f) => f.to_string(),
         Action::Wait(d) => format!("wait {d:?}"),
         Action::Check(_) => "check".into(),
     }

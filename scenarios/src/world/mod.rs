@@ -379,6 +379,28 @@ pub enum Fault {
     Remove(ObjectKey),
 }
 
+/// The fault in a few words, named as in a scenario file (`delete-pod server.default`): for
+/// traces and progress lines.
+impl fmt::Display for Fault {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Fault::Partition(l) => write!(f, "partition {} {}", l.a, l.b),
+            Fault::Heal(Some(l)) => write!(f, "heal {} {}", l.a, l.b),
+            Fault::Heal(None) => f.write_str("heal everything"),
+            Fault::Latency { link, add } => write!(f, "latency {} {} +{add:?}", link.a, link.b),
+            Fault::Loss { link, rate } => write!(f, "loss {} {} {rate}", link.a, link.b),
+            Fault::RestartProxy(n) => write!(f, "restart proxy@{n}"),
+            Fault::CrashProxy(n) => write!(f, "crash proxy@{n}"),
+            Fault::StartProxy(n) => write!(f, "start proxy@{n}"),
+            Fault::FlushConntrack(p) => write!(f, "flush-conntrack {}", p.label()),
+            Fault::DeletePod { pod, .. } => write!(f, "delete-pod {pod}"),
+            Fault::AddPod { pod, .. } => write!(f, "add-pod {} ({})", pod.key, pod.ip),
+            Fault::Apply(p) => write!(f, "apply {}", p.key),
+            Fault::Remove(k) => write!(f, "remove {k}"),
+        }
+    }
+}
+
 /// Two distinct nodes; link faults apply in both directions.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct NodeLink {
