@@ -19,7 +19,7 @@ use std::time::{Duration, Instant};
 
 use ambient_scenarios::conform::{self, ConformProgress, ConformRequest, ExpectedDifferences};
 use ambient_scenarios::report::driver::Clock;
-use ambient_scenarios::{Backend, BackendError, Run, RunOptions, Selection, Shard, World};
+use ambient_scenarios::{Backend, BackendError, Run, RunOptions, World};
 
 #[derive(Debug, clap::Args)]
 pub struct Args {
@@ -29,15 +29,8 @@ pub struct Args {
     /// Run every scenario with this seed instead of its own.
     #[arg(long, value_name = "N")]
     seed: Option<u64>,
-    /// Keep scenarios having any of these tags (files that do not load are always kept).
-    #[arg(long, value_name = "TAG")]
-    include: Vec<String>,
-    /// Drop scenarios having any of these tags.
-    #[arg(long, value_name = "TAG")]
-    exclude: Vec<String>,
-    /// Run shard K of N (1-based), split by scenario id: for spreading the suite over CI machines.
-    #[arg(long, value_name = "K/N")]
-    shard: Option<Shard>,
+    #[command(flatten)]
+    select: super::SelectArgs,
     /// The output folder; emptied first (it must be new, empty, or written by an earlier run).
     #[arg(long, value_name = "DIR", default_value = "reports/latest/conform")]
     out: PathBuf,
@@ -149,7 +142,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     };
     let request = ConformRequest {
         paths: args.paths,
-        selection: Selection { include: args.include, exclude: args.exclude, shard: args.shard },
+        selection: args.select.selection(),
         options: RunOptions { seed: args.seed, pcap: false, trace: false },
         out: args.out,
         jobs: usize::from(args.jobs),

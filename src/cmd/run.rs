@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 
 use ambient_scenarios::report::driver::{Clock, LineProgress, Progress, Request};
 use ambient_scenarios::report::{self, ScenarioResult};
-use ambient_scenarios::{Backend, BackendError, RunOptions, Selection, Shard};
+use ambient_scenarios::{Backend, BackendError, RunOptions};
 use indicatif::{ProgressBar, ProgressStyle};
 
 #[derive(Debug, clap::Args)]
@@ -30,15 +30,8 @@ pub struct Args {
     /// Run every scenario with this seed instead of its own.
     #[arg(long, value_name = "N")]
     seed: Option<u64>,
-    /// Keep scenarios having any of these tags (files that do not load are always kept).
-    #[arg(long, value_name = "TAG")]
-    include: Vec<String>,
-    /// Drop scenarios having any of these tags.
-    #[arg(long, value_name = "TAG")]
-    exclude: Vec<String>,
-    /// Run shard K of N (1-based), split by scenario id: for spreading a suite over CI machines.
-    #[arg(long, value_name = "K/N")]
-    shard: Option<Shard>,
+    #[command(flatten)]
+    select: super::SelectArgs,
     /// The output folder; emptied first (it must be new, empty, or written by an earlier run).
     #[arg(long, value_name = "DIR", default_value = "reports/latest")]
     out: PathBuf,
@@ -162,7 +155,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     let sandbox = enter_sandbox(args.backend)?;
     let request = Request {
         paths: args.paths,
-        selection: Selection { include: args.include, exclude: args.exclude, shard: args.shard },
+        selection: args.select.selection(),
         options: RunOptions { seed: args.seed, pcap: args.pcap, trace: args.trace },
         out: args.out,
         backend: args.backend.name().to_string(),
