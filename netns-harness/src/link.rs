@@ -186,18 +186,8 @@ impl Rtnl {
         peer_name: &str,
         peer_netns: &Path,
     ) -> Result<(), LinkError> {
-        let peer_ns = File::open(peer_netns).map_err(|source| LinkError::NetnsPath {
-            path: peer_netns.display().to_string(),
-            source,
-        })?;
-        let peer = LinkMessageBuilder::<LinkUnspec>::new()
-            .name(peer_name.to_string())
-            .setns_by_fd(peer_ns.as_raw_fd())
-            .build();
-        let msg = LinkMessageBuilder::<LinkVeth>::new_with_info_kind(InfoKind::Veth)
-            .name(name.to_string())
-            .set_info_data(InfoData::Veth(InfoVeth::Peer(peer)))
-            .build();
+        let (peer_ns, builder) = veth(name, peer_name, peer_netns)?;
+        let msg = builder.build();
         let result = self.handle.link().add(msg).execute().await;
         drop(peer_ns); // the kernel took its own reference during the request
         result.map_err(|source| LinkError::Request {
@@ -220,18 +210,8 @@ impl Rtnl {
         peer_netns: &Path,
         controller: Option<&str>,
     ) -> Result<(), LinkError> {
-        let peer_ns = File::open(peer_netns).map_err(|source| LinkError::NetnsPath {
-            path: peer_netns.display().to_string(),
-            source,
-        })?;
-        let peer = LinkMessageBuilder::<LinkUnspec>::new()
-            .name(peer_name.to_string())
-            .setns_by_fd(peer_ns.as_raw_fd())
-            .build();
-        let mut builder = LinkMessageBuilder::<LinkVeth>::new_with_info_kind(InfoKind::Veth)
-            .name(name.to_string())
-            .set_info_data(InfoData::Veth(InfoVeth::Peer(peer)))
-            .up();
+        let (peer_ns, builder) = veth(name, peer_name, peer_netns)?;
+        let mut builder = builder.up();
         if let Some(bridge) = controller {
             builder = builder.controller(self.index(bridge).await?);
         }
@@ -428,4 +408,25 @@ impl Netns {
     {
         self.run(move || async move { f(Rtnl::open()?).await })?
     }
+}
+
+/// A veth request: `name` here, `peer_name` in the namespace at `peer_netns`; with the open
+/// namespace file, which must stay open until the request is executed.
+fn veth(
+    name: &str,
+    peer_name: &str,
+    peer_netns: &Path,
+) -> Result<(File, LinkMessageBuilder<LinkVeth>), LinkError> {
+    let peer_ns = File::open(peer_netns).map_err(|source| LinkError::NetnsPath {
+        path: peer_netns.display().to_string(),
+        source,
+    })?;
+    let peer = LinkMessageBuilder::<LinkUnspec>::new()
+        .name(peer_name.to_string())
+        .setns_by_fd(peer_ns.as_raw_fd())
+        .build();
+    let builder = LinkMessageBuilder::<LinkVeth>::new_with_info_kind(InfoKind::Veth)
+        .name(name.to_string())
+        .set_info_data(InfoData::Veth(InfoVeth::Peer(peer)));
+    Ok((peer_ns, builder))
 }
