@@ -74,6 +74,7 @@ impl<N: Network> Inner<N> {
             .initial_window_size(window)
             .initial_connection_window_size(window.saturating_mul(4))
             .max_concurrent_streams(0)
+            .max_header_list_size(cfg.limits.max_header_list)
             .enable_push(false)
             .handshake(tls)
             .await

@@ -8,6 +8,7 @@
 //! now). Every task is `tokio::spawn`ed on the caller's runtime and tracked, so a crash can drop
 //! them all.
 
+pub mod admit;
 mod hbone;
 mod inbound;
 mod outbound;
@@ -25,7 +26,8 @@ use rand_chacha::ChaCha8Rng;
 use tokio::sync::{Notify, oneshot};
 use tokio::task::AbortHandle;
 
-use crate::events::{Counters, Direction, EventSink, NoopSink, ProxyEvent, emit};
+use crate::copy::Transferred;
+use crate::events::{CloseResult, Counters, Direction, EventSink, NoopSink, ProxyEvent, emit};
 use crate::faults::{FaultPlan, FaultPoint};
 use crate::inpod::{INBOUND_HBONE_PORT, INBOUND_PLAINTEXT_PORT, OUTBOUND_PORT, PROXY_MARK};
 use crate::mesh::{MeshHandle, MeshState};
@@ -54,6 +56,55 @@ pub struct ProxyConfig {
     /// Seeded fault points (`faults.rs`); `None` — the default, and all a config file can
     /// give — disables them.
     pub faults: Option<Arc<FaultPlan>>,
+    /// Bounds against misbehaving peers (`reports/security.md`).
+    pub limits: Limits,
+}
+
+/// What one peer may make the proxy hold. The defaults leave room for every legitimate load
+/// the testbed makes (10,000 parallel connections from one pod need 100 pooled tunnels) and
+/// bound what an attacker can take.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Limits {
+    /// Largest h2 header list accepted (SETTINGS_MAX_HEADER_LIST_SIZE), as server and client.
+    /// h2's default, 16 MiB, let one peer hold ~15 MB per unfinished header block.
+    pub max_header_list: u32,
+    /// A header block (HEADERS until END_HEADERS) must complete within this; the connection
+    /// is closed otherwise.
+    pub header_timeout: Duration,
+    /// An inbound h2 connection with no open stream for this long is closed (GOAWAY). Longer
+    /// than a source proxy's own idle close (5 minutes), so it never races a pooled tunnel.
+    pub inbound_idle: Duration,
+    /// A proxied connection on which no byte moved either way for this long is reset.
+    pub connection_idle: Duration,
+    /// TLS handshakes in progress on 15008, all peers together and per peer address.
+    pub max_handshakes: usize,
+    pub max_handshakes_per_peer: usize,
+    /// Connections (handshaking or established) on 15008 per peer address.
+    pub max_connections_per_peer: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            max_header_list: 64 * 1024,
+            header_timeout: Duration::from_secs(10),
+            inbound_idle: Duration::from_secs(10 * 60),
+            connection_idle: Duration::from_secs(60 * 60),
+            max_handshakes: 1024,
+            max_handshakes_per_peer: 16,
+            max_connections_per_peer: 256,
+        }
+    }
+}
+
+impl Limits {
+    pub(crate) fn admission(&self) -> admit::Bounds {
+        admit::Bounds {
+            handshakes: self.max_handshakes,
+            handshakes_per_peer: self.max_handshakes_per_peer,
+            connections_per_peer: self.max_connections_per_peer,
+        }
+    }
 }
 
 impl ProxyConfig {
@@ -68,6 +119,7 @@ impl ProxyConfig {
             h2_window: 256 * 1024,
             connect_timeout: Duration::from_secs(10),
             faults: None,
+            limits: Limits::default(),
         }
     }
 }
@@ -101,6 +153,22 @@ pub struct PodSpec<Ns> {
     pub listen_ip: IpAddr,
 }
 
+/// A proxied connection in progress (registered by [`Inner::flight`]): what a drain deadline
+/// counts and logs when it cuts the connection.
+struct FlightRecord {
+    direction: Direction,
+    client: SocketAddr,
+    destination: SocketAddr,
+    moved: Arc<Transferred>,
+    start: tokio::time::Instant,
+}
+
+/// A handler's handle on its registered connection; [`Inner::closed_in`] lands it.
+pub(crate) struct Flight {
+    id: u64,
+    pub moved: Arc<Transferred>,
+}
+
 /// A connection authorized at this proxy that a policy change may revoke.
 struct LiveConn {
     workload_ip: IpAddr,
@@ -131,6 +199,8 @@ pub(crate) struct Inner<N: Network> {
     pool: Arc<Pool>,
     pods: Mutex<BTreeMap<IpAddr, Pod<N::Netns>>>,
     live: Mutex<BTreeMap<u64, LiveConn>>,
+    flights: Mutex<BTreeMap<u64, FlightRecord>>,
+    admission: Mutex<admit::Table>,
     tasks: Mutex<BTreeMap<u64, AbortHandle>>,
     next_id: AtomicU64,
     busy: AtomicUsize,
@@ -173,6 +243,8 @@ impl<N: Network> NodeProxy<N> {
                 pool,
                 pods: Mutex::new(BTreeMap::new()),
                 live: Mutex::new(BTreeMap::new()),
+                flights: Mutex::new(BTreeMap::new()),
+                admission: Mutex::new(admit::Table::default()),
                 tasks: Mutex::new(BTreeMap::new()),
                 next_id: AtomicU64::new(1),
                 busy: AtomicUsize::new(0),
@@ -224,7 +296,14 @@ impl<N: Network> NodeProxy<N> {
                 i.spawn(i.clone().inbound_plaintext(ip, a));
             })),
             inner.spawn(accept_loop(inner.clone(), hbone, move |i, a| {
-                i.spawn(i.clone().inbound_hbone(acceptor.clone(), a, pod_draining.clone()));
+                // Admitted before any task or buffer exists; a refusal resets the socket now.
+                match i.admit(a.peer.ip()) {
+                    Ok(admitted) => {
+                        let (acceptor, draining) = (acceptor.clone(), pod_draining.clone());
+                        i.spawn(i.clone().inbound_hbone(acceptor, a, draining, admitted));
+                    }
+                    Err(refusal) => i.refuse_admission(a, refusal),
+                }
             })),
         ];
         inner
@@ -359,6 +438,9 @@ impl<N: Network> NodeProxy<N> {
             }
         };
         let clean = tokio::time::timeout(deadline, wait).await.is_ok();
+        if !clean {
+            inner.cut_flights();
+        }
         self.crash();
         clean
     }
@@ -373,6 +455,7 @@ impl<N: Network> NodeProxy<N> {
         }
         inner.pods.lock().unwrap_or_else(|e| e.into_inner()).clear();
         inner.live.lock().unwrap_or_else(|e| e.into_inner()).clear();
+        inner.flights.lock().unwrap_or_else(|e| e.into_inner()).clear();
         for conn in inner.pool.connections() {
             inner.pool.remove(&conn);
         }
@@ -527,6 +610,88 @@ impl<N: Network> Inner<N> {
 
     pub(crate) fn draining(&self) -> Arc<Signal<bool>> {
         self.draining.clone()
+    }
+
+    /// Register a proxied connection from `client` to `destination` that is about to move bytes.
+    pub(crate) fn flight(
+        &self,
+        direction: Direction,
+        client: SocketAddr,
+        destination: SocketAddr,
+        start: tokio::time::Instant,
+    ) -> Flight {
+        let id = self.next_id.fetch_add(1, Ordering::SeqCst);
+        let moved = Arc::new(Transferred::default());
+        let record = FlightRecord { direction, client, destination, moved: moved.clone(), start };
+        self.flights.lock().unwrap_or_else(|e| e.into_inner()).insert(id, record);
+        Flight { id, moved }
+    }
+
+    /// Unregister a flight; false when a drain deadline already counted it as cut.
+    pub(crate) fn land(&self, flight: &Flight) -> bool {
+        self.flights.lock().unwrap_or_else(|e| e.into_inner()).remove(&flight.id).is_some()
+    }
+
+    /// A drain deadline passed with connections still moving bytes: count what they moved and
+    /// log them closed by the shutdown, as their handlers are about to be dropped.
+    fn cut_flights(&self) {
+        let cut = std::mem::take(&mut *self.flights.lock().unwrap_or_else(|e| e.into_inner()));
+        for record in cut.into_values() {
+            let (sent, received) = record.moved.get();
+            let d = record.direction.as_str();
+            self.count(&format!("bytes.{d}.sent"), sent);
+            self.count(&format!("bytes.{d}.received"), received);
+            self.count_conn(record.direction, "shutdown");
+            self.emit(ProxyEvent::ConnectionClosed {
+                node: self.config.node.clone(),
+                client: record.client,
+                direction: record.direction,
+                destination: record.destination,
+                bytes_sent: sent,
+                bytes_received: received,
+                duration_ms: u64::try_from(record.start.elapsed().as_millis()).unwrap_or(u64::MAX),
+                result: CloseResult::Shutdown,
+                upstream: None,
+            });
+        }
+    }
+
+    /// Admit a connection accepted on 15008 from `peer` (see [`admit`]).
+    fn admit(self: &Arc<Self>, peer: IpAddr) -> Result<Admitted<N>, admit::Refusal> {
+        let bounds = self.config.limits.admission();
+        self.admission.lock().unwrap_or_else(|e| e.into_inner()).admit(peer, bounds)?;
+        Ok(Admitted { inner: self.clone(), peer, established: false })
+    }
+
+    fn refuse_admission(&self, acc: crate::net::Accepted<N::Stream>, refusal: admit::Refusal) {
+        self.count("connections.inbound-hbone.overload", 1);
+        // Logged at debug only: a flood would otherwise turn into a flood of log lines.
+        tracing::debug!(node = %self.config.node, peer = %acc.peer, %refusal, "15008");
+        self.reset(acc.stream);
+    }
+}
+
+/// A connection admitted on 15008; releases its place in the table when dropped.
+pub(crate) struct Admitted<N: Network> {
+    inner: Arc<Inner<N>>,
+    peer: IpAddr,
+    established: bool,
+}
+
+impl<N: Network> Admitted<N> {
+    /// The TLS handshake is done: the connection stops counting as a handshake.
+    pub(crate) fn established(&mut self) {
+        if !self.established {
+            self.established = true;
+            self.inner.admission.lock().unwrap_or_else(|e| e.into_inner()).established(self.peer);
+        }
+    }
+}
+
+impl<N: Network> Drop for Admitted<N> {
+    fn drop(&mut self) {
+        let mut table = self.inner.admission.lock().unwrap_or_else(|e| e.into_inner());
+        table.release(self.peer, self.established);
     }
 }
 
