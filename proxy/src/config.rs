@@ -98,9 +98,13 @@ pub const MAX_FILE_BYTES: u64 = 16 * 1024 * 1024;
 /// Read a text file of at most `max` bytes; larger input (or a device that never ends) is an
 /// error naming the limit, not an allocation without end.
 pub fn read_text(path: &Path, max: u64) -> std::io::Result<String> {
-    let file = std::fs::File::open(path)?;
+    read_limited(std::fs::File::open(path)?, max)
+}
+
+/// [`read_text`] from any reader (stdin).
+pub fn read_limited(reader: impl Read, max: u64) -> std::io::Result<String> {
     let mut bytes = Vec::new();
-    file.take(max + 1).read_to_end(&mut bytes)?;
+    reader.take(max + 1).read_to_end(&mut bytes)?;
     if bytes.len() as u64 > max {
         return Err(std::io::Error::new(
             std::io::ErrorKind::InvalidData,

@@ -183,7 +183,8 @@ fn replay(args: &Args, kernel: Option<&Kernel>) -> anyhow::Result<ExitCode> {
     let mut failed = 0;
     for f in &files {
         // Fault points: given on the command line, else those the file's header names.
-        let text = std::fs::read_to_string(f).unwrap_or_default();
+        let text = ambient_proxy::config::read_text(f, ambient_scenarios::load::MAX_SCENARIO_BYTES)
+            .unwrap_or_default();
         let fault_points = given.or_else(|| regression::fault_points_in(&text));
         let loaded = load_file(f);
         let world = match loaded.into_result() {
