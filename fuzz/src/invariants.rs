@@ -137,20 +137,29 @@ fn injected(c: &Connection, point: FaultPoint) -> bool {
     })
 }
 
-/// What the oracle expects once the fault points that fired are taken into account.
+/// What the oracle expects once the fault points that fired are taken into account. Where
+/// the proxy's dial may have completed after the client gave up (`late_dial`), the client's
+/// own outcome stays possible beside the fault's.
 fn with_injected(mut e: Expect, c: &Connection) -> Expect {
-    if injected(c, FaultPoint::DialFails) {
-        e.outcomes = [ConnOutcome::Refused].into();
+    let by_fault = if injected(c, FaultPoint::DialFails) {
         e.accepted = Tri::MustNot;
         e.identity = Tri::MustNot;
         e.notes.push("fault point dial-fails fired".into());
+        [ConnOutcome::Refused].into()
     } else if injected(c, FaultPoint::StreamReset) {
         // The RST_STREAM follows the 200 at once; h2 may hand the source proxy the reset
         // before the response, and then it answers its client as for a refused CONNECT.
-        e.outcomes = [ConnOutcome::Reset, ConnOutcome::Refused].into();
         e.accepted = Tri::Either;
         e.identity = Tri::Must;
         e.notes.push("fault point stream-reset fired".into());
+        [ConnOutcome::Reset, ConnOutcome::Refused].into()
+    } else {
+        return e;
+    };
+    if e.late_dial {
+        e.outcomes.extend(by_fault);
+    } else {
+        e.outcomes = by_fault;
     }
     e
 }
@@ -438,5 +447,62 @@ fn quiescence(world: &World, ev: Evidence<'_>, out: &mut Vec<Violation>) {
                 left.join("; ")
             )));
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use ambient_scenarios::outcome::ProxyEvent;
+
+    fn reset_by_fault() -> Connection {
+        Connection {
+            id: "c1".into(),
+            from: "p0.default".into(),
+            to: "p3.default:8080".into(),
+            outcome: ConnOutcome::Timeout,
+            error: None,
+            path: Some(PathKind::Hbone),
+            sent: 1024,
+            received: 0,
+            intact: false,
+            server_peer: None,
+            server_identity: None,
+            tunnel: None,
+            reused: false,
+            proxy_events: vec![ProxyEvent {
+                proxy: "node-b".into(),
+                kind: EventKind::Error,
+                detail: format!("inbound-hbone reset by {INJECTED}"),
+            }],
+        }
+    }
+
+    fn timeout() -> Expect {
+        Expect {
+            outcomes: [ConnOutcome::Timeout].into(),
+            paths: [Some(PathKind::Hbone)].into(),
+            accepted: Tri::Either,
+            identity: Tri::Either,
+            tunnel: None,
+            replies: Default::default(),
+            truncation: false,
+            late_dial: false,
+            notes: Vec::new(),
+        }
+    }
+
+    #[test]
+    fn a_fault_point_decides_the_outcome_unless_the_dial_completed_after_the_client_gave_up() {
+        let e = with_injected(timeout(), &reset_by_fault());
+        assert_eq!(e.outcomes, [ConnOutcome::Reset, ConnOutcome::Refused].into());
+        // s39 c132: a heal let the proxy's dial complete after its client's timeout; the
+        // stream reset came later.
+        let late = with_injected(Expect { late_dial: true, ..timeout() }, &reset_by_fault());
+        assert_eq!(
+            late.outcomes,
+            [ConnOutcome::Reset, ConnOutcome::Refused, ConnOutcome::Timeout].into()
+        );
+        assert_eq!(late.identity, Tri::Must);
     }
 }

@@ -15,7 +15,7 @@ use std::process::ExitCode;
 use std::sync::Arc;
 
 use ambient_fuzz::case::FaultPoints;
-use ambient_fuzz::invariants::{self, Evidence, Invariant, Violation};
+use ambient_fuzz::invariants::{Invariant, Violation};
 use ambient_fuzz::regression::{self, Provenance};
 use ambient_fuzz::runner::{self, Planner, Session, default_planner};
 use ambient_fuzz::shrink::Shrinker;
@@ -110,25 +110,13 @@ fn kernel(kind: BackendKind) -> anyhow::Result<Option<Kernel>> {
     Ok(None)
 }
 
-/// Runs `world` on the kernel and checks what the kernel can show (no tap, no proxy
-/// resources, one run); prints and returns the violations.
+/// Runs `world` on the kernel and checks what the kernel can show (`ambient_fuzz::kernel`:
+/// the quiet tail cut, no tap, no proxy resources, one run); returns the violations.
 #[cfg(target_os = "linux")]
 fn on_kernel(k: &Kernel, world: &World) -> Vec<Violation> {
-    let preds = ambient_fuzz::oracle::predict(world, false);
-    match k.run(world, &RunOptions::default()) {
-        Ok(run) => {
-            let ev =
-                Evidence { outcome: &run.outcome, second: None, underlay: None, proxies: None };
-            let mut v = invariants::check(world, &preds, ev);
-            for s in &run.outcome.skipped {
-                v.push(Violation {
-                    invariant: Invariant::Backend,
-                    connection: None,
-                    message: format!("step {} skipped on the kernel: {}", s.step, s.reason),
-                });
-            }
-            v
-        }
+    let world = ambient_fuzz::kernel::for_kernel(world);
+    match k.run(&world, &RunOptions::default()) {
+        Ok(run) => ambient_fuzz::kernel::check(&world, &run.outcome),
         Err(e) => {
             vec![Violation { invariant: Invariant::Backend, connection: None, message: e.message }]
         }

@@ -141,6 +141,9 @@ pub struct Expect {
     /// proxy on its path crashed while it was open, and the kernel closes a dead process's
     /// sockets with a FIN, which the app cannot tell from the server's own close.
     pub truncation: bool,
+    /// Its proxy's dial may complete after the client gave up (a heal while it was dialing):
+    /// what a fault point does to the stream then comes after the client's own outcome.
+    pub late_dial: bool,
     /// Why the sets hold more than one value.
     pub notes: Vec<String>,
 }
@@ -155,6 +158,7 @@ impl Expect {
             tunnel: None,
             replies: BTreeSet::new(),
             truncation: false,
+            late_dial: false,
             notes: Vec::new(),
         }
     }

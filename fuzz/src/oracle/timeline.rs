@@ -71,6 +71,8 @@ struct Touches {
     app: Option<App>,
     /// The endpoint of the alternative it belongs to (`Alt::endpoint`).
     endpoint: Option<SocketAddrV4>,
+    /// How long its client waits at most (hold and deadline).
+    patience: Duration,
 }
 
 /// What a change does to a live connection it touches.
@@ -159,9 +161,10 @@ fn land(e: &mut Expect, what: &str, c: Landed) {
         e.outcomes.extend(outcomes);
         e.notes.push(format!("{what} while it may be open"));
     }
-    if fin && app.is_some_and(|a| a.expected_reply(send) == 0) {
-        // That FIN cuts nothing where nothing was to come back: the client reads a clean
-        // close after its bytes, which is `ok` (0 read back).
+    if fin && app.is_none_or(|a| a.expected_reply(send) == 0) {
+        // That FIN cuts nothing where nothing was to come back (an app that returns nothing,
+        // or none at all): the client reads a clean close after its bytes, which is `ok` (0
+        // read back).
         e.outcomes.insert(OkOutcome);
         e.replies.insert(0);
     }
@@ -299,6 +302,17 @@ pub fn predict(world: &World, fault_points: bool) -> Vec<Prediction> {
     }
     // The run ends while these dials may still be pending: their routes may never be logged.
     w.unlogged_dials("the run ending", |_| true);
+    // Encryption is promised only while every routed alternative left is HBONE between nodes:
+    // a change may have routed a connection elsewhere (its destination's address reused by a
+    // pod outside the mesh: `passthrough`, in clear). (A captured client's connection without
+    // a route event never left its node.)
+    for p in &mut w.preds {
+        p.encrypted_between_nodes &=
+            p.alternatives.iter().filter(|a| a.endpoint.is_some()).all(|a| {
+                a.expect.paths.iter().all(|p| *p == Some(PathKind::Hbone))
+                    && a.expect.tunnel.as_ref().is_some_and(|t| t.from != t.to)
+            });
+    }
     w.preds
 }
 
@@ -310,6 +324,7 @@ impl Walk<'_> {
         let at = a.endpoint.unwrap_or(connect.to.addr);
         t.app = self.app_at(*at.ip(), at.port());
         t.endpoint = a.endpoint;
+        t.patience = connect.hold + connect.deadline;
     }
 
     fn connect(&mut self, connect: &Connect) {
@@ -608,11 +623,17 @@ impl Walk<'_> {
             Fault::FlushConntrack(peer) => {
                 let label = peer.label();
                 self.hit_live(&format!("flushing {label}'s conntrack"), |_, t| {
-                    if t.netns.contains(&label) {
-                        Hit::open(vec![OkOutcome, Reset, Timeout])
-                    } else {
-                        None
+                    if !t.netns.contains(&label) {
+                        return None;
                     }
+                    // Also while it may still be connecting: a proxy's dial from the flushed
+                    // namespace (a TLS handshake held back) may stall until its connect
+                    // timeout, and the client, still waiting, is refused.
+                    let mut outcomes = vec![OkOutcome, Reset, Timeout];
+                    if t.client_proxy.is_some() && t.patience >= PROXY_CONNECT_TIMEOUT {
+                        outcomes.push(Refused);
+                    }
+                    Some(Hit { outcomes, in_progress: true, merge: None, untie: false })
                 });
             }
             Fault::DeletePod { pod, .. } => {
@@ -736,6 +757,7 @@ impl Walk<'_> {
                 if e.paths.contains(&Some(PathKind::Hbone)) {
                     e.identity = e.identity.join(Tri::Must);
                 }
+                e.late_dial = true;
                 e.notes.push("a heal while its proxy may still be dialing".into());
             }
         }
@@ -1015,6 +1037,7 @@ fn join(e: &mut Expect, n: Expect) {
     e.accepted = e.accepted.join(n.accepted);
     e.identity = e.identity.join(n.identity);
     e.truncation |= n.truncation;
+    e.late_dial |= n.late_dial;
     if e.tunnel.is_none() {
         e.tunnel = n.tunnel;
     }

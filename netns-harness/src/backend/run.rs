@@ -445,7 +445,10 @@ impl<'w> Runner<'w> {
         if let Some(pod) = &pod
             && pod.is_captured()
         {
-            self.proxies.remove_pod(&pod.node, pod.ip);
+            let ns = &self.topo.nodes[self.node_index(&pod.node)?];
+            self.proxies.remove_pod(&pod.node, ns, pod.ip).map_err(|e| {
+                format!("removing pod {} from proxy@{}: {e}", pod.label(), pod.node)
+            })?;
             let gateway = SocketAddr::new(pod.ip.into(), ambient_proxy::inpod::INBOUND_HBONE_PORT);
             let deadline = Instant::now() + SETTLE;
             while observe::open_tunnels_to(&self.proxies.log_since_crash(), gateway) > 0

@@ -127,6 +127,20 @@ fn a_reset_app_holds_its_connection_open_and_a_fin_that_cuts_nothing_reads_ok() 
     let e = alt(&p[0], Some("10.0.2.2:9090"));
     assert!(e.outcomes.contains(&Reset) && e.outcomes.contains(&Ok), "{e:?}");
     assert_eq!(e.ok_replies(), [0].into());
+    // s2 c199 on the kernel: no app at all, the destination's proxy crashing while it may
+    // still be handling the connection: its FIN cuts nothing either.
+    let p = world(
+        "",
+        "  - {connect: {id: c1, from: u, to: a:9090, send: 1KiB, hold: 2s, background: true, deadline: 5s}}\n  - {fault: {crash: proxy@node-a}}\n",
+    );
+    let e = alt(&p[0], None);
+    assert!(e.outcomes.contains(&Ok) && e.ok_replies() == [0].into(), "{e:?}");
+    // An echo's reply is cut by that FIN: an `ok` still reads it all back, never nothing.
+    let p = world(
+        "",
+        "  - {connect: {id: c1, from: u, to: a:8080, send: 1KiB, hold: 2s, background: true, deadline: 5s}}\n  - {fault: {crash: proxy@node-a}}\n",
+    );
+    assert_eq!(alt(&p[0], None).ok_replies(), [1024].into());
 }
 
 #[test]
@@ -243,4 +257,41 @@ fn a_service_endpoint_added_while_a_connection_may_still_be_connecting() {
     let e = alt(&p[0], Some("10.0.2.5:8080"));
     assert!(e.outcomes.contains(&Ok), "{e:?}");
     assert_eq!(e.paths, [Some(PathKind::Hbone)].into());
+}
+
+#[test]
+fn a_change_may_route_a_connection_outside_the_mesh_so_no_encryption_is_promised() {
+    // s31 c220: the destination deleted, its address added back as a pod outside the mesh; a
+    // later repetition may go there `passthrough`, in clear.
+    let steps = |extra: &str| {
+        format!(
+            "  - {{connect: {{id: c0, from: a, to: b:8080, send: 1KiB, count: 2, hold: 2s, background: true, deadline: 5s}}}}\n{extra}"
+        )
+    };
+    let p = world("", &steps(""));
+    assert!(p[1].encrypted_between_nodes);
+    let p = world(
+        "",
+        &steps(
+            "  - {fault: {delete-pod: b}}\n  - {fault: {add-pod: {name: b2, node: node-b, ip: 10.0.2.2, serviceAccount: sb, serve: [{port: 8080, app: echo}]}}}\n",
+        ),
+    );
+    assert!(alt(&p[1], Some("10.0.2.2:8080")).paths.contains(&Some(PathKind::Passthrough)));
+    assert!(!p[1].encrypted_between_nodes);
+}
+
+#[test]
+fn a_conntrack_flush_while_a_proxy_may_still_be_dialing() {
+    // s48 c482: the client's proxy dials from the client's namespace; flushed mid-handshake,
+    // the dial may stall until the proxy's 10 s connect timeout: refused, if the client still
+    // waits then.
+    let steps = |hold: &str| {
+        format!(
+            "  - {{connect: {{id: c3, from: a, to: c:8080, send: 1KiB, hold: {hold}, background: true, deadline: 5s}}}}\n  - {{fault: {{flush-conntrack: a}}}}\n"
+        )
+    };
+    let p = world("", &steps("20s"));
+    assert!(alt(&p[0], Some("10.0.1.3:8080")).outcomes.contains(&Refused));
+    let p = world("", &steps("1s"));
+    assert!(!alt(&p[0], Some("10.0.1.3:8080")).outcomes.contains(&Refused));
 }
