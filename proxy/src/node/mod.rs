@@ -258,7 +258,7 @@ impl<N: Network> NodeProxy<N> {
     /// address may come back as another pod — and close once their streams are over.
     /// Connections running go on until they end, for at most `pod_drain`: then its handlers
     /// still running are dropped (their sockets closed; an inbound tunnel's streams end with
-    /// it).
+    /// it). Call it on the runtime the proxy's tasks run on (it starts the drain timer there).
     pub fn remove_pod(&self, ip: IpAddr) -> bool {
         let pod = self.inner.pods.lock().unwrap_or_else(|e| e.into_inner()).remove(&ip);
         match pod {
