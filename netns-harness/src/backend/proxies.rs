@@ -139,11 +139,16 @@ impl Proxies {
             .map_err(|e| io::Error::other(e.to_string()))?
     }
 
-    /// Stops serving a pod (its listeners close).
-    pub fn remove_pod(&self, node: &str, ip: Ipv4Addr) {
-        if let Some(proxy) = self.nodes.get(node).and_then(|s| s.proxy.as_ref()) {
+    /// Stops serving a pod (its listeners close), on the node namespace's runtime `ns` (the
+    /// proxy starts the pod's drain timer there).
+    pub fn remove_pod(&self, node: &str, ns: &Netns, ip: Ipv4Addr) -> io::Result<()> {
+        let Some(proxy) = self.nodes.get(node).and_then(|s| s.proxy.clone()) else {
+            return Ok(());
+        };
+        ns.run(move || async move {
             proxy.remove_pod(IpAddr::V4(ip));
-        }
+        })
+        .map_err(|e| io::Error::other(e.to_string()))
     }
 
     /// Gives every running proxy the new mesh (live connections are re-checked).

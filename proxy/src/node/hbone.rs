@@ -108,6 +108,11 @@ impl<N: Network> Inner<N> {
                     if draining.get() && pool.retire_if_unused(&conn) {
                         break "drained".to_string();
                     }
+                    // Out of the pool (its pod was removed, or it refused a stream): no new
+                    // stream will come, so it closes once its last one is over.
+                    if conn.is_closed() && conn.active() == 0 {
+                        break "out of the pool and unused".to_string();
+                    }
                 }
                 _ = draining.wait_for(|d| *d), if !draining.get() => {
                     if pool.retire_if_unused(&conn) {

@@ -55,7 +55,10 @@ impl<N: Network> Inner<N> {
     /// One TLS + h2 connection on 15008; each CONNECT stream gets its own task. It goes away
     /// (GOAWAY) when the node drains or its pod is removed (`pod_draining`), and is closed when
     /// a header block stays unfinished past `limits.header_timeout` or no stream is open for
-    /// `limits.inbound_idle`. `admitted` holds its place in the admission table.
+    /// `limits.inbound_idle`. `admitted` holds its place in the admission table. Keepalive as
+    /// on the source side (a PING every interval, closed without a reply within the timeout): a
+    /// tunnel whose source vanished without a close reaching here (a partition that never
+    /// heals, a deleted pod behind one) is closed with its streams instead of held forever.
     pub(crate) async fn inbound_hbone(
         self: Arc<Self>,
         acceptor: tokio_rustls::TlsAcceptor,
@@ -116,6 +119,11 @@ impl<N: Network> Inner<N> {
         let draining = self.draining();
         let streams = Arc::new(OpenStreams::default());
         let mut going_away = false;
+        let (interval, wait) =
+            (self.config.pool.keepalive_interval, self.config.pool.keepalive_timeout);
+        let mut ping = conn.ping_pong();
+        let mut next_ping = Instant::now() + interval;
+        let mut pong_deadline: Option<Instant> = None;
         let far = Instant::now() + std::time::Duration::from_secs(365 * 24 * 3600);
         loop {
             if !going_away && (draining.get() || pod_draining.get()) {
@@ -144,6 +152,28 @@ impl<N: Network> Inner<N> {
                         conn.graceful_shutdown();
                         going_away = true;
                     }
+                }
+                pong = std::future::poll_fn(|cx| match ping.as_mut() {
+                    Some(p) => p.poll_pong(cx),
+                    None => std::task::Poll::Pending,
+                }), if pong_deadline.is_some() => {
+                    pong_deadline = None;
+                    if let Err(e) = pong {
+                        tracing::debug!(node = %self.config.node, %peer, error = %e, "inbound tunnel keepalive failed");
+                        break;
+                    }
+                }
+                _ = tokio::time::sleep_until(pong_deadline.unwrap_or(far)), if pong_deadline.is_some() => {
+                    tracing::debug!(node = %self.config.node, %peer, "inbound tunnel: no PING reply within {wait:?}");
+                    break;
+                }
+                _ = tokio::time::sleep_until(next_ping), if pong_deadline.is_none() && ping.is_some() => {
+                    if let Some(p) = ping.as_mut()
+                        && p.send_ping(h2::Ping::opaque()).is_ok()
+                    {
+                        pong_deadline = Some(Instant::now() + wait);
+                    }
+                    next_ping = Instant::now() + interval;
                 }
                 r = conn.accept() => match r {
                     Some(Ok((req, respond))) => {

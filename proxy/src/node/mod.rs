@@ -56,6 +56,10 @@ pub struct ProxyConfig {
     /// Seeded fault points (`faults.rs`); `None` — the default, and all a config file can
     /// give — disables them.
     pub faults: Option<Arc<FaultPlan>>,
+    /// After [`NodeProxy::remove_pod`], how long the pod's connection handlers may run on
+    /// before they are closed: its network is going, and a handler whose peer's close can no
+    /// longer reach it (lost with a flushed conntrack entry, say) would wait forever.
+    pub pod_drain: Duration,
     /// Bounds against misbehaving peers (`reports/security.md`).
     pub limits: Limits,
 }
@@ -120,6 +124,7 @@ impl ProxyConfig {
             connect_timeout: Duration::from_secs(10),
             faults: None,
             limits: Limits::default(),
+            pod_drain: Duration::from_secs(5),
         }
     }
 }
@@ -163,10 +168,20 @@ struct FlightRecord {
     start: tokio::time::Instant,
 }
 
-/// A handler's handle on its registered connection; [`Inner::closed_in`] lands it.
+type Flights = Arc<Mutex<BTreeMap<u64, FlightRecord>>>;
+
+/// A handler's handle on its registered connection; [`Inner::closed_in`] lands it, and a
+/// handler dropped without landing it (a crash, a pod drain deadline) unregisters it.
 pub(crate) struct Flight {
     id: u64,
     pub moved: Arc<Transferred>,
+    flights: Flights,
+}
+
+impl Drop for Flight {
+    fn drop(&mut self) {
+        self.flights.lock().unwrap_or_else(|e| e.into_inner()).remove(&self.id);
+    }
 }
 
 /// A connection authorized at this proxy that a policy change may revoke.
@@ -176,9 +191,18 @@ struct LiveConn {
     revoke: Option<oneshot::Sender<String>>,
 }
 
+/// Tasks of one group (a pod's connection handlers) while they run.
+type TaskGroup = Arc<Mutex<std::collections::BTreeSet<u64>>>;
+
+/// The live-connection registry, shared with the guards that unregister from it.
+type LiveMap = Arc<Mutex<BTreeMap<u64, LiveConn>>>;
+
 struct Pod<Ns> {
     spec: PodSpec<Ns>,
     listener_tasks: Vec<u64>,
+    /// The handlers of connections accepted on its listeners (closed after `pod_drain` once
+    /// the pod is removed).
+    handlers: TaskGroup,
     /// Set when the pod is removed: its inbound tunnels send GOAWAY.
     draining: Arc<Signal<bool>>,
 }
@@ -198,8 +222,8 @@ pub(crate) struct Inner<N: Network> {
     rng: Mutex<ChaCha8Rng>,
     pool: Arc<Pool>,
     pods: Mutex<BTreeMap<IpAddr, Pod<N::Netns>>>,
-    live: Mutex<BTreeMap<u64, LiveConn>>,
-    flights: Mutex<BTreeMap<u64, FlightRecord>>,
+    live: LiveMap,
+    flights: Flights,
     admission: Mutex<admit::Table>,
     tasks: Mutex<BTreeMap<u64, AbortHandle>>,
     next_id: AtomicU64,
@@ -242,8 +266,8 @@ impl<N: Network> NodeProxy<N> {
                 rng: Mutex::new(ChaCha8Rng::seed_from_u64(seed)),
                 pool,
                 pods: Mutex::new(BTreeMap::new()),
-                live: Mutex::new(BTreeMap::new()),
-                flights: Mutex::new(BTreeMap::new()),
+                live: LiveMap::default(),
+                flights: Flights::default(),
                 admission: Mutex::new(admit::Table::default()),
                 tasks: Mutex::new(BTreeMap::new()),
                 next_id: AtomicU64::new(1),
@@ -288,19 +312,22 @@ impl<N: Network> NodeProxy<N> {
         let draining = Arc::new(Signal::new(false));
         let pod_draining = draining.clone();
         let (ip, ns) = (pod.ip, pod.netns.clone());
+        let handlers = TaskGroup::default();
+        let (h1, h2, h3) = (handlers.clone(), handlers.clone(), handlers.clone());
         let tasks = vec![
             inner.spawn(accept_loop(inner.clone(), outbound, move |i, a| {
-                i.spawn(i.clone().outbound(ip, ns.clone(), a));
+                i.spawn_in(&h1, i.clone().outbound(ip, ns.clone(), a));
             })),
             inner.spawn(accept_loop(inner.clone(), plaintext, move |i, a| {
-                i.spawn(i.clone().inbound_plaintext(ip, a));
+                i.spawn_in(&h2, i.clone().inbound_plaintext(ip, a));
             })),
             inner.spawn(accept_loop(inner.clone(), hbone, move |i, a| {
                 // Admitted before any task or buffer exists; a refusal resets the socket now.
                 match i.admit(a.peer.ip()) {
                     Ok(admitted) => {
                         let (acceptor, draining) = (acceptor.clone(), pod_draining.clone());
-                        i.spawn(i.clone().inbound_hbone(acceptor, a, draining, admitted));
+                        let tunnel = i.clone().inbound_hbone(acceptor, a, draining, admitted);
+                        i.spawn_in(&h3, tunnel);
                     }
                     Err(refusal) => i.refuse_admission(a, refusal),
                 }
@@ -310,14 +337,17 @@ impl<N: Network> NodeProxy<N> {
             .pods
             .lock()
             .unwrap_or_else(|e| e.into_inner())
-            .insert(pod.ip, Pod { spec: pod, listener_tasks: tasks, draining });
+            .insert(pod.ip, Pod { spec: pod, listener_tasks: tasks, draining, handlers });
         Ok(())
     }
 
     /// Stop serving a pod: its listeners close, its inbound tunnels send GOAWAY (as a node
     /// drain does, for this pod only) so source proxies stop opening streams on them and dial
     /// anew, and the tunnels it dialled leave the pool — the pod is going away, and its
-    /// address may come back as another pod. Connections running go on until they end.
+    /// address may come back as another pod — and close once their streams are over.
+    /// Connections running go on until they end, for at most `pod_drain`: then its handlers
+    /// still running are dropped (their sockets closed; an inbound tunnel's streams end with
+    /// it). Call it on the runtime the proxy's tasks run on (it starts the drain timer there).
     pub fn remove_pod(&self, ip: IpAddr) -> bool {
         let pod = self.inner.pods.lock().unwrap_or_else(|e| e.into_inner()).remove(&ip);
         match pod {
@@ -326,11 +356,25 @@ impl<N: Network> NodeProxy<N> {
                 for conn in self.inner.pool.connections() {
                     if conn.key.source_ip == ip {
                         self.inner.pool.remove(&conn);
+                        // Its driver closes it once its streams are over (now, if none is
+                        // left), while the pod's network can still carry the close.
+                        conn.wake.notify_one();
                     }
                 }
                 for &id in &pod.listener_tasks {
                     self.inner.abort(id);
                 }
+                let (me, handlers) = (Arc::downgrade(&self.inner), pod.handlers.clone());
+                let deadline = self.inner.config.pod_drain;
+                self.inner.spawn(async move {
+                    tokio::time::sleep(deadline).await;
+                    let Some(inner) = me.upgrade() else { return };
+                    let left =
+                        std::mem::take(&mut *handlers.lock().unwrap_or_else(|e| e.into_inner()));
+                    for id in left {
+                        inner.abort(id);
+                    }
+                });
                 true
             }
             None => false,
@@ -479,6 +523,18 @@ async fn accept_loop<N: Network>(
     }
 }
 
+/// A registered live connection; dropping it unregisters it.
+pub(crate) struct LiveGuard {
+    live: LiveMap,
+    id: u64,
+}
+
+impl Drop for LiveGuard {
+    fn drop(&mut self) {
+        self.live.lock().unwrap_or_else(|e| e.into_inner()).remove(&self.id);
+    }
+}
+
 /// Marks the proxy busy while alive (drain waits for none).
 pub(crate) struct Busy<N: Network>(Arc<Inner<N>>);
 
@@ -494,6 +550,26 @@ impl<N: Network> Inner<N> {
     /// Spawn a tracked task (a crash aborts it).
     pub(crate) fn spawn(self: &Arc<Self>, fut: impl Future<Output = ()> + Send + 'static) -> u64 {
         let id = self.next_id.fetch_add(1, Ordering::SeqCst);
+        self.spawn_as(id, fut);
+        id
+    }
+
+    /// Spawn a tracked task that belongs to `group` while it runs.
+    fn spawn_in(
+        self: &Arc<Self>,
+        group: &TaskGroup,
+        fut: impl Future<Output = ()> + Send + 'static,
+    ) {
+        let id = self.next_id.fetch_add(1, Ordering::SeqCst);
+        group.lock().unwrap_or_else(|e| e.into_inner()).insert(id);
+        let g = group.clone();
+        self.spawn_as(id, async move {
+            fut.await;
+            g.lock().unwrap_or_else(|e| e.into_inner()).remove(&id);
+        });
+    }
+
+    fn spawn_as(self: &Arc<Self>, id: u64, fut: impl Future<Output = ()> + Send + 'static) {
         let me = Arc::downgrade(self);
         let mut tasks = self.tasks.lock().unwrap_or_else(|e| e.into_inner());
         let handle = tokio::spawn(async move {
@@ -503,7 +579,6 @@ impl<N: Network> Inner<N> {
             }
         });
         tasks.insert(id, handle.abort_handle());
-        id
     }
 
     fn abort(&self, id: u64) {
@@ -589,23 +664,24 @@ impl<N: Network> Inner<N> {
         self.pods.lock().unwrap_or_else(|e| e.into_inner()).get(&ip).map(|p| p.spec.netns.clone())
     }
 
-    /// Register an authorized inbound connection; the receiver fires if a policy change revokes it.
+    /// Register an authorized inbound connection; the receiver fires if a policy change revokes
+    /// it. It stays registered until the guard drops (also when its handler is dropped).
     pub(crate) fn register_live(
         &self,
         workload_ip: IpAddr,
         attrs: ConnectionAttrs,
-    ) -> (u64, oneshot::Receiver<String>) {
+    ) -> (LiveGuard, oneshot::Receiver<String>) {
         let id = self.next_id.fetch_add(1, Ordering::SeqCst);
         let (tx, rx) = oneshot::channel();
         self.live
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .insert(id, LiveConn { workload_ip, attrs, revoke: Some(tx) });
-        (id, rx)
+        (LiveGuard { live: self.live.clone(), id }, rx)
     }
 
-    pub(crate) fn unregister_live(&self, id: u64) {
-        self.live.lock().unwrap_or_else(|e| e.into_inner()).remove(&id);
+    pub(crate) fn unregister_live(&self, guard: LiveGuard) {
+        drop(guard);
     }
 
     pub(crate) fn draining(&self) -> Arc<Signal<bool>> {
@@ -624,7 +700,7 @@ impl<N: Network> Inner<N> {
         let moved = Arc::new(Transferred::default());
         let record = FlightRecord { direction, client, destination, moved: moved.clone(), start };
         self.flights.lock().unwrap_or_else(|e| e.into_inner()).insert(id, record);
-        Flight { id, moved }
+        Flight { id, moved, flights: self.flights.clone() }
     }
 
     /// Unregister a flight; false when a drain deadline already counted it as cut.
