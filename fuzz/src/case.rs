@@ -50,6 +50,22 @@ pub struct FaultPoints {
     pub rates: ambient_proxy::faults::FaultRates,
 }
 
+impl FaultPoints {
+    /// The command that replays `path` with these fault points (the only way to set them).
+    pub fn replay_command(&self, path: &std::path::Path) -> String {
+        let r = self.rates;
+        format!(
+            "testbed fuzz --replay {} --fault-seed {} --fault-rates {},{},{},{}",
+            path.display(),
+            self.seed,
+            r.dial_fails,
+            r.slow_tls,
+            r.goaway,
+            r.stream_reset
+        )
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Pod {
     pub name: String,

@@ -93,18 +93,13 @@ pub fn render(case: &Case, path: &Path, violation: &Violation, p: &Provenance) -
     if let Some(fp) = case.fault_points {
         let r = fp.rates;
         head.push_str(&format!(
-            "# It needs the proxy fault points (seed {}, per mille: dial-fails {}, slow-tls {}, goaway {}, stream-reset {}),\n# which only the fuzzer sets: rerun it with `testbed fuzz --replay {} --fault-seed {} --fault-rates {},{},{},{}`.\n",
+            "# It needs the proxy fault points (seed {}, per mille: dial-fails {}, slow-tls {}, goaway {}, stream-reset {}),\n# which only the fuzzer sets: rerun it with `{}`.\n",
             fp.seed,
             r.dial_fails,
             r.slow_tls,
             r.goaway,
             r.stream_reset,
-            path.display(),
-            fp.seed,
-            r.dial_fails,
-            r.slow_tls,
-            r.goaway,
-            r.stream_reset
+            fp.replay_command(path),
         ));
     } else {
         head.push_str(&format!(

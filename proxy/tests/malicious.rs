@@ -59,6 +59,12 @@ fn frame(kind: u8, flags: u8, stream: u32, payload: &[u8]) -> Vec<u8> {
     v
 }
 
+/// The client preface and an empty SETTINGS frame: an h2 connection as a raw client opens it.
+async fn start_h2<S: AsyncWriteExt + Unpin>(s: &mut S) {
+    s.write_all(ambient_proxy::frames::CLIENT_PREFACE).await.unwrap();
+    s.write_all(&frame(0x4, 0, 0, &[])).await.unwrap();
+}
+
 /// Read until the peer closes (EOF or reset); `None` if it is still open after `within`.
 async fn closed_within<S: AsyncReadExt + Unpin>(s: &mut S, within: Duration) -> Option<usize> {
     let mut total = 0;
@@ -111,8 +117,7 @@ async fn a_borrowed_source_address_gets_no_identity() {
 async fn a_huge_unfinished_header_block_is_refused_early() {
     let w = world_with("127.82", short_limits()).await;
     let mut s = tls_to_b(&w, w.client).await;
-    s.write_all(ambient_proxy::frames::CLIENT_PREFACE).await.unwrap();
-    s.write_all(&frame(0x4, 0, 0, &[])).await.unwrap();
+    start_h2(&mut s).await;
     // One literal header whose value never ends: 4 MiB in 16 KiB frames.
     let mut block = vec![0x00, 0x01, b'x', 0x7f, 0xff, 0xff, 0xff, 0x7f];
     block.resize(16 * 1024, b'a');
@@ -139,8 +144,7 @@ async fn a_huge_unfinished_header_block_is_refused_early() {
 async fn an_unfinished_header_block_times_out() {
     let w = world_with("127.83", short_limits()).await;
     let mut s = tls_to_b(&w, w.client).await;
-    s.write_all(ambient_proxy::frames::CLIENT_PREFACE).await.unwrap();
-    s.write_all(&frame(0x4, 0, 0, &[])).await.unwrap();
+    start_h2(&mut s).await;
     s.write_all(&frame(0x1, 0, 1, &[0x82, 0x86])).await.unwrap();
     s.flush().await.unwrap();
     assert!(

@@ -483,18 +483,7 @@ fn write_found(
     );
     println!("  broken: {violation}");
     match small.fault_points {
-        Some(fp) => {
-            let r = fp.rates;
-            println!(
-                "  rerun: testbed fuzz --replay {} --fault-seed {} --fault-rates {},{},{},{}",
-                path.display(),
-                fp.seed,
-                r.dial_fails,
-                r.slow_tls,
-                r.goaway,
-                r.stream_reset
-            );
-        }
+        Some(fp) => println!("  rerun: {}", fp.replay_command(&path)),
         None => {
             println!("  rerun: testbed fuzz --replay {}", path.display());
             println!("         testbed run {}", path.display());
