@@ -103,17 +103,34 @@ impl HeaderBlocks {
     }
 }
 
-/// Since when a header block has been open on one connection (shared by [`Watched`] and the
-/// connection loop); `changed` fires when a block opens.
-#[derive(Debug, Default)]
+/// What [`Watched`] saw of one connection, for its loop: since when a header block has been
+/// open (`changed` fires when one opens), and when the peer last sent anything (the inbound
+/// side's keepalive pings only a peer that has been silent).
+#[derive(Debug)]
 pub struct BlockClock {
     open_since: Mutex<Option<Instant>>,
+    last_read: Mutex<Instant>,
     pub changed: Notify,
+}
+
+impl Default for BlockClock {
+    fn default() -> Self {
+        BlockClock {
+            open_since: Mutex::new(None),
+            last_read: Mutex::new(Instant::now()),
+            changed: Notify::new(),
+        }
+    }
 }
 
 impl BlockClock {
     pub fn open_since(&self) -> Option<Instant> {
         *self.open_since.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// When bytes last arrived from the peer (the connection's start before any did).
+    pub fn last_read(&self) -> Instant {
+        *self.last_read.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     fn set(&self, open: bool) {
@@ -157,7 +174,11 @@ impl<S: AsyncRead + Unpin> AsyncRead for Watched<S> {
         let r = Pin::new(&mut self.inner).poll_read(cx, buf);
         if let Poll::Ready(Ok(())) = r {
             let me = &mut *self;
-            let open = me.blocks.feed(&buf.filled()[before..]);
+            let fresh = &buf.filled()[before..];
+            if !fresh.is_empty() {
+                *me.clock.last_read.lock().unwrap_or_else(|e| e.into_inner()) = Instant::now();
+            }
+            let open = me.blocks.feed(fresh);
             me.clock.set(open);
         }
         r

@@ -55,10 +55,12 @@ impl<N: Network> Inner<N> {
     /// One TLS + h2 connection on 15008; each CONNECT stream gets its own task. It goes away
     /// (GOAWAY) when the node drains or its pod is removed (`pod_draining`), and is closed when
     /// a header block stays unfinished past `limits.header_timeout` or no stream is open for
-    /// `limits.inbound_idle`. `admitted` holds its place in the admission table. Keepalive as
-    /// on the source side (a PING every interval, closed without a reply within the timeout): a
-    /// tunnel whose source vanished without a close reaching here (a partition that never
-    /// heals, a deleted pod behind one) is closed with its streams instead of held forever.
+    /// `limits.inbound_idle`. `admitted` holds its place in the admission table. Keepalive: a
+    /// PING after 1.5 keepalive intervals without a byte from the peer, closed without a reply
+    /// within the timeout (the source side pings every interval, so a live peer is never
+    /// pinged): a tunnel whose source vanished without a close reaching here (a partition that
+    /// never heals, a deleted pod behind one) is closed with its streams instead of held
+    /// forever.
     pub(crate) async fn inbound_hbone(
         self: Arc<Self>,
         acceptor: tokio_rustls::TlsAcceptor,
@@ -119,10 +121,11 @@ impl<N: Network> Inner<N> {
         let draining = self.draining();
         let streams = Arc::new(OpenStreams::default());
         let mut going_away = false;
+        // Silence worth a PING: longer than a live source's own ping interval, so its pings
+        // always arrive first (never a tie, never a PING crossing the source's idle close).
         let (interval, wait) =
-            (self.config.pool.keepalive_interval, self.config.pool.keepalive_timeout);
+            (self.config.pool.keepalive_interval * 3 / 2, self.config.pool.keepalive_timeout);
         let mut ping = conn.ping_pong();
-        let mut next_ping = Instant::now() + interval;
         let mut pong_deadline: Option<Instant> = None;
         let far = Instant::now() + std::time::Duration::from_secs(365 * 24 * 3600);
         loop {
@@ -167,13 +170,16 @@ impl<N: Network> Inner<N> {
                     tracing::debug!(node = %self.config.node, %peer, "inbound tunnel: no PING reply within {wait:?}");
                     break;
                 }
-                _ = tokio::time::sleep_until(next_ping), if pong_deadline.is_none() && ping.is_some() => {
-                    if let Some(p) = ping.as_mut()
+                // Ping a peer that has been silent: a live source proxy pings every keepalive
+                // interval itself, so this fires only when it went quiet (and never crosses its
+                // idle close, which a fixed schedule of our own would race).
+                _ = tokio::time::sleep_until(blocks.last_read() + interval), if pong_deadline.is_none() && ping.is_some() => {
+                    if blocks.last_read() + interval <= Instant::now()
+                        && let Some(p) = ping.as_mut()
                         && p.send_ping(h2::Ping::opaque()).is_ok()
                     {
                         pong_deadline = Some(Instant::now() + wait);
                     }
-                    next_ping = Instant::now() + interval;
                 }
                 r = conn.accept() => match r {
                     Some(Ok((req, respond))) => {
