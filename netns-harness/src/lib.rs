@@ -87,3 +87,4 @@ pub mod sandbox;
 pub mod socket;
 pub mod testkit;
 pub mod tools;
+pub mod ztunnel;
