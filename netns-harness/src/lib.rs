@@ -74,7 +74,7 @@
 //! and conntrack-tools 1.4; anything else is a parse error, not a guess.
 #![cfg(target_os = "linux")]
 
-pub use backend::NetnsBackend;
+pub use backend::{NetnsBackend, ProxyKind, ProxyPlan};
 
 pub mod backend;
 pub mod conntrack;
