@@ -69,9 +69,6 @@ pub fn uri_sans(cert_der: &[u8]) -> Option<Vec<String>> {
     Some(out)
 }
 
-const SET: u8 = 0x31;
-const VERSION: u8 = 0xa0;
-
 /// An OID's arcs from its DER contents; `None` if malformed.
 fn oid_arcs(bytes: &[u8]) -> Option<Vec<u64>> {
     let (&first, rest) = bytes.split_first()?;
@@ -88,10 +85,15 @@ fn oid_arcs(bytes: &[u8]) -> Option<Vec<u64>> {
     (acc == 0).then_some(arcs)
 }
 
+/// One attribute of a distinguished name: type OID arcs, ASN.1 string tag, value bytes.
+pub type NameAttribute = (Vec<u64>, u8, Vec<u8>);
+
 /// The subject of a DER certificate as `(attribute type OID arcs, string tag, value bytes)`, in
 /// order (each relative name of one attribute, as CAs write them); `None` if it cannot be parsed.
 /// A certificate signed by that CA must name exactly this as its issuer, string types included.
-pub fn subject_attributes(cert_der: &[u8]) -> Option<Vec<(Vec<u64>, u8, Vec<u8>)>> {
+pub fn subject_attributes(cert_der: &[u8]) -> Option<Vec<NameAttribute>> {
+    const SET: u8 = 0x31;
+    const VERSION: u8 = 0xa0;
     let (SEQUENCE, cert, _) = element(cert_der)? else { return None };
     let (SEQUENCE, tbs, _) = element(cert)? else { return None };
     let fields = children(tbs)?;
