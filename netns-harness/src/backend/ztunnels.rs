@@ -294,9 +294,16 @@ pub fn tie_accepts(
         if tied || accepts.iter().any(|(p, _)| p == client) {
             continue;
         }
-        let Some(i) = (0..accepts.len()).find(|&i| !taken[i] && accepts[i].1 == *first) else {
-            continue;
+        // An app may read fewer bytes than were sent before it acts (`reset` reads one): its
+        // bytes must then begin the client's. Full matches are preferred.
+        let full = (0..accepts.len()).find(|&i| !taken[i] && accepts[i].1 == *first);
+        let partial = || {
+            (0..accepts.len()).find(|&i| {
+                let seen = &accepts[i].1;
+                !taken[i] && !seen.is_empty() && first.starts_with(seen)
+            })
         };
+        let Some(i) = full.or_else(partial) else { continue };
         let direction_of = |e: &ProxyEvent| match e {
             ProxyEvent::InboundVerdict { direction, .. }
             | ProxyEvent::ConnectionClosed { direction, .. }
@@ -388,6 +395,14 @@ mod tests {
                 (sa("10.0.1.2:1001"), Some(sa("10.0.1.2:5001")), Direction::InboundHbone),
             ]
         );
+        // An app that read one byte (`reset`) is tied by that byte.
+        let mut short = EventLog::new();
+        short.insert("node-b".into(), vec![verdict("10.0.1.2:1000")]);
+        tie_accepts(&mut short, &clients[..1], &[(sa("10.0.1.2:5009"), b"f".to_vec())]);
+        assert!(matches!(
+            short["node-b"].last(),
+            Some(ProxyEvent::ConnectionClosed { upstream: Some(u), .. }) if *u == sa("10.0.1.2:5009")
+        ));
         // Idempotent: already tied clients are left alone.
         let before = log.clone();
         tie_accepts(&mut log, &clients, &accepts);

@@ -38,6 +38,7 @@ use serde_json::Value;
 pub struct Context {
     nodes: BTreeMap<IpAddr, String>,
     services: BTreeMap<String, String>,
+    vips: BTreeMap<IpAddr, String>,
 }
 
 impl Context {
@@ -49,6 +50,7 @@ impl Context {
         for s in &mesh.services {
             self.services
                 .insert(super::config::hostname(&s.name, &s.namespace), s.qualified_name());
+            self.vips.insert(s.vip, s.qualified_name());
         }
     }
 
@@ -144,6 +146,47 @@ fn conn_identity(conn: &str) -> Option<String> {
 fn http_status(error: &str) -> Option<u16> {
     let rest = error.strip_prefix("http status: ")?;
     rest.split_whitespace().next()?.parse().ok()
+}
+
+/// ztunnel's words for a refusal or failure → ours, where they state the same fact (the
+/// decision, stage and status are never changed, only the phrasing; anything else is kept as
+/// ztunnel wrote it, so a real difference stays visible). `target` is the address the words
+/// are about.
+fn our_words(error: &str, target: SocketAddr, ctx: &Context) -> String {
+    if error == SELF_CALL {
+        return format!("self-call to the proxy's own port {target}");
+    }
+    if let Some(rest) = error.strip_prefix("no healthy upstream: ")
+        && let Ok(vip) = rest.parse::<SocketAddr>()
+        && let Some(name) = ctx.vips.get(&vip.ip())
+    {
+        return format!("service {name} has no endpoint");
+    }
+    // rustls's error in its Debug form (ztunnel) and its Display form (ours).
+    if let Some(at) = error.find("InvalidMessage(") {
+        let rest = &error[at + "InvalidMessage(".len()..];
+        if let Some(end) = rest.find(')') {
+            return format!("received corrupt message of type {}", &rest[..end]);
+        }
+    }
+    for prefix in ["io error: ", "connection failed: "] {
+        if let Some(rest) = error.strip_prefix(prefix) {
+            return format!("connect to {target}: {rest}");
+        }
+    }
+    error.to_string()
+}
+
+/// ztunnel's refusal of a connection to its own ports.
+const SELF_CALL: &str = "attempted recursive call to ourselves";
+
+/// Whether an outbound error happened while establishing the connection (connect, TLS, the
+/// CONNECT's answer) rather than on a connection that was up.
+fn establishing(error: &str) -> bool {
+    http_status(error).is_some()
+        || ["Connection refused", "timed out", "tls", "No route to host", "unreachable"]
+            .iter()
+            .any(|m| error.contains(m))
 }
 
 struct Route {
@@ -359,44 +402,13 @@ impl Reader<'_> {
         let error = text(j, "error");
         let (sent, received) = (number(j, "bytes_sent"), number(j, "bytes_recv"));
         let nothing_moved = sent == 0 && received == 0;
-        let node = self.node.clone();
         match text(j, "direction") {
-            Some("outbound") => {
-                let Some(at) = self.routes.iter().rposition(|r| r.client == src) else { return };
-                let destination = addr(j, "dst.hbone_addr").or(addr(j, "dst.addr")).unwrap_or(src);
-                let event = match error {
-                    None => closed(
-                        node,
-                        src,
-                        Direction::Outbound,
-                        destination,
-                        sent,
-                        received,
-                        CloseResult::Ok,
-                    ),
-                    Some(e) if http_status(e).is_some() => {
-                        error_event(node, src, Direction::Outbound, "request", http_status(e), e)
-                    }
-                    Some(e) if nothing_moved => {
-                        // The tunnel itself could not be had (connect, TLS, h2): no tunnel.
-                        self.undo_tunnel(at);
-                        let stage = if e.contains("tls") { "tls" } else { "connect" };
-                        error_event(node, src, Direction::Outbound, stage, None, e)
-                    }
-                    Some(e) => closed(
-                        node,
-                        src,
-                        Direction::Outbound,
-                        destination,
-                        sent,
-                        received,
-                        reset(e),
-                    ),
-                };
-                self.emit(event);
-            }
+            Some("outbound") => self.outbound_end(j, src, error, (sent, received), nothing_moved),
             Some("inbound") => {
-                if let Some(authority) = addr(j, "dst.hbone_addr") {
+                let node = self.node.clone();
+                let (client, direction, destination) = if let Some(authority) =
+                    addr(j, "dst.hbone_addr")
+                {
                     let Some((_, r)) = self.requests.iter_mut().find(|(_, r)| {
                         !r.done && r.peer == src && r.authority == authority && r.verdict.is_some()
                     }) else {
@@ -406,10 +418,7 @@ impl Reader<'_> {
                     if r.verdict != Some(true) {
                         return;
                     }
-                    let (client, direction) = (r.client, Direction::InboundHbone);
-                    let event =
-                        inbound_end(node, client, direction, authority, sent, received, error);
-                    self.emit(event);
+                    (r.client, Direction::InboundHbone, authority)
                 } else {
                     let Some(p) = self.plaintext.iter_mut().find(|p| !p.done && p.client == src)
                     else {
@@ -419,21 +428,52 @@ impl Reader<'_> {
                     if p.verdict != Some(true) {
                         return;
                     }
-                    let (client, destination) = (p.client, p.destination);
-                    let event = inbound_end(
-                        node,
-                        client,
-                        Direction::InboundPlaintext,
-                        destination,
-                        sent,
-                        received,
-                        error,
-                    );
-                    self.emit(event);
-                }
+                    (p.client, Direction::InboundPlaintext, p.destination)
+                };
+                let error = error.map(|e| our_words(e, destination, self.ctx()));
+                let end = Ends { client, direction, destination, sent, received };
+                let event = inbound_end(node, end, error.as_deref());
+                self.emit(event);
             }
             _ => {}
         }
+    }
+
+    fn outbound_end(
+        &mut self,
+        j: &Value,
+        src: SocketAddr,
+        error: Option<&str>,
+        (sent, received): (u64, u64),
+        nothing_moved: bool,
+    ) {
+        let Some(at) = self.routes.iter().rposition(|r| r.client == src) else { return };
+        let destination = addr(j, "dst.hbone_addr").or(addr(j, "dst.addr")).unwrap_or(src);
+        let (hbone, gateway) = (self.routes[at].hbone, self.routes[at].gateway);
+        let node = self.node.clone();
+        let end = Ends { client: src, direction: Direction::Outbound, destination, sent, received };
+        let event = match error {
+            None => closed(node, end, CloseResult::Ok),
+            Some(e) if http_status(e).is_some() => {
+                let status = http_status(e);
+                let words =
+                    format!("CONNECT {destination} answered {}", status.unwrap_or_default());
+                error_event(node, src, Direction::Outbound, "upstream", status, &words)
+            }
+            Some(e) if nothing_moved && establishing(e) => {
+                // The tunnel (or the passthrough connection) could not be had: the dial this
+                // connection made opened nothing.
+                if self.routes[at].tunnel_event.is_some() {
+                    self.undo_tunnel(at);
+                }
+                let stage = if e.contains("tls") { "tls" } else { "connect" };
+                let target = if hbone { gateway } else { destination };
+                let words = our_words(e, target, self.ctx());
+                error_event(node, src, Direction::Outbound, stage, None, &words)
+            }
+            Some(e) => closed(node, end, reset(if hbone { "tunnel" } else { "upstream" }, e)),
+        };
+        self.emit(event);
     }
 
     fn undo_tunnel(&mut self, at: usize) {
@@ -451,10 +491,13 @@ impl Reader<'_> {
 
     fn failed(&mut self, j: &Value) {
         let (Some(src), Some(dst)) = (addr(j, "src.addr"), addr(j, "dst.addr")) else { return };
-        let message = text(j, "error").unwrap_or("connection failed");
+        let raw = text(j, "error").unwrap_or("connection failed");
         let node = self.node.clone();
         let event = match text(j, "direction") {
-            Some("outbound") => error_event(node, src, Direction::Outbound, "route", None, message),
+            Some("outbound") => {
+                let words = our_words(raw, dst, self.ctx());
+                error_event(node, src, Direction::Outbound, "route", None, &words)
+            }
             Some("inbound") => {
                 // A tunnelled request refused before RBAC names the tunnel's peer: its request.
                 let request = self
@@ -464,12 +507,26 @@ impl Reader<'_> {
                     .find(|(_, r)| !r.done && r.verdict.is_none() && r.peer == src);
                 if let Some((_, r)) = request {
                     r.done = true;
-                    let client = r.client;
-                    error_event(node, client, Direction::InboundHbone, "request", None, message)
+                    let (client, authority) = (r.client, r.authority);
+                    // The status ztunnel answers the CONNECT with: a self-call is found while
+                    // resolving the upstream (503); anything else about the request is a 400.
+                    let status = if raw == SELF_CALL { 503 } else { 400 };
+                    let words = our_words(raw, authority, self.ctx());
+                    error_event(
+                        node,
+                        client,
+                        Direction::InboundHbone,
+                        "request",
+                        Some(status),
+                        &words,
+                    )
                 } else if dst.port() == ambient_proxy::inpod::INBOUND_HBONE_PORT {
-                    error_event(node, src, Direction::InboundHbone, "tls", None, message)
+                    let words = our_words(raw, dst, self.ctx());
+                    let words = words.strip_prefix("tls handshake error: ").unwrap_or(&words);
+                    error_event(node, src, Direction::InboundHbone, "tls", None, words)
                 } else {
-                    error_event(node, src, Direction::InboundPlaintext, "request", None, message)
+                    let words = our_words(raw, dst, self.ctx());
+                    error_event(node, src, Direction::InboundPlaintext, "request", None, &words)
                 }
             }
             _ => return,
@@ -478,22 +535,23 @@ impl Reader<'_> {
     }
 }
 
-fn closed(
-    node: String,
+/// Both ends of a proxied connection and what moved.
+struct Ends {
     client: SocketAddr,
     direction: Direction,
     destination: SocketAddr,
-    bytes_sent: u64,
-    bytes_received: u64,
-    result: CloseResult,
-) -> ProxyEvent {
+    sent: u64,
+    received: u64,
+}
+
+fn closed(node: String, end: Ends, result: CloseResult) -> ProxyEvent {
     ProxyEvent::ConnectionClosed {
         node,
-        client,
-        direction,
-        destination,
-        bytes_sent,
-        bytes_received,
+        client: end.client,
+        direction: end.direction,
+        destination: end.destination,
+        bytes_sent: end.sent,
+        bytes_received: end.received,
         duration_ms: 0,
         result,
         upstream: None,
@@ -518,32 +576,25 @@ fn error_event(
     }
 }
 
-fn reset(message: &str) -> CloseResult {
+/// A connection that was up and ended in an error, on `side` (`tunnel` or `upstream`).
+fn reset(side: &str, message: &str) -> CloseResult {
     if message.contains("policy rejection") || message.contains("no longer allowed") {
         CloseResult::PolicyRevoked { reason: message.to_string() }
     } else {
-        CloseResult::Reset { side: "ztunnel".into(), message: message.to_string() }
+        CloseResult::Reset { side: side.into(), message: message.to_string() }
     }
 }
 
 /// The end of an allowed inbound connection: closed, or an upstream that could not be reached
-/// (`connection failed: …`, answered 503 on HBONE).
-fn inbound_end(
-    node: String,
-    client: SocketAddr,
-    direction: Direction,
-    destination: SocketAddr,
-    sent: u64,
-    received: u64,
-    error: Option<&str>,
-) -> ProxyEvent {
+/// (ztunnel's `connection failed: …`, in our words `connect to …`; answered 503 on HBONE).
+fn inbound_end(node: String, end: Ends, error: Option<&str>) -> ProxyEvent {
     match error {
-        None => closed(node, client, direction, destination, sent, received, CloseResult::Ok),
-        Some(e) if e.starts_with("connection failed") && sent == 0 && received == 0 => {
-            let status = (direction == Direction::InboundHbone).then_some(503);
-            error_event(node, client, direction, "upstream", status, e)
+        None => closed(node, end, CloseResult::Ok),
+        Some(e) if e.starts_with("connect to ") && end.sent == 0 && end.received == 0 => {
+            let status = (end.direction == Direction::InboundHbone).then_some(503);
+            error_event(node, end.client, end.direction, "upstream", status, e)
         }
-        Some(e) => closed(node, client, direction, destination, sent, received, reset(e)),
+        Some(e) => closed(node, end, reset("upstream", e)),
     }
 }
 

@@ -59,7 +59,7 @@ fn the_source_side_routes_dials_and_reports_a_401_as_a_denial() {
         [
             "route 10.0.1.2:53538 Hbone 10.0.2.2:8080 Some(\"echo.default\") reused=Some(false) Some(\"node-a->node-b\")",
             "tunnel node-a->node-b 10.0.2.2:15008",
-            "error Some(10.0.1.2:53538) outbound request Some(401)",
+            "error Some(10.0.1.2:53538) outbound upstream Some(401)",
             "route 10.0.1.3:49514 Hbone 10.0.2.2:8080 Some(\"echo.default\") reused=Some(false) Some(\"node-a->node-b\")",
             "tunnel node-a->node-b 10.0.2.2:15008",
             "closed 10.0.1.3:49514 outbound Ok 1024",
@@ -105,7 +105,7 @@ fn failures_before_data_are_errors_the_assembler_calls_refusals() {
     let a =
         events("node-a", &lines(include_str!("testdata/refused-closed-port-node-a.jsonl")), &ctx());
     let w = words(&a);
-    assert_eq!(w[2], "error Some(10.0.1.2:50406) outbound request Some(503)", "{w:#?}");
+    assert_eq!(w[2], "error Some(10.0.1.2:50406) outbound upstream Some(503)", "{w:#?}");
     assert_eq!(w[4], "error Some(10.0.1.2:54402) outbound connect None", "{w:#?}");
     let b =
         events("node-b", &lines(include_str!("testdata/refused-closed-port-node-b.jsonl")), &ctx());
@@ -140,7 +140,7 @@ fn self_calls_through_a_tunnel_are_refused_for_the_tunnelled_client() {
     );
     let w = words(&ev);
     assert!(
-        w.contains(&"error Some(10.0.1.2:33594) inbound-hbone request None".to_string()),
+        w.contains(&"error Some(10.0.1.2:33594) inbound-hbone request Some(503)".to_string()),
         "{w:#?}"
     );
     assert!(
@@ -176,6 +176,45 @@ not json at all
             "route 10.0.1.2:1002 Hbone 10.0.2.2:8080 None reused=Some(true) Some(\"node-a->node-b\")",
         ]
     );
+}
+
+#[test]
+fn ztunnels_words_become_ours_where_they_say_the_same_thing() {
+    let c = ctx();
+    let t = sa("10.0.2.2:7070");
+    assert_eq!(our_words(SELF_CALL, t, &c), "self-call to the proxy's own port 10.0.2.2:7070");
+    assert_eq!(
+        our_words("connection failed: Connection refused (os error 111)", t, &c),
+        "connect to 10.0.2.2:7070: Connection refused (os error 111)"
+    );
+    assert_eq!(
+        our_words("no healthy upstream: 10.96.0.10:80", t, &c),
+        "service echo.default has no endpoint"
+    );
+    assert_eq!(
+        our_words(
+            "tls handshake error: Custom { kind: InvalidData, error: InvalidMessage(InvalidContentType) }",
+            t,
+            &c
+        ),
+        "received corrupt message of type InvalidContentType"
+    );
+    // Anything else stays ztunnel's, so a different reason shows as a difference.
+    assert_eq!(our_words("unknown source", t, &c), "unknown source");
+    let ev = events("node-a", &lines(include_str!("testdata/deny-policy-node-a.jsonl")), &c);
+    let ProxyEvent::Error { message, .. } = &ev[2] else { panic!("{ev:?}") };
+    assert_eq!(message, "CONNECT 10.0.2.2:8080 answered 401");
+    // A stream that fails on a tunnel that was up is a reset, and the tunnel stays.
+    let text = r#"{"scope":"access","message":"connection opened","src.addr":"10.0.1.2:1000","dst.addr":"10.0.2.2:15008","dst.hbone_addr":"10.0.2.2:8080","direction":"outbound"}
+{"scope":"ztunnel::proxy::pool","message":"re-using connection for 10.0.1.2(spiffe://a)->10.0.2.2:15008[spiffe://b]","outbound":{"id":"s1"}}
+{"scope":"access","message":"connection complete","src.addr":"10.0.1.2:1000","dst.addr":"10.0.2.2:15008","dst.hbone_addr":"10.0.2.2:8080","direction":"outbound","bytes_sent":0,"bytes_recv":0,"error":"h2 failed: stream closed because of a broken pipe"}
+"#;
+    let w = words(&events("node-a", &lines(text), &c));
+    assert_eq!(
+        w[0],
+        "route 10.0.1.2:1000 Hbone 10.0.2.2:8080 None reused=Some(true) Some(\"node-a->node-b\")"
+    );
+    assert!(w[1].starts_with("closed 10.0.1.2:1000 outbound Reset { side: \"tunnel\""), "{w:?}");
 }
 
 #[test]
