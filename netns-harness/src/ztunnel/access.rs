@@ -235,6 +235,16 @@ impl Reader<'_> {
         self.ctx.expect("set")
     }
 
+    /// The node an address lives on (the address itself when the mesh does not say).
+    fn node_name(&self, gateway: SocketAddr) -> String {
+        self.ctx().node_of(gateway.ip()).map_or_else(|| gateway.ip().to_string(), String::from)
+    }
+
+    /// `this-node->gateway's-node`.
+    fn tunnel_name(&self, gateway: SocketAddr) -> String {
+        format!("{}->{}", self.node, self.node_name(gateway))
+    }
+
     fn line(&mut self, j: &Value) {
         let scope = text(j, "scope").unwrap_or_default();
         let message = text(j, "message").unwrap_or_default();
@@ -268,7 +278,9 @@ impl Reader<'_> {
                     source_identity: text(j, "src.identity").map(String::from),
                     destination_identity: text(j, "dst.identity").map(String::from),
                     tunnel_reused: None,
-                    tunnel: None,
+                    // As ours: an HBONE route names its node pair whether or not a tunnel
+                    // could be had (`tunnel_reused` says that).
+                    tunnel: hbone.map(|_| self.tunnel_name(dst)),
                 });
                 self.routes.push(Route {
                     event,
@@ -373,9 +385,8 @@ impl Reader<'_> {
         let Some(at) = self.routes.iter().position(matches) else { return };
         self.linked_spans.insert(id.to_string());
         let gateway = self.routes[at].gateway;
-        let dst_node =
-            self.ctx().node_of(gateway.ip()).map_or_else(|| gateway.ip().to_string(), String::from);
-        let tunnel = format!("{}->{dst_node}", self.node);
+        let dst_node = self.node_name(gateway);
+        let tunnel = self.tunnel_name(gateway);
         self.routes[at].linked = true;
         if let Some(Some(ProxyEvent::OutboundRoute { tunnel_reused, tunnel: t, .. })) =
             self.out.get_mut(self.routes[at].event)
@@ -478,11 +489,10 @@ impl Reader<'_> {
 
     fn undo_tunnel(&mut self, at: usize) {
         let route = &mut self.routes[at];
-        if let Some(Some(ProxyEvent::OutboundRoute { tunnel_reused, tunnel, .. })) =
+        if let Some(Some(ProxyEvent::OutboundRoute { tunnel_reused, .. })) =
             self.out.get_mut(route.event)
         {
             *tunnel_reused = None;
-            *tunnel = None;
         }
         if let Some(e) = route.tunnel_event.take() {
             self.out[e] = None;

@@ -169,7 +169,7 @@ not json at all
     assert_eq!(
         words(&ev),
         [
-            "route 10.0.1.2:1000 Hbone 10.0.2.2:8080 None reused=None None",
+            "route 10.0.1.2:1000 Hbone 10.0.2.2:8080 None reused=None Some(\"node-a->node-b\")",
             "error Some(10.0.1.2:1000) outbound connect None",
             "route 10.0.1.2:1001 Hbone 10.0.2.2:8080 None reused=Some(false) Some(\"node-a->node-b\")",
             "tunnel node-a->node-b 10.0.2.2:15008",
