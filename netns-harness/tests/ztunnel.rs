@@ -111,14 +111,19 @@ fn swallows_resets(sandbox: &Sandbox) -> anyhow::Result<()> {
         .into_result()
         .map_err(|d| anyhow::anyhow!("{d:?}"))?;
     let run = backend(sandbox, &[ProxyKind::Ztunnel])?.run(&world, &RunOptions::default())?;
+    use ambient_scenarios::outcome::{ConnOutcome, PathKind};
     let outcomes: Vec<String> =
         run.outcome.connections.iter().map(|c| format!("{}:{}", c.id, c.outcome)).collect();
+    // Through ztunnel (hbone, passthrough, inbound plaintext): a clean close; with no proxy in
+    // between (direct) the kernel delivers the reset, as it must.
+    let through: Vec<_> =
+        run.outcome.connections.iter().filter(|c| c.path != Some(PathKind::Direct)).collect();
+    ensure!(through.len() == 3, "expected three proxied connections: {outcomes:?}");
     ensure!(
-        run.outcome
-            .connections
-            .iter()
-            .all(|c| c.outcome == ambient_scenarios::outcome::ConnOutcome::Ok),
+        through.iter().all(|c| c.outcome == ConnOutcome::Ok),
         "the resets reached the clients: {outcomes:?} (has ztunnel started forwarding RST?)"
     );
+    let direct = run.outcome.connections.iter().find(|c| c.path == Some(PathKind::Direct));
+    ensure!(direct.is_some_and(|c| c.outcome == ConnOutcome::Reset), "{outcomes:?}");
     Ok(())
 }
