@@ -31,7 +31,9 @@
 //! 2. **Proxies** ([`proxies`]): a real `NodeProxy` per node over `LinuxNetwork`, on the node
 //!    namespace's thread, with its 15001/15006/15008 listeners inside each captured pod's
 //!    namespace; the proxies get `ClusterState::mesh_spec()` at start and after every mesh
-//!    fault. Apps listen in their pods and hosts ([`traffic`]).
+//!    fault. With a [`ProxyPlan`] naming ztunnel ([`NetnsBackend::with_proxies`]), those nodes run
+//!    a real ztunnel instead ([`ztunnels`]: the harness is its CNI agent and its istiod); the
+//!    faults then map as that module says. Apps listen in their pods and hosts ([`traffic`]).
 //! 3. **Steps** ([`run`]): `connect` runs `traffic::run_client` from the client's namespace
 //!    (`count` one after another, `parallel` at once, `background` started and settled at the
 //!    `check` naming it or at the end); faults as below; `wait` sleeps; `check` snapshots.
