@@ -132,6 +132,25 @@ fn netns_backend(_: super::ProxyPlan) -> Box<dyn Backend + Sync> {
     Box::new(Unavailable(BackendError::new("the netns backend runs on Linux only")))
 }
 
+/// The matrix of a run whose kernel side is not our proxy says so: its title names the
+/// proxies, and the command that regenerates it is this run's (the `netns` column is the
+/// kernel with those proxies).
+fn kernel_side_named(markdown: &str, proxy: &str, report: &std::path::Path) -> String {
+    let regenerate = format!(
+        "TESTBED_ZTUNNEL=/path/to/ztunnel cargo run --release -- conform --proxy {proxy} --report {}",
+        report.display()
+    );
+    markdown
+        .replacen(
+            "# Conformance: the simulator against the kernel",
+            &format!(
+                "# Conformance: our proxy in the simulator against `--proxy {proxy}` on the kernel"
+            ),
+            1,
+        )
+        .replacen(conform::render::REGENERATE, &regenerate, 1)
+}
+
 /// The committed expected-differences file of each comparison.
 pub const EXPECTED_OURS: &str = "scenarios/expected-differences.yaml";
 pub const EXPECTED_ZTUNNEL: &str = "scenarios/ztunnel-expected-differences.yaml";
@@ -188,11 +207,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     if let Some(path) = &args.report {
         let mut text = conform::render::markdown(&report);
         if !ours {
-            // Say what ran on the kernel side (the matrix calls it `netns`).
-            text = format!(
-                "<!-- kernel side: --proxy {}; simulator side: our proxy -->\n{text}",
-                args.proxies.describe()
-            );
+            text = kernel_side_named(&text, args.proxies.describe(), path);
         }
         if let Err(e) = std::fs::write(path, text) {
             eprintln!("testbed conform: cannot write {}: {e}", path.display());
