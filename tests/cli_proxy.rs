@@ -122,3 +122,49 @@ fn a_bad_config_is_refused_with_every_problem_and_exit_2() {
     assert!(err.contains("pods[0].ip: 10.9.9.9 is not a captured workload of node n"), "{err}");
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// `--check` asks the kernel what only it knows, the way the proxy asks at start: a netns path
+/// that is a plain file, and a listen address the namespace does not have, fail the check
+/// (they used to pass it and then fail at start), with no claim about CAP_SYS_ADMIN.
+#[test]
+fn check_finds_what_would_fail_at_start() {
+    let dir = std::env::temp_dir().join(format!("testbed-cli-proxy-probe-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let not_a_netns = dir.join("plain-file");
+    std::fs::write(&not_a_netns, "not a namespace").unwrap();
+    let cfg = dir.join("proxy.yaml");
+    std::fs::write(
+        &cfg,
+        format!(
+            r#"
+node: node-b
+ca: {{seed: 42}}
+pods:
+  - {{ip: 127.82.1.5, netns: {}}}
+  - {{ip: 127.82.1.6, listenIp: 198.51.100.77}}
+mesh:
+  workloads:
+    - {{name: a, node: node-b, ip: 127.82.1.5}}
+    - {{name: b, node: node-b, ip: 127.82.1.6}}
+"#,
+            not_a_netns.display()
+        ),
+    )
+    .unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_testbed"))
+        .args(["proxy", "--check", "--config"])
+        .arg(&cfg)
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(err.contains("pods[0].netns") && err.contains("is not a network namespace"), "{err}");
+    assert!(!err.contains("CAP_SYS_ADMIN"), "{err}");
+    assert!(
+        err.contains(
+            "pods[1].listenIp: 198.51.100.77 is not an address of the pod's network namespace"
+        ),
+        "{err}"
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -33,6 +33,7 @@
 
 pub mod case;
 pub mod invariants;
+pub mod kernel;
 pub mod oracle;
 pub mod regression;
 pub mod runner;

@@ -38,7 +38,8 @@ fn exact_expect(preds: &[&Prediction]) -> Option<Expect> {
     let path = *e.paths.iter().next()?;
     let mut x = Expect { outcome: Some(outcome), path: Some(path), ..Expect::default() };
     if outcome == ConnOutcome::Ok {
-        x.received = Some(e.reply);
+        x.received =
+            (e.ok_replies().len() == 1).then(|| e.ok_replies().into_iter().next()).flatten();
     }
     if e.accepted == Tri::MustNot {
         x.server_peer = Some(None);

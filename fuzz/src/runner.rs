@@ -257,7 +257,7 @@ pub fn step_kind(s: &crate::case::Step) -> &'static str {
     }
 }
 
-/// The first failing case of a session.
+/// A failing case of a session.
 #[derive(Debug, Clone)]
 pub struct Failure {
     pub index: u64,
@@ -270,9 +270,8 @@ pub struct Failure {
 #[derive(Debug)]
 pub struct SessionReport {
     pub tally: Tally,
-    pub failure: Option<Failure>,
-    /// With `keep_going`: every failing case's index and first violation.
-    pub failures: Vec<(u64, Violation)>,
+    /// The failing cases in index order: the first one only, unless `keep_going`.
+    pub failures: Vec<Failure>,
     pub generator_bug: Option<(u64, GeneratorBug)>,
     pub elapsed: std::time::Duration,
 }
@@ -291,7 +290,8 @@ pub fn case_id(seed: u64, index: u64) -> String {
 }
 
 /// Runs cases `0..cases` of `seed` on `jobs` threads until the first failure (the lowest
-/// failing index wins, so the result does not depend on the timing).
+/// failing index wins, so the result does not depend on the timing), or — with `keep_going` —
+/// every case, keeping every failure (then `failures.len()` of `tally.cases` is the rate).
 pub fn fuzz(s: &Session, mut progress: impl FnMut(Progress)) -> SessionReport {
     let start = Instant::now();
     let next = AtomicUsize::new(0);
@@ -301,7 +301,6 @@ pub fn fuzz(s: &Session, mut progress: impl FnMut(Progress)) -> SessionReport {
         (0..s.cases).map(|_| std::sync::Mutex::new(None)).collect();
     let (tx, rx) = std::sync::mpsc::channel::<usize>();
     let mut tally = Tally::default();
-    let mut failure: Option<Failure> = None;
     let mut failures = Vec::new();
     let mut generator_bug = None;
     std::thread::scope(|scope| {
@@ -344,26 +343,14 @@ pub fn fuzz(s: &Session, mut progress: impl FnMut(Progress)) -> SessionReport {
                         tally.add(&case, &report);
                         if report.violations.is_empty() {
                             false
-                        } else if s.keep_going {
-                            failures.push((done as u64, report.violations[0].clone()));
-                            if failure.is_none() {
-                                failure = Some(Failure {
-                                    index: done as u64,
-                                    case_seed: case_seed(s.seed, done as u64),
-                                    case,
-                                    report,
-                                });
-                            }
-                            false
                         } else {
-                            failures.push((done as u64, report.violations[0].clone()));
-                            failure = Some(Failure {
+                            failures.push(Failure {
                                 index: done as u64,
                                 case_seed: case_seed(s.seed, done as u64),
                                 case,
                                 report,
                             });
-                            true
+                            !s.keep_going
                         }
                     }
                 };
@@ -380,5 +367,5 @@ pub fn fuzz(s: &Session, mut progress: impl FnMut(Progress)) -> SessionReport {
         }
         stop.store(true, Ordering::SeqCst);
     });
-    SessionReport { tally, failure, failures, generator_bug, elapsed: start.elapsed() }
+    SessionReport { tally, failures, generator_bug, elapsed: start.elapsed() }
 }

@@ -20,7 +20,9 @@ use ambient_netns::backend::observe::{conntrack_entries, rule_counters, transien
 use ambient_netns::backend::plan::Plan;
 use ambient_netns::backend::proxies::Proxies;
 use ambient_netns::backend::topology::Topology;
-use ambient_netns::backend::traffic::{AcceptLog, ClientRun, start_apps, start_clients};
+use ambient_netns::backend::traffic::{
+    AcceptLog, ClientRun, ClientRuns, start_apps, start_clients,
+};
 use ambient_netns::sandbox::Sandbox;
 use ambient_netns::testkit::Suite;
 use ambient_proxy::events::{Direction, Path, ProxyEvent};
@@ -99,8 +101,9 @@ impl Cluster {
             deadline: Duration::from_secs(10),
             payload: 7,
         };
-        let mut runs = start_clients(ns, dst, vec![spec], false).wait()?;
-        let run = runs.pop().context("no client report")?;
+        let runs = ClientRuns::new(1);
+        start_clients(ns, dst, vec![spec], false, &runs).wait()?;
+        let run = runs.take().pop().context("no client report")?;
         ensure!(
             run.report.end == ClientEnd::Closed && run.report.intact(3000),
             "the echo did not come back intact: {:?}",

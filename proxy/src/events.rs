@@ -56,6 +56,20 @@ pub enum CloseResult {
     PolicyRevoked { reason: String },
     /// Closed by a drain deadline or stop.
     Shutdown,
+    /// Reset both ways after no byte moved either way for `idle_ms`.
+    IdleTimeout { idle_ms: u64 },
+}
+
+impl CloseResult {
+    /// The result of a copy that failed.
+    pub fn from_copy_error(e: &crate::copy::CopyError) -> Self {
+        match e {
+            crate::copy::CopyError::Idle(d) => CloseResult::IdleTimeout {
+                idle_ms: u64::try_from(d.as_millis()).unwrap_or(u64::MAX),
+            },
+            e => CloseResult::Reset { side: e.side().to_string(), message: e.to_string() },
+        }
+    }
 }
 
 /// One access-log event.

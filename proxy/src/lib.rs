@@ -23,6 +23,7 @@
 //! - [`route`] — the outbound route decision ([`route::plan_outbound`]).
 //! - [`inbound`] — CONNECT validation → status code, self-calls, `Forwarded`.
 //! - [`pool`] — which pooled connection serves a stream, or dial, or wait ([`pool::choose`]).
+//! - [`node::admit`] — admission on 15008: handshakes and connections per peer ([`node::Limits`]).
 //!
 //! Identity and TLS:
 //! - [`identity`] — SPIFFE workload identities.
@@ -36,7 +37,10 @@
 //!   in-process one ([`net::memory`]).
 //! - [`node`] — the node proxy ([`NodeProxy`]): listeners per captured pod, outbound (15001),
 //!   inbound HBONE (15008) and plaintext (15006), live-connection re-checks, drain and crash.
-//! - [`copy`] — bounded bidirectional copy TCP ⇄ h2 / TCP ⇄ TCP; closes and resets propagated.
+//! - [`copy`] — bounded bidirectional copy TCP ⇄ h2 / TCP ⇄ TCP; closes and resets propagated,
+//!   idle connections reset.
+//! - [`frames`] — h2 frame boundaries of a peer's bytes: whether a header block is left open
+//!   (the 15008 header-read timeout).
 //! - [`signal`] — a value tasks wait on, woken in FIFO order (`tokio::sync::watch` wakes in a
 //!   random order, which would make simulated runs differ).
 //! - [`events`] — access-log events ([`events::ProxyEvent`]), the injected sink, counters.
@@ -59,6 +63,7 @@ pub mod crypto;
 pub mod error;
 pub mod events;
 pub mod faults;
+pub mod frames;
 pub mod identity;
 pub mod inbound;
 pub mod inpod;

@@ -1,7 +1,12 @@
 //! The outbound route decision (port 15001): where a captured app's connection goes.
 //!
-//! Pure: a function of (source address, original destination, mesh state, node, rng). The rng
-//! chooses among a service's endpoints, so the choice is deterministic for a seeded rng.
+//! Pure: a function of (the pod whose namespace the listener is in, the connection's source
+//! address, original destination, mesh state, node, rng). The rng chooses among a service's
+//! endpoints, so the choice is deterministic for a seeded rng.
+//!
+//! The source identity is the identity of the *pod whose namespace captured the connection*,
+//! never of the packet's source address: an app can add any address to its own `lo` and bind
+//! it, but it cannot leave its namespace. A source address that is not that pod's is refused.
 
 use std::fmt;
 use std::net::{IpAddr, SocketAddr};
@@ -49,6 +54,9 @@ pub struct HbonePlan {
 pub enum OutboundReject {
     /// The connection's source is not a captured pod of this node.
     UnknownSource { source: IpAddr },
+    /// The source address is not the address of the pod whose namespace the listener is in:
+    /// the app bound an address that is not its own (identity spoofing).
+    SpoofedSource { source: IpAddr, pod: IpAddr },
     /// It targets the proxy's own listeners.
     SelfCall { dst: SocketAddr },
     /// A service VIP with no endpoint.
@@ -61,6 +69,11 @@ impl fmt::Display for OutboundReject {
             OutboundReject::UnknownSource { source } => {
                 write!(f, "unknown source {source}: not a captured pod of this node")
             }
+            OutboundReject::SpoofedSource { source, pod } => write!(
+                f,
+                "source {source} is not the address of pod {pod}, whose network namespace \
+                 captured the connection: refused"
+            ),
             OutboundReject::SelfCall { dst } => {
                 write!(f, "self-call to the proxy's own port {dst}")
             }
@@ -81,15 +94,19 @@ pub fn is_self_call(mesh: &MeshState, node: &str, dst: SocketAddr) -> bool {
 }
 
 /// Decide the route of a connection from `source` (the app's address) to `original_dst`
-/// (SO_ORIGINAL_DST), captured by `node`'s proxy.
+/// (SO_ORIGINAL_DST), captured by `node`'s proxy in the namespace of pod `pod`.
 pub fn plan_outbound(
     mesh: &MeshState,
     node: &str,
+    pod: IpAddr,
     source: IpAddr,
     original_dst: SocketAddr,
     rng: &mut impl Rng,
 ) -> Result<OutboundPlan, OutboundReject> {
-    let src = mesh.local_captured(node, source).ok_or(OutboundReject::UnknownSource { source })?;
+    if source != pod {
+        return Err(OutboundReject::SpoofedSource { source, pod });
+    }
+    let src = mesh.local_captured(node, pod).ok_or(OutboundReject::UnknownSource { source })?;
     if is_self_call(mesh, node, original_dst) {
         return Err(OutboundReject::SelfCall { dst: original_dst });
     }
@@ -166,8 +183,21 @@ mod tests {
         .unwrap()
     }
 
+    /// A connection from `src` captured in `src`'s own namespace.
     fn plan(src: &str, dst: &str) -> Result<OutboundPlan, OutboundReject> {
-        plan_outbound(&mesh(), "node-a", ip(src), sa(dst), &mut ChaCha8Rng::seed_from_u64(1))
+        plan_in(src, src, dst)
+    }
+
+    /// A connection from `src` captured in pod `pod`'s namespace.
+    fn plan_in(pod: &str, src: &str, dst: &str) -> Result<OutboundPlan, OutboundReject> {
+        plan_outbound(
+            &mesh(),
+            "node-a",
+            ip(pod),
+            ip(src),
+            sa(dst),
+            &mut ChaCha8Rng::seed_from_u64(1),
+        )
     }
 
     fn hbone(p: Result<OutboundPlan, OutboundReject>) -> HbonePlan {
@@ -262,6 +292,34 @@ mod tests {
         }
     }
 
+    /// An app that binds another captured workload's address (added to its own `lo`) is
+    /// refused: the identity is its namespace's pod's, and the address is not that pod's.
+    #[test]
+    fn a_borrowed_source_address_is_refused() {
+        let mut mesh = mesh();
+        let mut spec = mesh.spec().clone();
+        spec.workloads
+            .push(Workload::new("admin", "node-a", ip("10.0.1.9")).service_account("admin"));
+        mesh = MeshState::new(spec).unwrap();
+        let mut rng = ChaCha8Rng::seed_from_u64(1);
+        let (pod, admin) = (ip("10.0.1.5"), ip("10.0.1.9"));
+        for dst in ["10.0.2.5:8080", "10.96.0.10:80", "203.0.113.10:443"] {
+            assert_eq!(
+                plan_outbound(&mesh, "node-a", pod, admin, sa(dst), &mut rng),
+                Err(OutboundReject::SpoofedSource { source: admin, pod }),
+                "to {dst}"
+            );
+        }
+        // Also an address that is no workload's at all, and another node's pod.
+        assert_eq!(
+            plan_in("10.0.1.5", "10.0.2.5", "10.0.2.6:8080"),
+            Err(OutboundReject::SpoofedSource { source: ip("10.0.2.5"), pod })
+        );
+        // The same connection from the pod's own address goes through as the pod.
+        let h = hbone(plan_outbound(&mesh, "node-a", admin, admin, sa("10.0.2.5:8080"), &mut rng));
+        assert_eq!(h.source_identity.to_string(), "spiffe://cluster.local/ns/default/sa/admin");
+    }
+
     #[test]
     fn pod_ip_in_mesh_goes_hbone_to_its_15008() {
         let h = hbone(plan("10.0.1.5", "10.0.2.5:8080"));
@@ -282,7 +340,14 @@ mod tests {
         let mut seen = std::collections::BTreeSet::new();
         let mut picks = Vec::new();
         for _ in 0..64 {
-            let p = plan_outbound(&mesh, "node-a", ip("10.0.1.5"), sa("10.96.0.10:80"), &mut rng);
+            let p = plan_outbound(
+                &mesh,
+                "node-a",
+                ip("10.0.1.5"),
+                ip("10.0.1.5"),
+                sa("10.96.0.10:80"),
+                &mut rng,
+            );
             let h = hbone(p);
             assert_eq!(h.authority.port(), 8080);
             assert_eq!(h.gateway, SocketAddr::new(h.authority.ip(), 15008));
@@ -296,9 +361,8 @@ mod tests {
         let mut rng = ChaCha8Rng::seed_from_u64(7);
         let again: Vec<_> = (0..64)
             .map(|_| {
-                hbone(plan_outbound(&mesh, "node-a", ip("10.0.1.5"), sa("10.96.0.10:80"), &mut rng))
-                    .authority
-                    .ip()
+                let (pod, dst) = (ip("10.0.1.5"), sa("10.96.0.10:80"));
+                hbone(plan_outbound(&mesh, "node-a", pod, pod, dst, &mut rng)).authority.ip()
             })
             .collect();
         assert_eq!(picks, again);

@@ -1,6 +1,8 @@
-//! Just enough DER to read a certificate's URI subject alternative names (the SPIFFE identity):
-//! Certificate → tbsCertificate → extensions `[3]` → subjectAltName (2.5.29.17) → GeneralName `[6]`.
-//! Chain validation is webpki's job; this only reads a field webpki does not expose.
+//! Just enough DER to read the few certificate fields webpki does not expose: the URI subject
+//! alternative names (the SPIFFE identity: Certificate → tbsCertificate → extensions `[3]` →
+//! subjectAltName (2.5.29.17) → GeneralName `[6]`), and, to check a CA file before it is used,
+//! the basic constraints, the subject's common name and the subject public key.
+//! Chain validation is webpki's job.
 
 /// One DER element: (tag, contents, rest of the input).
 fn element(input: &[u8]) -> Option<(u8, &[u8], &[u8])> {
@@ -39,12 +41,29 @@ const OCTET_STRING: u8 = 0x04;
 const EXTENSIONS: u8 = 0xa3;
 const URI_NAME: u8 = 0x86;
 const SAN_OID: [u8; 3] = [0x55, 0x1d, 0x11];
+const BASIC_CONSTRAINTS_OID: [u8; 3] = [0x55, 0x1d, 0x13];
+const COMMON_NAME_OID: [u8; 3] = [0x55, 0x04, 0x03];
+const BOOLEAN: u8 = 0x01;
+const BIT_STRING: u8 = 0x03;
+const SET: u8 = 0x31;
+const VERSION: u8 = 0xa0;
 
-/// The URI SANs of a DER certificate; `None` if it cannot be parsed.
-pub fn uri_sans(cert_der: &[u8]) -> Option<Vec<String>> {
+/// The fields of tbsCertificate, the optional version skipped: serial, signature, issuer,
+/// validity, subject, subjectPublicKeyInfo, then the optional ones.
+fn tbs_fields(cert_der: &[u8]) -> Option<Vec<(u8, &[u8])>> {
     let (SEQUENCE, cert, _) = element(cert_der)? else { return None };
     let (SEQUENCE, tbs, _) = element(cert)? else { return None };
-    let Some((_, exts)) = children(tbs)?.into_iter().find(|(t, _)| *t == EXTENSIONS) else {
+    let mut fields = children(tbs)?;
+    if fields.first().is_some_and(|(t, _)| *t == VERSION) {
+        fields.remove(0);
+    }
+    (fields.len() >= 6).then_some(fields)
+}
+
+/// The (OID, value) of each extension; empty when there are none.
+fn extensions(cert_der: &[u8]) -> Option<Vec<(&[u8], &[u8])>> {
+    let fields = tbs_fields(cert_der)?;
+    let Some((_, exts)) = fields.into_iter().find(|(t, _)| *t == EXTENSIONS) else {
         return Some(Vec::new());
     };
     let (SEQUENCE, exts, _) = element(exts)? else { return None };
@@ -54,11 +73,59 @@ pub fn uri_sans(cert_der: &[u8]) -> Option<Vec<String>> {
             return None;
         }
         let parts = children(ext)?;
-        let Some(&(OID, oid)) = parts.first() else { return None };
+        let (&(OID, oid), &(OCTET_STRING, value)) = (parts.first()?, parts.last()?) else {
+            return None;
+        };
+        out.push((oid, value));
+    }
+    Some(out)
+}
+
+/// Whether the certificate may sign others (basicConstraints cA); `None` if unparsable.
+pub fn is_ca(cert_der: &[u8]) -> Option<bool> {
+    let exts = extensions(cert_der)?;
+    let Some((_, value)) = exts.into_iter().find(|(oid, _)| *oid == BASIC_CONSTRAINTS_OID) else {
+        return Some(false);
+    };
+    let (SEQUENCE, bc, _) = element(value)? else { return None };
+    Some(matches!(children(bc)?.first(), Some((BOOLEAN, [b])) if *b != 0))
+}
+
+/// The subject's common name, if it has one.
+pub fn subject_common_name(cert_der: &[u8]) -> Option<String> {
+    let subject = tbs_fields(cert_der)?[4].1;
+    for (tag, rdn) in children(subject)? {
+        if tag != SET {
+            continue;
+        }
+        for (_, atv) in children(rdn)? {
+            let parts = children(atv)?;
+            if let [(OID, oid), (_, value)] = parts.as_slice()
+                && *oid == COMMON_NAME_OID
+            {
+                return String::from_utf8(value.to_vec()).ok();
+            }
+        }
+    }
+    None
+}
+
+/// The subject public key (the BIT STRING's bits, as keys compare).
+pub fn public_key(cert_der: &[u8]) -> Option<Vec<u8>> {
+    let spki = tbs_fields(cert_der)?[5].1;
+    let parts = children(spki)?;
+    let &(BIT_STRING, bits) = parts.get(1)? else { return None };
+    let (&unused, key) = bits.split_first()?;
+    (unused == 0).then(|| key.to_vec())
+}
+
+/// The URI SANs of a DER certificate; `None` if it cannot be parsed.
+pub fn uri_sans(cert_der: &[u8]) -> Option<Vec<String>> {
+    let mut out = Vec::new();
+    for (oid, value) in extensions(cert_der)? {
         if oid != SAN_OID {
             continue;
         }
-        let &(OCTET_STRING, value) = parts.last()? else { return None };
         let (SEQUENCE, names, _) = element(value)? else { return None };
         for (tag, name) in children(names)? {
             if tag == URI_NAME {

@@ -285,6 +285,12 @@ fn describe(node: &str, e: &Event) -> Vec<ProxyEvent> {
                     format!("{} closed by proxy shutdown", direction.as_str()),
                 )]
             }
+            CloseResult::IdleTimeout { idle_ms } => {
+                vec![ev(
+                    EventKind::Error,
+                    format!("{} reset after {idle_ms} ms idle", direction.as_str()),
+                )]
+            }
         },
         Event::TunnelOpened { .. } | Event::TunnelClosed { .. } => Vec::new(),
     }

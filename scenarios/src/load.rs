@@ -44,16 +44,16 @@ impl Loaded {
     }
 }
 
+/// The largest scenario file read (a hand-written scenario is a few KiB; the bound keeps a
+/// wrong path such as `/dev/zero` from growing memory without end).
+pub const MAX_SCENARIO_BYTES: u64 = 16 * 1024 * 1024;
+
 /// Loads a scenario from a file. The scenario id defaults to the file stem.
 pub fn load_file(path: &Path) -> Loaded {
     let file = path.display().to_string();
-    match std::fs::read(path) {
-        Ok(bytes) => match String::from_utf8(bytes) {
-            Ok(text) => load_str(&file, &text),
-            Err(e) => {
-                file_error(&file, format!("not UTF-8 text (byte {})", e.utf8_error().valid_up_to()))
-            }
-        },
+    match ambient_proxy::config::read_text(path, MAX_SCENARIO_BYTES) {
+        Ok(text) => load_str(&file, &text),
+        Err(e) if e.kind() == std::io::ErrorKind::InvalidData => file_error(&file, e.to_string()),
         Err(e) => file_error(&file, format!("cannot read: {e}")),
     }
 }

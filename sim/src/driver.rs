@@ -39,6 +39,9 @@ use crate::shared::Shared;
 use crate::topology::NetnsId;
 
 type ReportCell = Arc<Mutex<Option<(ClientReport, Option<SocketAddr>)>>>;
+/// The client socket's address, once its SYN left (kept outside the client's task, so that a
+/// client killed with its pod can still be tied to what the proxies logged).
+type AddrCell = Arc<Mutex<Option<SocketAddr>>>;
 
 /// One connection the run opened.
 #[derive(Debug)]
@@ -49,6 +52,9 @@ struct Conn {
     app: Option<App>,
     endpoints: Vec<(SocketAddrV4, App)>,
     result: ReportCell,
+    /// The client's namespace.
+    netns: NetnsId,
+    client: AddrCell,
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -64,8 +70,8 @@ pub struct Driver<'w> {
     cluster: Cluster,
     state: ClusterState<'w>,
     conns: Vec<Conn>,
-    /// Running client tasks, by connect id.
-    running: Vec<(String, JoinHandle<()>)>,
+    /// Running client tasks, by connect id, with the client's namespace.
+    running: Vec<(String, NetnsId, JoinHandle<()>)>,
     checks: Vec<Snapshot>,
 }
 
@@ -74,8 +80,8 @@ async fn one_connection(
     netns: NetnsId,
     dst: SocketAddrV4,
     spec: ClientSpec,
+    client: AddrCell,
 ) -> (ClientReport, Option<SocketAddr>) {
-    let client = Arc::new(Mutex::new(None));
     let seen = client.clone();
     let connect = async move {
         let opts = ConnectOptions::default();
@@ -236,13 +242,35 @@ impl<'w> Driver<'w> {
     async fn join(&mut self, id: Option<&str>) -> Result<(), BackendError> {
         let (wait, keep): (Vec<_>, Vec<_>) = std::mem::take(&mut self.running)
             .into_iter()
-            .partition(|(i, _)| id.is_none_or(|id| id == i));
+            .partition(|(i, _, _)| id.is_none_or(|id| id == i));
         self.running = keep;
-        for (i, h) in wait {
+        for (i, _, h) in wait {
             h.await
                 .map_err(|e| internal(format!("connection {i}: the client task failed: {e}")))?;
         }
         Ok(())
+    }
+
+    /// The client processes of namespace `netns` die (their pod is deleted): their tasks are
+    /// aborted, which closes their sockets as the kernel closes a dead process's, and every
+    /// connection of theirs that had not reported — running, or not yet started — reports
+    /// [`ClientReport::killed`].
+    async fn kill_clients(&mut self, netns: NetnsId) {
+        let (dead, keep): (Vec<_>, Vec<_>) =
+            std::mem::take(&mut self.running).into_iter().partition(|(_, n, _)| *n == netns);
+        self.running = keep;
+        for (_, _, h) in &dead {
+            h.abort();
+        }
+        for (_, _, h) in dead {
+            let _ = h.await;
+        }
+        for c in self.conns.iter().filter(|c| c.netns == netns) {
+            let mut result = lock(&c.result);
+            if result.is_none() {
+                *result = Some((ClientReport::killed(), *lock(&c.client)));
+            }
+        }
     }
 
     async fn connect(&mut self, c: &Connect) -> Result<(), BackendError> {
@@ -254,6 +282,7 @@ impl<'w> Driver<'w> {
         for _ in 0..n {
             let ordinal = self.conns.len() as u64;
             let result: ReportCell = Arc::new(Mutex::new(None));
+            let client: AddrCell = Arc::new(Mutex::new(None));
             self.conns.push(Conn {
                 id: c.id.clone(),
                 from: c.from.label(),
@@ -261,6 +290,8 @@ impl<'w> Driver<'w> {
                 app,
                 endpoints: endpoints.clone(),
                 result: result.clone(),
+                netns,
+                client: client.clone(),
             });
             let spec = ClientSpec {
                 send: c.send,
@@ -268,29 +299,29 @@ impl<'w> Driver<'w> {
                 deadline: c.deadline,
                 payload: Payload::key(self.seed, ordinal),
             };
-            cells.push((result, spec));
+            cells.push((result, spec, client));
         }
         let net = self.cluster.net.clone();
         let dst = c.to.addr;
         let handles: Vec<JoinHandle<()>> = match c.repeat {
             Repeat::Sequential(_) => vec![tokio::spawn(async move {
-                for (cell, spec) in cells {
-                    let r = one_connection(net.clone(), netns, dst, spec).await;
+                for (cell, spec, client) in cells {
+                    let r = one_connection(net.clone(), netns, dst, spec, client).await;
                     *lock(&cell) = Some(r);
                 }
             })],
             Repeat::Parallel(_) => cells
                 .into_iter()
-                .map(|(cell, spec)| {
+                .map(|(cell, spec, client)| {
                     let net = net.clone();
                     tokio::spawn(async move {
-                        let r = one_connection(net, netns, dst, spec).await;
+                        let r = one_connection(net, netns, dst, spec, client).await;
                         *lock(&cell) = Some(r);
                     })
                 })
                 .collect(),
         };
-        self.running.extend(handles.into_iter().map(|h| (c.id.clone(), h)));
+        self.running.extend(handles.into_iter().map(|h| (c.id.clone(), netns, h)));
         if !c.background {
             self.join(Some(&c.id)).await?;
             settle(&self.shared).await;
@@ -339,12 +370,20 @@ impl<'w> Driver<'w> {
                 let (Some(netns), Some(p)) = (netns, p) else {
                     return Err(internal(format!("delete-pod: {pod} does not exist")));
                 };
+                // The order of a real deletion: the pod's containers stop first — its apps and
+                // its own clients die, and the kernel closes their sockets (a FIN, or a RST over
+                // unread bytes) while its network is still up; then the CNI DEL tells the node
+                // proxy, which stops serving it (GOAWAY on its inbound tunnels, its own tunnels
+                // closed once unused); then its network goes.
+                self.kill_clients(netns).await;
+                self.cluster.stop_apps(netns).await;
+                settle(&self.shared).await;
                 self.state.apply(fault);
                 self.cluster.update_mesh(&Cluster::mesh(&self.state)?);
                 if p.is_captured() {
                     self.cluster.remove_pod(&p.node, p.ip);
                 }
-                self.cluster.stop_apps(netns).await;
+                settle(&self.shared).await;
                 let mut f = self.shared.state();
                 f.topo.pods.remove(pod);
                 f.topo.tear_down(netns);

@@ -65,6 +65,11 @@
 //! - **Faults**: `restart` is `crash` then `start` (the proxy loses connections and pools); a
 //!   deleted pod's apps stop and its namespace leaves the network at once (client tasks from it
 //!   go on and fail); link faults act on the underlay between two nodes, both directions.
+//! - **Rate**: the whole simulated network moves at most 1 MiB of TCP payload per simulated
+//!   millisecond (`fabric::WIRE_BUDGET`, ~8.4 Gbit/s, every hop counted: a proxied byte crosses
+//!   about three). Below that a transfer takes no simulated time; a bulk transfer takes time,
+//!   so a client's deadline holds (a `send: 1GiB` with `deadline: 100ms` times out). Links have
+//!   no bandwidth of their own, and there is no queueing delay.
 //! - **Settling**: "a step starts when the previous one has settled" means the network is quiet
 //!   — no packet moving, no socket used, nothing held on a link — at the current simulated
 //!   instant; timers (retransmissions, keepalives, apps' holds) are not waited for.

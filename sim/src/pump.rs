@@ -25,6 +25,13 @@ const SETTLE_MAX: Duration = Duration::from_secs(30);
 /// Runs the packet loop forever (the caller stops polling it).
 pub async fn pump(shared: Arc<Shared>, guard: &EnterGuard) {
     loop {
+        let resumes = shared.state().wire_resumes(shared.now());
+        if let Some(at) = resumes {
+            // The network moved its quantum's worth: time passes before it moves more.
+            shared.set_quiet(false);
+            sleep_until(shared.start() + at).await;
+            continue;
+        }
         if fabric::pass(&shared, guard) {
             shared.set_quiet(false);
             tokio::task::yield_now().await;
@@ -69,8 +76,15 @@ pub async fn settle(shared: &Shared) {
         if shared.now() >= cap {
             return;
         }
-        let release = shared.state().next_release();
-        if let Some(t) = release {
+        let (release, wire) = {
+            let f = shared.state();
+            (f.next_release(), f.wire_resumes(shared.now()))
+        };
+        let wake = match (release, wire) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        };
+        if let Some(t) = wake {
             sleep_until(shared.start() + t).await;
         }
     }

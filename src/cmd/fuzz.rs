@@ -3,8 +3,11 @@
 //! on a failure shrink it to a scenario file in `--out` with the command to rerun it.
 //! `--replay FILE…` checks existing scenario files against the same invariants instead.
 //!
-//! Exit status: 0 every case held; 1 an invariant broke (the regression file is written); 2 bad
-//! usage, or the generator produced a scenario the loader rejects (a bug of the generator).
+//! `--keep-going` runs every case and reports failures of cases (one run measures the rate).
+//!
+//! Exit status: 0 every case held; 1 an invariant broke (each failing case is shrunk and
+//! written, with the command to rerun it); 2 bad usage, or the generator produced a scenario
+//! the loader rejects (a bug of the generator).
 
 use std::io::IsTerminal;
 use std::path::{Path, PathBuf};
@@ -12,7 +15,7 @@ use std::process::ExitCode;
 use std::sync::Arc;
 
 use ambient_fuzz::case::FaultPoints;
-use ambient_fuzz::invariants::{self, Evidence, Invariant, Violation};
+use ambient_fuzz::invariants::{Invariant, Violation};
 use ambient_fuzz::regression::{self, Provenance};
 use ambient_fuzz::runner::{self, Planner, Session, default_planner};
 use ambient_fuzz::shrink::Shrinker;
@@ -48,7 +51,8 @@ pub struct Args {
     /// `netns` also replays a found case (or `--replay` files) on the kernel.
     #[arg(long, value_enum, default_value_t = BackendKind::Sim)]
     backend: BackendKind,
-    /// Run every case, list every failing one, then shrink the first (triage).
+    /// Run every case instead of stopping at the first failure: report failures of cases (the
+    /// rate), and shrink and write every failing case.
     #[arg(long)]
     keep_going: bool,
     /// Worker threads (default: the machine's cores).
@@ -63,6 +67,10 @@ pub struct Args {
     /// Check these scenario files (or folders of them) against every invariant instead.
     #[arg(long, value_name = "PATH", num_args = 1..)]
     replay: Vec<PathBuf>,
+    /// With `--replay`: print each connection as the run reported it (outcome, path, bytes,
+    /// the proxies' events) beside what the oracle allows (triage).
+    #[arg(long, requires = "replay")]
+    show_outcome: bool,
     /// With `--replay`: the proxy fault points' seed (a regression file's header gives it).
     #[arg(long, requires = "fault_rates")]
     fault_seed: Option<u64>,
@@ -102,25 +110,13 @@ fn kernel(kind: BackendKind) -> anyhow::Result<Option<Kernel>> {
     Ok(None)
 }
 
-/// Runs `world` on the kernel and checks what the kernel can show (no tap, no proxy
-/// resources, one run); prints and returns the violations.
+/// Runs `world` on the kernel and checks what the kernel can show (`ambient_fuzz::kernel`:
+/// the quiet tail cut, no tap, no proxy resources, one run); returns the violations.
 #[cfg(target_os = "linux")]
 fn on_kernel(k: &Kernel, world: &World) -> Vec<Violation> {
-    let preds = ambient_fuzz::oracle::predict(world, false);
-    match k.run(world, &RunOptions::default()) {
-        Ok(run) => {
-            let ev =
-                Evidence { outcome: &run.outcome, second: None, underlay: None, proxies: None };
-            let mut v = invariants::check(world, &preds, ev);
-            for s in &run.outcome.skipped {
-                v.push(Violation {
-                    invariant: Invariant::Backend,
-                    connection: None,
-                    message: format!("step {} skipped on the kernel: {}", s.step, s.reason),
-                });
-            }
-            v
-        }
+    let world = ambient_fuzz::kernel::for_kernel(world);
+    match k.run(&world, &RunOptions::default()) {
+        Ok(run) => ambient_fuzz::kernel::check(&world, &run.outcome),
         Err(e) => {
             vec![Violation { invariant: Invariant::Backend, connection: None, message: e.message }]
         }
@@ -183,7 +179,8 @@ fn replay(args: &Args, kernel: Option<&Kernel>) -> anyhow::Result<ExitCode> {
     let mut failed = 0;
     for f in &files {
         // Fault points: given on the command line, else those the file's header names.
-        let text = std::fs::read_to_string(f).unwrap_or_default();
+        let text = ambient_proxy::config::read_text(f, ambient_scenarios::load::MAX_SCENARIO_BYTES)
+            .unwrap_or_default();
         let fault_points = given.or_else(|| regression::fault_points_in(&text));
         let loaded = load_file(f);
         let world = match loaded.into_result() {
@@ -198,6 +195,9 @@ fn replay(args: &Args, kernel: Option<&Kernel>) -> anyhow::Result<ExitCode> {
             }
         };
         let report = runner::run_world(&world, fault_points, &planner, true);
+        if args.show_outcome {
+            show_outcome(&report);
+        }
         let mut violations = report.violations;
         if let Some(k) = kernel {
             violations.extend(on_kernel(k, &world).into_iter().map(|mut v| {
@@ -223,6 +223,49 @@ fn replay(args: &Args, kernel: Option<&Kernel>) -> anyhow::Result<ExitCode> {
     }
     println!("{} files: {} passed, {failed} failed", files.len(), files.len() - failed);
     Ok(ExitCode::from(u8::from(failed > 0)))
+}
+
+/// Each connection of a replayed run beside the oracle's alternatives.
+fn show_outcome(report: &runner::CaseReport) {
+    let Some(outcome) = &report.outcome else { return };
+    for (c, p) in outcome.connections.iter().zip(&report.predictions) {
+        let path = c.path.map_or("null".to_string(), |p| p.to_string());
+        println!(
+            "  {} {} -> {}: {} {path}, sent {} read {}, server_peer {:?}, identity {:?}{}",
+            c.id,
+            c.from,
+            c.to,
+            c.outcome,
+            c.sent,
+            c.received,
+            c.server_peer,
+            c.server_identity,
+            c.error.as_deref().map(|e| format!(", error {e:?}")).unwrap_or_default()
+        );
+        for e in &c.proxy_events {
+            println!("      {} {:?}: {}", e.proxy, e.kind, e.detail);
+        }
+        if let Some(why) = &p.unmodelled {
+            println!("    oracle: not modelled ({why})");
+        }
+        for a in &p.alternatives {
+            let at = a.endpoint.map_or("no route event".to_string(), |e| e.to_string());
+            let x = &a.expect;
+            let paths: Vec<String> =
+                x.paths.iter().map(|p| p.map_or("null".into(), |p| p.to_string())).collect();
+            println!(
+                "    oracle, {at}: outcomes {:?}, paths {{{}}}, accepted {:?}, identity {:?}, replies {:?}",
+                x.outcomes,
+                paths.join(", "),
+                x.accepted,
+                x.identity,
+                x.ok_replies()
+            );
+            for n in &x.notes {
+                println!("      ({n})");
+            }
+        }
+    }
 }
 
 fn print_tally(t: &runner::Tally) {
@@ -333,27 +376,91 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         eprintln!("testbed fuzz: case {index} (seed {}): {bug}", args.seed);
         return Ok(ExitCode::from(2));
     }
-    if args.keep_going && !report.failures.is_empty() {
-        println!("{} of {} cases failed:", report.failures.len(), report.tally.cases);
-        for (i, v) in &report.failures {
-            println!("  case {i}: {v}");
+    let failed = report.failures.len() as u64;
+    let ran = report.tally.cases;
+    // The rate is only a rate when every case ran (`--keep-going`); else it is the first one.
+    if args.keep_going {
+        println!(
+            "failures: {failed} of {ran} cases ({:.1}%)",
+            100.0 * failed as f64 / ran.max(1) as f64
+        );
+        for f in &report.failures {
+            println!("  case {}: {}", f.index, f.report.violations[0]);
         }
     }
-    let Some(failure) = report.failure else {
-        println!("fuzz: {} cases passed every invariant", report.tally.cases);
+    if report.failures.is_empty() {
+        println!("fuzz: {ran} cases passed every invariant");
         return Ok(ExitCode::SUCCESS);
-    };
-    println!(
-        "FAIL case {} (case seed {:#018x}): {} violation(s), first: {}",
-        failure.index,
-        failure.case_seed,
-        failure.report.violations.len(),
-        failure.report.violations[0]
-    );
-    for v in failure.report.violations.iter().skip(1).take(5) {
-        println!("  also: {v}");
     }
-    let (small, violation, tried) = shrink_failure(&failure, &planner, args.shrink_budget);
+    let found = shrink_all(&report.failures, &planner, args.shrink_budget, jobs);
+    for (failure, found) in report.failures.iter().zip(found) {
+        println!(
+            "FAIL case {} (case seed {:#018x}): {} violation(s), first: {}",
+            failure.index,
+            failure.case_seed,
+            failure.report.violations.len(),
+            failure.report.violations[0]
+        );
+        for v in failure.report.violations.iter().skip(1).take(5) {
+            println!("  also: {v}");
+        }
+        write_found(&args, failure, found, kernel.as_ref())?;
+    }
+    Ok(ExitCode::from(1))
+}
+
+/// What shrinking one failure left.
+struct Shrunk {
+    case: Case,
+    violation: Violation,
+    tried: usize,
+}
+
+/// Shrinks every failure, `jobs` at a time (results in the failures' order).
+fn shrink_all(
+    failures: &[runner::Failure],
+    planner: &Planner,
+    budget: usize,
+    jobs: usize,
+) -> Vec<Shrunk> {
+    let next = std::sync::atomic::AtomicUsize::new(0);
+    let slots: Vec<std::sync::Mutex<Option<Shrunk>>> =
+        failures.iter().map(|_| std::sync::Mutex::new(None)).collect();
+    std::thread::scope(|scope| {
+        for _ in 0..jobs.clamp(1, failures.len().max(1)) {
+            scope.spawn(|| {
+                loop {
+                    let i = next.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                    let Some(f) = failures.get(i) else { break };
+                    let (case, violation, tried) = shrink_failure(f, planner, budget);
+                    *slots[i].lock().unwrap_or_else(|e| e.into_inner()) =
+                        Some(Shrunk { case, violation, tried });
+                }
+            });
+        }
+    });
+    slots
+        .into_iter()
+        .zip(failures)
+        .map(|(slot, f)| {
+            slot.into_inner().unwrap_or_else(|e| e.into_inner()).unwrap_or_else(|| Shrunk {
+                case: f.case.clone(),
+                violation: f.report.violations[0].clone(),
+                tried: 0,
+            })
+        })
+        .collect()
+}
+
+/// Writes a shrunk failure to `--out` with its rerun command (and replays it on the kernel
+/// with `--backend netns`).
+fn write_found(
+    args: &Args,
+    failure: &runner::Failure,
+    found: Shrunk,
+    kernel: Option<&Kernel>,
+) -> anyhow::Result<()> {
+    let Shrunk { case: small, violation, tried } = found;
     let id = format!("{}-{}", runner::case_id(args.seed, failure.index), violation.invariant);
     let preds = runner::load(&small)
         .map(|w| ambient_fuzz::oracle::predict(&w, small.fault_points.is_some()))
@@ -371,42 +478,51 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     std::fs::write(&path, &text)?;
     let (pods, steps, policies) = small.size();
     println!(
-        "shrunk in {tried} runs to {pods} pods, {steps} steps, {policies} policies: {}",
+        "  shrunk in {tried} runs to {pods} pods, {steps} steps, {policies} policies: {}",
         path.display()
     );
     println!("  broken: {violation}");
-    if small.fault_points.is_some() {
-        let r = small.fault_points.map(|f| f.rates).unwrap_or_default();
-        let s = small.fault_points.map_or(0, |f| f.seed);
-        println!(
-            "rerun: testbed fuzz --replay {} --fault-seed {s} --fault-rates {},{},{},{}",
-            path.display(),
-            r.dial_fails,
-            r.slow_tls,
-            r.goaway,
-            r.stream_reset
-        );
-    } else {
-        println!("rerun: testbed fuzz --replay {}", path.display());
-        println!("       testbed run {}", path.display());
+    match small.fault_points {
+        Some(fp) => {
+            let r = fp.rates;
+            println!(
+                "  rerun: testbed fuzz --replay {} --fault-seed {} --fault-rates {},{},{},{}",
+                path.display(),
+                fp.seed,
+                r.dial_fails,
+                r.slow_tls,
+                r.goaway,
+                r.stream_reset
+            );
+        }
+        None => {
+            println!("  rerun: testbed fuzz --replay {}", path.display());
+            println!("         testbed run {}", path.display());
+        }
     }
-    if let Some(k) = &kernel {
+    println!(
+        "  found by: testbed fuzz --seed {} --cases {} (case {})",
+        args.seed,
+        failure.index + 1,
+        failure.index
+    );
+    if let Some(k) = kernel {
         match runner::load(&annotated) {
             Ok(world) => {
                 let v = on_kernel(k, &world);
                 if v.is_empty() {
                     println!(
-                        "on the kernel (netns): every invariant held (the failure is the simulator's or needs its faults)"
+                        "  on the kernel (netns): every invariant held (the failure is the simulator's or needs its faults)"
                     );
                 } else {
-                    println!("on the kernel (netns): {} violation(s)", v.len());
+                    println!("  on the kernel (netns): {} violation(s)", v.len());
                     for v in v {
-                        println!("  {v}");
+                        println!("    {v}");
                     }
                 }
             }
-            Err(e) => println!("on the kernel: the shrunk case does not load: {e}"),
+            Err(e) => println!("  on the kernel: the shrunk case does not load: {e}"),
         }
     }
-    Ok(ExitCode::from(1))
+    Ok(())
 }

@@ -30,7 +30,15 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
             return Ok(ExitCode::from(2));
         }
     };
+    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
     if args.check {
+        // What only the kernel can say (netns files, listen addresses, privileges), asked the
+        // way the proxy asks at start.
+        let problems = runtime.block_on(probe(&cfg));
+        if !problems.is_empty() {
+            eprintln!("testbed: error: {}: {problems}", args.config.display());
+            return Ok(ExitCode::from(2));
+        }
         println!(
             "{}: ok (node {}, {} pods)",
             args.config.display(),
@@ -39,8 +47,21 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         );
         return Ok(ExitCode::SUCCESS);
     }
-    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
     runtime.block_on(serve(cfg))
+}
+
+#[cfg(target_os = "linux")]
+async fn probe(
+    cfg: &ambient_proxy::config::LoadedConfig,
+) -> ambient_proxy::error::ValidationErrors {
+    cfg.probe().await
+}
+
+#[cfg(not(target_os = "linux"))]
+async fn probe(_: &ambient_proxy::config::LoadedConfig) -> ambient_proxy::error::ValidationErrors {
+    let mut e = ambient_proxy::error::ValidationErrors::default();
+    e.push("pods", "`testbed proxy` runs on Linux only (network namespaces)");
+    e
 }
 
 #[cfg(not(target_os = "linux"))]
@@ -55,24 +76,27 @@ async fn serve(cfg: ambient_proxy::config::LoadedConfig) -> anyhow::Result<ExitC
     use ambient_proxy::ca::{CertStore, KeySource, MeshCa};
     use ambient_proxy::clock::WallClock;
     use ambient_proxy::crypto::default_provider;
-    use ambient_proxy::net::linux::{LinuxNetwork, NetnsPath};
+    use ambient_proxy::net::linux::{LinuxNetwork, NetnsPath, raise_fd_limit};
     use ambient_proxy::node::{NodeProxy, PodSpec, ProxyConfig};
     use ambient_proxy::tls::TlsContext;
-    use anyhow::Context;
 
     let file = &cfg.file;
     let td = cfg.mesh.trust_domain().to_string();
     let provider = default_provider();
     let clock = WallClock::system();
-    let ca = match (file.ca.seed, &file.ca.cert_file, &file.ca.key_file) {
-        (Some(seed), _, _) => MeshCa::generate(&td, &KeySource::Seeded(seed), clock.now())?,
-        (None, Some(cert), Some(key)) => {
-            let read =
-                |p: &PathBuf| std::fs::read_to_string(p).with_context(|| p.display().to_string());
-            MeshCa::from_pem(&td, &read(cert)?, &read(key)?).context("ca")?
-        }
-        _ => unreachable!("validated"),
+    let ca = match (cfg.ca, file.ca.seed) {
+        (Some(ca), _) => ca,
+        (None, Some(seed)) => MeshCa::generate(&td, &KeySource::Seeded(seed), clock.now())?,
+        (None, None) => anyhow::bail!("{}: no CA (validation let it through)", file.node),
     };
+    // Two descriptors per proxied connection: the usual soft limit of 1,024 would cap a node
+    // at ~500 connections and let a flood of connects lock every pod out.
+    match raise_fd_limit() {
+        Ok((soft, _)) => eprintln!("testbed proxy: open-descriptor limit {soft}"),
+        Err(e) => {
+            eprintln!("testbed proxy: warning: could not raise the open-descriptor limit: {e}")
+        }
+    }
     let keys = match file.key_seed {
         Some(seed) => KeySource::Seeded(seed),
         None => KeySource::Random(provider.clone()),

@@ -6,12 +6,12 @@
 //! is read and checked before anything runs, so a bad line produces an error (line, word,
 //! expectation; exit 2) and no output.
 
-use std::io::Read as _;
 use std::net::SocketAddrV4;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 
+use ambient_proxy::config::{read_limited, read_text};
 use ambient_sim::kernel::trace::{Direction, Line, Record, parse_line};
 use ambient_sim::kernel::{Listeners, Netns, Protocol, RestoreOptions, SocketInfo, Trace};
 use anyhow::{Context as _, bail};
@@ -64,8 +64,12 @@ fn listener(spec: &str) -> anyhow::Result<(Protocol, SocketAddrV4, SocketInfo)> 
     Ok((proto, addr, SocketInfo { transparent, ..SocketInfo::default() }))
 }
 
+/// The largest rules or packets input read (a wrong path such as `/dev/zero` must not grow
+/// memory without end).
+const MAX_INPUT: u64 = 64 * 1024 * 1024;
+
 pub fn run(args: Args) -> anyhow::Result<ExitCode> {
-    let rules = std::fs::read_to_string(&args.rules)
+    let rules = read_text(&args.rules, MAX_INPUT)
         .with_context(|| format!("reading {}", args.rules.display()))?;
     let mut netns = Netns::new();
     netns
@@ -106,11 +110,11 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     let (source, text) = match &args.packets {
         Some(p) => (
             p.display().to_string(),
-            std::fs::read_to_string(p).with_context(|| format!("reading {}", p.display()))?,
+            read_text(p, MAX_INPUT).with_context(|| format!("reading {}", p.display()))?,
         ),
         None => {
-            let mut s = String::new();
-            std::io::stdin().read_to_string(&mut s).context("reading packets from stdin")?;
+            let s =
+                read_limited(std::io::stdin(), MAX_INPUT).context("reading packets from stdin")?;
             ("stdin".to_string(), s)
         }
     };

@@ -134,12 +134,16 @@ pub struct Expect {
     pub identity: Tri,
     /// For `hbone`: the tunnel it must ride.
     pub tunnel: Option<NodePair>,
-    /// Bytes an `ok` reads back.
-    pub reply: u64,
+    /// Bytes an `ok` may read back: one value per app it may meet (an address reused by a pod
+    /// serving another app gives two). Empty: an `ok` reads nothing back.
+    pub replies: BTreeSet<u64>,
     /// A clean close that cuts the bytes short is allowed (then the outcome is `error`): a
     /// proxy on its path crashed while it was open, and the kernel closes a dead process's
     /// sockets with a FIN, which the app cannot tell from the server's own close.
     pub truncation: bool,
+    /// Its proxy's dial may complete after the client gave up (a heal while it was dialing):
+    /// what a fault point does to the stream then comes after the client's own outcome.
+    pub late_dial: bool,
     /// Why the sets hold more than one value.
     pub notes: Vec<String>,
 }
@@ -152,10 +156,16 @@ impl Expect {
             accepted,
             identity,
             tunnel: None,
-            reply: 0,
+            replies: BTreeSet::new(),
             truncation: false,
+            late_dial: false,
             notes: Vec::new(),
         }
+    }
+
+    /// What an `ok` may read back (nothing, when no app's reply is known).
+    pub fn ok_replies(&self) -> BTreeSet<u64> {
+        if self.replies.is_empty() { [0].into() } else { self.replies.clone() }
     }
 
     /// Exactly one outcome and one path.
@@ -167,7 +177,7 @@ impl Expect {
     }
 
     /// Also allow `outcomes`, for `why`; the app may or may not have been reached.
-    fn widen(&mut self, outcomes: &[ConnOutcome], why: String) {
+    pub(crate) fn widen(&mut self, outcomes: &[ConnOutcome], why: String) {
         self.outcomes.extend(outcomes.iter().copied());
         self.accepted = self.accepted.join(Tri::MustNot).join(Tri::Must);
         self.identity = self.identity.join(Tri::MustNot).join(Tri::Must);

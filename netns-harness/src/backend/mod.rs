@@ -55,7 +55,7 @@
 //! | `heal` | the link's rules removed, then its delay lines stopped (what they hold is released at once); without nodes, every link's |
 //! | `crash` / `start` / `restart: proxy@n` | `NodeProxy::crash` (every task and socket dropped now) / a new `NodeProxy` with the node's captured pods re-added |
 //! | `flush-conntrack: x` | `conntrack -F` in x's namespace |
-//! | `delete-pod` | the proxy stops serving it, the mesh is updated, its veth and namespace go; a background client still running in the deleted pod dies with its namespace, which is a backend error (the simulator lets it run to its deadline: a `timeout`) |
+//! | `delete-pod` | as a real deletion: its namespace goes first — its apps and its own clients die with it (a client that had not reported reports `ClientReport::killed`, as in the simulator) and the kernel closes their sockets while the pod is still plugged in; then the proxy stops serving it (GOAWAY; its tunnels close once unused), the mesh is updated, and its veth goes |
 //! | `add-pod` | the mesh is updated, then the pod is built like the others and added to its node's proxy |
 //! | `apply` / `remove` | the mesh is updated; the proxies re-check live connections |
 //!

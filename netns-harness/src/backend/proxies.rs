@@ -146,11 +146,16 @@ impl Proxies {
             .map_err(|e| io::Error::other(e.to_string()))?
     }
 
-    /// Stops serving a pod (its listeners close).
-    pub fn remove_pod(&self, node: &str, ip: Ipv4Addr) {
-        if let Some(proxy) = self.nodes.get(node).and_then(|s| s.proxy.as_ref()) {
+    /// Stops serving a pod (its listeners close), on the node namespace's runtime `ns` (the
+    /// proxy starts the pod's drain timer there).
+    pub fn remove_pod(&self, node: &str, ns: &Netns, ip: Ipv4Addr) -> io::Result<()> {
+        let Some(proxy) = self.nodes.get(node).and_then(|s| s.proxy.clone()) else {
+            return Ok(());
+        };
+        ns.run(move || async move {
             proxy.remove_pod(IpAddr::V4(ip));
-        }
+        })
+        .map_err(|e| io::Error::other(e.to_string()))
     }
 
     /// Gives every running proxy the new mesh (live connections are re-checked).
@@ -397,13 +402,11 @@ impl NodeProxies {
         }
     }
 
-    /// Stops serving a pod.
-    pub fn remove_pod(&mut self, node: &str, pod: &PodInfo) -> io::Result<()> {
+    /// Stops serving a pod (ours on the node namespace's runtime `ns`, where it starts the
+    /// pod's drain timer; ztunnel by a ZDS delete).
+    pub fn remove_pod(&mut self, node: &str, ns: &Netns, pod: &PodInfo) -> io::Result<()> {
         match self.kind(node) {
-            ProxyKind::Ours => {
-                self.ours.remove_pod(node, pod.ip);
-                Ok(())
-            }
+            ProxyKind::Ours => self.ours.remove_pod(node, ns, pod.ip),
             ProxyKind::Ztunnel => self.zt()?.remove_pod(node, &pod.ztunnel()),
         }
     }

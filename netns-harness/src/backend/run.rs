@@ -22,14 +22,17 @@ use super::observe::{self, conntrack_entries, rule_counters};
 use super::plan::Plan;
 use super::proxies::{NodeProxies, PodInfo, ProxyPlan};
 use super::topology::{Topology, TopologyError};
-use super::traffic::{AcceptLog, ClientRun, FIRST_BYTES, start_apps, start_clients};
-use crate::netns::{JobHandle, Netns};
+use super::traffic::{AcceptLog, ClientRun, ClientRuns, FIRST_BYTES, start_apps, start_clients};
+use crate::netns::{JobHandle, Netns, NetnsError};
 use crate::nfqueue::Delay;
 use crate::sandbox::Sandbox;
 
 /// How long a snapshot waits for proxies to finish logging closed connections and for
 /// conntrack to leave transient states, before it reads what is there.
 const SETTLE: Duration = Duration::from_secs(3);
+/// How long a deleted pod's dead processes' closes are given to reach their peers before its
+/// proxy is told (the simulator settles its network there).
+const KILL_SETTLE: Duration = Duration::from_millis(100);
 /// How often it looks while settling.
 const SETTLE_POLL: Duration = Duration::from_millis(20);
 /// Conntrack tables that have not changed for this long are settled, even with entries in a
@@ -62,7 +65,10 @@ struct Slot {
 struct Pending {
     id: String,
     slots: Vec<usize>,
-    job: JobHandle<Vec<ClientRun>>,
+    job: JobHandle<()>,
+    runs: ClientRuns,
+    /// The client's label (its pod may be deleted while it runs).
+    from: String,
 }
 
 /// Where a test wants the run to break (see [`super::NetnsBackend::inject`]).
@@ -97,6 +103,8 @@ pub(super) struct Runner<'w> {
     inject: Option<(usize, Injected)>,
     /// The step being performed (for skipped-step reports).
     step_at: usize,
+    /// Pods deleted so far, by label: their clients died with them.
+    deleted: BTreeSet<String>,
 }
 
 fn topo_err(e: TopologyError) -> RunError {
@@ -147,6 +155,7 @@ impl<'w> Runner<'w> {
             trace: trace.then(String::new),
             inject,
             step_at: 0,
+            deleted: BTreeSet::new(),
         };
         for node in &world.nodes {
             runner.start_proxy(&node.name)?;
@@ -237,14 +246,16 @@ impl<'w> Runner<'w> {
             });
         }
         let parallel = matches!(c.repeat, Repeat::Parallel(_));
-        let job = start_clients(self.peer_ns(&c.from)?, c.to.addr, specs, parallel);
+        let runs = ClientRuns::new(count);
+        let job = start_clients(self.peer_ns(&c.from)?, c.to.addr, specs, parallel, &runs);
         let slots: Vec<usize> = (first..first + count).collect();
         if c.background {
-            self.pending.push(Pending { id: c.id.clone(), slots, job });
+            let (id, from) = (c.id.clone(), c.from.label());
+            self.pending.push(Pending { id, slots, job, runs, from });
             return Ok(());
         }
-        let runs = job.wait().map_err(|e| format!("the clients of {}: {e}", c.id))?;
-        self.fill(&slots, runs);
+        job.wait().map_err(|e| format!("the clients of {}: {e}", c.id))?;
+        self.fill(&slots, runs.take());
         Ok(())
     }
 
@@ -260,8 +271,14 @@ impl<'w> Runner<'w> {
             std::mem::take(&mut self.pending).into_iter().partition(|p| ids.contains(&p.id));
         self.pending = keep;
         for p in done {
-            let runs = p.job.wait().map_err(|e| format!("the clients of {}: {e}", p.id))?;
-            self.fill(&p.slots, runs);
+            match p.job.wait() {
+                Ok(()) => {}
+                // Cancelled as its pod's namespace went: the clients that had not reported
+                // died with the pod (`ClientRuns::take` reports them killed).
+                Err(NetnsError::Cancelled { .. }) if self.deleted.contains(&p.from) => {}
+                Err(e) => return Err(format!("the clients of {}: {e}", p.id)),
+            }
+            self.fill(&p.slots, p.runs.take());
         }
         Ok(())
     }
@@ -450,19 +467,25 @@ impl<'w> Runner<'w> {
         Ok(())
     }
 
-    /// The order of a real pod deletion: the node proxy is told first (the CNI plugin's DEL
-    /// runs before the pod's network is torn down) and sends GOAWAY on the pod's tunnels; once
-    /// their source proxies have closed them (bounded by [`SETTLE`]), the pod's link and
-    /// namespace go.
+    /// The order of a real pod deletion, as in the simulator: the pod's processes die first —
+    /// its namespace's worker stops, ending its apps and its own clients, and the kernel closes
+    /// their sockets while the pod is still plugged in; then the node proxy is told (the CNI
+    /// plugin's DEL) and sends GOAWAY on the pod's tunnels; once their source proxies have
+    /// closed them (bounded by [`SETTLE`]), the pod's veth goes.
     fn delete_pod(&mut self, fault: &Fault, key: &ObjectKey) -> Result<(), RunError> {
         let pod = self.state.pods.get(key).cloned();
+        let path = self.topo.pods.get(key).map(|p| p.ns.path().to_path_buf()).unwrap_or_default();
+        let killed = self.topo.kill_pod(key);
+        self.deleted.insert(key.to_string());
+        // The closes of its sockets reach their peers (and the proxies log them).
+        std::thread::sleep(KILL_SETTLE);
         self.state.apply(fault);
         if let Some(pod) = &pod
             && pod.is_captured()
         {
-            let path =
-                self.topo.pods.get(key).map(|p| p.ns.path().to_path_buf()).unwrap_or_default();
-            self.proxies.remove_pod(&pod.node, &pod_info(pod, &path)).map_err(|e| {
+            let info = pod_info(pod, &path);
+            let ns = &self.topo.nodes[self.node_index(&pod.node)?];
+            self.proxies.remove_pod(&pod.node, ns, &info).map_err(|e| {
                 format!("removing pod {} from proxy@{}: {e}", pod.label(), pod.node)
             })?;
             let gateway = SocketAddr::new(pod.ip.into(), ambient_proxy::inpod::INBOUND_HBONE_PORT);
@@ -474,7 +497,10 @@ impl<'w> Runner<'w> {
             }
         }
         self.mesh_changed()?;
-        self.topo.remove_pod(key).map_err(topo_err)
+        match killed {
+            Some(gone) => self.topo.unplug(key, gone).map_err(topo_err),
+            None => Ok(()),
+        }
     }
 
     fn add_pod(&mut self, fault: &Fault, pod: &Pod) -> Result<(), RunError> {

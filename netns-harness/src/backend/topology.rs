@@ -46,6 +46,13 @@ pub struct PodNs {
     pub link: String,
 }
 
+/// A killed pod's veth, to unplug ([`Topology::kill_pod`]).
+#[derive(Debug)]
+pub struct Unplug {
+    node: usize,
+    link: String,
+}
+
 /// Everything the harness built for one run.
 #[derive(Debug)]
 pub struct Topology {
@@ -387,13 +394,33 @@ impl Topology {
     /// Removes a pod: its veth goes first (so nothing that still holds the namespace keeps the
     /// pod's address on the bridge), then the namespace.
     pub fn remove_pod(&mut self, key: &ObjectKey) -> Result<(), TopologyError> {
-        let Some(pod) = self.pods.remove(key) else { return Ok(()) };
-        let link = pod.link.clone();
-        self.nodes[pod.node]
-            .rtnl(move |rt| async move { rt.del_link(&link).await })
-            .map_err(link_err(format!("deleting pod {key}'s veth")))?;
+        match self.kill_pod(key) {
+            Some(gone) => self.unplug(key, gone),
+            None => Ok(()),
+        }
+    }
+
+    /// The first half of a deletion: the pod's namespace is dropped — its worker stops, which
+    /// ends every process of the pod (apps and clients), and the kernel closes their sockets
+    /// while the pod is still plugged in (its veth and addresses stay as long as the namespace
+    /// lives, which the proxy's in-pod sockets may keep it doing). [`Topology::unplug`] ends it.
+    pub fn kill_pod(&mut self, key: &ObjectKey) -> Option<Unplug> {
+        let pod = self.pods.remove(key)?;
+        let gone = Unplug { node: pod.node, link: pod.link.clone() };
         drop(pod);
-        Ok(())
+        Some(gone)
+    }
+
+    /// The second half: the pod's veth goes (if its namespace has not taken it along already).
+    pub fn unplug(&mut self, key: &ObjectKey, gone: Unplug) -> Result<(), TopologyError> {
+        let link = gone.link;
+        let deleted = self.nodes[gone.node].rtnl(move |rt| async move {
+            match rt.del_link(&link).await {
+                Err(LinkError::NoSuchLink(_)) => Ok(()),
+                r => r,
+            }
+        });
+        deleted.map_err(link_err(format!("deleting pod {key}'s veth")))
     }
 
     /// Node `i`'s namespace.

@@ -3,12 +3,10 @@
 //! Only the socket calls are this module's: a listener per `serve` entry, and a client connect
 //! that remembers its own address even when the connection never completes.
 
-use std::cell::Cell;
 use std::collections::BTreeMap;
 use std::io;
 use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
 use std::pin::Pin;
-use std::rc::Rc;
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use std::time::Duration;
@@ -189,41 +187,80 @@ pub struct ClientRun {
     pub local: Option<SocketAddr>,
 }
 
+/// What a connect step's clients have done so far, one entry per client in spec order, kept
+/// outside their job: a client killed with its pod (its namespace's worker stops, cancelling
+/// the job) still has its address, and the clients that finished before it their runs.
+#[derive(Debug, Clone)]
+pub struct ClientRuns {
+    runs: Arc<Mutex<Vec<Option<ClientReport>>>>,
+    locals: Arc<Mutex<Vec<Option<SocketAddr>>>>,
+}
+
+impl ClientRuns {
+    pub fn new(n: usize) -> ClientRuns {
+        ClientRuns {
+            runs: Arc::new(Mutex::new(vec![None; n])),
+            locals: Arc::new(Mutex::new(vec![None; n])),
+        }
+    }
+
+    /// Each client's run; one that never reported is reported killed with its pod
+    /// (`ClientReport::killed`, with its address if its SYN had left).
+    pub fn take(&self) -> Vec<ClientRun> {
+        let runs = self.runs.lock().unwrap_or_else(|e| e.into_inner()).clone();
+        let locals = self.locals.lock().unwrap_or_else(|e| e.into_inner()).clone();
+        runs.into_iter()
+            .zip(locals)
+            .map(|(run, local)| ClientRun {
+                report: run.unwrap_or_else(ClientReport::killed),
+                local,
+            })
+            .collect()
+    }
+
+    /// Whether every client reported.
+    pub fn complete(&self) -> bool {
+        self.runs.lock().unwrap_or_else(|e| e.into_inner()).iter().all(Option::is_some)
+    }
+}
+
 /// Runs a connect step's clients in `ns` to `dst`, one per spec, one after another or all at
-/// once.
+/// once, recording each in `runs` as it goes.
 pub fn start_clients(
     ns: &Netns,
     dst: SocketAddrV4,
     specs: Vec<ClientSpec>,
     parallel: bool,
-) -> JobHandle<Vec<ClientRun>> {
+    runs: &ClientRuns,
+) -> JobHandle<()> {
+    let runs = runs.clone();
     ns.spawn(move || async move {
-        if parallel {
-            let runs = specs.iter().map(|spec| one_client(dst, spec));
-            futures_util::future::join_all(runs).await
-        } else {
-            let mut out = Vec::with_capacity(specs.len());
-            for spec in &specs {
-                out.push(one_client(dst, spec).await);
+        let one = |k: usize, spec: ClientSpec| {
+            let runs = runs.clone();
+            async move {
+                let report = run_client(connect(dst, &runs.locals, k), &spec).await;
+                runs.runs.lock().unwrap_or_else(|e| e.into_inner())[k] = Some(report);
             }
-            out
+        };
+        if parallel {
+            futures_util::future::join_all(specs.into_iter().enumerate().map(|(k, s)| one(k, s)))
+                .await;
+        } else {
+            for (k, spec) in specs.into_iter().enumerate() {
+                one(k, spec).await;
+            }
         }
     })
-}
-
-async fn one_client(dst: SocketAddrV4, spec: &ClientSpec) -> ClientRun {
-    let local = Rc::new(Cell::new(None));
-    let report = run_client(connect(dst, local.clone()), spec).await;
-    ClientRun { report, local: local.get() }
 }
 
 /// Connects as an app does (no bind: the kernel picks the source by route, `127.0.0.1` for a
 /// loopback destination), and records the socket's address once its SYN has left. A connect
 /// the kernel refuses at once (no route: ENETUNREACH) sent nothing and records nothing, as in
-/// the simulator.
+/// the simulator. The address goes to `seen[k]`.
 async fn connect(
     dst: SocketAddrV4,
-    seen: Rc<Cell<Option<SocketAddr>>>,
+    seen: &Mutex<Vec<Option<SocketAddr>>>,
+    k: usize,
 ) -> io::Result<KernelStream> {
     let socket = Socket::new(Domain::IPV4, Type::STREAM, Some(Protocol::TCP))?;
     socket.set_nonblocking(true)?;
@@ -232,7 +269,7 @@ async fn connect(
         Err(e) if e.raw_os_error() == Some(nix::errno::Errno::EINPROGRESS as i32) => {}
         Err(e) => return Err(e),
     }
-    seen.set(socket.local_addr()?.as_socket());
+    seen.lock().unwrap_or_else(|e| e.into_inner())[k] = socket.local_addr()?.as_socket();
     let stream = TcpStream::from_std(socket.into())?;
     stream.writable().await?;
     if let Some(e) = stream.take_error()? {

@@ -53,9 +53,7 @@ impl NetnsThread {
         let shown = path.display().to_string();
         std::thread::Builder::new().name(name).spawn(move || {
             let entered = nix::sched::setns(file.as_fd(), nix::sched::CloneFlags::CLONE_NEWNET)
-                .map_err(|e| {
-                    io::Error::other(format!("setns into {shown}: {e} (needs CAP_SYS_ADMIN)"))
-                });
+                .map_err(|e| setns_error(&shown, e));
             let ok = entered.is_ok();
             let _ = ready_tx.send(entered);
             if ok {
@@ -67,6 +65,37 @@ impl NetnsThread {
         ready_rx.recv().map_err(|_| io::Error::other("netns thread died"))??;
         Ok(NetnsThread { jobs })
     }
+}
+
+/// Why `setns` into `path` failed, in words: only EPERM is about privilege.
+fn setns_error(path: &str, e: nix::errno::Errno) -> io::Error {
+    use nix::errno::Errno;
+    match e {
+        Errno::EINVAL => io::Error::new(
+            io::ErrorKind::InvalidInput,
+            format!(
+                "{path} is not a network namespace (setns: EINVAL): give a netns file such as /var/run/netns/NAME or /proc/PID/ns/net"
+            ),
+        ),
+        Errno::EPERM => io::Error::new(
+            io::ErrorKind::PermissionDenied,
+            format!("setns into {path}: EPERM (entering a network namespace needs CAP_SYS_ADMIN)"),
+        ),
+        e => io::Error::other(format!("setns into {path}: {e}")),
+    }
+}
+
+/// Raise this process's soft limit on open descriptors to its hard limit: a node proxy holds
+/// two per proxied connection, and the usual soft limit (1,024) is far below what one node
+/// carries. Returns the (soft, hard) limits in force afterwards.
+pub fn raise_fd_limit() -> io::Result<(u64, u64)> {
+    use nix::sys::resource::{Resource, getrlimit, setrlimit};
+    let (soft, hard) = getrlimit(Resource::RLIMIT_NOFILE).map_err(io::Error::from)?;
+    if soft < hard {
+        setrlimit(Resource::RLIMIT_NOFILE, hard, hard).map_err(io::Error::from)?;
+    }
+    let (soft, hard) = getrlimit(Resource::RLIMIT_NOFILE).map_err(io::Error::from)?;
+    Ok((soft, hard))
 }
 
 /// Real sockets. Cheap to clone (the netns threads are shared).

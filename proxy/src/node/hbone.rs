@@ -74,6 +74,7 @@ impl<N: Network> Inner<N> {
             .initial_window_size(window)
             .initial_connection_window_size(window.saturating_mul(4))
             .max_concurrent_streams(0)
+            .max_header_list_size(cfg.limits.max_header_list)
             .enable_push(false)
             .handshake(tls)
             .await
@@ -106,6 +107,11 @@ impl<N: Network> Inner<N> {
                 _ = conn.wake.notified() => {
                     if draining.get() && pool.retire_if_unused(&conn) {
                         break "drained".to_string();
+                    }
+                    // Out of the pool (its pod was removed, or it refused a stream): no new
+                    // stream will come, so it closes once its last one is over.
+                    if conn.is_closed() && conn.active() == 0 {
+                        break "out of the pool and unused".to_string();
                     }
                 }
                 _ = draining.wait_for(|d| *d), if !draining.get() => {

@@ -10,11 +10,12 @@ use h2::RecvStream;
 use h2::server::SendResponse;
 use tokio::time::{Instant, timeout};
 
-use super::Inner;
 use super::outbound::Ends;
-use crate::copy::{self, CopyError, Transferred};
+use super::{Admitted, Inner};
+use crate::copy::{self, CopyError};
 use crate::events::{CloseResult, Direction, ProxyEvent};
 use crate::faults::{FaultPoint, INJECTED};
+use crate::frames::{BlockClock, HeaderBlocks, Watched};
 use crate::identity::Identity;
 use crate::inbound::{ConnectRequest, check_connect, check_plaintext, parse_forwarded_for};
 use crate::inpod::PROXY_MARK;
@@ -52,12 +53,18 @@ impl<N: Network> Inner<N> {
     }
 
     /// One TLS + h2 connection on 15008; each CONNECT stream gets its own task. It goes away
-    /// (GOAWAY) when the node drains or its pod is removed (`pod_draining`).
+    /// (GOAWAY) when the node drains or its pod is removed (`pod_draining`), and is closed when
+    /// a header block stays unfinished past `limits.header_timeout` or no stream is open for
+    /// `limits.inbound_idle`. `admitted` holds its place in the admission table. Keepalive as
+    /// on the source side (a PING every interval, closed without a reply within the timeout): a
+    /// tunnel whose source vanished without a close reaching here (a partition that never
+    /// heals, a deleted pod behind one) is closed with its streams instead of held forever.
     pub(crate) async fn inbound_hbone(
         self: Arc<Self>,
         acceptor: tokio_rustls::TlsAcceptor,
         acc: Accepted<N::Stream>,
         pod_draining: Arc<Signal<bool>>,
+        mut admitted: Admitted<N>,
     ) {
         const DIR: Direction = Direction::InboundHbone;
         let _busy = self.busy();
@@ -87,9 +94,14 @@ impl<N: Network> Inner<N> {
             self.reset(tls.into_inner().0);
             return self.count_conn(DIR, "error");
         };
+        admitted.established();
+        let limits = self.config.limits.clone();
+        let blocks = Arc::new(BlockClock::default());
+        let tls = Watched::new(tls, HeaderBlocks::server(), blocks.clone());
         let window = self.config.h2_window;
         let handshake = h2::server::Builder::new()
             .max_concurrent_streams(200)
+            .max_header_list_size(limits.max_header_list)
             .initial_window_size(window)
             .initial_connection_window_size(window.saturating_mul(4))
             .handshake::<_, Bytes>(tls);
@@ -105,20 +117,72 @@ impl<N: Network> Inner<N> {
             }
         };
         let draining = self.draining();
+        let streams = Arc::new(OpenStreams::default());
         let mut going_away = false;
+        let (interval, wait) =
+            (self.config.pool.keepalive_interval, self.config.pool.keepalive_timeout);
+        let mut ping = conn.ping_pong();
+        let mut next_ping = Instant::now() + interval;
+        let mut pong_deadline: Option<Instant> = None;
+        let far = Instant::now() + std::time::Duration::from_secs(365 * 24 * 3600);
         loop {
             if !going_away && (draining.get() || pod_draining.get()) {
                 conn.graceful_shutdown();
                 going_away = true;
             }
+            let header_deadline = blocks.open_since().map(|t| t + limits.header_timeout);
+            let idle_deadline = streams.idle_since().map(|t| t + limits.inbound_idle);
             tokio::select! {
                 biased;
                 _ = draining.wait_for(|d| *d), if !going_away => {}
                 _ = pod_draining.wait_for(|d| *d), if !going_away => {}
+                _ = blocks.changed.notified() => {}
+                _ = streams.changed.notified() => {}
+                _ = tokio::time::sleep_until(header_deadline.unwrap_or(far)), if header_deadline.is_some() => {
+                    if blocks.open_since().is_some_and(|t| t + limits.header_timeout <= Instant::now()) {
+                        let why = format!("header block not finished within {:?}: connection closed", limits.header_timeout);
+                        self.error(Some(peer), DIR, "h2", None, why);
+                        self.count("connections.inbound-hbone.header-timeout", 1);
+                        break;
+                    }
+                }
+                _ = tokio::time::sleep_until(idle_deadline.unwrap_or(far)), if idle_deadline.is_some() && !going_away => {
+                    if streams.idle_since().is_some_and(|t| t + limits.inbound_idle <= Instant::now()) {
+                        tracing::debug!(node = %self.config.node, %peer, "inbound tunnel idle: GOAWAY");
+                        conn.graceful_shutdown();
+                        going_away = true;
+                    }
+                }
+                pong = std::future::poll_fn(|cx| match ping.as_mut() {
+                    Some(p) => p.poll_pong(cx),
+                    None => std::task::Poll::Pending,
+                }), if pong_deadline.is_some() => {
+                    pong_deadline = None;
+                    if let Err(e) = pong {
+                        tracing::debug!(node = %self.config.node, %peer, error = %e, "inbound tunnel keepalive failed");
+                        break;
+                    }
+                }
+                _ = tokio::time::sleep_until(pong_deadline.unwrap_or(far)), if pong_deadline.is_some() => {
+                    tracing::debug!(node = %self.config.node, %peer, "inbound tunnel: no PING reply within {wait:?}");
+                    break;
+                }
+                _ = tokio::time::sleep_until(next_ping), if pong_deadline.is_none() && ping.is_some() => {
+                    if let Some(p) = ping.as_mut()
+                        && p.send_ping(h2::Ping::opaque()).is_ok()
+                    {
+                        pong_deadline = Some(Instant::now() + wait);
+                    }
+                    next_ping = Instant::now() + interval;
+                }
                 r = conn.accept() => match r {
                     Some(Ok((req, respond))) => {
                         let me = self.clone();
-                        self.spawn(me.inbound_stream(req, respond, peer_id.clone(), peer));
+                        let (open, id) = (streams.open(), peer_id.clone());
+                        self.spawn(async move {
+                            me.inbound_stream(req, respond, id, peer).await;
+                            drop(open);
+                        });
                         if !going_away && self.fault(FaultPoint::GoAway) {
                             conn.graceful_shutdown();
                             going_away = true;
@@ -218,24 +282,26 @@ impl<N: Network> Inner<N> {
                 message: format!("{INJECTED} ({})", FaultPoint::StreamReset),
             };
             let ends = Ends { client, destination: target, upstream: app_local };
-            return self.closed_in(DIR, ends, &Transferred::default(), start, result);
+            let flight = self.flight(DIR, client, target, start);
+            return self.closed_in(DIR, ends, flight, start, result);
         }
         let (live, revoked) = self.register_live(workload_ip, attrs);
-        let moved = Transferred::default();
+        let flight = self.flight(DIR, client, target, start);
+        let (buf, idle) = (self.config.buffer_size, self.config.limits.connection_idle);
         let outcome = tokio::select! {
             biased;
             reason = revoked => Err(reason.ok()),
-            r = copy::tcp_h2(&mut app, &mut send, &mut recv, self.config.buffer_size, "app", &moved) => Ok(r),
+            r = copy::tcp_h2(&mut app, &mut send, &mut recv, buf, "app", &flight.moved, idle) => Ok(r),
         };
         self.unregister_live(live);
         let result = match outcome {
             Ok(Ok(())) => CloseResult::Ok,
             Ok(Err(e)) => {
-                if let CopyError::Tcp { .. } = e {
+                if let CopyError::Tcp { .. } | CopyError::Idle(_) = e {
                     send.send_reset(h2::Reason::CANCEL);
                 }
                 self.reset(app);
-                CloseResult::Reset { side: e.side().to_string(), message: e.to_string() }
+                CloseResult::from_copy_error(&e)
             }
             Err(reason) => {
                 send.send_reset(h2::Reason::CANCEL);
@@ -246,7 +312,7 @@ impl<N: Network> Inner<N> {
             }
         };
         let ends = Ends { client, destination: target, upstream: app_local };
-        self.closed_in(DIR, ends, &moved, start, result);
+        self.closed_in(DIR, ends, flight, start, result);
     }
 
     /// Connect to a local app as `client_ip` (transparent), marked so replies come back to us.
@@ -317,11 +383,13 @@ impl<N: Network> Inner<N> {
         };
         let app_local = self.network.local_addr(&app).ok();
         let (live, revoked) = self.register_live(workload_ip, attrs);
-        let moved = Transferred::default();
+        let flight = self.flight(DIR, client, dst, start);
+        let (buf, idle) = (self.config.buffer_size, self.config.limits.connection_idle);
+        let names = ("client", "app");
         let outcome = tokio::select! {
             biased;
             reason = revoked => Err(reason.ok()),
-            r = copy::tcp_tcp(&mut stream, &mut app, self.config.buffer_size, ("client", "app"), &moved) => Ok(r),
+            r = copy::tcp_tcp(&mut stream, &mut app, buf, names, &flight.moved, idle) => Ok(r),
         };
         self.unregister_live(live);
         let result = match outcome {
@@ -329,7 +397,7 @@ impl<N: Network> Inner<N> {
             Ok(Err(e)) => {
                 self.reset(stream);
                 self.reset(app);
-                CloseResult::Reset { side: e.side().to_string(), message: e.to_string() }
+                CloseResult::from_copy_error(&e)
             }
             Err(reason) => {
                 self.reset(stream);
@@ -338,6 +406,48 @@ impl<N: Network> Inner<N> {
             }
         };
         let ends = Ends { client, destination: dst, upstream: app_local };
-        self.closed_in(DIR, ends, &moved, start, result);
+        self.closed_in(DIR, ends, flight, start, result);
+    }
+}
+
+/// The CONNECT streams open on one inbound h2 connection, and since when none is.
+#[derive(Debug)]
+struct OpenStreams {
+    state: std::sync::Mutex<(usize, Option<Instant>)>,
+    changed: tokio::sync::Notify,
+}
+
+impl Default for OpenStreams {
+    fn default() -> Self {
+        OpenStreams {
+            state: std::sync::Mutex::new((0, Some(Instant::now()))),
+            changed: tokio::sync::Notify::new(),
+        }
+    }
+}
+
+impl OpenStreams {
+    fn open(self: &Arc<Self>) -> OpenStream {
+        let mut s = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        *s = (s.0 + 1, None);
+        OpenStream(self.clone())
+    }
+
+    fn idle_since(&self) -> Option<Instant> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner()).1
+    }
+}
+
+/// One open stream; dropping it may make the connection idle.
+struct OpenStream(Arc<OpenStreams>);
+
+impl Drop for OpenStream {
+    fn drop(&mut self) {
+        let mut s = self.0.state.lock().unwrap_or_else(|e| e.into_inner());
+        s.0 = s.0.saturating_sub(1);
+        if s.0 == 0 {
+            s.1 = Some(Instant::now());
+            self.0.changed.notify_one();
+        }
     }
 }

@@ -8,6 +8,7 @@
 //! now). Every task is `tokio::spawn`ed on the caller's runtime and tracked, so a crash can drop
 //! them all.
 
+pub mod admit;
 mod hbone;
 mod inbound;
 mod outbound;
@@ -25,7 +26,8 @@ use rand_chacha::ChaCha8Rng;
 use tokio::sync::{Notify, oneshot};
 use tokio::task::AbortHandle;
 
-use crate::events::{Counters, Direction, EventSink, NoopSink, ProxyEvent, emit};
+use crate::copy::Transferred;
+use crate::events::{CloseResult, Counters, Direction, EventSink, NoopSink, ProxyEvent, emit};
 use crate::faults::{FaultPlan, FaultPoint};
 use crate::inpod::{INBOUND_HBONE_PORT, INBOUND_PLAINTEXT_PORT, OUTBOUND_PORT, PROXY_MARK};
 use crate::mesh::{MeshHandle, MeshState};
@@ -54,6 +56,59 @@ pub struct ProxyConfig {
     /// Seeded fault points (`faults.rs`); `None` — the default, and all a config file can
     /// give — disables them.
     pub faults: Option<Arc<FaultPlan>>,
+    /// After [`NodeProxy::remove_pod`], how long the pod's connection handlers may run on
+    /// before they are closed: its network is going, and a handler whose peer's close can no
+    /// longer reach it (lost with a flushed conntrack entry, say) would wait forever.
+    pub pod_drain: Duration,
+    /// Bounds against misbehaving peers (`reports/security.md`).
+    pub limits: Limits,
+}
+
+/// What one peer may make the proxy hold. The defaults leave room for every legitimate load
+/// the testbed makes (10,000 parallel connections from one pod need 100 pooled tunnels) and
+/// bound what an attacker can take.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Limits {
+    /// Largest h2 header list accepted (SETTINGS_MAX_HEADER_LIST_SIZE), as server and client.
+    /// h2's default, 16 MiB, let one peer hold ~15 MB per unfinished header block.
+    pub max_header_list: u32,
+    /// A header block (HEADERS until END_HEADERS) must complete within this; the connection
+    /// is closed otherwise.
+    pub header_timeout: Duration,
+    /// An inbound h2 connection with no open stream for this long is closed (GOAWAY). Longer
+    /// than a source proxy's own idle close (5 minutes), so it never races a pooled tunnel.
+    pub inbound_idle: Duration,
+    /// A proxied connection on which no byte moved either way for this long is reset.
+    pub connection_idle: Duration,
+    /// TLS handshakes in progress on 15008, all peers together and per peer address.
+    pub max_handshakes: usize,
+    pub max_handshakes_per_peer: usize,
+    /// Connections (handshaking or established) on 15008 per peer address.
+    pub max_connections_per_peer: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            max_header_list: 64 * 1024,
+            header_timeout: Duration::from_secs(10),
+            inbound_idle: Duration::from_secs(10 * 60),
+            connection_idle: Duration::from_secs(60 * 60),
+            max_handshakes: 1024,
+            max_handshakes_per_peer: 16,
+            max_connections_per_peer: 256,
+        }
+    }
+}
+
+impl Limits {
+    pub(crate) fn admission(&self) -> admit::Bounds {
+        admit::Bounds {
+            handshakes: self.max_handshakes,
+            handshakes_per_peer: self.max_handshakes_per_peer,
+            connections_per_peer: self.max_connections_per_peer,
+        }
+    }
 }
 
 impl ProxyConfig {
@@ -68,6 +123,8 @@ impl ProxyConfig {
             h2_window: 256 * 1024,
             connect_timeout: Duration::from_secs(10),
             faults: None,
+            limits: Limits::default(),
+            pod_drain: Duration::from_secs(5),
         }
     }
 }
@@ -101,6 +158,32 @@ pub struct PodSpec<Ns> {
     pub listen_ip: IpAddr,
 }
 
+/// A proxied connection in progress (registered by [`Inner::flight`]): what a drain deadline
+/// counts and logs when it cuts the connection.
+struct FlightRecord {
+    direction: Direction,
+    client: SocketAddr,
+    destination: SocketAddr,
+    moved: Arc<Transferred>,
+    start: tokio::time::Instant,
+}
+
+type Flights = Arc<Mutex<BTreeMap<u64, FlightRecord>>>;
+
+/// A handler's handle on its registered connection; [`Inner::closed_in`] lands it, and a
+/// handler dropped without landing it (a crash, a pod drain deadline) unregisters it.
+pub(crate) struct Flight {
+    id: u64,
+    pub moved: Arc<Transferred>,
+    flights: Flights,
+}
+
+impl Drop for Flight {
+    fn drop(&mut self) {
+        self.flights.lock().unwrap_or_else(|e| e.into_inner()).remove(&self.id);
+    }
+}
+
 /// A connection authorized at this proxy that a policy change may revoke.
 struct LiveConn {
     workload_ip: IpAddr,
@@ -108,9 +191,18 @@ struct LiveConn {
     revoke: Option<oneshot::Sender<String>>,
 }
 
+/// Tasks of one group (a pod's connection handlers) while they run.
+type TaskGroup = Arc<Mutex<std::collections::BTreeSet<u64>>>;
+
+/// The live-connection registry, shared with the guards that unregister from it.
+type LiveMap = Arc<Mutex<BTreeMap<u64, LiveConn>>>;
+
 struct Pod<Ns> {
     spec: PodSpec<Ns>,
     listener_tasks: Vec<u64>,
+    /// The handlers of connections accepted on its listeners (closed after `pod_drain` once
+    /// the pod is removed).
+    handlers: TaskGroup,
     /// Set when the pod is removed: its inbound tunnels send GOAWAY.
     draining: Arc<Signal<bool>>,
 }
@@ -130,7 +222,9 @@ pub(crate) struct Inner<N: Network> {
     rng: Mutex<ChaCha8Rng>,
     pool: Arc<Pool>,
     pods: Mutex<BTreeMap<IpAddr, Pod<N::Netns>>>,
-    live: Mutex<BTreeMap<u64, LiveConn>>,
+    live: LiveMap,
+    flights: Flights,
+    admission: Mutex<admit::Table>,
     tasks: Mutex<BTreeMap<u64, AbortHandle>>,
     next_id: AtomicU64,
     busy: AtomicUsize,
@@ -172,7 +266,9 @@ impl<N: Network> NodeProxy<N> {
                 rng: Mutex::new(ChaCha8Rng::seed_from_u64(seed)),
                 pool,
                 pods: Mutex::new(BTreeMap::new()),
-                live: Mutex::new(BTreeMap::new()),
+                live: LiveMap::default(),
+                flights: Flights::default(),
+                admission: Mutex::new(admit::Table::default()),
                 tasks: Mutex::new(BTreeMap::new()),
                 next_id: AtomicU64::new(1),
                 busy: AtomicUsize::new(0),
@@ -216,29 +312,42 @@ impl<N: Network> NodeProxy<N> {
         let draining = Arc::new(Signal::new(false));
         let pod_draining = draining.clone();
         let (ip, ns) = (pod.ip, pod.netns.clone());
+        let handlers = TaskGroup::default();
+        let (h1, h2, h3) = (handlers.clone(), handlers.clone(), handlers.clone());
         let tasks = vec![
             inner.spawn(accept_loop(inner.clone(), outbound, move |i, a| {
-                i.spawn(i.clone().outbound(ip, ns.clone(), a));
+                i.spawn_in(&h1, i.clone().outbound(ip, ns.clone(), a));
             })),
             inner.spawn(accept_loop(inner.clone(), plaintext, move |i, a| {
-                i.spawn(i.clone().inbound_plaintext(ip, a));
+                i.spawn_in(&h2, i.clone().inbound_plaintext(ip, a));
             })),
             inner.spawn(accept_loop(inner.clone(), hbone, move |i, a| {
-                i.spawn(i.clone().inbound_hbone(acceptor.clone(), a, pod_draining.clone()));
+                // Admitted before any task or buffer exists; a refusal resets the socket now.
+                match i.admit(a.peer.ip()) {
+                    Ok(admitted) => {
+                        let (acceptor, draining) = (acceptor.clone(), pod_draining.clone());
+                        let tunnel = i.clone().inbound_hbone(acceptor, a, draining, admitted);
+                        i.spawn_in(&h3, tunnel);
+                    }
+                    Err(refusal) => i.refuse_admission(a, refusal),
+                }
             })),
         ];
         inner
             .pods
             .lock()
             .unwrap_or_else(|e| e.into_inner())
-            .insert(pod.ip, Pod { spec: pod, listener_tasks: tasks, draining });
+            .insert(pod.ip, Pod { spec: pod, listener_tasks: tasks, draining, handlers });
         Ok(())
     }
 
     /// Stop serving a pod: its listeners close, its inbound tunnels send GOAWAY (as a node
     /// drain does, for this pod only) so source proxies stop opening streams on them and dial
     /// anew, and the tunnels it dialled leave the pool — the pod is going away, and its
-    /// address may come back as another pod. Connections running go on until they end.
+    /// address may come back as another pod — and close once their streams are over.
+    /// Connections running go on until they end, for at most `pod_drain`: then its handlers
+    /// still running are dropped (their sockets closed; an inbound tunnel's streams end with
+    /// it). Call it on the runtime the proxy's tasks run on (it starts the drain timer there).
     pub fn remove_pod(&self, ip: IpAddr) -> bool {
         let pod = self.inner.pods.lock().unwrap_or_else(|e| e.into_inner()).remove(&ip);
         match pod {
@@ -247,11 +356,25 @@ impl<N: Network> NodeProxy<N> {
                 for conn in self.inner.pool.connections() {
                     if conn.key.source_ip == ip {
                         self.inner.pool.remove(&conn);
+                        // Its driver closes it once its streams are over (now, if none is
+                        // left), while the pod's network can still carry the close.
+                        conn.wake.notify_one();
                     }
                 }
                 for &id in &pod.listener_tasks {
                     self.inner.abort(id);
                 }
+                let (me, handlers) = (Arc::downgrade(&self.inner), pod.handlers.clone());
+                let deadline = self.inner.config.pod_drain;
+                self.inner.spawn(async move {
+                    tokio::time::sleep(deadline).await;
+                    let Some(inner) = me.upgrade() else { return };
+                    let left =
+                        std::mem::take(&mut *handlers.lock().unwrap_or_else(|e| e.into_inner()));
+                    for id in left {
+                        inner.abort(id);
+                    }
+                });
                 true
             }
             None => false,
@@ -359,6 +482,9 @@ impl<N: Network> NodeProxy<N> {
             }
         };
         let clean = tokio::time::timeout(deadline, wait).await.is_ok();
+        if !clean {
+            inner.cut_flights();
+        }
         self.crash();
         clean
     }
@@ -373,6 +499,7 @@ impl<N: Network> NodeProxy<N> {
         }
         inner.pods.lock().unwrap_or_else(|e| e.into_inner()).clear();
         inner.live.lock().unwrap_or_else(|e| e.into_inner()).clear();
+        inner.flights.lock().unwrap_or_else(|e| e.into_inner()).clear();
         for conn in inner.pool.connections() {
             inner.pool.remove(&conn);
         }
@@ -396,6 +523,18 @@ async fn accept_loop<N: Network>(
     }
 }
 
+/// A registered live connection; dropping it unregisters it.
+pub(crate) struct LiveGuard {
+    live: LiveMap,
+    id: u64,
+}
+
+impl Drop for LiveGuard {
+    fn drop(&mut self) {
+        self.live.lock().unwrap_or_else(|e| e.into_inner()).remove(&self.id);
+    }
+}
+
 /// Marks the proxy busy while alive (drain waits for none).
 pub(crate) struct Busy<N: Network>(Arc<Inner<N>>);
 
@@ -411,6 +550,26 @@ impl<N: Network> Inner<N> {
     /// Spawn a tracked task (a crash aborts it).
     pub(crate) fn spawn(self: &Arc<Self>, fut: impl Future<Output = ()> + Send + 'static) -> u64 {
         let id = self.next_id.fetch_add(1, Ordering::SeqCst);
+        self.spawn_as(id, fut);
+        id
+    }
+
+    /// Spawn a tracked task that belongs to `group` while it runs.
+    fn spawn_in(
+        self: &Arc<Self>,
+        group: &TaskGroup,
+        fut: impl Future<Output = ()> + Send + 'static,
+    ) {
+        let id = self.next_id.fetch_add(1, Ordering::SeqCst);
+        group.lock().unwrap_or_else(|e| e.into_inner()).insert(id);
+        let g = group.clone();
+        self.spawn_as(id, async move {
+            fut.await;
+            g.lock().unwrap_or_else(|e| e.into_inner()).remove(&id);
+        });
+    }
+
+    fn spawn_as(self: &Arc<Self>, id: u64, fut: impl Future<Output = ()> + Send + 'static) {
         let me = Arc::downgrade(self);
         let mut tasks = self.tasks.lock().unwrap_or_else(|e| e.into_inner());
         let handle = tokio::spawn(async move {
@@ -420,7 +579,6 @@ impl<N: Network> Inner<N> {
             }
         });
         tasks.insert(id, handle.abort_handle());
-        id
     }
 
     fn abort(&self, id: u64) {
@@ -506,27 +664,110 @@ impl<N: Network> Inner<N> {
         self.pods.lock().unwrap_or_else(|e| e.into_inner()).get(&ip).map(|p| p.spec.netns.clone())
     }
 
-    /// Register an authorized inbound connection; the receiver fires if a policy change revokes it.
+    /// Register an authorized inbound connection; the receiver fires if a policy change revokes
+    /// it. It stays registered until the guard drops (also when its handler is dropped).
     pub(crate) fn register_live(
         &self,
         workload_ip: IpAddr,
         attrs: ConnectionAttrs,
-    ) -> (u64, oneshot::Receiver<String>) {
+    ) -> (LiveGuard, oneshot::Receiver<String>) {
         let id = self.next_id.fetch_add(1, Ordering::SeqCst);
         let (tx, rx) = oneshot::channel();
         self.live
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .insert(id, LiveConn { workload_ip, attrs, revoke: Some(tx) });
-        (id, rx)
+        (LiveGuard { live: self.live.clone(), id }, rx)
     }
 
-    pub(crate) fn unregister_live(&self, id: u64) {
-        self.live.lock().unwrap_or_else(|e| e.into_inner()).remove(&id);
+    pub(crate) fn unregister_live(&self, guard: LiveGuard) {
+        drop(guard);
     }
 
     pub(crate) fn draining(&self) -> Arc<Signal<bool>> {
         self.draining.clone()
+    }
+
+    /// Register a proxied connection from `client` to `destination` that is about to move bytes.
+    pub(crate) fn flight(
+        &self,
+        direction: Direction,
+        client: SocketAddr,
+        destination: SocketAddr,
+        start: tokio::time::Instant,
+    ) -> Flight {
+        let id = self.next_id.fetch_add(1, Ordering::SeqCst);
+        let moved = Arc::new(Transferred::default());
+        let record = FlightRecord { direction, client, destination, moved: moved.clone(), start };
+        self.flights.lock().unwrap_or_else(|e| e.into_inner()).insert(id, record);
+        Flight { id, moved, flights: self.flights.clone() }
+    }
+
+    /// Unregister a flight; false when a drain deadline already counted it as cut.
+    pub(crate) fn land(&self, flight: &Flight) -> bool {
+        self.flights.lock().unwrap_or_else(|e| e.into_inner()).remove(&flight.id).is_some()
+    }
+
+    /// A drain deadline passed with connections still moving bytes: count what they moved and
+    /// log them closed by the shutdown, as their handlers are about to be dropped.
+    fn cut_flights(&self) {
+        let cut = std::mem::take(&mut *self.flights.lock().unwrap_or_else(|e| e.into_inner()));
+        for record in cut.into_values() {
+            let (sent, received) = record.moved.get();
+            let d = record.direction.as_str();
+            self.count(&format!("bytes.{d}.sent"), sent);
+            self.count(&format!("bytes.{d}.received"), received);
+            self.count_conn(record.direction, "shutdown");
+            self.emit(ProxyEvent::ConnectionClosed {
+                node: self.config.node.clone(),
+                client: record.client,
+                direction: record.direction,
+                destination: record.destination,
+                bytes_sent: sent,
+                bytes_received: received,
+                duration_ms: u64::try_from(record.start.elapsed().as_millis()).unwrap_or(u64::MAX),
+                result: CloseResult::Shutdown,
+                upstream: None,
+            });
+        }
+    }
+
+    /// Admit a connection accepted on 15008 from `peer` (see [`admit`]).
+    fn admit(self: &Arc<Self>, peer: IpAddr) -> Result<Admitted<N>, admit::Refusal> {
+        let bounds = self.config.limits.admission();
+        self.admission.lock().unwrap_or_else(|e| e.into_inner()).admit(peer, bounds)?;
+        Ok(Admitted { inner: self.clone(), peer, established: false })
+    }
+
+    fn refuse_admission(&self, acc: crate::net::Accepted<N::Stream>, refusal: admit::Refusal) {
+        self.count("connections.inbound-hbone.overload", 1);
+        // Logged at debug only: a flood would otherwise turn into a flood of log lines.
+        tracing::debug!(node = %self.config.node, peer = %acc.peer, %refusal, "15008");
+        self.reset(acc.stream);
+    }
+}
+
+/// A connection admitted on 15008; releases its place in the table when dropped.
+pub(crate) struct Admitted<N: Network> {
+    inner: Arc<Inner<N>>,
+    peer: IpAddr,
+    established: bool,
+}
+
+impl<N: Network> Admitted<N> {
+    /// The TLS handshake is done: the connection stops counting as a handshake.
+    pub(crate) fn established(&mut self) {
+        if !self.established {
+            self.established = true;
+            self.inner.admission.lock().unwrap_or_else(|e| e.into_inner()).established(self.peer);
+        }
+    }
+}
+
+impl<N: Network> Drop for Admitted<N> {
+    fn drop(&mut self) {
+        let mut table = self.inner.admission.lock().unwrap_or_else(|e| e.into_inner());
+        table.release(self.peer, self.established);
     }
 }
 

@@ -6,8 +6,8 @@ use std::sync::Arc;
 
 use tokio::time::{Instant, timeout};
 
-use super::Inner;
-use crate::copy::{self, CopyError, Transferred};
+use super::{Flight, Inner};
+use crate::copy::{self, CopyError};
 use crate::events::{CloseResult, Direction, Path, ProxyEvent};
 use crate::inpod::PROXY_MARK;
 use crate::net::{Accepted, ConnectOptions, Network};
@@ -47,7 +47,7 @@ impl<N: Network> Inner<N> {
         let mesh = self.mesh.load();
         let plan = {
             let mut rng = self.rng.lock().unwrap_or_else(|e| e.into_inner());
-            plan_outbound(&mesh, &self.config.node, client.ip(), original_dst, &mut *rng)
+            plan_outbound(&mesh, &self.config.node, pod_ip, client.ip(), original_dst, &mut *rng)
         };
         match plan {
             Err(reject) => {
@@ -70,7 +70,8 @@ impl<N: Network> Inner<N> {
                 self.passthrough(pod_ip, netns, acc.stream, client, dst).await;
             }
             Ok(OutboundPlan::Hbone(plan)) => {
-                let Some(source) = mesh.workload(client.ip()).cloned() else { return };
+                // The plan checked the client is the pod: its workload is the source.
+                let Some(source) = mesh.workload(pod_ip).cloned() else { return };
                 self.outbound_hbone(netns, acc.stream, client, original_dst, &plan, &source).await;
             }
         }
@@ -104,27 +105,27 @@ impl<N: Network> Inner<N> {
             }
         };
         let upstream_local = self.network.local_addr(&upstream).ok();
-        let moved = Transferred::default();
+        let flight = self.flight(DIR, client, dst, start);
         let r = copy::tcp_tcp(
             &mut stream,
             &mut upstream,
             self.config.buffer_size,
             ("client", "upstream"),
-            &moved,
+            &flight.moved,
+            self.config.limits.connection_idle,
         )
         .await;
         let result = match r {
             Ok(()) => CloseResult::Ok,
             Err(e) => {
-                let result =
-                    CloseResult::Reset { side: e.side().to_string(), message: e.to_string() };
+                let result = CloseResult::from_copy_error(&e);
                 self.reset(stream);
                 self.reset(upstream);
                 result
             }
         };
         let ends = Ends { client, destination: dst, upstream: upstream_local };
-        self.closed_in(DIR, ends, &moved, start, result);
+        self.closed_in(DIR, ends, flight, start, result);
     }
 
     /// Refuse a captured connection whose upstream could not be reached: reset, so the app sees
@@ -135,17 +136,21 @@ impl<N: Network> Inner<N> {
         self.reset(stream);
     }
 
-    /// A proxied connection ended: count it and log `connection-closed`.
+    /// A proxied connection ended: count it and log `connection-closed` (unless a drain
+    /// deadline already did, as it cut the connection).
     pub(crate) fn closed_in(
         &self,
         direction: Direction,
         ends: Ends,
-        moved: &Transferred,
+        flight: Flight,
         start: Instant,
         result: CloseResult,
     ) {
+        if !self.land(&flight) {
+            return;
+        }
         let Ends { client, destination, upstream } = ends;
-        let (sent, received) = moved.get();
+        let (sent, received) = flight.moved.get();
         let d = direction.as_str();
         self.count(&format!("bytes.{d}.sent"), sent);
         self.count(&format!("bytes.{d}.received"), received);
@@ -156,6 +161,7 @@ impl<N: Network> Inner<N> {
                 CloseResult::Reset { .. } => "reset",
                 CloseResult::PolicyRevoked { .. } => "revoked",
                 CloseResult::Shutdown => "shutdown",
+                CloseResult::IdleTimeout { .. } => "idle",
             },
         );
         self.emit(ProxyEvent::ConnectionClosed {
@@ -323,28 +329,29 @@ impl<N: Network> Inner<N> {
             return;
         }
         let mut recv = response.into_body();
-        let moved = Transferred::default();
+        let flight = self.flight(DIR, client, plan.authority, start);
         let r = copy::tcp_h2(
             &mut stream,
             &mut send,
             &mut recv,
             self.config.buffer_size,
             "client",
-            &moved,
+            &flight.moved,
+            self.config.limits.connection_idle,
         )
         .await;
         let result = match r {
             Ok(()) => CloseResult::Ok,
             Err(e) => {
-                if let CopyError::Tcp { .. } = e {
+                if let CopyError::Tcp { .. } | CopyError::Idle(_) = e {
                     send.send_reset(h2::Reason::CANCEL);
                 }
                 self.reset(stream);
-                CloseResult::Reset { side: e.side().to_string(), message: e.to_string() }
+                CloseResult::from_copy_error(&e)
             }
         };
         drop(lease);
         let ends = Ends { client, destination: plan.authority, upstream: None };
-        self.closed_in(DIR, ends, &moved, start, result);
+        self.closed_in(DIR, ends, flight, start, result);
     }
 }

@@ -186,6 +186,8 @@ pub struct WorldOptions {
     pub foreign_ca_on_b: bool,
     /// Pool settings of node-a.
     pub pool: Option<ambient_proxy::pool::PoolConfig>,
+    /// Limits of node-b (the destination side).
+    pub limits_b: Option<ambient_proxy::node::Limits>,
 }
 
 pub fn mesh_spec(prefix: &str, policies: Vec<ambient_proxy::istio::PolicyObject>) -> MeshSpec {
@@ -204,7 +206,7 @@ pub fn mesh_spec(prefix: &str, policies: Vec<ambient_proxy::istio::PolicyObject>
     }
 }
 
-fn tls(ca: Arc<MeshCa>, seed: u64) -> TlsContext {
+pub fn tls(ca: Arc<MeshCa>, seed: u64) -> TlsContext {
     let provider = default_provider();
     let store = CertStore::new(ca, KeySource::Seeded(seed), WallClock::system(), provider);
     TlsContext::new(Arc::new(store), "cluster.local")
@@ -234,6 +236,9 @@ pub async fn world(prefix: &str, opts: WorldOptions) -> World {
     }
     let mut cfg_b = ProxyConfig::new("node-b", tls(ca_b, 20));
     cfg_b.sink = events_b.clone();
+    if let Some(limits) = opts.limits_b {
+        cfg_b.limits = limits;
+    }
     let a = NodeProxy::new(net.clone(), mesh.clone(), cfg_a);
     let b = NodeProxy::new(net.clone(), mesh, cfg_b);
     let client = ip(&format!("{prefix}.0.5"));

@@ -330,15 +330,16 @@ impl ExpectedDifferences {
     /// Reads and loads a file.
     pub fn read(path: &std::path::Path) -> Result<ExpectedDifferences, Vec<Diagnostic>> {
         let file = path.display().to_string();
-        let text = std::fs::read_to_string(path).map_err(|e| {
-            vec![Diagnostic {
-                file: file.clone(),
-                pos: Pos::new(1, 1),
-                severity: Severity::Error,
-                path: KeyPath::root(),
-                message: format!("cannot read: {e}"),
-            }]
-        })?;
+        let text = ambient_proxy::config::read_text(path, crate::load::MAX_SCENARIO_BYTES)
+            .map_err(|e| {
+                vec![Diagnostic {
+                    file: file.clone(),
+                    pos: Pos::new(1, 1),
+                    severity: Severity::Error,
+                    path: KeyPath::root(),
+                    message: format!("cannot read: {e}"),
+                }]
+            })?;
         ExpectedDifferences::load(&file, &text)
     }
 

@@ -218,7 +218,13 @@ impl Dec<'_> {
 
     pub fn size(&mut self, f: &Field<'_>) -> Option<u64> {
         match f.node.value {
-            Value::Int(i) if i >= 0 => u64::try_from(i).ok(),
+            Value::Int(i) if i >= 0 => match u64::try_from(i) {
+                Ok(n) => Some(n),
+                Err(_) => {
+                    self.err(&f.at, format!("size {i} is too large: at most {} bytes", u64::MAX));
+                    None
+                }
+            },
             Value::Int(i) => {
                 self.err(&f.at, format!("a size cannot be negative, found {i}"));
                 None

@@ -18,13 +18,32 @@ pub(crate) const DEFAULT_DEADLINE: Duration = Duration::from_secs(10);
 /// Upper bounds that keep a scenario runnable (and a typo from asking for a billion connections).
 pub(crate) const MAX_COUNT: u64 = 100_000;
 pub(crate) const MAX_PARALLEL: u64 = 10_000;
+/// The most one connection sends: a simulated GiB costs seconds, and more is a typo.
+pub(crate) const MAX_SEND: u64 = 1 << 30;
+/// Connections a whole scenario opens, all steps together (each costs memory for its record
+/// in the Outcome, whichever step opens it).
+pub(crate) const MAX_CONNECTIONS: u64 = 100_000;
 
 pub(super) fn steps(d: &mut Dec<'_>, f: &Field<'_>) -> Vec<StepDoc> {
     let Some(items) = d.list(f) else { return Vec::new() };
     if items.is_empty() {
         d.err(&f.at, "a scenario needs at least one step");
     }
-    items.iter().filter_map(|item| step(d, item)).collect()
+    let steps: Vec<StepDoc> = items.iter().filter_map(|item| step(d, item)).collect();
+    let mut total: u64 = 0;
+    for s in &steps {
+        if let StepKind::Connect(c) = &s.kind {
+            total += u64::from(c.repeat.count());
+            if total > MAX_CONNECTIONS {
+                let msg = format!(
+                    "this step brings the scenario to {total} connections; a scenario opens at most {MAX_CONNECTIONS} (all steps together)"
+                );
+                d.err(&s.at, msg);
+                break;
+            }
+        }
+    }
+    steps
 }
 
 fn step(d: &mut Dec<'_>, f: &Field<'_>) -> Option<StepDoc> {
@@ -72,7 +91,14 @@ fn connect(d: &mut Dec<'_>, f: &Field<'_>) -> Option<ConnectDoc> {
     let to = d
         .req(&m, "to")
         .and_then(|f| d.parse(&f, |t| t.parse::<TargetRef>()).map(|v| Located::new(v, f.at)));
-    let send = m.get("send").map_or(Some(DEFAULT_SEND), |f| d.size(&f));
+    let send = m.get("send").map_or(Some(DEFAULT_SEND), |f| {
+        let n = d.size(&f)?;
+        if n > MAX_SEND {
+            d.err(&f.at, format!("send {n} is more than one connection may send (at most 1GiB)"));
+            return None;
+        }
+        Some(n)
+    });
     let count = m.get("count").map(|f| d.uint(&f, 1, MAX_COUNT));
     let parallel = m.get("parallel").map(|f| d.uint(&f, 1, MAX_PARALLEL));
     let repeat = match (count, parallel) {

@@ -69,8 +69,16 @@ pub fn check_outcome(world: &World, outcome: &Outcome) -> Vec<Failure> {
             out.push(failure(file, &step.at, "", expected, actual));
             continue;
         }
-        if let Some(e) = &c.expect {
-            out.extend(check_connection(file, &c.id, e, &records, c.repeat.count()));
+        match &c.expect {
+            Some(e) => out.extend(check_connection(file, &c.id, e, &records, c.repeat.count())),
+            // Without an expect block the step still declares its connections: a backend
+            // that opened fewer (or more) never passes.
+            None if records.len() != c.repeat.count() as usize => {
+                let expected = format!("{} connection(s) with id {:?}", c.repeat.count(), c.id);
+                let actual = format!("{} in the outcome", records.len());
+                out.push(failure(file, &step.at, "", expected, actual));
+            }
+            None => {}
         }
     }
     for step in &world.steps {

@@ -53,7 +53,23 @@ pub struct ClientReport {
     pub end: ClientEnd,
 }
 
+/// The error of a client that died with its pod ([`ClientReport::killed`]).
+pub const KILLED_WITH_POD: &str = "the client died with its pod (delete-pod)";
+
 impl ClientReport {
+    /// A client whose pod was deleted while it ran: its process died with the pod, and the
+    /// kernel closed its socket; it never reported. Both backends report it so (`error`), with
+    /// nothing counted (what it had done by then died with it).
+    pub fn killed() -> ClientReport {
+        ClientReport {
+            connected: false,
+            sent: 0,
+            received: 0,
+            echoed: true,
+            end: ClientEnd::Error(KILLED_WITH_POD.to_string()),
+        }
+    }
+
     /// Whether the bytes read back are exactly what a server that returns `expected` of the
     /// `sent` bytes (all for echo, none otherwise) should have produced.
     pub fn intact(&self, expected: u64) -> bool {

@@ -10,7 +10,7 @@ mod client;
 mod payload;
 mod server;
 
-pub use client::{ClientEnd, ClientReport, ClientSpec, run_client};
+pub use client::{ClientEnd, ClientReport, ClientSpec, KILLED_WITH_POD, run_client};
 pub use payload::Payload;
 pub use server::{ServeReport, serve};
 

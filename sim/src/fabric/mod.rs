@@ -195,6 +195,21 @@ pub struct Fabric {
     deferred_resets: BTreeMap<SockKey, (Ipv4Addr, SubPacket)>,
     /// Segments with payload that left one node for another on the underlay, when tapped.
     pub underlay: Option<Vec<UnderlayPacket>>,
+    /// Payload bytes sent in the current [`WIRE_QUANTUM`] (see [`Fabric::wire_spent`]).
+    wire: (u64, u64),
+}
+
+/// The simulated network moves at most [`WIRE_BUDGET`] payload bytes per `WIRE_QUANTUM` of
+/// simulated time, all namespaces together (1 MiB per ms, ~8.4 Gbit/s). Below it transfers
+/// take no simulated time, as before; above it a bulk transfer takes simulated time, so the
+/// timers that watch it (a client's deadline) fire as they would on a real link. No catalog
+/// scenario comes near it.
+pub const WIRE_QUANTUM: Duration = Duration::from_millis(1);
+pub const WIRE_BUDGET: u64 = 1 << 20;
+
+/// The index of the wire quantum `t` falls in.
+pub fn quantum_of(t: Duration) -> u64 {
+    u64::try_from(t.as_nanos() / WIRE_QUANTUM.as_nanos()).unwrap_or(u64::MAX)
 }
 
 /// Per-pass context.
@@ -316,6 +331,7 @@ impl Fabric {
             stats: Stats::default(),
             walks: BTreeMap::new(),
             egress: Vec::new(),
+            wire: (0, 0),
             deferred_resets: BTreeMap::new(),
             underlay: None,
         }
@@ -378,6 +394,28 @@ impl Fabric {
         if let Some(port) = self.sockets.abandon(ticket) {
             self.flights.forget(&(netns, port, remote));
         }
+    }
+
+    /// Whether this quantum's payload budget is spent: the pump then waits for the next one.
+    pub fn wire_spent(&self, now: Duration) -> bool {
+        self.wire.0 == quantum_of(now) && self.wire.1 >= WIRE_BUDGET
+    }
+
+    /// When the pump may move payload again, if this quantum's budget is spent.
+    pub fn wire_resumes(&self, now: Duration) -> Option<Duration> {
+        self.wire_spent(now).then(|| {
+            let q = quantum_of(now).saturating_add(1);
+            let nanos = u64::try_from(WIRE_QUANTUM.as_nanos()).unwrap_or(u64::MAX);
+            Duration::from_nanos(q.saturating_mul(nanos))
+        })
+    }
+
+    fn spend_wire(&mut self, now: Duration, bytes: usize) {
+        let q = quantum_of(now);
+        if self.wire.0 != q {
+            self.wire = (q, 0);
+        }
+        self.wire.1 = self.wire.1.saturating_add(bytes as u64);
     }
 
     /// Packets held on a link (latency).
@@ -506,6 +544,9 @@ impl Fabric {
     /// A segment a host emitted (`retransmit`: one the harness resends).
     fn egressed(&mut self, cx: &Cx<'_>, p: SubPacket, retransmit: bool) {
         self.stats.segments += 1;
+        if let Transport::Tcp(seg) = &p.payload {
+            self.spend_wire(cx.now, seg.payload.len());
+        }
         let (IpAddr::V4(src), IpAddr::V4(dst), Transport::Tcp(seg)) = (p.src, p.dst, p.payload)
         else {
             self.stats.drops += 1;

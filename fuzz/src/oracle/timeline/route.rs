@@ -111,7 +111,7 @@ impl Walk<'_> {
             None => Expect::one(Refused, Some(path), Tri::MustNot, identity),
             Some(app) => {
                 let mut e = Expect::one(app_outcome(app), Some(path), Tri::Must, identity);
-                e.reply = app.expected_reply(send);
+                e.replies = [app.expected_reply(send)].into();
                 e
             }
         }

@@ -340,3 +340,22 @@ fn patterns_compare_only_what_they_state() {
     p.reply = Some("127.0.0.1:15001 -> 10.0.1.2:*".parse().unwrap());
     assert!(!pattern_matches(&p, &e));
 }
+
+/// A connect step without an expect block still declares its connections: an outcome with
+/// none of them (a step a backend dropped) never passes.
+#[test]
+fn a_step_without_expectations_still_needs_its_connections() {
+    let text = "description: d\ncluster:\n  nodes: [node-a]\n  pods:\n    - {name: client, node: node-a}\n    - {name: server, node: node-a, serve: [{port: 8080, app: echo}]}\nsteps:\n  - connect: {id: c, from: client, to: server:8080, count: 2}\n";
+    let world = load_str("bare.yaml", text).into_result().unwrap_or_else(|e| panic!("{e:?}"));
+    let mut out = passing();
+    out.connections.clear();
+    out.checks.clear();
+    let m = messages(&check_outcome(&world, &out));
+    assert_eq!(m.len(), 1, "{m:?}");
+    assert!(
+        m[0].contains("2 connection(s) with id \"c\"") && m[0].contains("0 in the outcome"),
+        "{m:?}"
+    );
+    out.connections = vec![conn("c", false), conn("c", false)];
+    assert_eq!(messages(&check_outcome(&world, &out)), Vec::<String>::new());
+}

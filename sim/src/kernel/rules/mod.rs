@@ -216,8 +216,17 @@ impl Table {
         Table { kind, chains }
     }
 
+    /// Built-ins by scan (at most five), user chains by binary search (they are sorted).
     pub fn chain_index(&self, name: &str) -> Option<usize> {
-        self.chains.iter().position(|c| c.name == name)
+        let builtins = self.kind.builtin_hooks().len().min(self.chains.len());
+        if let Some(i) = self.chains[..builtins].iter().position(|c| c.name == name) {
+            return Some(i);
+        }
+        let users = &self.chains[builtins..];
+        users
+            .binary_search_by(|c| c.name.as_bytes().cmp(name.as_bytes()))
+            .ok()
+            .map(|i| builtins + i)
     }
 
     /// Index of a hook's built-in chain; `None` when the table has no such hook.

@@ -7,6 +7,8 @@
 //! kept only with `counters` (`-c`). The whole input applies atomically: on any error the
 //! ruleset is unchanged.
 
+use std::collections::BTreeMap;
+
 use super::parse::{Command, ParseError, TableBlock, parse_restore};
 use super::{Chain, Counters, Hook, Match, Policy, Rule, Ruleset, Table, TableKind, Target};
 
@@ -267,11 +269,12 @@ impl Table {
     }
 
     fn relink(&mut self) -> Result<(), ParseError> {
-        let names: Vec<String> = self.chains.iter().map(|c| c.name.clone()).collect();
+        let names: BTreeMap<String, usize> =
+            self.chains.iter().enumerate().map(|(i, c)| (c.name.clone(), i)).collect();
         for chain in &mut self.chains {
             for rule in &mut chain.rules {
                 if let Target::Jump(c) | Target::Goto(c) = &mut rule.target {
-                    c.index = names.iter().position(|n| *n == c.name).ok_or_else(|| {
+                    c.index = *names.get(&c.name).ok_or_else(|| {
                         ParseError::new(
                             rule.line,
                             &c.name,
@@ -281,12 +284,31 @@ impl Table {
                 }
             }
         }
-        // Hooks each chain is reachable from, and the deepest nesting (loops are errors).
+        // Loops and nesting deeper than the jump stack are errors; then the hooks each chain
+        // is reachable from. Linear in rules: heights are memoized and hooks spread once per
+        // (chain, hook) — a DAG of diamonds must not cost one walk per path.
         let n = self.chains.len();
+        let mut heights = vec![None; n];
+        let mut on_path = vec![false; n];
+        for (i, c) in self.chains.iter().enumerate() {
+            if c.builtin.is_some() {
+                self.nesting(i, 1, &mut heights, &mut on_path)?;
+            }
+        }
         let mut hooks = vec![0u8; n];
         for (i, c) in self.chains.iter().enumerate() {
-            if let Some(h) = c.builtin {
-                self.visit(i, h.bit(), 1, &mut hooks, &mut vec![false; n])?;
+            let Some(h) = c.builtin else { continue };
+            let mut todo = vec![i];
+            while let Some(chain) = todo.pop() {
+                if hooks[chain] & h.bit() != 0 {
+                    continue;
+                }
+                hooks[chain] |= h.bit();
+                for rule in &self.chains[chain].rules {
+                    if let Target::Jump(c) | Target::Goto(c) = &rule.target {
+                        todo.push(c.index);
+                    }
+                }
             }
         }
         for (i, chain) in self.chains.iter().enumerate() {
@@ -297,16 +319,24 @@ impl Table {
         Ok(())
     }
 
-    fn visit(
+    /// The height of `chain` (most jumps on a path from it), entered at `depth` (1 for a
+    /// built-in chain): an error at the first rule, in rule order, that loops back into a
+    /// calling chain or jumps from depth [`MAX_JUMP_DEPTH`]. Recursion stops at that depth.
+    fn nesting(
         &self,
         chain: usize,
-        hook: u8,
         depth: usize,
-        hooks: &mut [u8],
-        on_path: &mut Vec<bool>,
-    ) -> Result<(), ParseError> {
-        hooks[chain] |= hook;
+        heights: &mut [Option<usize>],
+        on_path: &mut [bool],
+    ) -> Result<usize, ParseError> {
+        if let Some(h) = heights[chain] {
+            if depth + h > MAX_JUMP_DEPTH {
+                return Err(self.too_deep(chain, depth, heights));
+            }
+            return Ok(h);
+        }
         on_path[chain] = true;
+        let mut height = 0;
         for rule in &self.chains[chain].rules {
             if let Target::Jump(c) | Target::Goto(c) = &rule.target {
                 if on_path[c.index] {
@@ -317,18 +347,38 @@ impl Table {
                     ));
                 }
                 if depth >= MAX_JUMP_DEPTH {
-                    return Err(ParseError::new(
-                        rule.line,
-                        &c.name,
-                        format!("chains nested at most {MAX_JUMP_DEPTH} deep"),
-                    ));
+                    return Err(deep_error(rule, &c.name));
                 }
-                self.visit(c.index, hook, depth + 1, hooks, on_path)?;
+                height = height.max(1 + self.nesting(c.index, depth + 1, heights, on_path)?);
             }
         }
         on_path[chain] = false;
-        Ok(())
+        heights[chain] = Some(height);
+        Ok(height)
     }
+
+    /// The rule that jumps too deep below `chain` entered at `depth`, all heights below known.
+    fn too_deep(&self, chain: usize, depth: usize, heights: &[Option<usize>]) -> ParseError {
+        for rule in &self.chains[chain].rules {
+            if let Target::Jump(c) | Target::Goto(c) = &rule.target {
+                if depth >= MAX_JUMP_DEPTH {
+                    return deep_error(rule, &c.name);
+                }
+                if depth + heights[c.index].unwrap_or(0) >= MAX_JUMP_DEPTH {
+                    return self.too_deep(c.index, depth + 1, heights);
+                }
+            }
+        }
+        ParseError::new(
+            0,
+            &self.chains[chain].name,
+            format!("chains nested at most {MAX_JUMP_DEPTH} deep"),
+        )
+    }
+}
+
+fn deep_error(rule: &Rule, target: &str) -> ParseError {
+    ParseError::new(rule.line, target, format!("chains nested at most {MAX_JUMP_DEPTH} deep"))
 }
 
 fn same_rule(a: &Rule, b: &Rule) -> bool {
