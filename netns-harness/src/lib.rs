@@ -9,7 +9,8 @@
 //! | --- | --- |
 //! | [`backend::plan`] | a World's topology as data: namespaces, links, addresses, routes (pure) |
 //! | [`backend::topology`] | that plan built in the kernel; pods added and removed |
-//! | [`backend::proxies`] | one real `NodeProxy` per node on its node namespace's thread; crash, start, mesh updates, event logs |
+//! | [`backend::proxies`] | the proxy-kind plan (ours, ztunnel, or both in turn); one real `NodeProxy` per node of ours on its node namespace's thread; crash, start, mesh updates, event logs |
+//! | [`backend::ztunnels`] | one real ztunnel process per node of that kind: ZDS agent, rendered config, faults as kill/start and ZDS add/delete |
 //! | [`backend::traffic`] | the scenario apps and clients (`ambient_scenarios::traffic`) on real sockets |
 //! | [`backend::faults`] | link faults (partition, loss, latency, heal) as state and as the node namespaces' rules |
 //! | [`backend::observe`] | conntrack and counters in the Outcome's form; the predicates snapshots settle on (pure) |
@@ -28,6 +29,7 @@
 //! | [`conntrack`] | `conntrack -L` parsed into entries (state, tuples, flags, mark, zone) |
 //! | [`socket`] | TCP connect with SO_MARK/bind/timeout, listeners (IP_TRANSPARENT too), SO_ORIGINAL_DST |
 //! | [`testkit`] | a libtest look-alike for `harness = false` test targets that need the sandbox |
+//! | [`ztunnel`] | driving real ztunnel: the ZDS protocol as bytes and its node-agent server, the mesh as its local config, the process, its log as proxy events |
 //!
 //! The differential suite's kernel side, model-neutral ([`diff`]): seeded random rulesets
 //! ([`diff::rulegen`]) and flows on a fixed pod/peer topology ([`diff::flowgen`]), the case and
@@ -60,9 +62,13 @@
 //!   step skipped; a rule set without the 15001 REDIRECT fails the expectations it should.
 //! - `tests/proxy_paths.rs`: the proxy on real interception — HBONE (the app sees the client pod
 //!   IP), uncaptured → captured through 15006, captured → uncaptured by passthrough.
+//! - `tests/ztunnel.rs` (`test = false`: not run by `cargo test`): real ztunnel as the proxy and
+//!   mixed with ours; needs `TESTBED_ZTUNNEL`, fails without it
+//!   (`cargo test -p ambient-netns --test ztunnel`).
 //!
 //! Benchmarks (`harness = false`, not tests): `benches/topology.rs` (topology per pod, the
-//! catalog), `benches/proxy.rs` (throughput and setup latency, plain TCP vs HBONE).
+//! catalog), `benches/proxy.rs` (throughput and setup latency, plain TCP vs HBONE through our
+//! proxy and, given `TESTBED_ZTUNNEL`, through ztunnel in the same run).
 //!
 //! The namespaced targets are `harness = false` (the sandbox must be entered single-threaded) and
 //! **fail** with the reason when namespaces are unavailable; they never skip.
@@ -74,7 +80,7 @@
 //! and conntrack-tools 1.4; anything else is a parse error, not a guess.
 #![cfg(target_os = "linux")]
 
-pub use backend::NetnsBackend;
+pub use backend::{NetnsBackend, ProxyKind, ProxyPlan};
 
 pub mod backend;
 pub mod conntrack;
@@ -87,3 +93,4 @@ pub mod sandbox;
 pub mod socket;
 pub mod testkit;
 pub mod tools;
+pub mod ztunnel;

@@ -213,6 +213,24 @@ impl<T> JobHandle<T> {
         JobHandle { name: String::new(), rx }
     }
 
+    /// The job's result if it has finished, without waiting; `None` while it runs. Once taken,
+    /// later calls report the job as cancelled.
+    pub fn try_take(&mut self) -> Option<Result<T, NetnsError>> {
+        use tokio::sync::oneshot::error::TryRecvError;
+        match self.rx.try_recv() {
+            Ok(result) => {
+                Some(result.map_err(|message| NetnsError::JobPanicked {
+                    name: self.name.clone(),
+                    message,
+                }))
+            }
+            Err(TryRecvError::Empty) => None,
+            Err(TryRecvError::Closed) => {
+                Some(Err(NetnsError::Cancelled { name: self.name.clone() }))
+            }
+        }
+    }
+
     /// Blocks the calling thread until the job finishes. Must not be called from async code (it
     /// panics inside a tokio runtime); `.await` the handle there.
     pub fn wait(self) -> Result<T, NetnsError> {

@@ -169,7 +169,7 @@ impl Drop for ProcessHandle {
 /// Makes the child die (SIGKILL) when the thread that spawned it exits — the namespace's worker
 /// thread — so no tool outlives the namespace or the sandbox process, even after SIGKILL.
 #[allow(unsafe_code)]
-fn die_with_spawning_thread(command: &mut tokio::process::Command) {
+pub(crate) fn die_with_spawning_thread(command: &mut tokio::process::Command) {
     let parent = std::process::id();
     // SAFETY: the closure runs in the forked child between fork and exec. It calls only prctl(2) and
     // getppid(2), which are async-signal-safe, and allocates nothing (errors are raw errno values),

@@ -138,7 +138,7 @@ impl Cluster {
 
     /// The peers the apps saw, in order.
     fn app_peers(&self) -> Vec<SocketAddr> {
-        self.accepts.lock().map(|a| a.iter().map(|a| a.peer).collect()).unwrap_or_default()
+        self.accepts.lock().map(|a| a.iter().map(|a| a.accept.peer).collect()).unwrap_or_default()
     }
 
     /// A pod's conntrack table once no entry is half-way through closing (bounded).

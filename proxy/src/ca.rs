@@ -14,8 +14,9 @@ use std::time::Duration;
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha20Rng;
 use rcgen::{
-    BasicConstraints, CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose, IsCa,
-    Issuer, KeyPair, KeyUsagePurpose, PKCS_ED25519, SanType, SerialNumber,
+    BasicConstraints, CertificateParams, DistinguishedName, DnType, DnValue,
+    ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair, KeyUsagePurpose, PKCS_ED25519, SanType,
+    SerialNumber,
 };
 use rustls::crypto::CryptoProvider;
 use rustls::sign::CertifiedKey;
@@ -113,6 +114,9 @@ pub struct MeshCa {
     params: CertificateParams,
     key: KeyPair,
     cert: CertificateDer<'static>,
+    /// Made elsewhere ([`MeshCa::from_foreign_pem`]): its subject is copied, its key
+    /// identifier unknown (leaves carry no authority key identifier).
+    foreign: bool,
 }
 
 impl MeshCa {
@@ -143,7 +147,7 @@ impl MeshCa {
         let key = key_pair(&keys.key_seed(&format!("ca:{trust_domain}"))?)?;
         let params = MeshCa::params(trust_domain, now);
         let cert = params.self_signed(&key)?.der().clone();
-        Ok(MeshCa { trust_domain: trust_domain.to_string(), params, key, cert })
+        Ok(MeshCa { trust_domain: trust_domain.to_string(), params, key, cert, foreign: false })
     }
 
     /// A CA written by `testbed certs` (its subject is the one [`MeshCa::generate`] makes).
@@ -162,6 +166,7 @@ impl MeshCa {
             params: MeshCa::params(trust_domain, Duration::ZERO),
             key,
             cert,
+            foreign: false,
         };
         let probe = ca.issue(
             &Identity::new(trust_domain, "probe", "probe"),
@@ -186,6 +191,68 @@ impl MeshCa {
             CaError::Pem(format!(
                 "the CA certificate and key do not belong together or were not written by `testbed certs` for trust domain {trust_domain} ({e:?})"
             ))
+        })?;
+        Ok(ca)
+    }
+
+    /// A CA made by someone else — ztunnel's `FAKE_CA` test root (RSA-2048, subject
+    /// `O=cluster.local`) for a cluster where our proxies and ztunnel trust one root. Any key
+    /// rcgen can sign with (RSA, ECDSA P-256/P-384, Ed25519; PKCS#8 PEM); the certificate's
+    /// subject becomes the leaves' issuer, string types and all, so the chain verifies. Checked by
+    /// issuing a probe certificate and verifying it against the certificate.
+    pub fn from_foreign_pem(
+        trust_domain: &str,
+        cert_pem: &str,
+        key_pem: &str,
+    ) -> Result<MeshCa, CaError> {
+        let key = KeyPair::from_pem(key_pem).map_err(|e| CaError::Pem(format!("CA key: {e}")))?;
+        let cert = pem_certs(cert_pem)?
+            .into_iter()
+            .next()
+            .ok_or_else(|| CaError::Pem("CA certificate: no CERTIFICATE block".into()))?;
+        let subject = crate::x509::subject_attributes(&cert)
+            .ok_or_else(|| CaError::Pem("CA certificate: its subject does not parse".into()))?;
+        let mut dn = DistinguishedName::new();
+        for (oid, tag, value) in subject {
+            let text = String::from_utf8(value)
+                .map_err(|_| CaError::Pem("CA certificate: a subject value is not text".into()))?;
+            let value = match tag {
+                0x0c => DnValue::Utf8String(text),
+                0x13 => DnValue::PrintableString(text.try_into()?),
+                0x16 => DnValue::Ia5String(text.try_into()?),
+                other => {
+                    return Err(CaError::Pem(format!(
+                        "CA certificate: subject string type {other:#04x} is not supported"
+                    )));
+                }
+            };
+            dn.push(DnType::from_oid(&oid), value);
+        }
+        let mut params = MeshCa::params(trust_domain, Duration::ZERO);
+        params.distinguished_name = dn;
+        let ca =
+            MeshCa { trust_domain: trust_domain.to_string(), params, key, cert, foreign: true };
+        let probe = ca.issue(
+            &Identity::new(trust_domain, "probe", "probe"),
+            &[7; 32],
+            Duration::from_secs(2_000_000_000),
+            CA_LIFETIME,
+        )?;
+        let anchor = webpki::anchor_from_trusted_cert(&ca.cert)
+            .map_err(|e| CaError::Pem(format!("CA certificate: {e:?}")))?;
+        let ee = webpki::EndEntityCert::try_from(&probe.cert)
+            .map_err(|e| CaError::Pem(format!("{e:?}")))?;
+        ee.verify_for_usage(
+            webpki::ALL_VERIFICATION_ALGS,
+            &[anchor],
+            &[],
+            rustls_pki_types::UnixTime::since_unix_epoch(Duration::from_secs(2_000_000_100)),
+            webpki::KeyUsage::client_auth(),
+            None,
+            None,
+        )
+        .map_err(|e| {
+            CaError::Pem(format!("the CA certificate and key do not belong together ({e:?})"))
         })?;
         Ok(ca)
     }
@@ -223,7 +290,7 @@ impl MeshCa {
         p.key_usages = vec![KeyUsagePurpose::DigitalSignature];
         p.extended_key_usages =
             vec![ExtendedKeyUsagePurpose::ServerAuth, ExtendedKeyUsagePurpose::ClientAuth];
-        p.use_authority_key_identifier_extension = true;
+        p.use_authority_key_identifier_extension = !self.foreign;
         let not_before = now.saturating_sub(BACKDATE);
         let not_after = now + lifetime;
         p.not_before = time_at(not_before);
@@ -416,6 +483,34 @@ mod tests {
 
     fn id() -> Identity {
         "spiffe://cluster.local/ns/default/sa/sleep".parse().unwrap()
+    }
+
+    #[test]
+    fn a_foreign_rsa_root_issues_leaves_that_chain_to_it() {
+        // An RSA-2048 root made with openssl (as ztunnel's FAKE_CA root is), for this test only.
+        let cert = include_str!("testdata/foreign-ca.pem");
+        let key = include_str!("testdata/foreign-ca-key.pem");
+        let ca = MeshCa::from_foreign_pem("cluster.local", cert, key).unwrap();
+        let now = Duration::from_secs(1_900_000_000);
+        let leaf = ca.issue(&id(), &[3; 32], now, DEFAULT_CERT_LIFETIME).unwrap();
+        assert_eq!(crate::x509::uri_sans(&leaf.cert).unwrap(), [id().to_string()]);
+        // The leaf's issuer is the root's subject byte for byte: webpki chains it.
+        let anchor = webpki::anchor_from_trusted_cert(ca.root()).unwrap();
+        let ee = webpki::EndEntityCert::try_from(&leaf.cert).unwrap();
+        ee.verify_for_usage(
+            webpki::ALL_VERIFICATION_ALGS,
+            &[anchor],
+            &[],
+            rustls_pki_types::UnixTime::since_unix_epoch(now),
+            webpki::KeyUsage::server_auth(),
+            None,
+            None,
+        )
+        .unwrap();
+        // A key that is not the certificate's is refused.
+        let other = KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap().serialize_pem();
+        let err = MeshCa::from_foreign_pem("cluster.local", cert, &other).unwrap_err();
+        assert!(err.to_string().contains("do not belong together"), "{err}");
     }
 
     #[test]

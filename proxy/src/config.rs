@@ -5,6 +5,7 @@
 //! seed: 7                      # endpoint choice and trace ids (default 0)
 //! ca: {seed: 1}                # the mesh CA: derived from a seed (as `testbed certs --seed 1`) …
 //! # ca: {certFile: ca.pem, keyFile: ca-key.pem}   # … or the PEM files `testbed certs` wrote
+//! #                              (or another CA's root and key, e.g. one a ztunnel trusts)
 //! keySeed: 3                   # derive workload keys from a seed (default: random)
 //! drain: 10s                   # how long Ctrl-C waits for connections to finish
 //! pods:
@@ -332,7 +333,10 @@ fn netns_id(path: &Path) -> Result<NetnsId, String> {
 }
 
 /// Load the CA files, saying precisely what is wrong with them: a key that is not the
-/// certificate's, a certificate that is no CA, a CA of another trust domain.
+/// certificate's, a certificate that is no CA, a CA of another trust domain. Only a CA that
+/// `testbed certs` wrote names a trust domain (its subject is `CN=<td> mesh CA`); any other root
+/// (ztunnel's test root, `O=cluster.local`, in a mixed cluster) is loaded as a foreign CA and
+/// its leaves take the mesh's trust domain.
 fn load_ca(td: &str, cert: &Path, key: &Path, errors: &mut ValidationErrors) -> Option<MeshCa> {
     let read =
         |p: &Path, field: &str, errors: &mut ValidationErrors| match read_text(p, MAX_FILE_BYTES) {
@@ -365,8 +369,9 @@ fn load_ca(td: &str, cert: &Path, key: &Path, errors: &mut ValidationErrors) -> 
             ),
         );
     }
-    if let Some(cn) = crate::x509::subject_common_name(&der)
-        && let Some(other) = cn.strip_suffix(" mesh CA")
+    let testbed_td = crate::x509::subject_common_name(&der)
+        .and_then(|cn| cn.strip_suffix(" mesh CA").map(str::to_string));
+    if let Some(other) = &testbed_td
         && other != td
     {
         errors.push(
@@ -395,7 +400,12 @@ fn load_ca(td: &str, cert: &Path, key: &Path, errors: &mut ValidationErrors) -> 
     if errors.len() > before {
         return None;
     }
-    match MeshCa::from_pem(td, &cert_pem, &key_pem) {
+    let loaded = if testbed_td.is_some() {
+        MeshCa::from_pem(td, &cert_pem, &key_pem)
+    } else {
+        MeshCa::from_foreign_pem(td, &cert_pem, &key_pem)
+    };
+    match loaded {
         Ok(ca) => Some(ca),
         Err(e) => {
             errors.push("ca", e.to_string());
@@ -554,6 +564,29 @@ mesh:
         );
         let m = messages(with_ca(&cert, &key, "example.org"));
         assert!(m.iter().any(|m| m.contains("trust domain \"cluster.local\"")), "{m:?}");
+    }
+
+    /// A root made elsewhere (RSA, no `<td> mesh CA` subject, as ztunnel's test root) names no
+    /// trust domain: it loads for any mesh trust domain, and its key is still checked.
+    #[test]
+    fn a_foreign_root_loads_whatever_the_trust_domain() {
+        let dir = Scratch::new("foreign");
+        let cert = dir.write("root.pem", include_str!("testdata/foreign-ca.pem"));
+        let key = dir.write("root-key.pem", include_str!("testdata/foreign-ca-key.pem"));
+        for td in ["cluster.local", "example.org"] {
+            match with_ca(&cert, &key, td) {
+                Ok(loaded) => assert_eq!(loaded.ca.unwrap().trust_domain(), td),
+                Err(e) => panic!("{td}: {:?}", messages(Err(e))),
+            }
+        }
+        let t = Duration::from_secs(1_800_000_000);
+        let other = MeshCa::generate("cluster.local", &crate::ca::KeySource::Seeded(2), t).unwrap();
+        let other_key = dir.write("other-key.pem", &other.key_pem());
+        let m = messages(with_ca(&cert, &other_key, "cluster.local"));
+        assert!(
+            m.len() == 1 && m[0].starts_with("ca.keyFile:") && m[0].contains("public keys differ"),
+            "{m:?}"
+        );
     }
 
     #[test]

@@ -26,6 +26,12 @@ fn bad_request(reason: impl Into<String>) -> Rejection {
     Rejection { status: 400, reason: reason.into() }
 }
 
+/// A well-formed CONNECT whose target cannot be served: ztunnel answers 503 when the target
+/// port is one of its own (it finds the self-call while resolving the upstream), and so do we.
+fn unavailable(reason: impl Into<String>) -> Rejection {
+    Rejection { status: 503, reason: reason.into() }
+}
+
 /// An HBONE request as the h2 server received it (only what the decision needs).
 #[derive(Debug, Clone, Copy)]
 pub struct ConnectRequest<'a> {
@@ -52,7 +58,7 @@ pub fn check_connect<'m>(
         return Err(bad_request(format!("authority {authority:?} has port 0")));
     }
     if SELF_CALL_PORTS.contains(&target.port()) {
-        return Err(bad_request(format!("self-call to the proxy's own port {target}")));
+        return Err(unavailable(format!("self-call to the proxy's own port {target}")));
     }
     let w = mesh.local_captured(node, target.ip()).ok_or_else(|| {
         bad_request(format!("target {} is not a captured pod of this node", target.ip()))
@@ -121,9 +127,9 @@ mod tests {
             ("CONNECT", None, Err(400)),
             ("CONNECT", Some("server.default:8080"), Err(400)),
             ("CONNECT", Some("10.0.2.5"), Err(400)),
-            ("CONNECT", Some("10.0.2.5:15008"), Err(400)),
-            ("CONNECT", Some("10.0.2.7:8080"), Err(400)), // not captured
-            ("CONNECT", Some("10.0.1.5:8080"), Err(400)), // another node's pod
+            ("CONNECT", Some("10.0.2.5:15008"), Err(503)), // self-call, as ztunnel answers
+            ("CONNECT", Some("10.0.2.7:8080"), Err(400)),  // not captured
+            ("CONNECT", Some("10.0.1.5:8080"), Err(400)),  // another node's pod
         ];
         for (method, authority, want) in cases {
             let got = check_connect(&m, "node-b", ConnectRequest { method, authority })

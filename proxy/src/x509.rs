@@ -135,3 +135,53 @@ pub fn uri_sans(cert_der: &[u8]) -> Option<Vec<String>> {
     }
     Some(out)
 }
+
+/// An OID's arcs from its DER contents; `None` if malformed.
+fn oid_arcs(bytes: &[u8]) -> Option<Vec<u64>> {
+    let (&first, rest) = bytes.split_first()?;
+    let mut arcs = vec![u64::from(first / 40).min(2), 0];
+    arcs[1] = u64::from(first) - arcs[0] * 40;
+    let mut acc: u64 = 0;
+    for &b in rest {
+        acc = acc.checked_mul(128)? | u64::from(b & 0x7f);
+        if b & 0x80 == 0 {
+            arcs.push(acc);
+            acc = 0;
+        }
+    }
+    (acc == 0).then_some(arcs)
+}
+
+/// One attribute of a distinguished name: type OID arcs, ASN.1 string tag, value bytes.
+pub type NameAttribute = (Vec<u64>, u8, Vec<u8>);
+
+/// The subject of a DER certificate as `(attribute type OID arcs, string tag, value bytes)`, in
+/// order (each relative name of one attribute, as CAs write them); `None` if it cannot be parsed.
+/// A certificate signed by that CA must name exactly this as its issuer, string types included.
+pub fn subject_attributes(cert_der: &[u8]) -> Option<Vec<NameAttribute>> {
+    const SET: u8 = 0x31;
+    const VERSION: u8 = 0xa0;
+    let (SEQUENCE, cert, _) = element(cert_der)? else { return None };
+    let (SEQUENCE, tbs, _) = element(cert)? else { return None };
+    let fields = children(tbs)?;
+    // version?, serialNumber, signature, issuer, validity, subject
+    let at = if fields.first()?.0 == VERSION { 5 } else { 4 };
+    let &(SEQUENCE, subject) = fields.get(at)? else { return None };
+    let mut out = Vec::new();
+    for (tag, rdn) in children(subject)? {
+        if tag != SET {
+            return None;
+        }
+        for (tag, atv) in children(rdn)? {
+            if tag != SEQUENCE {
+                return None;
+            }
+            let parts = children(atv)?;
+            let (&(OID, oid), &(value_tag, value)) = (parts.first()?, parts.get(1)?) else {
+                return None;
+            };
+            out.push((oid_arcs(oid)?, value_tag, value.to_vec()));
+        }
+    }
+    Some(out)
+}

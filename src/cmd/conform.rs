@@ -31,15 +31,20 @@ pub struct Args {
     seed: Option<u64>,
     #[command(flatten)]
     select: super::SelectArgs,
+    /// The proxy on the kernel side (`--proxy ztunnel`: real ztunnel against our proxy in the
+    /// simulator).
+    #[command(flatten)]
+    proxies: super::ProxyArgs,
     /// The output folder; emptied first (it must be new, empty, or written by an earlier run).
     #[arg(long, value_name = "DIR", default_value = "reports/latest/conform")]
     out: PathBuf,
     /// Scenarios run at once (each kernel run has its own namespaces; slow ones mostly wait).
     #[arg(long, value_name = "N", default_value_t = 4, value_parser = clap::value_parser!(u16).range(1..=64))]
     jobs: u16,
-    /// The expected-differences file.
-    #[arg(long, value_name = "FILE", default_value = "scenarios/expected-differences.yaml")]
-    expected: PathBuf,
+    /// The expected-differences file (default: scenarios/expected-differences.yaml; with
+    /// ztunnel on the kernel side, scenarios/ztunnel-expected-differences.yaml).
+    #[arg(long, value_name = "FILE")]
+    expected: Option<PathBuf>,
     /// Also write conformance.md here (the committed report: `--report reports/conformance.md`).
     #[arg(long, value_name = "FILE")]
     report: Option<PathBuf>,
@@ -112,31 +117,66 @@ impl Backend for Unavailable {
 }
 
 #[cfg(target_os = "linux")]
-fn netns_backend() -> Box<dyn Backend + Sync> {
+fn netns_backend(proxies: super::ProxyPlan) -> Box<dyn Backend + Sync> {
     match ambient_netns::sandbox::Sandbox::enter() {
         Ok(sandbox) => {
             let sandbox: &'static _ = Box::leak(Box::new(sandbox));
-            Box::new(ambient_netns::NetnsBackend::new(sandbox))
+            Box::new(ambient_netns::NetnsBackend::new(sandbox).with_proxies(proxies))
         }
         Err(e) => Box::new(Unavailable(BackendError::new(e.to_string()))),
     }
 }
 
 #[cfg(not(target_os = "linux"))]
-fn netns_backend() -> Box<dyn Backend + Sync> {
+fn netns_backend(_: super::ProxyPlan) -> Box<dyn Backend + Sync> {
     Box::new(Unavailable(BackendError::new("the netns backend runs on Linux only")))
 }
 
+/// The matrix of a run whose kernel side is not our proxy says so: its title names the
+/// proxies, and the command that regenerates it is this run's (the `netns` column is the
+/// kernel with those proxies).
+fn kernel_side_named(markdown: &str, proxy: &str, report: &std::path::Path) -> String {
+    let regenerate = format!(
+        "TESTBED_ZTUNNEL=/path/to/ztunnel cargo run --release -- conform --proxy {proxy} --report {}",
+        report.display()
+    );
+    markdown
+        .replacen(
+            "# Conformance: the simulator against the kernel",
+            &format!(
+                "# Conformance: our proxy in the simulator against `--proxy {proxy}` on the kernel"
+            ),
+            1,
+        )
+        .replacen(conform::render::REGENERATE, &regenerate, 1)
+}
+
+/// The committed expected-differences file of each comparison.
+pub const EXPECTED_OURS: &str = "scenarios/expected-differences.yaml";
+pub const EXPECTED_ZTUNNEL: &str = "scenarios/ztunnel-expected-differences.yaml";
+
 pub fn run(args: Args) -> anyhow::Result<ExitCode> {
-    // First: the sandbox needs a process with one thread.
-    let netns = netns_backend();
-    let expected = match ExpectedDifferences::read(&args.expected) {
+    let plan = match args.proxies.plan() {
+        Ok(plan) => plan,
+        Err(e) => {
+            eprintln!("testbed conform: {e}");
+            return Ok(ExitCode::from(2));
+        }
+    };
+    let ours = args.proxies.is_ours();
+    let expected_path = args
+        .expected
+        .clone()
+        .unwrap_or_else(|| PathBuf::from(if ours { EXPECTED_OURS } else { EXPECTED_ZTUNNEL }));
+    // First thing that starts a thread: the sandbox needs a process with one thread.
+    let netns = netns_backend(plan);
+    let expected = match ExpectedDifferences::read(&expected_path) {
         Ok(e) => e,
         Err(errors) => {
             for e in errors {
                 eprintln!("{e}");
             }
-            eprintln!("testbed conform: {} does not load", args.expected.display());
+            eprintln!("testbed conform: {} does not load", expected_path.display());
             return Ok(ExitCode::from(2));
         }
     };
@@ -165,7 +205,10 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     };
     print!("{}", conform::render::table(&report, &request.out.display().to_string()));
     if let Some(path) = &args.report {
-        let text = conform::render::markdown(&report);
+        let mut text = conform::render::markdown(&report);
+        if !ours {
+            text = kernel_side_named(&text, args.proxies.describe(), path);
+        }
         if let Err(e) = std::fs::write(path, text) {
             eprintln!("testbed conform: cannot write {}: {e}", path.display());
             return Ok(ExitCode::from(2));

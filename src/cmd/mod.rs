@@ -30,3 +30,99 @@ impl SelectArgs {
         Selection { include: self.include, exclude: self.exclude, shard: self.shard }
     }
 }
+
+/// The proxies the netns backend runs on its nodes (flattened into `testbed run` and `testbed
+/// conform`).
+#[derive(Debug, clap::Args)]
+pub struct ProxyArgs {
+    /// The node proxy on the kernel: `ours`, `ztunnel`, or a comma list given to the nodes in
+    /// order, cycling (`ours,ztunnel`: ours on the first node, ztunnel on the second, …).
+    #[arg(long, value_name = "KINDS", default_value = "ours")]
+    proxy: String,
+    /// The ztunnel binary (built from istio/ztunnel with features tls-ring,testing); default
+    /// $TESTBED_ZTUNNEL.
+    #[arg(long, value_name = "PATH")]
+    ztunnel_bin: Option<std::path::PathBuf>,
+    /// The folder holding ztunnel's test root and key (root-cert.pem, ca-key.pem; ztunnel's
+    /// src/tls), for clusters mixing both proxies; default $TESTBED_ZTUNNEL_CA, else the source
+    /// tree the binary was built in.
+    #[arg(long, value_name = "DIR")]
+    ztunnel_ca: Option<std::path::PathBuf>,
+}
+
+/// The node proxies as the netns backend takes them (Linux only).
+#[cfg(target_os = "linux")]
+pub type ProxyPlan = ambient_netns::ProxyPlan;
+#[cfg(not(target_os = "linux"))]
+pub type ProxyPlan = ();
+
+impl ProxyArgs {
+    /// The kinds named by `--proxy`, checked.
+    fn kinds(&self) -> Result<Vec<&str>, String> {
+        let kinds: Vec<&str> = self.proxy.split(',').map(str::trim).collect();
+        for k in &kinds {
+            if !matches!(*k, "ours" | "ztunnel") {
+                return Err(format!(
+                    "--proxy {}: unknown proxy {k:?}; expected ours, ztunnel, or a comma list of them",
+                    self.proxy
+                ));
+            }
+        }
+        Ok(kinds)
+    }
+
+    /// Only our proxy (the default).
+    pub fn is_ours(&self) -> bool {
+        self.kinds().is_ok_and(|k| k.iter().all(|k| *k == "ours"))
+    }
+
+    /// `--proxy` as given.
+    pub fn describe(&self) -> &str {
+        &self.proxy
+    }
+
+    /// The plan, or what is wrong with the options (a usage error: exit 2). ztunnel needs a
+    /// binary: `--ztunnel-bin` or `$TESTBED_ZTUNNEL`.
+    #[cfg(target_os = "linux")]
+    pub fn plan(&self) -> Result<ProxyPlan, String> {
+        use ambient_netns::ProxyKind;
+        let kinds = self.kinds()?;
+        let kinds: Vec<ProxyKind> = kinds
+            .iter()
+            .map(|k| if *k == "ztunnel" { ProxyKind::Ztunnel } else { ProxyKind::Ours })
+            .collect();
+        let env_path =
+            |name: &str| std::env::var_os(name).filter(|v| !v.is_empty()).map(Into::into);
+        let binary = self.ztunnel_bin.clone().or_else(|| env_path("TESTBED_ZTUNNEL"));
+        let ca = self.ztunnel_ca.clone().or_else(|| env_path("TESTBED_ZTUNNEL_CA"));
+        let ztunnel = if kinds.contains(&ProxyKind::Ztunnel) {
+            let binary = binary.ok_or_else(|| {
+                format!(
+                    "--proxy {}: no ztunnel binary; give it with --ztunnel-bin PATH or \
+                     TESTBED_ZTUNNEL=PATH (a ztunnel built from the public istio/ztunnel \
+                     repository with features tls-ring,testing)",
+                    self.proxy
+                )
+            })?;
+            let setup = ambient_netns::ztunnel::ZtunnelSetup::new(binary, ca)?;
+            if kinds.contains(&ProxyKind::Ours) {
+                // A mixed cluster shares ztunnel's CA: find it now, not halfway through a run.
+                setup.ca_dir()?;
+            }
+            Some(setup)
+        } else {
+            None
+        };
+        Ok(ProxyPlan { kinds, ztunnel })
+    }
+
+    #[cfg(not(target_os = "linux"))]
+    pub fn plan(&self) -> Result<ProxyPlan, String> {
+        self.kinds()?;
+        if self.is_ours() {
+            Ok(())
+        } else {
+            Err("ztunnel runs in the netns backend: Linux only".into())
+        }
+    }
+}

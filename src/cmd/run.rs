@@ -32,6 +32,8 @@ pub struct Args {
     seed: Option<u64>,
     #[command(flatten)]
     select: super::SelectArgs,
+    #[command(flatten)]
+    proxies: super::ProxyArgs,
     /// The output folder; emptied first (it must be new, empty, or written by an earlier run).
     #[arg(long, value_name = "DIR", default_value = "reports/latest")]
     out: PathBuf,
@@ -68,10 +70,11 @@ impl BackendKind {
 fn open_backend(
     kind: BackendKind,
     sandbox: Option<&'static NetnsSandbox>,
+    proxies: &super::ProxyPlan,
 ) -> Result<Box<dyn Backend>, BackendError> {
     match kind {
         BackendKind::Sim => Ok(Box::new(ambient_sim::SimBackend)),
-        BackendKind::Netns => netns_backend(sandbox),
+        BackendKind::Netns => netns_backend(sandbox, proxies),
     }
 }
 
@@ -81,14 +84,20 @@ type NetnsSandbox = ambient_netns::sandbox::Sandbox;
 type NetnsSandbox = ();
 
 #[cfg(target_os = "linux")]
-fn netns_backend(sandbox: Option<&'static NetnsSandbox>) -> Result<Box<dyn Backend>, BackendError> {
+fn netns_backend(
+    sandbox: Option<&'static NetnsSandbox>,
+    proxies: &super::ProxyPlan,
+) -> Result<Box<dyn Backend>, BackendError> {
     let sandbox =
         sandbox.ok_or_else(|| BackendError::new("the namespace sandbox was not entered"))?;
-    Ok(Box::new(ambient_netns::NetnsBackend::new(sandbox)))
+    Ok(Box::new(ambient_netns::NetnsBackend::new(sandbox).with_proxies(proxies.clone())))
 }
 
 #[cfg(not(target_os = "linux"))]
-fn netns_backend(_: Option<&'static NetnsSandbox>) -> Result<Box<dyn Backend>, BackendError> {
+fn netns_backend(
+    _: Option<&'static NetnsSandbox>,
+    _: &super::ProxyPlan,
+) -> Result<Box<dyn Backend>, BackendError> {
     Err(BackendError::new("the netns backend runs on Linux only"))
 }
 
@@ -152,6 +161,21 @@ fn progress() -> Box<dyn Progress> {
 }
 
 pub fn run(args: Args) -> anyhow::Result<ExitCode> {
+    // Options first (no thread yet): a bad --proxy is a usage error before anything runs.
+    if args.backend != BackendKind::Netns && !args.proxies.is_ours() {
+        eprintln!(
+            "testbed run: --proxy {} needs --backend netns (the simulator runs our proxy)",
+            args.proxies.describe()
+        );
+        return Ok(ExitCode::from(2));
+    }
+    let plan = match args.proxies.plan() {
+        Ok(plan) => plan,
+        Err(e) => {
+            eprintln!("testbed run: {e}");
+            return Ok(ExitCode::from(2));
+        }
+    };
     let sandbox = enter_sandbox(args.backend)?;
     let request = Request {
         paths: args.paths,
@@ -161,7 +185,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         backend: args.backend.name().to_string(),
     };
     let kind = args.backend;
-    let mut open = || open_backend(kind, sandbox);
+    let mut open = || open_backend(kind, sandbox, &plan);
     let clock = WallClock(Instant::now());
     let mut progress = progress();
     match report::run(&request, &mut open, &clock, progress.as_mut()) {

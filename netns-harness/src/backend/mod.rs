@@ -31,7 +31,9 @@
 //! 2. **Proxies** ([`proxies`]): a real `NodeProxy` per node over `LinuxNetwork`, on the node
 //!    namespace's thread, with its 15001/15006/15008 listeners inside each captured pod's
 //!    namespace; the proxies get `ClusterState::mesh_spec()` at start and after every mesh
-//!    fault. Apps listen in their pods and hosts ([`traffic`]).
+//!    fault. With a [`ProxyPlan`] naming ztunnel ([`NetnsBackend::with_proxies`]), those nodes run
+//!    a real ztunnel instead ([`ztunnels`]: the harness is its CNI agent and its istiod); the
+//!    faults then map as that module says. Apps listen in their pods and hosts ([`traffic`]).
 //! 3. **Steps** ([`run`]): `connect` runs `traffic::run_client` from the client's namespace
 //!    (`count` one after another, `parallel` at once, `background` started and settled at the
 //!    `check` naming it or at the end); faults as below; `wait` sleeps; `check` snapshots.
@@ -73,10 +75,12 @@ pub mod proxies;
 pub mod run;
 pub mod topology;
 pub mod traffic;
+pub mod ztunnels;
 
 use ambient_scenarios::backend::Artifact;
 use ambient_scenarios::{Backend, BackendError, Run, RunOptions, World};
 
+pub use proxies::{ProxyKind, ProxyPlan};
 pub use run::Injected;
 
 use crate::sandbox::Sandbox;
@@ -86,12 +90,24 @@ use crate::sandbox::Sandbox;
 pub struct NetnsBackend<'s> {
     sandbox: &'s Sandbox,
     inject: Option<(usize, Injected)>,
+    plan: ProxyPlan,
 }
 
 impl<'s> NetnsBackend<'s> {
     /// A backend that builds its namespaces inside `sandbox`.
     pub fn new(sandbox: &'s Sandbox) -> NetnsBackend<'s> {
-        NetnsBackend { sandbox, inject: None }
+        NetnsBackend { sandbox, inject: None, plan: ProxyPlan::default() }
+    }
+
+    /// Runs these proxies on the nodes instead of ours everywhere (see [`ProxyPlan`]).
+    pub fn with_proxies(mut self, plan: ProxyPlan) -> NetnsBackend<'s> {
+        self.plan = plan;
+        self
+    }
+
+    /// What runs on the nodes.
+    pub fn proxies(&self) -> &ProxyPlan {
+        &self.plan
     }
 
     /// For tests that prove teardown: instead of performing step `step` (0-based), fail the run
@@ -109,13 +125,15 @@ impl Backend for NetnsBackend<'_> {
 
     fn run(&self, world: &World, opts: &RunOptions) -> Result<Run, BackendError> {
         let seed = opts.seed.unwrap_or(world.seed);
-        let runner = run::Runner::start(self.sandbox, world, seed, opts.trace, self.inject)
-            .map_err(|e| BackendError::new(format!("{}: setting up: {e}", world.file)))?;
-        let (outcome, trace) =
+        let runner =
+            run::Runner::start(self.sandbox, world, seed, opts.trace, self.inject, &self.plan)
+                .map_err(|e| BackendError::new(format!("{}: setting up: {e}", world.file)))?;
+        let (outcome, trace, logs) =
             runner.run().map_err(|e| BackendError::new(format!("{}: {e}", world.file)))?;
         let artifacts = trace
             .map(|t| Artifact { name: "trace.txt".into(), bytes: t.into_bytes() })
             .into_iter()
+            .chain(logs.into_iter().map(|(name, bytes)| Artifact { name, bytes }))
             .collect();
         Ok(Run { outcome, artifacts })
     }

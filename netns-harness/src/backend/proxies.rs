@@ -19,6 +19,7 @@ use ambient_proxy::ca::{CertStore, KeySource, MeshCa};
 use ambient_proxy::clock::WallClock;
 use ambient_proxy::crypto::default_provider;
 use ambient_proxy::events::RecordingSink;
+use ambient_proxy::mesh::MeshSpec;
 use ambient_proxy::net::linux::{LinuxNetwork, NetnsPath};
 use ambient_proxy::tls::TlsContext;
 use ambient_proxy::{MeshState, NodeProxy, PodSpec, ProxyConfig};
@@ -65,17 +66,23 @@ impl Proxies {
         let ca =
             MeshCa::generate(trust_domain, &KeySource::Random(provider), WallClock::system().now())
                 .map_err(io::Error::other)?;
+        Ok(Proxies::with_ca(nodes, trust_domain, seed, ca))
+    }
+
+    /// No proxy running yet; they will issue their certificates from `ca` (a mixed cluster's
+    /// proxies share ztunnel's test root).
+    pub fn with_ca(nodes: &[String], trust_domain: &str, seed: u64, ca: MeshCa) -> Proxies {
         let nodes = nodes
             .iter()
             .map(|n| (n.clone(), NodeSlot { sink: Arc::default(), proxy: None, crashed_at: 0 }))
             .collect();
-        Ok(Proxies {
+        Proxies {
             network: LinuxNetwork::new(),
             ca: Arc::new(ca),
             trust_domain: trust_domain.to_string(),
             seed,
             nodes,
-        })
+        }
     }
 
     pub fn is_running(&self, node: &str) -> bool {
@@ -201,6 +208,262 @@ async fn add_pod(proxy: &NodeProxy<LinuxNetwork>, ip: Ipv4Addr, path: PathBuf) -
                 tokio::time::sleep(Duration::from_millis(10)).await;
             }
             other => return other,
+        }
+    }
+}
+
+/// Which proxy a node runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ProxyKind {
+    /// Our `NodeProxy` (crate `ambient-proxy`).
+    Ours,
+    /// A real ztunnel binary ([`crate::ztunnel`]).
+    Ztunnel,
+}
+
+impl ProxyKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ProxyKind::Ours => "ours",
+            ProxyKind::Ztunnel => "ztunnel",
+        }
+    }
+}
+
+/// What the backend runs on its nodes: `kinds` assigned to the nodes in order, cycling
+/// (`[Ztunnel]`: ztunnel everywhere; `[Ours, Ztunnel]`: ours on the first node, ztunnel on
+/// the second, …).
+#[derive(Debug, Clone)]
+pub struct ProxyPlan {
+    pub kinds: Vec<ProxyKind>,
+    /// Required when any kind is [`ProxyKind::Ztunnel`].
+    pub ztunnel: Option<crate::ztunnel::ZtunnelSetup>,
+}
+
+impl Default for ProxyPlan {
+    fn default() -> Self {
+        ProxyPlan { kinds: vec![ProxyKind::Ours], ztunnel: None }
+    }
+}
+
+impl ProxyPlan {
+    /// The kind of the node with this index.
+    pub fn kind(&self, index: usize) -> ProxyKind {
+        if self.kinds.is_empty() { ProxyKind::Ours } else { self.kinds[index % self.kinds.len()] }
+    }
+
+    /// In words, for reports (`ours`, `ztunnel`, `ours,ztunnel`).
+    pub fn describe(&self) -> String {
+        self.kinds.iter().map(|k| k.as_str()).collect::<Vec<_>>().join(",")
+    }
+
+    /// Every node runs our proxy.
+    pub fn is_ours_only(&self) -> bool {
+        self.kinds.iter().all(|k| *k == ProxyKind::Ours)
+    }
+}
+
+/// A captured pod as any proxy is told about it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PodInfo {
+    pub ip: Ipv4Addr,
+    pub netns: PathBuf,
+    pub name: String,
+    pub namespace: String,
+    pub service_account: String,
+}
+
+impl PodInfo {
+    fn ours(&self) -> PodRef {
+        (self.ip, self.netns.clone())
+    }
+
+    fn ztunnel(&self) -> super::ztunnels::ZPod {
+        super::ztunnels::ZPod {
+            ip: self.ip,
+            netns: self.netns.clone(),
+            name: self.name.clone(),
+            namespace: self.namespace.clone(),
+            service_account: self.service_account.clone(),
+        }
+    }
+}
+
+/// Every node's proxy, of whichever kind the plan gives it.
+pub struct NodeProxies {
+    kinds: BTreeMap<String, ProxyKind>,
+    ours: Proxies,
+    ztunnels: Option<super::ztunnels::Ztunnels>,
+}
+
+impl std::fmt::Debug for NodeProxies {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("NodeProxies")
+            .field("kinds", &self.kinds)
+            .field("ours", &self.ours)
+            .field("ztunnels", &self.ztunnels)
+            .finish()
+    }
+}
+
+impl NodeProxies {
+    /// Nothing runs yet. With ztunnel on a node, `mesh` is written as its config; with both
+    /// kinds, our proxies issue certificates from ztunnel's test root and key (one CA).
+    pub fn new(
+        nodes: &[String],
+        trust_domain: &str,
+        seed: u64,
+        plan: &ProxyPlan,
+        mesh: &MeshSpec,
+    ) -> io::Result<NodeProxies> {
+        let kinds: BTreeMap<String, ProxyKind> =
+            nodes.iter().enumerate().map(|(i, n)| (n.clone(), plan.kind(i))).collect();
+        let of = |k: ProxyKind| -> Vec<String> {
+            kinds.iter().filter(|(_, v)| **v == k).map(|(n, _)| n.clone()).collect()
+        };
+        let (ours_nodes, zt_nodes) = (of(ProxyKind::Ours), of(ProxyKind::Ztunnel));
+        let ztunnels = if zt_nodes.is_empty() {
+            None
+        } else {
+            let setup = plan.ztunnel.as_ref().ok_or_else(|| {
+                io::Error::other("ztunnel nodes need a ztunnel binary (--ztunnel-bin)")
+            })?;
+            let mut z = super::ztunnels::Ztunnels::new(&setup.binary, &zt_nodes, trust_domain)?;
+            z.write_config(mesh)?;
+            Some(z)
+        };
+        let ours = if ztunnels.is_some() && !ours_nodes.is_empty() {
+            let setup = plan.ztunnel.as_ref().expect("checked above");
+            let ca = setup.shared_ca(trust_domain).map_err(io::Error::other)?;
+            Proxies::with_ca(&ours_nodes, trust_domain, seed, ca)
+        } else {
+            Proxies::new(&ours_nodes, trust_domain, seed)?
+        };
+        Ok(NodeProxies { kinds, ours, ztunnels })
+    }
+
+    pub fn kind(&self, node: &str) -> ProxyKind {
+        self.kinds.get(node).copied().unwrap_or(ProxyKind::Ours)
+    }
+
+    /// Any node runs ztunnel.
+    pub fn has_ztunnel(&self) -> bool {
+        self.ztunnels.is_some()
+    }
+
+    fn zt(&mut self) -> io::Result<&mut super::ztunnels::Ztunnels> {
+        self.ztunnels.as_mut().ok_or_else(|| io::Error::other("no ztunnel in this run"))
+    }
+
+    pub fn is_running(&self, node: &str) -> bool {
+        match self.kind(node) {
+            ProxyKind::Ours => self.ours.is_running(node),
+            ProxyKind::Ztunnel => self.ztunnels.as_ref().is_some_and(|z| z.is_running(node)),
+        }
+    }
+
+    /// Starts `node`'s proxy on `ns` with `mesh`, serving `pods`.
+    pub fn start(
+        &mut self,
+        node: &str,
+        ns: &Netns,
+        mesh: &MeshSpec,
+        pods: &[PodInfo],
+    ) -> io::Result<()> {
+        match self.kind(node) {
+            ProxyKind::Ours => {
+                let state = MeshState::new(mesh.clone()).map_err(io::Error::other)?;
+                self.ours.start(node, ns, state, pods.iter().map(PodInfo::ours).collect())
+            }
+            ProxyKind::Ztunnel => {
+                let pods: Vec<_> = pods.iter().map(PodInfo::ztunnel).collect();
+                self.zt()?.start(node, ns, &pods)
+            }
+        }
+    }
+
+    /// Crashes `node`'s proxy (if running).
+    pub fn crash(&mut self, node: &str) {
+        match self.kind(node) {
+            ProxyKind::Ours => self.ours.crash(node),
+            ProxyKind::Ztunnel => {
+                if let Some(z) = self.ztunnels.as_mut() {
+                    z.crash(node);
+                }
+            }
+        }
+    }
+
+    /// Adds a captured pod to `node`'s proxy, if it runs.
+    pub fn add_pod(&mut self, node: &str, ns: &Netns, pod: &PodInfo) -> io::Result<()> {
+        match self.kind(node) {
+            ProxyKind::Ours => self.ours.add_pod(node, ns, pod.ours()),
+            ProxyKind::Ztunnel => self.zt()?.add_pod(node, &pod.ztunnel()),
+        }
+    }
+
+    /// Stops serving a pod (ours on the node namespace's runtime `ns`, where it starts the
+    /// pod's drain timer; ztunnel by a ZDS delete).
+    pub fn remove_pod(&mut self, node: &str, ns: &Netns, pod: &PodInfo) -> io::Result<()> {
+        match self.kind(node) {
+            ProxyKind::Ours => self.ours.remove_pod(node, ns, pod.ip),
+            ProxyKind::Ztunnel => self.zt()?.remove_pod(node, &pod.ztunnel()),
+        }
+    }
+
+    /// Gives the proxies the new mesh: ours at once (live connections re-checked); ztunnel's
+    /// config is rewritten, and the nodes whose ztunnel runs are returned: each must be
+    /// restarted to read it.
+    pub fn update_mesh(&mut self, mesh: &MeshSpec) -> io::Result<Vec<String>> {
+        let state = MeshState::new(mesh.clone()).map_err(io::Error::other)?;
+        self.ours.update_mesh(&state);
+        match self.ztunnels.as_mut() {
+            Some(z) => {
+                z.write_config(mesh)?;
+                Ok(z.running())
+            }
+            None => Ok(Vec::new()),
+        }
+    }
+
+    fn merged(&self, ours: EventLog, since_crash: bool) -> EventLog {
+        let mut log = ours;
+        if let Some(z) = &self.ztunnels {
+            for (node, kind) in &self.kinds {
+                if *kind == ProxyKind::Ztunnel {
+                    let events =
+                        if since_crash { z.events_since_crash(node) } else { z.events(node) };
+                    log.insert(node.clone(), events);
+                }
+            }
+        }
+        log
+    }
+
+    /// Every node's events so far.
+    pub fn log(&self) -> EventLog {
+        self.merged(self.ours.log(), false)
+    }
+
+    /// Every node's events since its proxy last crashed.
+    pub fn log_since_crash(&self) -> EventLog {
+        self.merged(self.ours.log_since_crash(), true)
+    }
+
+    /// ztunnel's output per node, as artifacts (`ztunnel-<node>.log`).
+    pub fn artifacts(&self) -> Vec<(String, Vec<u8>)> {
+        self.ztunnels
+            .iter()
+            .flat_map(|z| z.logs())
+            .map(|(node, text)| (format!("ztunnel-{node}.log"), text.into_bytes()))
+            .collect()
+    }
+
+    /// Crashes every proxy (teardown).
+    pub fn crash_all(&mut self) {
+        self.ours.crash_all();
+        if let Some(z) = self.ztunnels.as_mut() {
+            z.crash_all();
         }
     }
 }

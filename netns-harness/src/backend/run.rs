@@ -20,9 +20,9 @@ use ambient_scenarios::{ClusterState, World};
 use super::faults::{LinkFaults, LinkState, queue_num};
 use super::observe::{self, conntrack_entries, rule_counters};
 use super::plan::Plan;
-use super::proxies::{PodRef, Proxies};
+use super::proxies::{NodeProxies, PodInfo, ProxyPlan};
 use super::topology::{Topology, TopologyError};
-use super::traffic::{AcceptLog, ClientRun, ClientRuns, start_apps, start_clients};
+use super::traffic::{AcceptLog, ClientRun, ClientRuns, FIRST_BYTES, start_apps, start_clients};
 use crate::netns::{JobHandle, Netns, NetnsError};
 use crate::nfqueue::Delay;
 use crate::sandbox::Sandbox;
@@ -44,6 +44,10 @@ const SETTLE_QUIET: Duration = Duration::from_millis(400);
 
 /// A failure that ends the run (as opposed to an expectation that fails).
 pub type RunError = String;
+
+/// What a finished run gives: the Outcome, the trace (if asked for) and other artifacts by name
+/// (ztunnel's logs, with the trace).
+pub type Finished = (Outcome, Option<String>, Vec<(String, Vec<u8>)>);
 
 /// A connection of the Outcome, filled when its client finished.
 #[derive(Debug)]
@@ -80,7 +84,7 @@ pub enum Injected {
 /// per-namespace threads reference the pods' namespaces), the delay lines (tasks on the node
 /// namespaces' threads), then the namespaces.
 pub(super) struct Runner<'w> {
-    proxies: Proxies,
+    proxies: NodeProxies,
     /// The latency faults' delay lines, keyed `(node, other node)`: node's queue for what it
     /// forwards to the other.
     delays: BTreeMap<(usize, usize), Delay>,
@@ -97,6 +101,8 @@ pub(super) struct Runner<'w> {
     skipped: Vec<Skipped>,
     trace: Option<String>,
     inject: Option<(usize, Injected)>,
+    /// The step being performed (for skipped-step reports).
+    step_at: usize,
     /// Pods deleted so far, by label: their clients died with them.
     deleted: BTreeSet<String>,
 }
@@ -113,12 +119,14 @@ impl<'w> Runner<'w> {
         seed: u64,
         trace: bool,
         inject: Option<(usize, Injected)>,
+        proxy_plan: &ProxyPlan,
     ) -> Result<Runner<'w>, RunError> {
         let plan = Plan::of(world)?;
         let mut topo = Topology::build(sandbox, plan).map_err(topo_err)?;
         let nodes: Vec<String> = world.nodes.iter().map(|n| n.name.clone()).collect();
-        let proxies = Proxies::new(&nodes, &world.trust_domain, seed)
-            .map_err(|e| format!("making the mesh CA: {e}"))?;
+        let initial = ClusterState::initial(world).mesh_spec();
+        let proxies = NodeProxies::new(&nodes, &world.trust_domain, seed, proxy_plan, &initial)
+            .map_err(|e| format!("preparing the node proxies ({}): {e}", proxy_plan.describe()))?;
         let pods: Vec<&Pod> = world.pods.values().collect();
         topo.add_pods(sandbox, &pods).map_err(topo_err)?;
         let accepts = AcceptLog::default();
@@ -146,6 +154,7 @@ impl<'w> Runner<'w> {
             skipped: Vec::new(),
             trace: trace.then(String::new),
             inject,
+            step_at: 0,
             deleted: BTreeSet::new(),
         };
         for node in &world.nodes {
@@ -155,8 +164,9 @@ impl<'w> Runner<'w> {
     }
 
     /// Runs every step, settles, and returns the Outcome.
-    pub fn run(mut self) -> Result<(Outcome, Option<String>), RunError> {
+    pub fn run(mut self) -> Result<Finished, RunError> {
         for step in &self.world.steps {
+            self.step_at = step.index;
             if let Some((at, what)) = self.inject
                 && at == step.index
             {
@@ -183,7 +193,8 @@ impl<'w> Runner<'w> {
             end,
             skipped: std::mem::take(&mut self.skipped),
         };
-        Ok((outcome, self.trace.take()))
+        let artifacts = if self.trace.is_some() { self.proxies.artifacts() } else { Vec::new() };
+        Ok((outcome, self.trace.take(), artifacts))
     }
 
     fn step(&mut self, step: &Step) -> Result<(), RunError> {
@@ -274,10 +285,12 @@ impl<'w> Runner<'w> {
 
     fn start_proxy(&mut self, node: &str) -> Result<(), RunError> {
         let index = self.node_index(node)?;
-        let mesh = self.mesh()?;
-        let pods: Vec<PodRef> = self.captured_on(node);
+        let mesh = self.state.mesh_spec();
+        let pods = self.captured_on(node);
         let ns = &self.topo.nodes[index];
-        self.proxies.start(node, ns, mesh, pods).map_err(|e| format!("starting proxy@{node}: {e}"))
+        self.proxies
+            .start(node, ns, &mesh, &pods)
+            .map_err(|e| format!("starting proxy@{node}: {e}"))
     }
 
     /// Crashes a proxy and waits (bounded by [`SETTLE`]) until its listeners are closed in every
@@ -287,7 +300,7 @@ impl<'w> Runner<'w> {
     fn crash_proxy(&mut self, node: &str) -> Result<(), RunError> {
         self.proxies.crash(node);
         let deadline = Instant::now() + SETTLE;
-        for (ip, _) in self.captured_on(node) {
+        for PodInfo { ip, .. } in self.captured_on(node) {
             let Some(pod) = self.topo.pods.values().find(|p| p.ip == ip) else { continue };
             loop {
                 let free = pod
@@ -308,17 +321,42 @@ impl<'w> Runner<'w> {
     }
 
     /// The captured pods of `node` that exist now, with their namespaces.
-    fn captured_on(&self, node: &str) -> Vec<PodRef> {
+    fn captured_on(&self, node: &str) -> Vec<PodInfo> {
         self.state
             .pods
             .values()
             .filter(|p| p.node == node && p.is_captured())
-            .filter_map(|p| self.topo.pods.get(&p.key).map(|ns| (p.ip, ns.ns.path().to_path_buf())))
+            .filter_map(|p| self.topo.pods.get(&p.key).map(|ns| pod_info(p, ns.ns.path())))
             .collect()
     }
 
-    fn mesh(&self) -> Result<ambient_proxy::MeshState, RunError> {
-        self.state.mesh_state().map_err(|e| format!("the mesh does not validate: {e}"))
+    /// Gives the proxies the mesh as it is now. Our proxies take it live; a ztunnel reads its
+    /// config only at startup, so each running one is restarted, and the step is reported as
+    /// skipped: a restart cuts live connections and empties the pools, which an xDS push would
+    /// not do.
+    fn mesh_changed(&mut self) -> Result<(), RunError> {
+        let mesh = self.state.mesh_spec();
+        let restart = self
+            .proxies
+            .update_mesh(&mesh)
+            .map_err(|e| format!("giving the proxies the new mesh: {e}"))?;
+        if restart.is_empty() {
+            return Ok(());
+        }
+        for node in &restart {
+            self.crash_proxy(node)?;
+            self.start_proxy(node)?;
+        }
+        self.skipped.push(Skipped {
+            step: self.step_at,
+            reason: format!(
+                "ztunnel reads its config (LOCAL_XDS_PATH) only at startup: the mesh change was \
+                 applied by restarting the ztunnel of {}, which cuts their live connections and \
+                 empties their connection pools (istiod's xDS push would do neither)",
+                restart.join(", ")
+            ),
+        });
+        Ok(())
     }
 
     fn fault(&mut self, fault: &Fault) -> Result<(), RunError> {
@@ -344,8 +382,7 @@ impl<'w> Runner<'w> {
             Fault::AddPod { pod, .. } => self.add_pod(fault, pod),
             Fault::Apply(_) | Fault::Remove(_) => {
                 self.state.apply(fault);
-                self.proxies.update_mesh(&self.mesh()?);
-                Ok(())
+                self.mesh_changed()
             }
         }
     }
@@ -437,6 +474,7 @@ impl<'w> Runner<'w> {
     /// closed them (bounded by [`SETTLE`]), the pod's veth goes.
     fn delete_pod(&mut self, fault: &Fault, key: &ObjectKey) -> Result<(), RunError> {
         let pod = self.state.pods.get(key).cloned();
+        let path = self.topo.pods.get(key).map(|p| p.ns.path().to_path_buf()).unwrap_or_default();
         let killed = self.topo.kill_pod(key);
         self.deleted.insert(key.to_string());
         // The closes of its sockets reach their peers (and the proxies log them).
@@ -445,8 +483,9 @@ impl<'w> Runner<'w> {
         if let Some(pod) = &pod
             && pod.is_captured()
         {
+            let info = pod_info(pod, &path);
             let ns = &self.topo.nodes[self.node_index(&pod.node)?];
-            self.proxies.remove_pod(&pod.node, ns, pod.ip).map_err(|e| {
+            self.proxies.remove_pod(&pod.node, ns, &info).map_err(|e| {
                 format!("removing pod {} from proxy@{}: {e}", pod.label(), pod.node)
             })?;
             let gateway = SocketAddr::new(pod.ip.into(), ambient_proxy::inpod::INBOUND_HBONE_PORT);
@@ -457,7 +496,7 @@ impl<'w> Runner<'w> {
                 std::thread::sleep(SETTLE_POLL);
             }
         }
-        self.proxies.update_mesh(&self.mesh()?);
+        self.mesh_changed()?;
         match killed {
             Some(gone) => self.topo.unplug(key, gone).map_err(topo_err),
             None => Ok(()),
@@ -466,15 +505,15 @@ impl<'w> Runner<'w> {
 
     fn add_pod(&mut self, fault: &Fault, pod: &Pod) -> Result<(), RunError> {
         self.state.apply(fault);
-        self.proxies.update_mesh(&self.mesh()?);
         self.topo.add_pods(self.sandbox, &[pod]).map_err(topo_err)?;
+        self.mesh_changed()?;
         let ns = &self.topo.pods[&pod.key].ns;
         start_apps(ns, &pod.serve, &self.accepts)
             .map_err(|e| format!("pod {}: {e}", pod.label()))?;
         if pod.is_captured() {
-            let path = ns.path().to_path_buf();
+            let info = pod_info(pod, ns.path());
             self.proxies
-                .add_pod(&pod.node, ns, (pod.ip, path))
+                .add_pod(&pod.node, ns, &info)
                 .map_err(|e| format!("adding pod {} to proxy@{}: {e}", pod.label(), pod.node))?;
         }
         Ok(())
@@ -586,10 +625,27 @@ impl<'w> Runner<'w> {
 
     /// The Outcome's connections, in start order.
     fn connections(&self) -> Vec<ambient_scenarios::outcome::Connection> {
-        let log = self.proxies.log();
+        let mut log = self.proxies.log();
+        let records = self.accepts.lock().unwrap_or_else(|e| e.into_inner()).clone();
+        if self.proxies.has_ztunnel() {
+            let clients: Vec<(SocketAddr, Vec<u8>)> = self
+                .slots
+                .iter()
+                .enumerate()
+                .filter_map(|(i, s)| {
+                    let run = s.run.as_ref()?;
+                    let mut first = vec![0u8; (run.report.sent as usize).min(FIRST_BYTES)];
+                    Payload::new(Payload::key(self.seed, i as u64)).fill(&mut first);
+                    Some((run.local?, first))
+                })
+                .collect();
+            let seen: Vec<(SocketAddr, Vec<u8>)> =
+                records.iter().map(|r| (r.accept.peer, r.first.clone())).collect();
+            super::ztunnels::tie_accepts(&mut log, &clients, &seen);
+        }
         let mut accepts = Accepts::default();
-        for a in self.accepts.lock().unwrap_or_else(|e| e.into_inner()).iter() {
-            accepts.push(a.clone());
+        for r in records {
+            accepts.push(r.accept);
         }
         let unfinished = ClientRun {
             report: ClientReport {
@@ -626,6 +682,16 @@ impl<'w> Runner<'w> {
             step.at.path,
             describe(&step.action)
         ));
+    }
+}
+
+fn pod_info(p: &Pod, netns: &std::path::Path) -> PodInfo {
+    PodInfo {
+        ip: p.ip,
+        netns: netns.to_path_buf(),
+        name: p.key.name.clone(),
+        namespace: p.key.namespace.clone(),
+        service_account: p.service_account.clone(),
     }
 }
 

@@ -61,8 +61,75 @@ impl AppStream for KernelStream {
     }
 }
 
+/// One accept, and the first bytes the app read on it ([`FIRST_BYTES`] at most): the client's
+/// payload is unique per connection, so they tie the accept to its client when no proxy event
+/// names the peer the app saw (ztunnel connects to apps from an ephemeral port it does not log).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AcceptRecord {
+    pub accept: Accept,
+    pub first: Vec<u8>,
+}
+
+/// How many leading bytes of each accepted connection are kept.
+pub const FIRST_BYTES: usize = 16;
+
 /// Every accept of every app of a run, in the order they happened.
-pub type AcceptLog = Arc<Mutex<Vec<Accept>>>;
+pub type AcceptLog = Arc<Mutex<Vec<AcceptRecord>>>;
+
+/// An app's stream that copies the first [`FIRST_BYTES`] it reads into its accept record.
+struct Recorded {
+    inner: KernelStream,
+    log: AcceptLog,
+    index: usize,
+    kept: usize,
+}
+
+impl AsyncRead for Recorded {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let before = buf.filled().len();
+        let polled = Pin::new(&mut self.inner).poll_read(cx, buf);
+        if self.kept < FIRST_BYTES {
+            let fresh = &buf.filled()[before..];
+            let take = fresh.len().min(FIRST_BYTES - self.kept);
+            if take > 0 {
+                let bytes = fresh[..take].to_vec();
+                let mut log = self.log.lock().unwrap_or_else(|e| e.into_inner());
+                log[self.index].first.extend_from_slice(&bytes);
+                drop(log);
+                self.kept += take;
+            }
+        }
+        polled
+    }
+}
+
+impl AsyncWrite for Recorded {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write(cx, buf)
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+}
+
+impl AppStream for Recorded {
+    fn reset(self) {
+        self.inner.reset();
+    }
+}
 
 /// Starts one listener per `serve` entry in `ns` (`0.0.0.0:<port>`); each accept is served by
 /// its app on the namespace's thread and recorded in `log`. The listeners live as long as the
@@ -96,13 +163,17 @@ async fn accept_loop(listener: tokio::net::TcpListener, app: App, log: AcceptLog
         let _ = stream.set_nodelay(true);
         let index = {
             let mut log = log.lock().unwrap_or_else(|e| e.into_inner());
-            log.push(Accept { app, peer, served: None });
+            log.push(AcceptRecord {
+                accept: Accept { app, peer, served: None },
+                first: Vec::new(),
+            });
             log.len() - 1
         };
         let log = log.clone();
         tokio::task::spawn_local(async move {
-            let report = serve(app, KernelStream(stream)).await;
-            log.lock().unwrap_or_else(|e| e.into_inner())[index].served = Some(report);
+            let stream = Recorded { inner: KernelStream(stream), log: log.clone(), index, kept: 0 };
+            let report = serve(app, stream).await;
+            log.lock().unwrap_or_else(|e| e.into_inner())[index].accept.served = Some(report);
         });
     }
 }
