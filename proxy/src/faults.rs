@@ -24,9 +24,9 @@
 //! the fuzzer asks — has fault points.
 //!
 //! **Planted bugs** (feature `planted-bugs`, enabled only as a dev-dependency of the fuzzer's
-//! tests): [`PlantedBug`] flips one behaviour so a test can show the fuzzer finds and shrinks
+//! tests): `PlantedBug` flips one behaviour so a test can show the fuzzer finds and shrinks
 //! it. Without the feature the type does not exist; with it, a bug is still only active in a
-//! plan a test built with [`FaultPlan::with_planted`]. (Dev-dependency features are unified
+//! plan a test built with `FaultPlan::with_planted`. (Dev-dependency features are unified
 //! only into test builds, never into `cargo build --release`.)
 //!
 //! [`ProxyConfig::faults`]: crate::ProxyConfig::faults

@@ -2,7 +2,7 @@
 //! namespace, the packet marks that keep its own traffic out of the redirection rules, and the
 //! policy-routing table that returns replies to its transparent sockets.
 //!
-//! Source: `shared/reference/ambient-facts.md` and `istio-inpod.rules`. The rule generator in
+//! Source: `docs/ambient-facts.md` and `scenarios/testdata/istio-inpod.rules`. The rule generator in
 //! `ambient-scenarios` and the proxy both read these, so the two cannot drift apart.
 
 use std::net::Ipv4Addr;

@@ -1,5 +1,5 @@
 //! `ambient-scenarios` — the scenario language (version 1 of `SCENARIO-FORMAT.md`), the
-//! [`World`](world::World) both backends run, the [`Outcome`](outcome::Outcome) they report, the
+//! [`World`] both backends run, the [`Outcome`] they report, the
 //! expectation checker, and the ambient in-pod rule generator.
 //!
 //! The pipeline, one module per stage:
@@ -11,7 +11,7 @@
 //! World ──backend (sim or netns)──▶ Outcome ──expect::check_outcome──▶ failures
 //! ```
 //!
-//! - [`backend`] — the seam both backends implement: World → [`Outcome`](outcome::Outcome).
+//! - [`backend`] — the seam both backends implement: World → [`Outcome`].
 //! - [`load`] — load one file: [`load::load_file`], [`load::load_str`] → [`load::Loaded`].
 //! - [`catalog`] — files and folders, catalog-wide unique ids, tag filters, shards.
 //! - [`world`] — the resolved scenario: topology, policies, steps, faults, expectations.

@@ -3,7 +3,7 @@
 //!
 //! The simulator's kernel model and the netns harness load the same text, so a scenario's pod is
 //! captured identically by both. With [`InpodRules::default`] the output is the reference rule set
-//! (`shared/reference/istio-inpod.rules`, Istio >= 1.24, REDIRECT mode, IPv4); the tests hold it to
+//! (`scenarios/testdata/istio-inpod.rules`, Istio >= 1.24, REDIRECT mode, IPv4); the tests hold it to
 //! that, rule for rule and in order.
 
 use std::fmt::Write as _;

@@ -29,7 +29,7 @@ pub struct Args {
     /// or "route add local 0.0.0.0/0 dev lo table 100" (repeatable).
     #[arg(long = "ip", value_name = "COMMAND")]
     ip: Vec<String>,
-    /// A listening socket for -m socket / TPROXY: ADDR:PORT[/udp][,transparent] (repeatable).
+    /// A listening socket for -m socket / TPROXY: `ADDR:PORT[/udp][,transparent]` (repeatable).
     #[arg(long = "listen", value_name = "SOCKET")]
     listen: Vec<String>,
     /// Turn forwarding on (net.ipv4.ip_forward=1).

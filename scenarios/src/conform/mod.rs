@@ -11,7 +11,7 @@
 //! | module | what it is |
 //! | --- | --- |
 //! | [`normalize`] | ephemeral ports → placeholders; which rules count first packets only (pure) |
-//! | [`compare`] | two Outcomes → [`Difference`]s with JSON-path fields (pure) |
+//! | [`compare`](mod@compare) | two Outcomes → [`Difference`]s with JSON-path fields (pure) |
 //! | [`expected`] | `scenarios/expected-differences.yaml`: loading (every entry needs a reason) and matching |
 //! | [`driver`] | load → select → both backends per scenario (the kernel side `--jobs` at once) → compare → write |
 //! | [`render`] | `conformance.md` (the matrix), `junit.xml`, the stdout matrix, per-scenario `diff.txt` |

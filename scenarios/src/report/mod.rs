@@ -19,7 +19,7 @@
 //! | [`summary`] | `summary.md`: overall table, then per scenario its truth table, failures, diagrams |
 //! | [`junit`] | `junit.xml`: one testsuite, one testcase per scenario |
 //! | [`table`] | the summary table printed on stdout (with wall time) |
-//! | [`write`] | the output folder: refusing folders that are not ours, wiping, writing |
+//! | [`write`](mod@write) | the output folder: refusing folders that are not ours, wiping, writing |
 //!
 //! What counts as a pass: the scenario loaded, the backend produced an Outcome, every
 //! expectation held, no step was skipped, and the Outcome is consistent with what was asked
