@@ -29,18 +29,35 @@ pub struct Accept {
 /// Every server accept of a run; each is joined to at most one connection.
 #[derive(Debug, Clone, Default)]
 pub struct Accepts {
-    accepts: Vec<(Accept, bool)>,
+    /// Each accept, whether it is joined, and the client it was tied to beforehand, if any.
+    accepts: Vec<(Accept, bool, Option<SocketAddr>)>,
 }
 
 impl Accepts {
     pub fn push(&mut self, accept: Accept) {
-        self.accepts.push((accept, false));
+        self.accepts.push((accept, false, None));
     }
 
-    /// The first accept not yet joined whose peer is one of `peers`, marked as joined.
-    fn take(&mut self, peers: &[SocketAddr]) -> Option<&Accept> {
-        let (accept, taken) =
-            self.accepts.iter_mut().find(|(a, taken)| !*taken && peers.contains(&a.peer))?;
+    /// An accept the backend already knows is `client`'s (ztunnel's connections, tied by their
+    /// payload): it joins that connection only, whatever peer address it shares with others
+    /// (two pods' apps can see the same client `ip:port` from two proxies).
+    pub fn push_tied(&mut self, accept: Accept, client: SocketAddr) {
+        self.accepts.push((accept, false, Some(client)));
+    }
+
+    /// The accept tied to `client`, else the first accept neither joined nor tied whose peer is
+    /// one of `peers`; marked as joined.
+    fn take(&mut self, peers: &[SocketAddr], client: Option<SocketAddr>) -> Option<&Accept> {
+        let i = self
+            .accepts
+            .iter()
+            .position(|(_, taken, tied)| !*taken && client.is_some() && *tied == client)
+            .or_else(|| {
+                self.accepts.iter().position(|(a, taken, tied)| {
+                    !*taken && tied.is_none() && peers.contains(&a.peer)
+                })
+            })?;
+        let (accept, taken, _) = &mut self.accepts[i];
         *taken = true;
         Some(accept)
     }
@@ -111,7 +128,7 @@ pub fn connection(
         })
         .collect();
     peers.extend(client);
-    let accept = accepts.take(&peers).cloned();
+    let accept = accepts.take(&peers, client).cloned();
     // Without an accept (a crashed proxy logged no close), the routed endpoint's app: a
     // Service whose endpoints run different apps must not count a cut stream as complete.
     let routed_app = events.iter().find_map(|(_, e)| match e {

@@ -627,6 +627,7 @@ impl<'w> Runner<'w> {
     fn connections(&self) -> Vec<ambient_scenarios::outcome::Connection> {
         let mut log = self.proxies.log();
         let records = self.accepts.lock().unwrap_or_else(|e| e.into_inner()).clone();
+        let mut ties = BTreeMap::new();
         if self.proxies.has_ztunnel() {
             let clients: Vec<(SocketAddr, Vec<u8>)> = self
                 .slots
@@ -641,11 +642,14 @@ impl<'w> Runner<'w> {
                 .collect();
             let seen: Vec<(SocketAddr, Vec<u8>)> =
                 records.iter().map(|r| (r.accept.peer, r.first.clone())).collect();
-            super::ztunnels::tie_accepts(&mut log, &clients, &seen);
+            ties = super::ztunnels::tie_accepts(&mut log, &clients, &seen).into_iter().collect();
         }
         let mut accepts = Accepts::default();
-        for r in records {
-            accepts.push(r.accept);
+        for (i, r) in records.into_iter().enumerate() {
+            match ties.get(&i) {
+                Some(client) => accepts.push_tied(r.accept, *client),
+                None => accepts.push(r.accept),
+            }
         }
         let unfinished = ClientRun {
             report: ClientReport {

@@ -266,20 +266,29 @@ impl Drop for Ztunnels {
 /// equal the client's gets a `connection-closed` (result ok: it adds nothing to the Outcome's
 /// words) naming that peer as the upstream, logged by the node that last logged the client's
 /// connection inbound (else outbound). The payload is per connection, so the tie is exact.
+/// Returns the ties made, as (accept index, client): the peer address alone is not enough to
+/// join them (in a mixed cluster two pods' apps can see the same `ip:port`, one from each kind
+/// of proxy), so the caller pre-ties those accepts (`Accepts::push_tied`).
 pub fn tie_accepts(
     log: &mut ambient_scenarios::assemble::EventLog,
     clients: &[(std::net::SocketAddr, Vec<u8>)],
     accepts: &[(std::net::SocketAddr, Vec<u8>)],
-) {
+) -> Vec<(usize, std::net::SocketAddr)> {
     use ambient_proxy::events::{CloseResult, Direction};
-    let mut taken = vec![false; accepts.len()];
-    // Accepts already tied by a proxy event are not candidates.
+    let mut ties = Vec::new();
+    // Tied by payload here.
+    let mut paired = vec![false; accepts.len()];
+    // Accepts a proxy event may name (by peer; several may share one): not candidates for a
+    // partial match. A full match is unique to its client and needs no such guard.
+    let mut named = vec![false; accepts.len()];
     for events in log.values() {
         for e in events {
-            if let ProxyEvent::ConnectionClosed { upstream: Some(u), .. } = e
-                && let Some(i) = accepts.iter().position(|(p, _)| p == u)
-            {
-                taken[i] = true;
+            if let ProxyEvent::ConnectionClosed { upstream: Some(u), .. } = e {
+                for (i, (p, _)) in accepts.iter().enumerate() {
+                    if p == u {
+                        named[i] = true;
+                    }
+                }
             }
         }
     }
@@ -296,11 +305,11 @@ pub fn tie_accepts(
         }
         // An app may read fewer bytes than were sent before it acts (`reset` reads one): its
         // bytes must then begin the client's. Full matches are preferred.
-        let full = (0..accepts.len()).find(|&i| !taken[i] && accepts[i].1 == *first);
+        let full = (0..accepts.len()).find(|&i| !paired[i] && accepts[i].1 == *first);
         let partial = || {
             (0..accepts.len()).find(|&i| {
                 let seen = &accepts[i].1;
-                !taken[i] && !seen.is_empty() && first.starts_with(seen)
+                !paired[i] && !named[i] && !seen.is_empty() && first.starts_with(seen)
             })
         };
         let Some(i) = full.or_else(partial) else { continue };
@@ -323,7 +332,8 @@ pub fn tie_accepts(
             }
         }
         let Some((node, direction)) = best else { continue };
-        taken[i] = true;
+        paired[i] = true;
+        ties.push((i, *client));
         let peer = accepts[i].0;
         log.entry(node.clone()).or_default().push(ProxyEvent::ConnectionClosed {
             node,
@@ -337,6 +347,7 @@ pub fn tie_accepts(
             upstream: Some(peer),
         });
     }
+    ties
 }
 
 #[cfg(test)]
@@ -377,7 +388,8 @@ mod tests {
             (sa("10.0.1.2:1001"), b"second".to_vec()),
             (sa("10.0.1.2:1002"), Vec::new()), // sent nothing: not tied
         ];
-        tie_accepts(&mut log, &clients, &accepts);
+        let made = tie_accepts(&mut log, &clients, &accepts);
+        assert_eq!(made, [(1, sa("10.0.1.2:1000")), (0, sa("10.0.1.2:1001"))]);
         let ties: Vec<(SocketAddr, Option<SocketAddr>, Direction)> = log["node-b"]
             .iter()
             .filter_map(|e| match e {
@@ -405,7 +417,34 @@ mod tests {
         ));
         // Idempotent: already tied clients are left alone.
         let before = log.clone();
-        tie_accepts(&mut log, &clients, &accepts);
+        assert!(tie_accepts(&mut log, &clients, &accepts).is_empty());
         assert_eq!(log, before);
+    }
+
+    #[test]
+    fn a_full_payload_match_ties_even_an_accept_whose_peer_a_proxy_event_names() {
+        // Our proxy on one node connected to its app from 10.0.1.2:5000; ztunnel on another
+        // connected to its app from the same ip:port. Both accepts share the peer.
+        let mut log = EventLog::new();
+        log.insert(
+            "node-b".into(),
+            vec![ProxyEvent::ConnectionClosed {
+                node: "node-b".into(),
+                client: sa("10.0.1.2:1000"),
+                direction: Direction::InboundHbone,
+                destination: sa("10.0.2.2:8080"),
+                bytes_sent: 5,
+                bytes_received: 5,
+                duration_ms: 1,
+                result: CloseResult::Ok,
+                upstream: Some(sa("10.0.1.2:5000")),
+            }],
+        );
+        log.insert("node-c".into(), vec![verdict("10.0.1.2:1001")]);
+        let accepts =
+            [(sa("10.0.1.2:5000"), b"ztunnel's".to_vec()), (sa("10.0.1.2:5000"), b"ours".to_vec())];
+        let clients =
+            [(sa("10.0.1.2:1000"), b"ours".to_vec()), (sa("10.0.1.2:1001"), b"ztunnel's".to_vec())];
+        assert_eq!(tie_accepts(&mut log, &clients, &accepts), [(0, sa("10.0.1.2:1001"))]);
     }
 }

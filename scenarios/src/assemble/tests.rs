@@ -112,6 +112,26 @@ fn an_hbone_connection_joins_both_proxies_and_the_apps_accept() {
 }
 
 #[test]
+fn an_accept_tied_to_a_client_is_joined_to_that_client_only() {
+    // Two apps saw the same peer `ip:port` (one connected from each kind of proxy in a mixed
+    // cluster). The first accept was tied beforehand to another client (by payload); the
+    // connection whose proxy names that peer as its upstream gets the other one.
+    let log = hbone_log(true);
+    let other = addr("10.0.1.2:40001");
+    let mut accepts = Accepts::default();
+    accepts.push_tied(Accept { app: App::Sink, peer: addr("10.0.1.2:51000"), served: None }, other);
+    accepts.push(Accept { app: App::Echo, peer: addr("10.0.1.2:51000"), served: None });
+    let c = connection(LABELS, &ok_report(100), Some(addr("10.0.1.2:40000")), &log, &mut accepts);
+    assert_eq!(c.server_peer, Some("10.0.1.2".parse().unwrap()));
+    assert!(c.intact, "joined to the echo's accept, not the sink's");
+    // The tied one goes to its own client, with no event naming it.
+    let report = ClientReport { received: 0, ..ok_report(100) };
+    let mine = connection(LABELS, &report, Some(other), &EventLog::new(), &mut accepts);
+    assert_eq!(mine.server_peer, Some("10.0.1.2".parse().unwrap()));
+    assert!(mine.intact, "a sink returns nothing");
+}
+
+#[test]
 fn a_deny_verdict_makes_the_connection_denied_whatever_the_client_saw() {
     let log = hbone_log(false);
     let report = ClientReport { received: 0, ..ok_report(100) };
