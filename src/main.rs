@@ -1,9 +1,22 @@
 //! `testbed` — the ambient-testbed command line.
 //!
 //! Thin by design: each subcommand lives in `src/cmd/<name>.rs` as an `Args` struct (clap) and a
-//! `run(args) -> anyhow::Result<ExitCode>` that parses input, calls the crates and prints. Exit
-//! codes: 0 success, 1 a check or expectation failed, 2 bad input (clap's own usage errors too).
+//! `run(args) -> anyhow::Result<ExitCode>` that parses input, calls the crates and prints.
+//!
+//! Exit codes, the same for every subcommand:
+//!
+//! | code | meaning |
+//! | --- | --- |
+//! | 0 | success |
+//! | 1 | a check or expectation failed (a scenario that did not load, an unmet expectation, an unlisted conformance difference) |
+//! | 2 | bad input: clap's usage errors, a path that does not exist, nothing selected, a bad `RUST_LOG` |
+//!
+//! Logging: one `tracing` subscriber for every subcommand, installed here before anything else
+//! runs: filter from `RUST_LOG` (default `warn`; `info` for `testbed proxy`, which logs its
+//! listeners), written to stderr, with ANSI colours only when stderr is a terminal. It starts no
+//! thread, so `--backend netns` can still enter its namespace sandbox (one thread required).
 
+use std::io::IsTerminal as _;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
@@ -41,8 +54,31 @@ enum Command {
     Fuzz(cmd::fuzz::Args),
 }
 
+/// Installs the one subscriber (see the crate docs). A `RUST_LOG` that does not parse is bad
+/// input: the error, not a silently different filter.
+fn init_tracing(default: &str) -> Result<(), String> {
+    use tracing_subscriber::EnvFilter;
+    let filter = match std::env::var("RUST_LOG") {
+        Ok(v) if !v.trim().is_empty() => {
+            EnvFilter::try_new(&v).map_err(|e| format!("RUST_LOG={v:?} does not parse: {e}"))?
+        }
+        _ => EnvFilter::new(default),
+    };
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal())
+        .try_init()
+        .map_err(|e| format!("cannot install the log subscriber: {e}"))
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    let default_filter = if matches!(cli.command, Command::Proxy(_)) { "info" } else { "warn" };
+    if let Err(e) = init_tracing(default_filter) {
+        eprintln!("testbed: error: {e}");
+        return ExitCode::from(2);
+    }
     let result = match cli.command {
         Command::Check(args) => cmd::check::run(args),
         Command::Run(args) => cmd::run::run(args),
