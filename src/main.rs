@@ -10,6 +10,10 @@
 //! | 0 | success |
 //! | 1 | a check or expectation failed (a scenario that did not load, an unmet expectation, an unlisted conformance difference) |
 //! | 2 | bad input: clap's usage errors, a path that does not exist, nothing selected, a bad `RUST_LOG` |
+//! | 3 | infrastructure error: the environment could not run what was asked (the namespace sandbox cannot be entered, a backend cannot be opened, a backend failed to produce a scenario's Outcome) |
+//!
+//! 3 wins over 1: a run in which any scenario met an infrastructure error is incomplete, whatever
+//! the others did. Every report and result is still written, so one failure hides nothing.
 //!
 //! Logging: one `tracing` subscriber for every subcommand, installed here before anything else
 //! runs: filter from `RUST_LOG` (default `warn`; `info` for `testbed proxy`, which logs its
@@ -25,7 +29,14 @@ mod cmd;
 
 /// A deterministic simulator and a Linux network-namespace harness for the Istio Ambient data plane.
 #[derive(Debug, Parser)]
-#[command(name = "testbed", version, about)]
+#[command(
+    name = "testbed",
+    version,
+    about,
+    after_help = "Exit status: 0 success; 1 a check or expectation failed; 2 bad input; \
+                  3 infrastructure error (the environment could not run what was asked: \
+                  namespace sandbox, backend), which wins over 1."
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -36,9 +47,17 @@ enum Command {
     /// Validate scenario files without running them.
     Check(cmd::check::Args),
     /// Run scenarios on a backend; write outcome.json per scenario, junit.xml and summary.md.
+    #[command(after_help = "Exit status: 0 every selected scenario passed; 1 a scenario failed \
+                            (did not load, unmet expectation, skipped step); 2 bad input; 3 \
+                            infrastructure error (namespace sandbox not entered, backend not \
+                            opened or failed to run a scenario), which wins over 1.")]
     Run(cmd::run::Args),
     /// Run scenarios on both backends, compare their Outcomes field by field, write the
     /// conformance matrix; differences must be listed in scenarios/expected-differences.yaml.
+    #[command(after_help = "Exit status: 0 every selected scenario conforms; 1 one does not \
+                            (fails on a side, or an unlisted difference); 2 bad input; 3 \
+                            infrastructure error (a backend failed to run a scenario, e.g. the \
+                            namespace sandbox cannot be entered), which wins over 1.")]
     Conform(cmd::conform::Args),
     /// Print the in-pod redirection rules the CNI agent installs in a captured pod.
     Rules(cmd::rules::Args),

@@ -5,9 +5,13 @@
 //! check, write `<out>/<id>/outcome.json`, `junit.xml`, `summary.md`). Prints the summary table
 //! on stdout; progress goes to stderr (a bar on a terminal, one line per scenario otherwise).
 //!
-//! Exit status: 0 every expectation of every selected scenario held; 1 any scenario failed
-//! (did not load, backend error, unmet expectation, skipped step); 2 bad usage (clap's errors,
-//! a path that does not exist, nothing selected, an output folder that is not ours).
+//! Exit status: 0 every expectation of every selected scenario held; 1 any scenario failed (did
+//! not load, unmet expectation, skipped step, a problem with the run); 2 bad usage (clap's
+//! errors, a path that does not exist, nothing selected, an output folder that is not ours); 3
+//! an infrastructure error: the namespace sandbox cannot be entered (nothing runs), or the
+//! backend could not be opened or failed to produce a scenario's Outcome (that scenario fails
+//! as `backend` in the reports, the others still run and every report is written). 3 wins over
+//! 1.
 
 use std::io::IsTerminal;
 use std::path::PathBuf;
@@ -102,19 +106,20 @@ fn netns_backend(
 }
 
 /// Enters the namespace sandbox for `--backend netns` (the process must still have one thread:
-/// nothing before this may start one). It lives as long as the process.
+/// nothing before this may start one). It lives as long as the process. An error is an
+/// infrastructure error (exit 3).
 #[cfg(target_os = "linux")]
-fn enter_sandbox(kind: BackendKind) -> anyhow::Result<Option<&'static NetnsSandbox>> {
+fn enter_sandbox(kind: BackendKind) -> Result<Option<&'static NetnsSandbox>, String> {
     if kind != BackendKind::Netns {
         return Ok(None);
     }
-    let sandbox = ambient_netns::sandbox::Sandbox::enter()
-        .map_err(|e| anyhow::anyhow!("--backend netns: {e}"))?;
+    let sandbox =
+        ambient_netns::sandbox::Sandbox::enter().map_err(|e| format!("--backend netns: {e}"))?;
     Ok(Some(Box::leak(Box::new(sandbox))))
 }
 
 #[cfg(not(target_os = "linux"))]
-fn enter_sandbox(_: BackendKind) -> anyhow::Result<Option<&'static NetnsSandbox>> {
+fn enter_sandbox(_: BackendKind) -> Result<Option<&'static NetnsSandbox>, String> {
     Ok(None)
 }
 
@@ -176,7 +181,13 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
             return Ok(ExitCode::from(2));
         }
     };
-    let sandbox = enter_sandbox(args.backend)?;
+    let sandbox = match enter_sandbox(args.backend) {
+        Ok(sandbox) => sandbox,
+        Err(e) => {
+            eprintln!("testbed run: infrastructure error: {e}");
+            return Ok(ExitCode::from(3));
+        }
+    };
     let request = Request {
         paths: args.paths,
         selection: args.select.selection(),

@@ -267,4 +267,18 @@ fn a_report_counts_conforming_scenarios_and_entry_usage() {
     assert_eq!(bad.exit_code(), 1);
     let md = render::markdown(&bad);
     assert!(md.contains(r#"| `same-node-hbone` | pass | pass | NO | `end.netns["client.default"].counters["raw/OUTPUT/1"].packets` | 40 | 41 |"#), "{md}");
+    // The kernel side could not run it: an infrastructure error, exit 3 over the 1 above.
+    let mut infra = bad.clone();
+    infra.results.push(ScenarioConformance {
+        netns: ScenarioResult {
+            status: Status::BackendFailed {
+                world: Box::new(w.clone()),
+                error: crate::BackendError::new("cannot create network namespace"),
+            },
+            ..infra.results[0].netns.clone()
+        },
+        comparison: Comparison::NotCompared("netns: backend error".into()),
+        ..infra.results[0].clone()
+    });
+    assert_eq!(infra.exit_code(), 3);
 }
