@@ -140,3 +140,15 @@ fn rust_log_reaches_the_one_subscriber_without_colours_off_a_terminal() {
     assert!(text(&o.stderr).contains("RUST_LOG=\"ambient_proxy=loud\" does not parse"));
     assert!(!out_dir("log-bad").exists());
 }
+
+#[test]
+fn pcap_on_the_netns_backend_is_refused_naming_the_alternative() {
+    let out = out_dir("netns-pcap");
+    let o = testbed(&["run", "--backend", "netns", "--pcap", "--out", out.to_str().unwrap()]);
+    assert_eq!(o.status.code(), Some(2), "{}", text(&o.stderr));
+    let e = text(&o.stderr);
+    assert!(e.contains("--pcap is not supported with --backend netns"), "{e}");
+    assert!(e.contains("--backend sim --pcap"), "{e}");
+    assert!(o.stdout.is_empty());
+    assert!(!out.exists(), "nothing ran");
+}

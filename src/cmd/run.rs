@@ -7,7 +7,8 @@
 //!
 //! Exit status: 0 every expectation of every selected scenario held; 1 any scenario failed (did
 //! not load, unmet expectation, skipped step, a problem with the run); 2 bad usage (clap's
-//! errors, a path that does not exist, nothing selected, an output folder that is not ours); 3
+//! errors, a path that does not exist, nothing selected, an output folder that is not ours,
+//! `--pcap` with `--backend netns`, which captures nothing); 3
 //! an infrastructure error: the namespace sandbox cannot be entered (nothing runs), or the
 //! backend could not be opened or failed to produce a scenario's Outcome (that scenario fails
 //! as `backend` in the reports, the others still run and every report is written). 3 wins over
@@ -41,7 +42,8 @@ pub struct Args {
     /// The output folder; emptied first (it must be new, empty, or written by an earlier run).
     #[arg(long, value_name = "DIR", default_value = "reports/latest")]
     out: PathBuf,
-    /// Ask the backend for the packets each network namespace saw, as pcap files.
+    /// Ask the backend for the packets each network namespace saw, as pcap files (the simulator
+    /// only: refused with `--backend netns`, which does not capture).
     #[arg(long)]
     pcap: bool,
     /// Ask the backend for a readable trace of each run.
@@ -171,6 +173,13 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         eprintln!(
             "testbed run: --proxy {} needs --backend netns (the simulator runs our proxy)",
             args.proxies.describe()
+        );
+        return Ok(ExitCode::from(2));
+    }
+    if args.backend == BackendKind::Netns && args.pcap {
+        eprintln!(
+            "testbed run: --pcap is not supported with --backend netns (the kernel runs capture no \
+             packets); for pcaps use --backend sim --pcap"
         );
         return Ok(ExitCode::from(2));
     }
