@@ -46,6 +46,8 @@ struct Cli {
 enum Command {
     /// Validate scenario files without running them.
     Check(cmd::check::Args),
+    /// List the scenarios a selection keeps (id, tags, file; sorted by id), without running them.
+    List(cmd::list::Args),
     /// Run scenarios on a backend; write outcome.json per scenario, junit.xml and summary.md.
     #[command(after_help = "Exit status: 0 every selected scenario passed; 1 a scenario failed \
                             (did not load, unmet expectation, skipped step); 2 bad input; 3 \
@@ -100,6 +102,7 @@ fn main() -> ExitCode {
     }
     let result = match cli.command {
         Command::Check(args) => cmd::check::run(args),
+        Command::List(args) => cmd::list::run(args),
         Command::Run(args) => cmd::run::run(args),
         Command::Conform(args) => cmd::conform::run(args),
         Command::Rules(args) => cmd::rules::run(args),

@@ -4,6 +4,7 @@ pub mod certs;
 pub mod check;
 pub mod conform;
 pub mod fuzz;
+pub mod list;
 pub mod proxy;
 pub mod rules;
 pub mod run;
@@ -11,9 +12,13 @@ pub mod trace;
 
 use ambient_scenarios::{Selection, Shard};
 
-/// The selection `testbed run` and `testbed conform` share (flattened into their arguments).
+/// The selection `testbed run`, `testbed conform` and `testbed list` share (flattened into their arguments).
 #[derive(Debug, clap::Args)]
 pub struct SelectArgs {
+    /// Keep scenarios whose id matches any of these globs (`*` any characters, `?` one; a file
+    /// that does not load matches by its file stem). A glob that matches no id is an error.
+    #[arg(long = "scenario", value_name = "GLOB")]
+    scenarios: Vec<String>,
     /// Keep scenarios having any of these tags (files that do not load are always kept).
     #[arg(long, value_name = "TAG")]
     include: Vec<String>,
@@ -27,7 +32,12 @@ pub struct SelectArgs {
 
 impl SelectArgs {
     pub fn selection(self) -> Selection {
-        Selection { include: self.include, exclude: self.exclude, shard: self.shard }
+        Selection {
+            scenarios: self.scenarios,
+            include: self.include,
+            exclude: self.exclude,
+            shard: self.shard,
+        }
     }
 }
 

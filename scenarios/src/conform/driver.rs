@@ -26,7 +26,9 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use super::{Comparison, ConformReport, Judged, ScenarioConformance, compare, render};
 use crate::backend::{Backend, RunOptions};
 use crate::catalog::{Catalog, Selection};
-use crate::report::driver::{Clock, Entry, RunError, run_one, select, selection_words, stem};
+use crate::report::driver::{
+    Clock, Entry, RunError, check_globs, run_one, select, selection_words, stem,
+};
 use crate::report::{ScenarioResult, Status, write};
 
 use super::expected::ExpectedDifferences;
@@ -72,6 +74,7 @@ pub fn run(
         let msg = "nothing selected: no scenario files (*.yaml) under the given paths";
         return Err(RunError::NothingSelected(msg.into()));
     }
+    check_globs(&catalog, &req.selection)?;
     let mut entries = select(&catalog, &req.selection);
     if entries.is_empty() {
         return Err(RunError::NothingSelected(format!(
