@@ -92,6 +92,8 @@ fn a_malformed_file_is_a_failed_scenario_with_its_reason_in_every_report() {
     let summary = std::fs::read_to_string(out.join("summary.md")).unwrap();
     assert!(summary.contains("| [unknown-node](#unknown-node) | FAIL (load) | – |"), "{summary}");
     assert!(summary.contains(reason), "{summary}");
+    // A simulator run's report names no machine: no environment line.
+    assert!(!summary.contains("Environment:"), "{summary}");
 }
 
 #[test]

@@ -190,6 +190,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         out: args.out,
         jobs: usize::from(args.jobs),
         expected,
+        environment: super::kernel_environment(),
     };
     let clock = WallClock(Instant::now());
     let mut progress = Lines { total: 0, started: Instant::now() };

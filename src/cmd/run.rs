@@ -203,6 +203,12 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         options: RunOptions { seed: args.seed, pcap: args.pcap, trace: args.trace },
         out: args.out,
         backend: args.backend.name().to_string(),
+        // The kernel's and tools' versions matter to a kernel run; a simulator run's reports
+        // stay a function of the scenarios and seeds (byte-identical across machines).
+        environment: match args.backend {
+            BackendKind::Netns => super::kernel_environment(),
+            BackendKind::Sim => Vec::new(),
+        },
     };
     let kind = args.backend;
     let mut open = || open_backend(kind, sandbox, &plan);

@@ -44,6 +44,8 @@ pub struct ConformRequest {
     /// Scenarios at once (at least 1).
     pub jobs: usize,
     pub expected: ExpectedDifferences,
+    /// See [`ConformReport::environment`].
+    pub environment: Vec<(String, String)>,
 }
 
 /// Told about the run as it goes (from several threads, one call at a time).
@@ -119,8 +121,12 @@ pub fn run(
         return Err(RunError::Out(e));
     }
     results.sort_by(|a: &ScenarioConformance, b| a.id.cmp(&b.id));
-    let report =
-        ConformReport { selection: describe(req), expected: req.expected.clone(), results };
+    let report = ConformReport {
+        selection: describe(req),
+        environment: req.environment.clone(),
+        expected: req.expected.clone(),
+        results,
+    };
     write_reports(&req.out, &report).map_err(RunError::Out)?;
     Ok(report)
 }

@@ -106,6 +106,9 @@ impl ScenarioConformance {
 pub struct ConformReport {
     /// The selection in words (for headers).
     pub selection: String,
+    /// What the run depended on outside the scenarios (kernel release, tool versions, commit),
+    /// `(what, value)` in order, for the header.
+    pub environment: Vec<(String, String)>,
     pub expected: ExpectedDifferences,
     /// In scenario id order.
     pub results: Vec<ScenarioConformance>,

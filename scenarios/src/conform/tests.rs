@@ -245,7 +245,12 @@ fn a_report_counts_conforming_scenarios_and_entry_usage() {
         comparison: Comparison::Compared(judged),
     };
     assert!(r.agrees() && r.conforms());
-    let report = ConformReport { selection: "all".into(), expected, results: vec![r] };
+    let report = ConformReport {
+        selection: "all".into(),
+        environment: vec![("kernel".into(), "6.1.0".into()), ("commit".into(), "abc".into())],
+        expected,
+        results: vec![r],
+    };
     assert_eq!(report.exit_code(), 0);
     let usage = report.entry_usage();
     assert_eq!(usage[0].get("same-node-hbone"), Some(&1));
@@ -253,6 +258,7 @@ fn a_report_counts_conforming_scenarios_and_entry_usage() {
     let md = render::markdown(&report);
     assert!(md.contains("| `same-node-hbone` | pass | pass | yes |"), "{md}");
     assert!(md.contains("Matched in 1 scenario: `same-node-hbone`."), "{md}");
+    assert!(md.contains("\nEnvironment: kernel `6.1.0` · commit `abc`.\n"), "{md}");
     assert!(md.contains("Matched nothing in this run"), "{md}");
     assert!(!md.contains("5ms") && !md.contains("0.0"), "no wall time in the report: {md}");
     let xml = render::junit(&report).unwrap();

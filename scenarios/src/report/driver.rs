@@ -42,6 +42,8 @@ pub struct Request {
     pub out: PathBuf,
     /// The backend's name, as the reports show it.
     pub backend: String,
+    /// See [`RunReport::environment`](super::RunReport::environment).
+    pub environment: Vec<(String, String)>,
 }
 
 /// A monotonic clock: time since an arbitrary origin.
@@ -258,6 +260,7 @@ pub fn run(
         backend: req.backend.clone(),
         selection: describe(req),
         seed: req.options.seed,
+        environment: req.environment.clone(),
         results,
     };
     write::reports(&req.out, &report).map_err(|e| RunError::Out(e.to_string()))?;

@@ -57,6 +57,10 @@ pub struct RunReport {
     pub selection: String,
     /// `--seed`: the seed every scenario ran with instead of its own.
     pub seed: Option<u64>,
+    /// What the run depended on outside the scenarios, `(what, value)` in order (kernel release,
+    /// tool versions, commit): for a kernel run; empty for the simulator, whose reports are a
+    /// function of the scenarios and seeds only.
+    pub environment: Vec<(String, String)>,
     pub results: Vec<ScenarioResult>,
 }
 

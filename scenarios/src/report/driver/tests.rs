@@ -39,6 +39,7 @@ impl Scratch {
 
     fn request(&self) -> Request {
         Request {
+            environment: Vec::new(),
             paths: vec![self.catalog()],
             selection: Selection::default(),
             options: RunOptions::default(),

@@ -130,6 +130,7 @@ fn report() -> RunReport {
         backend: "sim".into(),
         selection: "all scenarios, their own seeds".into(),
         seed: None,
+        environment: Vec::new(),
         results,
     }
 }
