@@ -92,6 +92,8 @@ fn a_malformed_file_is_a_failed_scenario_with_its_reason_in_every_report() {
     let summary = std::fs::read_to_string(out.join("summary.md")).unwrap();
     assert!(summary.contains("| [unknown-node](#unknown-node) | FAIL (load) | – |"), "{summary}");
     assert!(summary.contains(reason), "{summary}");
+    // A simulator run's report names no machine: no environment line.
+    assert!(!summary.contains("Environment:"), "{summary}");
 }
 
 #[test]
@@ -108,4 +110,47 @@ fn a_folder_that_is_not_ours_is_refused_and_left_alone() {
     assert_eq!(o.status.code(), Some(2));
     assert!(text(&o.stderr).contains("refusing to clear"), "{}", text(&o.stderr));
     assert_eq!(std::fs::read_to_string(out.join("notes.txt")).unwrap(), "mine");
+}
+
+#[test]
+fn rust_log_reaches_the_one_subscriber_without_colours_off_a_terminal() {
+    let run = |rust_log: Option<&str>, name: &str| {
+        let out = out_dir(name);
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_testbed"));
+        cmd.args(["run", "scenarios/catalog/same-node-hbone.yaml", "--out"])
+            .arg(&out)
+            .current_dir(Path::new(env!("CARGO_MANIFEST_DIR")))
+            .env_remove("RUST_LOG");
+        if let Some(v) = rust_log {
+            cmd.env("RUST_LOG", v);
+        }
+        cmd.output().expect("run testbed")
+    };
+    // The proxies in the simulator log their access events at info: shown when asked for.
+    let o = run(Some("ambient_proxy::access=info"), "log-info");
+    let e = text(&o.stderr);
+    assert_eq!(o.status.code(), Some(0), "{e}");
+    assert!(e.contains("INFO ambient_proxy::access"), "{e}");
+    assert!(!e.contains('\u{1b}'), "no ANSI escapes when stderr is not a terminal: {e}");
+    // The default (warn) keeps them out: only the progress line.
+    let o = run(None, "log-default");
+    let e = text(&o.stderr);
+    assert!(e.starts_with("[1/1] same-node-hbone: pass (") && e.lines().count() == 1, "{e}");
+    // A filter that does not parse is bad input, before anything runs.
+    let o = run(Some("ambient_proxy=loud"), "log-bad");
+    assert_eq!(o.status.code(), Some(2), "{}", text(&o.stderr));
+    assert!(text(&o.stderr).contains("RUST_LOG=\"ambient_proxy=loud\" does not parse"));
+    assert!(!out_dir("log-bad").exists());
+}
+
+#[test]
+fn pcap_on_the_netns_backend_is_refused_naming_the_alternative() {
+    let out = out_dir("netns-pcap");
+    let o = testbed(&["run", "--backend", "netns", "--pcap", "--out", out.to_str().unwrap()]);
+    assert_eq!(o.status.code(), Some(2), "{}", text(&o.stderr));
+    let e = text(&o.stderr);
+    assert!(e.contains("--pcap is not supported with --backend netns"), "{e}");
+    assert!(e.contains("--backend sim --pcap"), "{e}");
+    assert!(o.stdout.is_empty());
+    assert!(!out.exists(), "nothing ran");
 }

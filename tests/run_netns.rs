@@ -30,4 +30,14 @@ fn the_netns_backend_runs_scenarios_and_writes_their_reports() {
         assert!(trace.starts_with("== step 0 "), "{trace}");
     }
     assert!(out.join("junit.xml").is_file() && out.join("summary.md").is_file());
+    // A kernel run records what it ran on: kernel, iptables (with its backend), conntrack, commit.
+    let summary = std::fs::read_to_string(out.join("summary.md")).expect("summary.md");
+    let env = summary.lines().find(|l| l.starts_with("Environment: ")).expect("environment line");
+    let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap();
+    assert!(
+        env.starts_with(&format!("Environment: kernel `{}` · iptables `", kernel.trim())),
+        "{env}"
+    );
+    assert!(env.contains(" (nf_tables)` · ") || env.contains(" (legacy)` · "), "{env}");
+    assert!(env.contains(" · conntrack `") && env.contains(" · commit `"), "{env}");
 }

@@ -28,6 +28,7 @@
 //! | [`iptables`] | `iptables-save -c` parsed: per-rule counters keyed `table/chain/position`, canonical rule text |
 //! | [`conntrack`] | `conntrack -L` parsed into entries (state, tuples, flags, mark, zone) |
 //! | [`socket`] | TCP connect with SO_MARK/bind/timeout, listeners (IP_TRANSPARENT too), SO_ORIGINAL_DST |
+//! | [`environment`] | the kernel release and the `iptables`/`conntrack` versions a run depended on, for the reports |
 //! | [`testkit`] | a libtest look-alike for `harness = false` test targets that need the sandbox |
 //! | [`ztunnel`] | driving real ztunnel: the ZDS protocol as bytes and its node-agent server, the mesh as its local config, the process, its log as proxy events |
 //!
@@ -85,6 +86,7 @@ pub use backend::{NetnsBackend, ProxyKind, ProxyPlan};
 pub mod backend;
 pub mod conntrack;
 pub mod diff;
+pub mod environment;
 pub mod iptables;
 pub mod link;
 pub mod netns;

@@ -217,18 +217,18 @@ impl<T> JobHandle<T> {
     /// later calls report the job as cancelled.
     pub fn try_take(&mut self) -> Option<Result<T, NetnsError>> {
         use tokio::sync::oneshot::error::TryRecvError;
-        match self.rx.try_recv() {
-            Ok(result) => {
-                Some(result.map_err(|message| NetnsError::JobPanicked {
-                    name: self.name.clone(),
-                    message,
-                }))
-            }
-            Err(TryRecvError::Empty) => None,
-            Err(TryRecvError::Closed) => {
-                Some(Err(NetnsError::Cancelled { name: self.name.clone() }))
-            }
-        }
+        let taken = match self.rx.try_recv() {
+            Err(TryRecvError::Empty) => return None,
+            done => done,
+        };
+        // A receiver that has given its last answer (value or closed) panics if received from
+        // again (`wait` after `try_take`): swap in a fresh one whose sender is gone.
+        self.rx = oneshot::channel().1;
+        Some(match taken {
+            Ok(result) => result
+                .map_err(|message| NetnsError::JobPanicked { name: self.name.clone(), message }),
+            Err(_) => Err(NetnsError::Cancelled { name: self.name.clone() }),
+        })
     }
 
     /// Blocks the calling thread until the job finishes. Must not be called from async code (it
@@ -329,4 +329,20 @@ fn worker_main(
     // any child process they own (spawned with kill_on_drop).
     drop(local);
     drop(runtime);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn waiting_after_taking_the_result_reports_cancelled_instead_of_panicking() {
+        let (tx, rx) = oneshot::channel::<Result<u8, String>>();
+        let mut job = JobHandle { name: "ztunnel".into(), rx };
+        assert!(job.try_take().is_none());
+        tx.send(Ok(7)).unwrap();
+        assert!(matches!(job.try_take(), Some(Ok(7))));
+        assert!(matches!(job.try_take(), Some(Err(NetnsError::Cancelled { .. }))));
+        assert!(matches!(job.wait(), Err(NetnsError::Cancelled { .. })));
+    }
 }

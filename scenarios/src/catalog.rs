@@ -1,5 +1,5 @@
 //! Finding, loading and selecting scenarios: files or folders (recursively, `*.yaml`, sorted),
-//! catalog-wide unique ids, `--include`/`--exclude` by tag, `--shard K/N`.
+//! catalog-wide unique ids, `--scenario GLOB` by id, `--include`/`--exclude` by tag, `--shard K/N`.
 //!
 //! Every file is loaded on its own: a broken file is reported and never hides another's result.
 
@@ -130,6 +130,9 @@ impl fmt::Display for Shard {
 /// Which scenarios to run.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Selection {
+    /// Keep scenarios whose id matches at least one of these globs (`*`: any run of characters,
+    /// `?`: one character; all, if empty). A file that did not load matches by its file stem.
+    pub scenarios: Vec<String>,
     /// Keep scenarios with at least one of these tags (all, if empty).
     pub include: Vec<String>,
     /// Then drop scenarios with any of these tags.
@@ -144,11 +147,33 @@ impl Selection {
         included && !self.exclude.iter().any(|t| w.tags.contains(t))
     }
 
-    /// The selected scenarios, sorted by id. Shards split the tag-filtered list by position in
-    /// id order (the i-th scenario goes to shard `i mod N + 1`), so shards are disjoint, cover
-    /// everything together, and do not depend on file paths.
+    /// Whether `id` is kept by `--scenario` (every id, without globs).
+    pub fn matches_id(&self, id: &str) -> bool {
+        self.scenarios.is_empty() || self.scenarios.iter().any(|g| glob_matches(g, id))
+    }
+
+    /// The `--scenario` globs that match no scenario of the catalog (valid ids, and the file
+    /// stems of files that did not load), whatever the other filters: each is a usage error, so
+    /// a typo never passes as an empty selection.
+    pub fn unmatched_globs(&self, catalog: &Catalog) -> Vec<&str> {
+        let ids: Vec<String> = catalog
+            .files
+            .iter()
+            .map(|f| f.world.as_ref().map_or_else(|| file_stem(&f.file), |w| w.id.clone()))
+            .collect();
+        self.scenarios
+            .iter()
+            .filter(|g| !ids.iter().any(|id| glob_matches(g, id)))
+            .map(String::as_str)
+            .collect()
+    }
+
+    /// The selected scenarios, sorted by id. Shards split the id- and tag-filtered list by
+    /// position in id order (the i-th scenario goes to shard `i mod N + 1`), so shards are
+    /// disjoint, cover everything together, and do not depend on file paths.
     pub fn select<'a>(&self, worlds: impl IntoIterator<Item = &'a World>) -> Vec<&'a World> {
-        let mut kept: Vec<&World> = worlds.into_iter().filter(|w| self.matches_tags(w)).collect();
+        let mut kept: Vec<&World> =
+            worlds.into_iter().filter(|w| self.matches_id(&w.id) && self.matches_tags(w)).collect();
         kept.sort_by(|a, b| a.id.cmp(&b.id));
         match self.shard {
             None => kept,
@@ -160,6 +185,65 @@ impl Selection {
                 .collect(),
         }
     }
+}
+
+impl Selection {
+    /// The files that did not load which this selection runs (as failures): every one whose
+    /// stem `--scenario` keeps, whatever the tags say (a broken file's tags are not known, and
+    /// hiding it would turn a broken catalog green). With `--shard K/N` the j-th of them
+    /// (0-based, in path order) belongs to shard `j mod N + 1`, so each is in exactly one shard.
+    pub fn select_broken<'a>(&self, catalog: &'a Catalog) -> Vec<&'a Loaded> {
+        catalog
+            .invalid()
+            .filter(|l| self.matches_id(&file_stem(&l.file)))
+            .enumerate()
+            .filter(|(j, _)| match self.shard {
+                None => true,
+                Some(s) => (*j as u64 % u64::from(s.count)) + 1 == u64::from(s.index),
+            })
+            .map(|(_, l)| l)
+            .collect()
+    }
+}
+
+/// `--scenario "x*" matches no scenario id` (and the others), for the usage error.
+pub fn unmatched_words(globs: &[&str]) -> String {
+    let named: Vec<String> = globs.iter().map(|g| format!("--scenario {g:?}")).collect();
+    let verb = if globs.len() == 1 { "matches" } else { "match" };
+    format!("{} {verb} no scenario id", named.join(", "))
+}
+
+/// A file's stem: the id a file that did not load is reported under.
+pub fn file_stem(file: &str) -> String {
+    Path::new(file)
+        .file_stem()
+        .map_or_else(|| file.to_string(), |s| s.to_string_lossy().into_owned())
+}
+
+/// Whether `text` matches `pattern`, where `*` matches any run of characters (also none) and `?`
+/// exactly one; every other character matches itself. Linear backtracking on the last `*`.
+pub fn glob_matches(pattern: &str, text: &str) -> bool {
+    let (p, t): (Vec<char>, Vec<char>) = (pattern.chars().collect(), text.chars().collect());
+    let (mut pi, mut ti) = (0, 0);
+    // The last `*` seen and the text position it currently stands for the end of.
+    let mut star: Option<(usize, usize)> = None;
+    while ti < t.len() {
+        if pi < p.len() && (p[pi] == '?' || (p[pi] != '*' && p[pi] == t[ti])) {
+            pi += 1;
+            ti += 1;
+        } else if pi < p.len() && p[pi] == '*' {
+            star = Some((pi, ti));
+            pi += 1;
+        } else if let Some((sp, st)) = star {
+            // Let the `*` take one more character and retry after it.
+            pi = sp + 1;
+            ti = st + 1;
+            star = Some((sp, st + 1));
+        } else {
+            return false;
+        }
+    }
+    p[pi..].iter().all(|&c| c == '*')
 }
 
 #[cfg(test)]
@@ -212,6 +296,78 @@ mod tests {
         assert_eq!(all, ["a", "b", "c", "d"]);
         let s1 = Selection { shard: Some(Shard { index: 1, count: 3 }), ..Default::default() };
         assert_eq!(ids(&s1), ["a", "d"]);
+    }
+
+    #[test]
+    fn globs_match_star_and_question_mark_over_the_whole_id() {
+        for (p, t) in [
+            ("same-node-hbone", "same-node-hbone"),
+            ("*", ""),
+            ("*", "anything"),
+            ("same-*", "same-node-hbone"),
+            ("*-hbone", "same-node-hbone"),
+            ("*node*", "same-node-hbone"),
+            ("s?me-*-hbone", "same-node-hbone"),
+            ("a*b*c", "aXbYbZc"),
+            ("a**c", "ac"),
+            ("?", "é"),
+        ] {
+            assert!(glob_matches(p, t), "{p} should match {t}");
+        }
+        for (p, t) in [
+            ("same", "same-node-hbone"),
+            ("node*", "same-node-hbone"),
+            ("*hbon", "same-node-hbone"),
+            ("?", ""),
+            ("??", "a"),
+            ("a*b*c", "aXbYcZ"),
+            ("", "a"),
+        ] {
+            assert!(!glob_matches(p, t), "{p} should not match {t}");
+        }
+    }
+
+    #[test]
+    fn scenario_globs_select_by_id_before_tags_and_shards_and_report_misses() {
+        let ws = [world("same-node-hbone", &["hbone"]), world("deny", &[]), world("same-x", &[])];
+        let ids = |sel: &Selection| {
+            sel.select(ws.iter()).iter().map(|w| w.id.clone()).collect::<Vec<_>>()
+        };
+        let sel = Selection { scenarios: vec!["same-*".into()], ..Default::default() };
+        assert_eq!(ids(&sel), ["same-node-hbone", "same-x"]);
+        let sel = Selection {
+            scenarios: vec!["same-*".into(), "deny".into()],
+            exclude: vec!["hbone".into()],
+            ..Default::default()
+        };
+        assert_eq!(ids(&sel), ["deny", "same-x"]);
+        let sel = Selection {
+            scenarios: vec!["same-*".into()],
+            shard: Some(Shard { index: 2, count: 2 }),
+            ..Default::default()
+        };
+        assert_eq!(ids(&sel), ["same-x"]);
+        // Misses are reported against the whole catalog (broken files by stem), not the tags.
+        let text = |id: &str| {
+            format!(
+                "scenario: {id}\ndescription: d\ncluster: {{nodes: [n]}}\nsteps: [{{wait: 1s}}]\n"
+            )
+        };
+        let catalog = Catalog::from_loaded(vec![
+            load_str("dir/ok.yaml", &text("ok")),
+            load_str("dir/broken-one.yaml", "scenario: [\n"),
+        ]);
+        let sel = Selection {
+            scenarios: vec!["ok".into(), "broken-*".into(), "nope*".into()],
+            include: vec!["no-such-tag".into()],
+            ..Default::default()
+        };
+        assert_eq!(sel.unmatched_globs(&catalog), ["nope*"]);
+        let broken: Vec<&str> =
+            sel.select_broken(&catalog).iter().map(|l| l.file.as_str()).collect();
+        assert_eq!(broken, ["dir/broken-one.yaml"]);
+        let only_ok = Selection { scenarios: vec!["ok".into()], ..Default::default() };
+        assert!(only_ok.select_broken(&catalog).is_empty());
     }
 
     #[test]

@@ -48,8 +48,12 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         }
     }
     if args.list {
-        let selection =
-            Selection { include: args.include, exclude: args.exclude, shard: args.shard };
+        let selection = Selection {
+            include: args.include,
+            exclude: args.exclude,
+            shard: args.shard,
+            ..Selection::default()
+        };
         for w in selection.select(catalog.worlds()) {
             println!("{}\t{}", w.id, w.file);
         }

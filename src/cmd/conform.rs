@@ -10,7 +10,10 @@
 //! Exit status: 0 every selected scenario passed its expectations on both backends and every
 //! difference between the two Outcomes is covered by an expected-differences entry; 1 otherwise;
 //! 2 bad usage (clap's errors, a path that does not exist, nothing selected, an output folder
-//! that is not ours, an expected-differences file that does not load).
+//! that is not ours, an expected-differences file that does not load); 3 an infrastructure
+//! error: a backend could not produce a scenario's Outcome (the namespace sandbox cannot be
+//! entered — then every kernel run fails so — or a run failed in the environment). Every report
+//! is still written; 3 wins over 1.
 
 use std::io::Write as _;
 use std::path::PathBuf;
@@ -187,6 +190,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         out: args.out,
         jobs: usize::from(args.jobs),
         expected,
+        environment: super::kernel_environment(),
     };
     let clock = WallClock(Instant::now());
     let mut progress = Lines { total: 0, started: Instant::now() };

@@ -4,6 +4,7 @@ pub mod certs;
 pub mod check;
 pub mod conform;
 pub mod fuzz;
+pub mod list;
 pub mod proxy;
 pub mod rules;
 pub mod run;
@@ -11,9 +12,46 @@ pub mod trace;
 
 use ambient_scenarios::{Selection, Shard};
 
-/// The selection `testbed run` and `testbed conform` share (flattened into their arguments).
+/// What a kernel run depended on, for its reports: the kernel release and the `iptables` and
+/// `conntrack` versions (Linux), then the commit ([`commit`]).
+pub fn kernel_environment() -> Vec<(String, String)> {
+    #[cfg(target_os = "linux")]
+    let mut env = ambient_netns::environment::probe();
+    #[cfg(not(target_os = "linux"))]
+    let mut env = Vec::new();
+    env.push(("commit".into(), commit()));
+    env
+}
+
+/// `git rev-parse HEAD` of the working directory, `-dirty` appended when tracked files differ
+/// from it; `unknown (…)` when the command does not run in a git checkout.
+pub fn commit() -> String {
+    let git = |args: &[&str]| {
+        std::process::Command::new("git")
+            .args(args)
+            .stderr(std::process::Stdio::null())
+            .output()
+            .ok()
+            .filter(|o| o.status.success())
+            .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
+    };
+    match git(&["rev-parse", "HEAD"]) {
+        Some(head) if !head.is_empty() => {
+            let dirty = git(&["status", "--porcelain", "--untracked-files=no"])
+                .is_some_and(|s| !s.is_empty());
+            if dirty { format!("{head}-dirty") } else { head }
+        }
+        _ => "unknown (not run in a git checkout)".into(),
+    }
+}
+
+/// The selection `testbed run`, `testbed conform` and `testbed list` share (flattened into their arguments).
 #[derive(Debug, clap::Args)]
 pub struct SelectArgs {
+    /// Keep scenarios whose id matches any of these globs (`*` any characters, `?` one; a file
+    /// that does not load matches by its file stem). A glob that matches no id is an error.
+    #[arg(long = "scenario", value_name = "GLOB")]
+    scenarios: Vec<String>,
     /// Keep scenarios having any of these tags (files that do not load are always kept).
     #[arg(long, value_name = "TAG")]
     include: Vec<String>,
@@ -27,7 +65,12 @@ pub struct SelectArgs {
 
 impl SelectArgs {
     pub fn selection(self) -> Selection {
-        Selection { include: self.include, exclude: self.exclude, shard: self.shard }
+        Selection {
+            scenarios: self.scenarios,
+            include: self.include,
+            exclude: self.exclude,
+            shard: self.shard,
+        }
     }
 }
 

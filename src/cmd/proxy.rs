@@ -1,7 +1,7 @@
 //! `testbed proxy --config FILE` — run one node's proxy on the real kernel: listeners inside
 //! each captured pod's network namespace (given by path), until Ctrl-C (or SIGTERM), then drain.
-//! Access-log events and diagnostics go to stderr through `tracing` (`RUST_LOG`, default
-//! `info`); the final counters are printed to stdout as JSON.
+//! Access-log events and diagnostics go to stderr through `tracing` (the subscriber `main`
+//! installs: `RUST_LOG`, default `info` for this subcommand); the final counters are printed to stdout as JSON.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -19,10 +19,6 @@ pub struct Args {
 }
 
 pub fn run(args: Args) -> anyhow::Result<ExitCode> {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let _ =
-        tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).try_init();
     let cfg = match ProxyFile::load(&args.config) {
         Ok(c) => c,
         Err(e) => {

@@ -5,9 +5,14 @@
 //! check, write `<out>/<id>/outcome.json`, `junit.xml`, `summary.md`). Prints the summary table
 //! on stdout; progress goes to stderr (a bar on a terminal, one line per scenario otherwise).
 //!
-//! Exit status: 0 every expectation of every selected scenario held; 1 any scenario failed
-//! (did not load, backend error, unmet expectation, skipped step); 2 bad usage (clap's errors,
-//! a path that does not exist, nothing selected, an output folder that is not ours).
+//! Exit status: 0 every expectation of every selected scenario held; 1 any scenario failed (did
+//! not load, unmet expectation, skipped step, a problem with the run); 2 bad usage (clap's
+//! errors, a path that does not exist, nothing selected, an output folder that is not ours,
+//! `--pcap` with `--backend netns`, which captures nothing); 3
+//! an infrastructure error: the namespace sandbox cannot be entered (nothing runs), or the
+//! backend could not be opened or failed to produce a scenario's Outcome (that scenario fails
+//! as `backend` in the reports, the others still run and every report is written). 3 wins over
+//! 1.
 
 use std::io::IsTerminal;
 use std::path::PathBuf;
@@ -37,7 +42,8 @@ pub struct Args {
     /// The output folder; emptied first (it must be new, empty, or written by an earlier run).
     #[arg(long, value_name = "DIR", default_value = "reports/latest")]
     out: PathBuf,
-    /// Ask the backend for the packets each network namespace saw, as pcap files.
+    /// Ask the backend for the packets each network namespace saw, as pcap files (the simulator
+    /// only: refused with `--backend netns`, which does not capture).
     #[arg(long)]
     pcap: bool,
     /// Ask the backend for a readable trace of each run.
@@ -102,19 +108,20 @@ fn netns_backend(
 }
 
 /// Enters the namespace sandbox for `--backend netns` (the process must still have one thread:
-/// nothing before this may start one). It lives as long as the process.
+/// nothing before this may start one). It lives as long as the process. An error is an
+/// infrastructure error (exit 3).
 #[cfg(target_os = "linux")]
-fn enter_sandbox(kind: BackendKind) -> anyhow::Result<Option<&'static NetnsSandbox>> {
+fn enter_sandbox(kind: BackendKind) -> Result<Option<&'static NetnsSandbox>, String> {
     if kind != BackendKind::Netns {
         return Ok(None);
     }
-    let sandbox = ambient_netns::sandbox::Sandbox::enter()
-        .map_err(|e| anyhow::anyhow!("--backend netns: {e}"))?;
+    let sandbox =
+        ambient_netns::sandbox::Sandbox::enter().map_err(|e| format!("--backend netns: {e}"))?;
     Ok(Some(Box::leak(Box::new(sandbox))))
 }
 
 #[cfg(not(target_os = "linux"))]
-fn enter_sandbox(_: BackendKind) -> anyhow::Result<Option<&'static NetnsSandbox>> {
+fn enter_sandbox(_: BackendKind) -> Result<Option<&'static NetnsSandbox>, String> {
     Ok(None)
 }
 
@@ -169,6 +176,13 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         );
         return Ok(ExitCode::from(2));
     }
+    if args.backend == BackendKind::Netns && args.pcap {
+        eprintln!(
+            "testbed run: --pcap is not supported with --backend netns (the kernel runs capture no \
+             packets); for pcaps use --backend sim --pcap"
+        );
+        return Ok(ExitCode::from(2));
+    }
     let plan = match args.proxies.plan() {
         Ok(plan) => plan,
         Err(e) => {
@@ -176,13 +190,25 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
             return Ok(ExitCode::from(2));
         }
     };
-    let sandbox = enter_sandbox(args.backend)?;
+    let sandbox = match enter_sandbox(args.backend) {
+        Ok(sandbox) => sandbox,
+        Err(e) => {
+            eprintln!("testbed run: infrastructure error: {e}");
+            return Ok(ExitCode::from(3));
+        }
+    };
     let request = Request {
         paths: args.paths,
         selection: args.select.selection(),
         options: RunOptions { seed: args.seed, pcap: args.pcap, trace: args.trace },
         out: args.out,
         backend: args.backend.name().to_string(),
+        // The kernel's and tools' versions matter to a kernel run; a simulator run's reports
+        // stay a function of the scenarios and seeds (byte-identical across machines).
+        environment: match args.backend {
+            BackendKind::Netns => super::kernel_environment(),
+            BackendKind::Sim => Vec::new(),
+        },
     };
     let kind = args.backend;
     let mut open = || open_backend(kind, sandbox, &plan);

@@ -64,7 +64,9 @@
 //! - No kube-proxy: a Service VIP means something only to a captured client (its proxy resolves
 //!   it). An uncaptured client's packets to a VIP go to the wan, which has no route for it.
 //! - Conntrack entries keep the kernel's ephemeral ports; comparisons mask them.
-//! - `pcap` is not produced; `trace` gives a `trace.txt` with the state after every step.
+//! - No packet capture: a run asked for `pcap` is refused with an error (never a silent run
+//!   without them; `testbed run` refuses `--pcap` with `--backend netns` as bad usage);
+//!   `trace` gives a `trace.txt` with the state after every step.
 //! - Ports and payload are the simulator's; timing is the kernel's: waits and holds take real
 //!   time, and snapshots settle (see [`observe`]) rather than read at an instant.
 
@@ -124,6 +126,11 @@ impl Backend for NetnsBackend<'_> {
     }
 
     fn run(&self, world: &World, opts: &RunOptions) -> Result<Run, BackendError> {
+        if opts.pcap {
+            return Err(BackendError::new(
+                "the netns backend does not capture packets (pcap); the simulator does",
+            ));
+        }
         let seed = opts.seed.unwrap_or(world.seed);
         let runner =
             run::Runner::start(self.sandbox, world, seed, opts.trace, self.inject, &self.plan)

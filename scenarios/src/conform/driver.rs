@@ -26,7 +26,9 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use super::{Comparison, ConformReport, Judged, ScenarioConformance, compare, render};
 use crate::backend::{Backend, RunOptions};
 use crate::catalog::{Catalog, Selection};
-use crate::report::driver::{Clock, Entry, RunError, run_one, select, selection_words, stem};
+use crate::report::driver::{
+    Clock, Entry, RunError, check_globs, run_one, select, selection_words, stem,
+};
 use crate::report::{ScenarioResult, Status, write};
 
 use super::expected::ExpectedDifferences;
@@ -42,6 +44,8 @@ pub struct ConformRequest {
     /// Scenarios at once (at least 1).
     pub jobs: usize,
     pub expected: ExpectedDifferences,
+    /// See [`ConformReport::environment`].
+    pub environment: Vec<(String, String)>,
 }
 
 /// Told about the run as it goes (from several threads, one call at a time).
@@ -72,6 +76,7 @@ pub fn run(
         let msg = "nothing selected: no scenario files (*.yaml) under the given paths";
         return Err(RunError::NothingSelected(msg.into()));
     }
+    check_globs(&catalog, &req.selection)?;
     let mut entries = select(&catalog, &req.selection);
     if entries.is_empty() {
         return Err(RunError::NothingSelected(format!(
@@ -116,8 +121,12 @@ pub fn run(
         return Err(RunError::Out(e));
     }
     results.sort_by(|a: &ScenarioConformance, b| a.id.cmp(&b.id));
-    let report =
-        ConformReport { selection: describe(req), expected: req.expected.clone(), results };
+    let report = ConformReport {
+        selection: describe(req),
+        environment: req.environment.clone(),
+        expected: req.expected.clone(),
+        results,
+    };
     write_reports(&req.out, &report).map_err(RunError::Out)?;
     Ok(report)
 }

@@ -18,7 +18,8 @@
 //!
 //! A scenario *conforms* when it passes its own expectations on both backends and every
 //! difference between the two Outcomes is covered by an expected-differences entry. Exit status
-//! of the run: 0 only if every selected scenario conforms.
+//! of the run: 0 only if every selected scenario conforms; 3 if a backend failed to produce an
+//! Outcome anywhere (see [`ConformReport::exit_code`]); 1 otherwise.
 
 pub mod compare;
 pub mod driver;
@@ -105,6 +106,9 @@ impl ScenarioConformance {
 pub struct ConformReport {
     /// The selection in words (for headers).
     pub selection: String,
+    /// What the run depended on outside the scenarios (kernel release, tool versions, commit),
+    /// `(what, value)` in order, for the header.
+    pub environment: Vec<(String, String)>,
     pub expected: ExpectedDifferences,
     /// In scenario id order.
     pub results: Vec<ScenarioConformance>,
@@ -115,9 +119,14 @@ impl ConformReport {
         self.results.iter().filter(|r| r.conforms()).count()
     }
 
-    /// 0 when every scenario conforms, 1 otherwise.
+    /// 0 when every scenario conforms; 3 when a backend failed to produce an Outcome on either
+    /// side of any scenario (an infrastructure error: the comparison is incomplete); 1 otherwise.
     pub fn exit_code(&self) -> u8 {
-        if self.conforming() == self.results.len() { 0 } else { 1 }
+        let infrastructure = self
+            .results
+            .iter()
+            .any(|r| r.sim.infrastructure_error() || r.netns.infrastructure_error());
+        crate::report::exit_code(self.conforming() == self.results.len(), infrastructure)
     }
 
     /// Per entry (by index): the scenarios it covered differences of, with how many.

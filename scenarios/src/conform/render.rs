@@ -2,8 +2,10 @@
 //! and each scenario's `diff.txt`.
 //!
 //! `conformance.md` and `diff.txt` hold no wall time; `conformance.md` names no value that
-//! varies between identical runs of a conforming catalog (it shows values only for unlisted
-//! differences, which fail the run). `junit.xml` has one testcase per scenario and side —
+//! varies between identical runs of a conforming catalog on one machine and commit (it shows
+//! values only for unlisted differences, which fail the run); its `Environment:` header line
+//! names that machine and commit (kernel release, `iptables` version and backend, `conntrack`
+//! version, commit), given by the caller. `junit.xml` has one testcase per scenario and side —
 //! `<id> [sim]`, `<id> [netns]`, `<id> [agree]` — so a CI system shows which of the three failed
 //! at a glance; its `time` attributes are the only wall-clock data.
 
@@ -104,6 +106,10 @@ pub fn markdown(report: &ConformReport) -> String {
     );
     let _ = writeln!(out, "Regenerate: `{REGENERATE}`\n");
     let _ = writeln!(out, "Selection: {}.\n", report.selection);
+    if !report.environment.is_empty() {
+        let words = crate::report::summary::environment_words(&report.environment);
+        let _ = writeln!(out, "Environment: {words}.\n");
+    }
     let _ = writeln!(
         out,
         "**{} of {n} scenario{} conform** (pass on both backends, every difference listed).\n",

@@ -245,7 +245,12 @@ fn a_report_counts_conforming_scenarios_and_entry_usage() {
         comparison: Comparison::Compared(judged),
     };
     assert!(r.agrees() && r.conforms());
-    let report = ConformReport { selection: "all".into(), expected, results: vec![r] };
+    let report = ConformReport {
+        selection: "all".into(),
+        environment: vec![("kernel".into(), "6.1.0".into()), ("commit".into(), "abc".into())],
+        expected,
+        results: vec![r],
+    };
     assert_eq!(report.exit_code(), 0);
     let usage = report.entry_usage();
     assert_eq!(usage[0].get("same-node-hbone"), Some(&1));
@@ -253,6 +258,7 @@ fn a_report_counts_conforming_scenarios_and_entry_usage() {
     let md = render::markdown(&report);
     assert!(md.contains("| `same-node-hbone` | pass | pass | yes |"), "{md}");
     assert!(md.contains("Matched in 1 scenario: `same-node-hbone`."), "{md}");
+    assert!(md.contains("\nEnvironment: kernel `6.1.0` · commit `abc`.\n"), "{md}");
     assert!(md.contains("Matched nothing in this run"), "{md}");
     assert!(!md.contains("5ms") && !md.contains("0.0"), "no wall time in the report: {md}");
     let xml = render::junit(&report).unwrap();
@@ -267,4 +273,18 @@ fn a_report_counts_conforming_scenarios_and_entry_usage() {
     assert_eq!(bad.exit_code(), 1);
     let md = render::markdown(&bad);
     assert!(md.contains(r#"| `same-node-hbone` | pass | pass | NO | `end.netns["client.default"].counters["raw/OUTPUT/1"].packets` | 40 | 41 |"#), "{md}");
+    // The kernel side could not run it: an infrastructure error, exit 3 over the 1 above.
+    let mut infra = bad.clone();
+    infra.results.push(ScenarioConformance {
+        netns: ScenarioResult {
+            status: Status::BackendFailed {
+                world: Box::new(w.clone()),
+                error: crate::BackendError::new("cannot create network namespace"),
+            },
+            ..infra.results[0].netns.clone()
+        },
+        comparison: Comparison::NotCompared("netns: backend error".into()),
+        ..infra.results[0].clone()
+    });
+    assert_eq!(infra.exit_code(), 3);
 }

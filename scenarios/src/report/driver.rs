@@ -3,13 +3,14 @@
 //!
 //! Which files run:
 //! - valid scenarios: those [`Selection::select`] keeps (tags, then shard, in id order);
-//! - files that do not load: always, as failed results, because a broken file's tags are not
-//!   known and hiding it would turn a broken catalog green. With `--shard K/N` the j-th broken
-//!   file (0-based, in path order) belongs to shard `j mod N + 1`, so each is reported exactly
-//!   once across the shards.
+//! - files that do not load: always (unless `--scenario` globs leave out their file stem), as
+//!   failed results, because a broken file's tags are not known and hiding it would turn a
+//!   broken catalog green. With `--shard K/N` the j-th broken file (0-based, in path order)
+//!   belongs to shard `j mod N + 1`, so each is reported exactly once across the shards.
 //!
 //! Results are in id order (a broken file sorts by its file stem). Nothing selected at all is a
-//! [`RunError`] (exit 2), as are paths that do not exist and an output folder that is not ours.
+//! [`RunError`] (exit 2), as are a `--scenario` glob that matches no scenario id, paths that do
+//! not exist and an output folder that is not ours.
 //! The backend is opened only when there is a valid scenario to run, and if it cannot be opened
 //! every such scenario fails with that reason. A backend that panics fails its scenario and the
 //! run goes on.
@@ -20,7 +21,7 @@
 use std::fmt;
 use std::io::Write;
 use std::panic::{AssertUnwindSafe, catch_unwind};
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::time::Duration;
 
 use super::{RunReport, ScenarioResult, Status, write};
@@ -41,6 +42,8 @@ pub struct Request {
     pub out: PathBuf,
     /// The backend's name, as the reports show it.
     pub backend: String,
+    /// See [`RunReport::environment`](super::RunReport::environment).
+    pub environment: Vec<(String, String)>,
 }
 
 /// A monotonic clock: time since an arbitrary origin.
@@ -133,22 +136,31 @@ impl Entry<'_> {
 }
 
 pub(crate) fn stem(file: &str) -> String {
-    Path::new(file)
-        .file_stem()
-        .map_or_else(|| file.to_string(), |s| s.to_string_lossy().into_owned())
+    crate::catalog::file_stem(file)
 }
 
-/// The selected scenarios and, shard by shard, the files that did not load; by id.
+/// The selected scenarios and, shard by shard, the files that did not load
+/// ([`Selection::select_broken`]); by id.
 pub(crate) fn select<'a>(catalog: &'a Catalog, selection: &Selection) -> Vec<Entry<'a>> {
     let mut entries: Vec<Entry> =
         selection.select(catalog.worlds()).into_iter().map(Entry::Valid).collect();
-    let broken = catalog.invalid().enumerate().filter(|(j, _)| match selection.shard {
-        None => true,
-        Some(s) => (*j as u64 % u64::from(s.count)) + 1 == u64::from(s.index),
-    });
-    entries.extend(broken.map(|(_, l)| Entry::Broken(l)));
+    entries.extend(selection.select_broken(catalog).into_iter().map(Entry::Broken));
     entries.sort_by_key(Entry::id);
     entries
+}
+
+/// `--scenario` globs that match no scenario id of the catalog: a usage error naming them.
+pub(crate) fn check_globs(catalog: &Catalog, selection: &Selection) -> Result<(), RunError> {
+    let missed = selection.unmatched_globs(catalog);
+    if missed.is_empty() {
+        return Ok(());
+    }
+    let n = catalog.files.len();
+    Err(RunError::NothingSelected(format!(
+        "{} ({n} scenario file{} found)",
+        crate::catalog::unmatched_words(&missed),
+        if n == 1 { "" } else { "s" }
+    )))
 }
 
 /// The selection and options in words, for the reports' headers.
@@ -166,6 +178,9 @@ pub fn describe(req: &Request) -> String {
 /// The selection and a seed for every scenario, in words (empty: all, their own seeds).
 pub(crate) fn selection_words(selection: &Selection, seed: Option<u64>) -> Vec<String> {
     let mut parts = Vec::new();
+    if !selection.scenarios.is_empty() {
+        parts.push(format!("scenario {}", selection.scenarios.join(", ")));
+    }
     if !selection.include.is_empty() {
         parts.push(format!("include {}", selection.include.join(", ")));
     }
@@ -195,6 +210,7 @@ pub fn run(
         let msg = "nothing selected: no scenario files (*.yaml) under the given paths";
         return Err(RunError::NothingSelected(msg.into()));
     }
+    check_globs(&catalog, &req.selection)?;
     let entries = select(&catalog, &req.selection);
     if entries.is_empty() {
         let msg = format!(
@@ -244,6 +260,7 @@ pub fn run(
         backend: req.backend.clone(),
         selection: describe(req),
         seed: req.options.seed,
+        environment: req.environment.clone(),
         results,
     };
     write::reports(&req.out, &report).map_err(|e| RunError::Out(e.to_string()))?;

@@ -57,6 +57,10 @@ pub struct RunReport {
     pub selection: String,
     /// `--seed`: the seed every scenario ran with instead of its own.
     pub seed: Option<u64>,
+    /// What the run depended on outside the scenarios, `(what, value)` in order (kernel release,
+    /// tool versions, commit): for a kernel run; empty for the simulator, whose reports are a
+    /// function of the scenarios and seeds only.
+    pub environment: Vec<(String, String)>,
     pub results: Vec<ScenarioResult>,
 }
 
@@ -77,10 +81,30 @@ impl RunReport {
         self.results.len() - self.passed()
     }
 
-    /// 0 when every scenario passed, 1 otherwise (2 is for runs that never started:
-    /// [`RunError`]).
+    /// Whether any scenario met an infrastructure error (see
+    /// [`ScenarioResult::infrastructure_error`]): the run is incomplete.
+    pub fn infrastructure_errors(&self) -> usize {
+        self.results.iter().filter(|r| r.infrastructure_error()).count()
+    }
+
+    /// 0 when every scenario passed; 3 when any scenario met an infrastructure error (the run is
+    /// incomplete, whatever the others did); 1 otherwise (a file that did not load, an unmet
+    /// expectation, a skipped step, a problem with a run). 2 is for runs that never started:
+    /// [`RunError`].
     pub fn exit_code(&self) -> u8 {
-        if self.failed() == 0 { 0 } else { 1 }
+        exit_code(self.failed() == 0, self.infrastructure_errors() > 0)
+    }
+}
+
+/// The exit code of a run from whether everything passed and whether any infrastructure error
+/// happened: 3 wins over 1, which wins over 0.
+pub fn exit_code(all_passed: bool, infrastructure_error: bool) -> u8 {
+    if infrastructure_error {
+        3
+    } else if all_passed {
+        0
+    } else {
+        1
     }
 }
 
@@ -121,6 +145,13 @@ impl ScenarioResult {
             Status::NotLoaded { .. } => None,
             Status::BackendFailed { world, .. } | Status::Ran { world, .. } => Some(world),
         }
+    }
+
+    /// The backend could not produce an Outcome (it could not be opened, its environment failed,
+    /// it panicked): the environment could not run the scenario, which says nothing about the
+    /// scenario's expectations. Exit 3.
+    pub fn infrastructure_error(&self) -> bool {
+        matches!(self.status, Status::BackendFailed { .. })
     }
 
     pub fn passed(&self) -> bool {

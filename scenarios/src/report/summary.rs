@@ -87,6 +87,9 @@ pub fn render(report: &RunReport) -> String {
         report.passed(),
         report.failed()
     );
+    if !report.environment.is_empty() {
+        let _ = writeln!(out, "Environment: {}.\n", environment_words(&report.environment));
+    }
     out.push_str("| scenario | result | connections | first reason |\n| --- | --- | --- | --- |\n");
     for r in &report.results {
         let reason = r.first_reason().map(|s| md(&s)).unwrap_or_default();
@@ -107,6 +110,15 @@ pub fn render(report: &RunReport) -> String {
         scenario(&mut out, report, r);
     }
     out
+}
+
+/// ``kernel `6.1` · iptables `1.8.9 (nf_tables)` · …``: a report's environment in one markdown
+/// line, values as code (no escaping needed; backticks and line breaks in a value dropped).
+pub fn environment_words(environment: &[(String, String)]) -> String {
+    let code = |v: &str| v.replace('`', "").replace(['\n', '\r'], " ");
+    let parts: Vec<String> =
+        environment.iter().map(|(k, v)| format!("{k} `{}`", code(v))).collect();
+    parts.join(" · ")
 }
 
 /// The truth tables' legend.

@@ -130,6 +130,7 @@ fn report() -> RunReport {
         backend: "sim".into(),
         selection: "all scenarios, their own seeds".into(),
         seed: None,
+        environment: Vec::new(),
         results,
     }
 }
@@ -166,7 +167,14 @@ fn every_kind_of_failure_is_a_failure_with_its_reason() {
             ("skippy", Some("skipped")),
         ]
     );
-    assert_eq!((r.passed(), r.failed(), r.exit_code()), (1, 4, 1));
+    // The backend error is an infrastructure error: exit 3, over the other failures' 1.
+    assert_eq!((r.passed(), r.failed(), r.exit_code()), (1, 4, 3));
+    assert_eq!(r.infrastructure_errors(), 1);
+    let mut without = r.clone();
+    without.results.retain(|x| x.id != "crashy");
+    assert_eq!((without.failed(), without.exit_code()), (3, 1));
+    without.results.retain(|x| x.passed());
+    assert_eq!(without.exit_code(), 0);
     let first = |id: &str| r.results.iter().find(|x| x.id == id).unwrap().first_reason().unwrap();
     assert!(first("broken").starts_with("catalog/broken.yaml:5:"), "{}", first("broken"));
     assert!(first("broken").contains("unknown node \"node-c\""), "{}", first("broken"));
