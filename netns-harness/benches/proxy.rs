@@ -128,32 +128,9 @@ fn main() {
     let sink = SocketAddrV4::new(SERVER, 9000);
     let firsts = (samples / 4).max(10);
 
-    // Our proxy.
-    let mut proxies = Proxies::new(&nodes, &world.trust_domain, 1).expect("proxies");
-    for (i, n) in nodes.iter().enumerate() {
-        proxies.start(n, topo.node(i), mesh.clone(), ours_pods(n)).expect("proxy");
-    }
-    let rate = bulk(ns("client"), sink, bytes);
-    latencies(ns("client"), echo, 1); // warm the pool
-    let pooled = latencies(ns("client"), echo, samples);
-    let mut first = Vec::new();
-    for _ in 0..firsts {
-        proxies.crash("node-a");
-        proxies.start("node-a", topo.node(0), mesh.clone(), ours_pods("node-a")).expect("restart");
-        std::thread::sleep(SETTLE);
-        first.extend(latencies(ns("client"), echo, 1));
-    }
-    proxies.crash_all();
-    let ours = Figures { rate, first, pooled };
-    // The aborted listeners close asynchronously: wait until the pods' proxy ports are free.
-    for pod in ["client", "server"] {
-        let deadline = Instant::now() + Duration::from_secs(5);
-        while !ns(pod).run_blocking(ports_free).expect("probe") && Instant::now() < deadline {
-            std::thread::sleep(Duration::from_millis(20));
-        }
-    }
-
-    // ztunnel, on the same namespaces (our proxies' listeners are gone).
+    // ztunnel first, on the same namespaces: its listeners bind without SO_REUSEADDR, so the
+    // TIME_WAIT sockets our proxy's tunnels leave on 15008 would make its bind fail
+    // (EADDRINUSE); ours binds with it, so it can follow ztunnel.
     let theirs = ztunnel.map(|binary| {
         let binary = std::path::PathBuf::from(binary);
         let mut z = Ztunnels::new(&binary, &nodes, &world.trust_domain).expect("ztunnel setup");
@@ -172,8 +149,28 @@ fn main() {
             first.extend(latencies(ns("client"), echo, 1));
         }
         z.crash_all();
+        // Its listeners close with the process; wait until the pods' proxy ports are free.
+        wait_ports_free(&[ns("client"), ns("server")]);
         Figures { rate, first, pooled }
     });
+
+    // Our proxy.
+    let mut proxies = Proxies::new(&nodes, &world.trust_domain, 1).expect("proxies");
+    for (i, n) in nodes.iter().enumerate() {
+        proxies.start(n, topo.node(i), mesh.clone(), ours_pods(n)).expect("proxy");
+    }
+    let rate = bulk(ns("client"), sink, bytes);
+    latencies(ns("client"), echo, 1); // warm the pool
+    let pooled = latencies(ns("client"), echo, samples);
+    let mut first = Vec::new();
+    for _ in 0..firsts {
+        proxies.crash("node-a");
+        proxies.start("node-a", topo.node(0), mesh.clone(), ours_pods("node-a")).expect("restart");
+        std::thread::sleep(SETTLE);
+        first.extend(latencies(ns("client"), echo, 1));
+    }
+    proxies.crash_all();
+    let ours = Figures { rate, first, pooled };
 
     println!();
     println!("| throughput, one connection | MiB/s | vs. plain TCP | vs. our proxy |");
@@ -301,4 +298,15 @@ fn latencies(ns: &Netns, dst: SocketAddrV4, n: usize) -> Vec<Duration> {
         out
     })
     .expect("latency job")
+}
+
+/// Waits (at most 5 s per namespace) until nothing listens on the proxy ports in these pods.
+fn wait_ports_free(pods: &[&Netns]) {
+    for ns in pods {
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while !ns.run_blocking(ports_free).expect("probe") {
+            assert!(Instant::now() < deadline, "the proxy ports are still taken after 5 s");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
 }
