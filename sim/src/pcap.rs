@@ -272,7 +272,12 @@ mod tests {
         let q = Packet::udp("10.0.1.2:40000".parse().unwrap(), "10.0.1.3:53".parse().unwrap())
             .with_len(28 + 5)
             .with_payload(5);
-        c.record("a", Duration::from_secs(1), &q, &TcpWire { payload: b"query", ..TcpWire::default() });
+        c.record(
+            "a",
+            Duration::from_secs(1),
+            &q,
+            &TcpWire { payload: b"query", ..TcpWire::default() },
+        );
         let f = c.into_files().remove("a").unwrap();
         let rec = &f[24..];
         let len = u32::from_le_bytes(rec[8..12].try_into().unwrap()) as usize;

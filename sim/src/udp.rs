@@ -219,7 +219,10 @@ impl SimDatagram {
 
     fn pending_error(&self, waker: Option<&Waker>) -> Option<io::Error> {
         let mut f = self.shared.state();
-        f.sockets.udp.take_error(self.netns, self.bound.port(), waker).map(io::Error::from_raw_os_error)
+        f.sockets
+            .udp
+            .take_error(self.netns, self.bound.port(), waker)
+            .map(io::Error::from_raw_os_error)
     }
 }
 
@@ -245,7 +248,8 @@ impl Datagram for SimDatagram {
                 .map_err(|_| io::Error::from_raw_os_error(errno::ENETUNREACH))?;
         }
         turmoil_net::set_current(self.host.id);
-        let n = inner.send_to(buf, SocketAddr::V4(substrate_addr(dst))).await.map_err(linux_error)?;
+        let n =
+            inner.send_to(buf, SocketAddr::V4(substrate_addr(dst))).await.map_err(linux_error)?;
         self.shared.kick();
         Ok(n)
     }

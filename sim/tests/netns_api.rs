@@ -311,7 +311,10 @@ fn a_dns_query_nobody_takes_is_refused_with_the_nat_undone() {
     assert_eq!(e.ctstate, CtState::Related);
     assert_eq!(e.packet.src, *asked.ip(), "the error comes from the address asked");
     let inner = e.packet.icmp.and_then(|i| i.inner).expect("a quoted header");
-    assert_eq!((inner.src, inner.sport, inner.dst, inner.dport), (*app.ip(), 45745, *asked.ip(), 53));
+    assert_eq!(
+        (inner.src, inner.sport, inner.dst, inner.dport),
+        (*app.ip(), 45745, *asked.ip(), 53)
+    );
     assert_eq!(
         n.conntrack_dump(secs(1)),
         "udp      17 29 src=10.0.1.5 dst=10.96.0.10 sport=45745 dport=53 [UNREPLIED] \

@@ -36,7 +36,10 @@ struct State {
     /// Which namespace owns an address (where connections to it from elsewhere arrive).
     addresses: BTreeMap<IpAddr, String>,
     /// Bound UDP sockets: where their datagrams go, and the peer a connected one takes.
-    udp: BTreeMap<(String, SocketAddr), (mpsc::UnboundedSender<(SocketAddr, Vec<u8>)>, Option<SocketAddr>)>,
+    udp: BTreeMap<
+        (String, SocketAddr),
+        (mpsc::UnboundedSender<(SocketAddr, Vec<u8>)>, Option<SocketAddr>),
+    >,
     next_port: u16,
 }
 
@@ -224,9 +227,9 @@ impl Datagram for MemoryDatagram {
         };
         let wildcard = SocketAddr::new(IpAddr::from([0, 0, 0, 0]), dst.port());
         let taker = [dst, wildcard].iter().find_map(|a| {
-            s.udp.get(&(owner.clone(), *a)).filter(|(tx, peer)| {
-                !tx.is_closed() && peer.is_none_or(|p| p == from)
-            })
+            s.udp
+                .get(&(owner.clone(), *a))
+                .filter(|(tx, peer)| !tx.is_closed() && peer.is_none_or(|p| p == from))
         });
         if let Some((tx, _)) = taker {
             let _ = tx.send((from, buf.to_vec()));
@@ -235,13 +238,8 @@ impl Datagram for MemoryDatagram {
     }
 
     async fn recv_from(&self, buf: &mut [u8]) -> io::Result<(usize, SocketAddr)> {
-        let (from, data) = self
-            .rx
-            .lock()
-            .await
-            .recv()
-            .await
-            .ok_or_else(|| io::Error::other("socket closed"))?;
+        let (from, data) =
+            self.rx.lock().await.recv().await.ok_or_else(|| io::Error::other("socket closed"))?;
         let n = data.len().min(buf.len());
         buf[..n].copy_from_slice(&data[..n]);
         Ok((n, from))

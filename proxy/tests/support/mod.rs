@@ -14,9 +14,7 @@ use ambient_proxy::crypto::default_provider;
 use ambient_proxy::events::RecordingSink;
 use ambient_proxy::mesh::{MeshSpec, MeshState, Workload};
 use ambient_proxy::net::linux::{LinuxListener, LinuxNetwork, NetnsPath};
-use ambient_proxy::net::{
-    Accepted, ConnectOptions, ListenOptions, Listener, Network, UdpOptions,
-};
+use ambient_proxy::net::{Accepted, ConnectOptions, ListenOptions, Listener, Network, UdpOptions};
 use ambient_proxy::node::{NodeProxy, PodSpec, ProxyConfig};
 use ambient_proxy::tls::TlsContext;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};

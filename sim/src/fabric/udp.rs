@@ -35,7 +35,13 @@ pub fn udp_icmp_errno(code: u8) -> Option<i32> {
 
 impl Fabric {
     /// A datagram the host of `src` emitted towards the substrate address `dst`.
-    pub(super) fn egressed_udp(&mut self, cx: &Cx<'_>, src: Ipv4Addr, dst: Ipv4Addr, d: UdpDatagram) {
+    pub(super) fn egressed_udp(
+        &mut self,
+        cx: &Cx<'_>,
+        src: Ipv4Addr,
+        dst: Ipv4Addr,
+        d: UdpDatagram,
+    ) {
         let Some(&netns) = self.topo.by_host_addr.get(&src) else { return };
         let remote = view_addr(SocketAddrV4::new(dst, d.dst_port));
         let Some(view) = self.sockets.udp.view(netns, d.src_port).cloned() else {
