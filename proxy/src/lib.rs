@@ -60,6 +60,7 @@ pub mod clock;
 pub mod config;
 pub mod copy;
 pub mod crypto;
+pub mod dns;
 pub mod error;
 pub mod events;
 pub mod faults;

@@ -29,6 +29,9 @@ use super::{Accepted, ConnectOptions, Datagram, ListenOptions, Listener, Network
 /// Pipe capacity per direction.
 const PIPE_BYTES: usize = 64 * 1024;
 
+/// A bound UDP socket: where its datagrams go, and the peer it is connected to.
+type UdpEntry = (mpsc::UnboundedSender<(SocketAddr, Vec<u8>)>, Option<SocketAddr>);
+
 #[derive(Debug, Default)]
 struct State {
     listeners: BTreeMap<(String, SocketAddr), mpsc::UnboundedSender<Accepted<MemoryStream>>>,
@@ -36,10 +39,7 @@ struct State {
     /// Which namespace owns an address (where connections to it from elsewhere arrive).
     addresses: BTreeMap<IpAddr, String>,
     /// Bound UDP sockets: where their datagrams go, and the peer a connected one takes.
-    udp: BTreeMap<
-        (String, SocketAddr),
-        (mpsc::UnboundedSender<(SocketAddr, Vec<u8>)>, Option<SocketAddr>),
-    >,
+    udp: BTreeMap<(String, SocketAddr), UdpEntry>,
     next_port: u16,
 }
 
