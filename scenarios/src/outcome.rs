@@ -166,6 +166,8 @@ pub enum EventKind {
     Pool,
     /// Anything that failed.
     Error,
+    /// The DNS proxy: answered, forwarded or failed a query.
+    Dns,
 }
 
 /// The observable state at one point of a run.
