@@ -16,6 +16,9 @@ use crate::outcome::{ConnOutcome, Connection, EventKind, PathKind, ProxyEvent};
 use crate::traffic::{ClientEnd, ClientReport, ServeReport};
 use crate::world::App;
 
+mod dns;
+pub use dns::{LookupLabels, resolution};
+
 /// One accept by a server app, in the order the backend saw them.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Accept {

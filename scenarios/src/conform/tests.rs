@@ -83,6 +83,7 @@ pub(crate) fn outcome(port: u16) -> Outcome {
         scenario: "same-node-hbone".into(),
         seed: 0,
         connections: vec![conn("call"), conn("again")],
+        resolutions: Vec::new(),
         checks: Vec::new(),
         end,
         skipped: Vec::new(),
