@@ -115,6 +115,7 @@
 
 pub mod backend;
 pub mod cluster;
+pub mod dns;
 pub mod driver;
 pub mod fabric;
 pub mod kernel;
