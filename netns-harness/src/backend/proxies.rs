@@ -45,6 +45,8 @@ pub struct Proxies {
     trust_domain: String,
     seed: u64,
     nodes: BTreeMap<String, NodeSlot>,
+    /// Where the DNS proxies forward names outside the mesh (the scenario's DNS server).
+    pub dns_upstream: Option<std::net::SocketAddr>,
 }
 
 impl std::fmt::Debug for Proxies {
@@ -75,6 +77,7 @@ impl Proxies {
             trust_domain: trust_domain.to_string(),
             seed,
             nodes,
+            dns_upstream: None,
         })
     }
 
@@ -106,6 +109,7 @@ impl Proxies {
             ProxyConfig::new(node, TlsContext::new(Arc::new(store), self.trust_domain.clone()));
         config.seed = self.seed;
         config.sink = slot.sink.clone();
+        config.dns.upstream = self.dns_upstream;
         let network = self.network.clone();
         let proxy = ns
             .run(move || async move {
