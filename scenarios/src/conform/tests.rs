@@ -231,7 +231,7 @@ fn a_report_counts_conforming_scenarios_and_entry_usage() {
         file: w.file.clone(),
         status: Status::Ran {
             world: Box::new(w.clone()),
-            run: crate::backend::Run { outcome: o.clone(), artifacts: Vec::new() },
+            run: Box::new(crate::backend::Run { outcome: o.clone(), artifacts: Vec::new() }),
             failures: Vec::new(),
             problems: Vec::new(),
         },
