@@ -188,7 +188,7 @@ fn waits(world: &World) -> Duration {
                     each * c.repeat.count()
                 };
             }
-            Action::Check(_) | Action::Fault(_) => {}
+            Action::Check(_) | Action::Fault(_) | Action::Resolve(_) => {}
         }
     }
     sum

@@ -45,6 +45,10 @@ pub struct ProxyFile {
     pub drain: Option<String>,
     pub pods: Vec<PodEntry>,
     pub mesh: MeshSpec,
+    /// The resolver the DNS proxy forwards names outside the mesh to (`ip:port`); without it
+    /// they get SERVFAIL.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dns_upstream: Option<std::net::SocketAddr>,
 }
 
 fn default_drain() -> Option<String> {

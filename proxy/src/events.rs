@@ -72,6 +72,29 @@ impl CloseResult {
     }
 }
 
+/// What the DNS proxy did with a query.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum DnsResult {
+    /// The proxy answered: a mesh Service's name.
+    Answered,
+    /// The upstream resolver answered; the proxy relayed its response.
+    Forwarded,
+    /// The proxy answered with an error of its own (SERVFAIL, FORMERR, NOTIMP): an unknown
+    /// client, a malformed query, an upstream that did not answer.
+    Failed,
+}
+
+impl DnsResult {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            DnsResult::Answered => "answered",
+            DnsResult::Forwarded => "forwarded",
+            DnsResult::Failed => "failed",
+        }
+    }
+}
+
 /// One access-log event.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 #[serde(tag = "event", rename_all = "kebab-case")]
@@ -132,6 +155,29 @@ pub enum ProxyEvent {
         /// saw. `None` when the destination was reached through a tunnel.
         upstream: Option<SocketAddr>,
     },
+    /// 15053: a DNS query from a captured pod and what became of it.
+    Dns {
+        node: String,
+        /// The querying socket (`ip:port`) as the proxy saw it.
+        client: SocketAddr,
+        /// `udp` or `tcp`.
+        transport: String,
+        /// The name asked (`?` when the query did not parse).
+        name: String,
+        /// The type asked: `A`, `AAAA`, or `TYPE<n>`.
+        qtype: String,
+        result: DnsResult,
+        /// The response's code (`NOERROR`, `NXDOMAIN`, `SERVFAIL`, …).
+        rcode: String,
+        /// The A records the client got, in order.
+        answers: Vec<std::net::Ipv4Addr>,
+        /// The mesh Service the proxy answered for.
+        service: Option<String>,
+        /// The resolver a forwarded query went to.
+        upstream: Option<SocketAddr>,
+        /// Why the proxy failed it.
+        message: Option<String>,
+    },
     /// An HBONE h2 connection was opened to another node proxy.
     TunnelOpened {
         source_node: String,
@@ -150,14 +196,26 @@ pub enum ProxyEvent {
 }
 
 impl ProxyEvent {
-    /// The client address the event is about, for correlation.
+    /// The client address of the TCP connection the event is about, for correlation. `None`
+    /// for DNS events: a query's UDP port may be a TCP connection's port too
+    /// ([`ProxyEvent::dns_client`]).
     pub fn client(&self) -> Option<SocketAddr> {
         match self {
             ProxyEvent::OutboundRoute { client, .. }
             | ProxyEvent::InboundVerdict { client, .. }
             | ProxyEvent::ConnectionClosed { client, .. } => Some(*client),
             ProxyEvent::Error { client, .. } => *client,
-            ProxyEvent::TunnelOpened { .. } | ProxyEvent::TunnelClosed { .. } => None,
+            ProxyEvent::Dns { .. }
+            | ProxyEvent::TunnelOpened { .. }
+            | ProxyEvent::TunnelClosed { .. } => None,
+        }
+    }
+
+    /// The querying socket of a DNS event, with its transport (`udp`, `tcp`).
+    pub fn dns_client(&self) -> Option<(SocketAddr, &str)> {
+        match self {
+            ProxyEvent::Dns { client, transport, .. } => Some((*client, transport.as_str())),
+            _ => None,
         }
     }
 
@@ -167,6 +225,7 @@ impl ProxyEvent {
             ProxyEvent::InboundVerdict { .. } => "inbound-verdict",
             ProxyEvent::Error { .. } => "error",
             ProxyEvent::ConnectionClosed { .. } => "connection-closed",
+            ProxyEvent::Dns { .. } => "dns",
             ProxyEvent::TunnelOpened { .. } => "tunnel-opened",
             ProxyEvent::TunnelClosed { .. } => "tunnel-closed",
         }
@@ -223,6 +282,7 @@ pub(crate) fn emit(sink: &dyn EventSink, event: ProxyEvent) {
 /// - `connections.<direction>.<result>` — result: `ok`, `denied`, `error`, `reset`, `revoked`
 /// - `bytes.<direction>.sent` / `.received`
 /// - `tunnels.opened`, `tunnels.reused`, `tunnels.closed`, `tunnels.keepalive_pongs`
+/// - `dns.answered`, `dns.forwarded`, `dns.failed`
 #[derive(Debug, Default)]
 pub struct Counters {
     values: Mutex<BTreeMap<String, u64>>,

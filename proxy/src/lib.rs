@@ -60,6 +60,7 @@ pub mod clock;
 pub mod config;
 pub mod copy;
 pub mod crypto;
+pub mod dns;
 pub mod error;
 pub mod events;
 pub mod faults;
@@ -80,4 +81,4 @@ pub mod x509;
 
 pub use mesh::{MeshHandle, MeshSpec, MeshState};
 pub use net::{Accepted, ConnectOptions, ListenOptions, Listener, Network};
-pub use node::{NodeProxy, PodSpec, ProxyConfig, Resources};
+pub use node::{DnsConfig, NodeProxy, PodSpec, ProxyConfig, Resources};

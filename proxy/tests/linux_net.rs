@@ -7,7 +7,7 @@ use std::net::SocketAddr;
 use std::sync::mpsc;
 
 use ambient_proxy::net::linux::{LinuxNetwork, NetnsPath, mark_of};
-use ambient_proxy::net::{ConnectOptions, ListenOptions, Listener, Network};
+use ambient_proxy::net::{ConnectOptions, Datagram, ListenOptions, Listener, Network, UdpOptions};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 fn addr(s: &str) -> SocketAddr {
@@ -35,6 +35,31 @@ async fn mark_and_transparent_source_are_applied() {
     assert_eq!(acc.local, dst);
     assert_eq!(acc.original_dst, None, "no REDIRECT, so no original destination");
     assert_eq!(mark_of(&client).unwrap(), 0x539);
+}
+
+/// UDP on the seam: datagrams both ways with the sender's address; a marked socket connected
+/// to a port nobody is bound to gets the kernel's ICMP port unreachable as ECONNREFUSED on its
+/// next receive (what makes a dead upstream resolver fail fast).
+#[tokio::test]
+async fn udp_sockets_carry_datagrams_marks_and_icmp_errors() {
+    let net = LinuxNetwork::new();
+    let here = NetnsPath::current();
+    let server = net.bind_udp(&here, addr("127.0.0.1:0"), &UdpOptions::default()).await.unwrap();
+    let at = server.local_addr().unwrap();
+    let opts = UdpOptions { mark: Some(0x539), peer: Some(at) };
+    let client = need_root(net.bind_udp(&here, addr("127.0.0.1:0"), &opts).await, "SO_MARK");
+    assert_eq!(socket2::SockRef::from(&client).mark().unwrap(), 0x539);
+    client.send_to(b"query", at).await.unwrap();
+    let mut buf = [0u8; 64];
+    let (n, from) = server.recv_from(&mut buf).await.unwrap();
+    assert_eq!((&buf[..n], from), (&b"query"[..], client.local_addr().unwrap()));
+    Datagram::send_to(&server, b"answer", from).await.unwrap();
+    let (n, from) = Datagram::recv_from(&client, &mut buf).await.unwrap();
+    assert_eq!((&buf[..n], from), (&b"answer"[..], at));
+    drop(server);
+    Datagram::send_to(&client, b"again", at).await.unwrap();
+    let e = Datagram::recv_from(&client, &mut buf).await.unwrap_err();
+    assert_eq!(e.raw_os_error(), Some(111), "{e}");
 }
 
 #[tokio::test]

@@ -10,11 +10,14 @@
 use std::collections::BTreeMap;
 use std::net::{IpAddr, SocketAddr, SocketAddrV4};
 
-use ambient_proxy::events::{CloseResult, Direction, Path, ProxyEvent as Event};
+use ambient_proxy::events::{CloseResult, Direction, DnsResult, Path, ProxyEvent as Event};
 
 use crate::outcome::{ConnOutcome, Connection, EventKind, PathKind, ProxyEvent};
 use crate::traffic::{ClientEnd, ClientReport, ServeReport};
 use crate::world::App;
+
+mod dns;
+pub use dns::{LookupLabels, resolution};
 
 /// One accept by a server app, in the order the backend saw them.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -212,7 +215,7 @@ fn direction(e: &Event) -> Option<Direction> {
         | Event::Error { direction, .. }
         | Event::ConnectionClosed { direction, .. } => Some(*direction),
         Event::OutboundRoute { .. } => Some(Direction::Outbound),
-        Event::TunnelOpened { .. } | Event::TunnelClosed { .. } => None,
+        Event::Dns { .. } | Event::TunnelOpened { .. } | Event::TunnelClosed { .. } => None,
     }
 }
 
@@ -309,6 +312,32 @@ fn describe(node: &str, e: &Event) -> Vec<ProxyEvent> {
                 )]
             }
         },
+        Event::Dns { name, qtype, result, rcode, answers, service, upstream, message, .. } => {
+            let list = |a: &[std::net::Ipv4Addr]| {
+                a.iter().map(ToString::to_string).collect::<Vec<_>>().join(" ")
+            };
+            let detail = match result {
+                DnsResult::Answered => format!(
+                    "answered {name} {qtype} for service {}: {}",
+                    service.as_deref().unwrap_or("?"),
+                    if answers.is_empty() { "no records".to_string() } else { list(answers) }
+                ),
+                DnsResult::Forwarded => {
+                    let to = upstream.map(|u| u.to_string()).unwrap_or_default();
+                    let got = if answers.is_empty() {
+                        String::new()
+                    } else {
+                        format!(" {}", list(answers))
+                    };
+                    format!("forwarded {name} {qtype} to {to}: {rcode}{got}")
+                }
+                DnsResult::Failed => format!(
+                    "failed {name} {qtype}: {rcode} ({})",
+                    message.as_deref().unwrap_or("no reason")
+                ),
+            };
+            vec![ev(EventKind::Dns, detail)]
+        }
         Event::TunnelOpened { .. } | Event::TunnelClosed { .. } => Vec::new(),
     }
 }

@@ -28,6 +28,11 @@ pub struct Outcome {
     /// One entry per connection opened, in the order they were started (step order; repetitions
     /// of a `count`/`parallel` step in order, all with the step's id).
     pub connections: Vec<Connection>,
+    /// One entry per DNS lookup: each `resolve` step, and the lookup before each connection of
+    /// a `connect` with `resolve: true` (with the connect's id), in the order they were made.
+    /// Left out of the JSON when there are none.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub resolutions: Vec<Resolution>,
     /// The state at each `check` step, in step order.
     pub checks: Vec<Snapshot>,
     /// The state when all steps are done and background connections have settled.
@@ -139,6 +144,12 @@ text_enum!(ConnOutcome {
     Ok = "ok", Denied = "denied", Refused = "refused", Reset = "reset", Timeout = "timeout",
     Error = "error",
 });
+text_enum!(DnsTransport { Udp = "udp", Tcp = "tcp" });
+text_enum!(ResolveOutcome {
+    Answer = "answer", Nxdomain = "nxdomain", Servfail = "servfail", Refused = "refused",
+    Timeout = "timeout", Error = "error",
+});
+text_enum!(ResolvePath { Proxy = "proxy", Forwarded = "forwarded", Direct = "direct" });
 text_enum!(PathKind {
     Hbone = "hbone", Passthrough = "passthrough", InboundPlaintext = "inbound-plaintext",
     Direct = "direct",
@@ -166,6 +177,68 @@ pub enum EventKind {
     Pool,
     /// Anything that failed.
     Error,
+    /// The DNS proxy: answered, forwarded or failed a query.
+    Dns,
+}
+
+/// One DNS lookup, as the client's stub resolver and the proxies saw it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Resolution {
+    /// The `resolve` step's id (or the `connect` step's).
+    pub id: String,
+    /// The client: a pod as `name.namespace`, or an external host's name.
+    pub from: String,
+    /// The name asked, as written.
+    pub name: String,
+    /// How the query went: `udp`, or `tcp` (asked so, or retried after a truncated answer).
+    pub over: DnsTransport,
+    pub outcome: ResolveOutcome,
+    /// The message of an `error` outcome; `null` otherwise.
+    pub error: Option<String>,
+    /// The A records of the answer, in order.
+    pub answers: Vec<Ipv4Addr>,
+    /// Who answered: `proxy` (the client's node proxy, from the mesh), `forwarded` (its proxy
+    /// asked the DNS server), `direct` (an uncaptured client asked the DNS server itself);
+    /// `null` when nothing answered.
+    pub path: Option<ResolvePath>,
+    /// What the proxies logged about it, in order.
+    pub proxy_events: Vec<ProxyEvent>,
+}
+
+/// How a DNS query travels.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum DnsTransport {
+    Udp,
+    Tcp,
+}
+
+/// How a lookup ended, from the client's point of view.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ResolveOutcome {
+    /// NOERROR (with the answers; none for a name without A records).
+    Answer,
+    /// NXDOMAIN: the name does not exist.
+    Nxdomain,
+    /// SERVFAIL: the server could not answer (a proxy without an upstream, an upstream that did
+    /// not answer).
+    Servfail,
+    /// Nothing listens where the query went (ICMP port unreachable; a reset over TCP).
+    Refused,
+    /// No answer within the step's deadline.
+    Timeout,
+    /// Anything else (see `Resolution::error`).
+    Error,
+}
+
+/// Who answered a lookup.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ResolvePath {
+    Proxy,
+    Forwarded,
+    Direct,
 }
 
 /// The observable state at one point of a run.
@@ -330,6 +403,11 @@ impl Outcome {
         self.connections.iter().filter(move |c| c.id == id)
     }
 
+    /// The lookups with this id.
+    pub fn resolutions_with_id<'a>(&'a self, id: &'a str) -> impl Iterator<Item = &'a Resolution> {
+        self.resolutions.iter().filter(move |r| r.id == id)
+    }
+
     /// The snapshot taken at check step `step`.
     pub fn check_at(&self, step: usize) -> Option<&Snapshot> {
         self.checks.iter().find(|c| c.step == step)
@@ -386,6 +464,7 @@ mod tests {
                     detail: "hbone 10.0.2.2:15008".into(),
                 }],
             }],
+            resolutions: Vec::new(),
             checks: vec![Snapshot { step: 1, state: state.clone() }],
             end: state,
             skipped: vec![Skipped { step: 2, reason: "netns cannot add latency".into() }],

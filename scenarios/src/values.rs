@@ -131,6 +131,25 @@ pub fn check_subdomain(name: &str) -> Result<(), String> {
     Ok(())
 }
 
+/// A DNS name to look up or to serve (`echo.default.svc.cluster.local`, `Example.COM.`):
+/// labels of 1–63 letters, digits, `-` and `_`, at most 253 characters, a trailing dot
+/// allowed. Returned without the trailing dot, as written otherwise (DNS compares names
+/// case-insensitively).
+pub fn parse_dns_name(text: &str) -> Result<String, String> {
+    let t = text.strip_suffix('.').unwrap_or(text);
+    let label_ok = |l: &str| {
+        !l.is_empty()
+            && l.len() <= 63
+            && l.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+    };
+    if t.is_empty() || t.len() > 253 || !t.split('.').all(label_ok) {
+        return Err(format!(
+            "{text:?} is not a DNS name: use labels of 1-63 letters, digits, '-' and '_' separated by '.'"
+        ));
+    }
+    Ok(t.to_string())
+}
+
 /// A scenario id or tag: letters, digits, `-`, `_`, `.`; it names files and filters runs.
 pub fn check_id(id: &str) -> Result<(), String> {
     let ok = !id.is_empty()

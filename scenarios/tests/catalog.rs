@@ -53,6 +53,7 @@ fn every_catalog_scenario_describes_and_expects_something() {
         assert!(!w.tags.is_empty(), "{}: no tags", w.id);
         let checks_something = !w.expect.is_empty()
             || w.connects().any(|(_, c)| c.expect.is_some())
+            || w.resolves().any(|(_, r)| r.expect.is_some())
             || w.steps
                 .iter()
                 .any(|s| matches!(&s.action, Action::Check(c) if !c.expect.is_empty()));

@@ -138,6 +138,7 @@ mod loopback {
         type Netns = NetnsPath;
         type Listener = RedirectListener;
         type Stream = TcpStream;
+        type Datagram = tokio::net::UdpSocket;
         async fn listen(
             &self,
             ns: &NetnsPath,
@@ -162,6 +163,14 @@ mod loopback {
         }
         fn local_addr(&self, s: &TcpStream) -> io::Result<SocketAddr> {
             self.inner.local_addr(s)
+        }
+        async fn bind_udp(
+            &self,
+            ns: &NetnsPath,
+            a: SocketAddr,
+            o: &ambient_proxy::net::UdpOptions,
+        ) -> io::Result<tokio::net::UdpSocket> {
+            self.inner.bind_udp(ns, a, o).await
         }
     }
 

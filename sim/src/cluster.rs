@@ -78,6 +78,9 @@ pub struct Cluster {
     accepts: Arc<Mutex<Vec<AcceptRecord>>>,
     /// Fault points every proxy of the run gets (the fuzzer's; `None` otherwise).
     pub faults: Option<Arc<FaultPlan>>,
+    /// Where every proxy's DNS proxy forwards names outside the mesh (the scenario's DNS
+    /// server, port 53).
+    pub dns_upstream: Option<SocketAddr>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -99,6 +102,7 @@ impl Cluster {
             apps: BTreeMap::new(),
             accepts: Arc::new(Mutex::new(Vec::new())),
             faults: None,
+            dns_upstream: None,
         })
     }
 
@@ -127,6 +131,7 @@ impl Cluster {
         cfg.seed = self.seed;
         cfg.sink = Arc::new(Sink { node: node.to_string(), shared: self.shared.clone() });
         cfg.faults = self.faults.clone();
+        cfg.dns.upstream = self.dns_upstream;
         let proxy = NodeProxy::new(self.net.clone(), mesh, cfg);
         self.shared.note(format!("proxy@{node} starts"));
         for &(ip, netns) in pods {
@@ -214,6 +219,19 @@ impl Cluster {
             lock(&tasks).push(handle.abort_handle());
         }
         Ok(())
+    }
+
+    /// Starts the DNS server app of the scenario's DNS server host (UDP and TCP 53); the queries
+    /// it answers go to `log`.
+    pub async fn start_dns_server(
+        &mut self,
+        netns: NetnsId,
+        label: &str,
+        zone: &ambient_scenarios::world::DnsZone,
+        log: &ambient_scenarios::traffic::dns::QueryLog,
+    ) -> Result<(), BackendError> {
+        let tasks = self.apps.entry(netns).or_default().clone();
+        crate::dns::start_server(&self.net, netns, label, zone, log, &tasks).await
     }
 
     /// Stops every app of a namespace (its pod is deleted).

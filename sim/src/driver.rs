@@ -8,10 +8,16 @@
 //! - `fault`: link faults go to the packet loop; proxy faults crash and start the real proxy;
 //!   cluster changes (`add-pod`, `delete-pod`, `apply`, `remove`) go through `ClusterState`, and
 //!   every running proxy gets the new mesh.
+//! - `resolve`: the client's stub resolver (`traffic::dns::lookup` on simulated UDP/TCP sockets
+//!   in its namespace) asks the DNS server host, port 53 — a captured pod's query is REDIRECTed
+//!   to its proxy's 15053 by the in-pod rules — then the network settles. A connect with
+//!   `resolve: true` makes the same lookup before each connection and connects to the answer.
+//!   The DNS server host runs `traffic::dns`'s server (UDP and TCP 53) and is every proxy's
+//!   DNS upstream.
 //! - `wait`: sleeps (simulated). `check`: settles the named connections and the network, then
 //!   snapshots the state.
 //!
-//! The Outcome's connections are assembled at the end, from every proxy's events and every
+//! The Outcome's connections and lookups are assembled at the end, from every proxy's events and every
 //! app's accepts, with `ambient_scenarios::assemble`, as the netns backend does.
 
 use std::collections::BTreeMap;
@@ -25,18 +31,23 @@ use ambient_scenarios::BackendError;
 use ambient_scenarios::ClusterState;
 use ambient_scenarios::assemble::{self, ConnLabels, EventLog};
 use ambient_scenarios::outcome::{Outcome, Snapshot};
+use ambient_scenarios::traffic::dns::{
+    ByName, LookupCell, LookupSpec, QueryLog, connect_by_name, lookup, query_id,
+};
 use ambient_scenarios::traffic::{ClientReport, ClientSpec, Payload, run_client};
 use ambient_scenarios::world::{
-    Action, App, Connect, Fault, NodeLink, Peer, PeerKind, Repeat, World,
+    Action, App, Connect, Fault, NodeLink, Peer, PeerKind, Repeat, Resolve, World,
 };
 use tokio::task::JoinHandle;
 
 use crate::cluster::Cluster;
+use crate::dns::{Lookup, SimResolver};
 use crate::net::SimNetwork;
 use crate::observe;
 use crate::pump::settle;
 use crate::shared::Shared;
 use crate::topology::NetnsId;
+use ambient_scenarios::world::DNS_PORT;
 
 type ReportCell = Arc<Mutex<Option<(ClientReport, Option<SocketAddr>)>>>;
 /// The client socket's address, once its SYN left (kept outside the client's task, so that a
@@ -73,6 +84,10 @@ pub struct Driver<'w> {
     /// Running client tasks, by connect id, with the client's namespace.
     running: Vec<(String, NetnsId, JoinHandle<()>)>,
     checks: Vec<Snapshot>,
+    /// Every DNS lookup started, in order (`resolve` steps and connects to a name).
+    lookups: Vec<Lookup>,
+    /// The queries the DNS server host answered.
+    served: QueryLog,
 }
 
 async fn one_connection(
@@ -81,11 +96,19 @@ async fn one_connection(
     dst: SocketAddrV4,
     spec: ClientSpec,
     client: AddrCell,
+    by_name: Option<ByName>,
 ) -> (ClientReport, Option<SocketAddr>) {
     let seen = client.clone();
     let connect = async move {
         let opts = ConnectOptions::default();
-        net.connect_observed(&netns, SocketAddr::V4(dst), &opts, Some(seen)).await
+        let sockets = SimResolver { net: net.clone(), netns };
+        let dial = |dst: SocketAddrV4| async move {
+            net.connect_observed(&netns, SocketAddr::V4(dst), &opts, Some(seen)).await
+        };
+        match by_name {
+            None => dial(dst).await,
+            Some(b) => connect_by_name(&sockets, &b, dial).await,
+        }
     };
     let report = run_client(connect, &spec).await;
     let addr = *lock(&client);
@@ -108,6 +131,8 @@ impl<'w> Driver<'w> {
             conns: Vec::new(),
             running: Vec::new(),
             checks: Vec::new(),
+            lookups: Vec::new(),
+            served: QueryLog::default(),
         })
     }
 
@@ -160,6 +185,8 @@ impl<'w> Driver<'w> {
         mut self,
     ) -> Result<(Outcome, BTreeMap<String, Resources>), BackendError> {
         let world = self.world;
+        self.cluster.dns_upstream =
+            world.nameserver().map(|h| SocketAddr::V4(SocketAddrV4::new(h.ip, DNS_PORT)));
         for node in &world.nodes {
             self.start_proxy(&node.name).await?;
         }
@@ -177,6 +204,13 @@ impl<'w> Driver<'w> {
         for (netns, label, serve) in apps {
             self.cluster.start_apps(netns, &label, &serve).await?;
         }
+        if let Some(h) = world.nameserver()
+            && let Some(zone) = &h.dns
+        {
+            let netns =
+                self.netns_of(&Peer { kind: PeerKind::External(h.name.clone()), ip: h.ip })?;
+            self.cluster.start_dns_server(netns, &h.name, zone, &self.served).await?;
+        }
         settle(&self.shared).await;
         for step in &world.steps {
             self.shared.note(format!("step {} {}", step.index, describe(&step.action)));
@@ -187,6 +221,7 @@ impl<'w> Driver<'w> {
                     settle(&self.shared).await;
                 }
                 Action::Wait(d) => tokio::time::sleep(*d).await,
+                Action::Resolve(r) => self.resolve(r).await?,
                 Action::Check(check) => {
                     for id in &check.settles {
                         self.join(Some(id)).await?;
@@ -219,12 +254,15 @@ impl<'w> Driver<'w> {
             let log = client.and_then(|a| logs.get(&a)).unwrap_or(&none);
             connections.push(assemble::connection(labels, &report, client, log, &mut accepts));
         }
+        let resolutions =
+            crate::dns::resolutions(&self.lookups, &self.cluster.event_log(), &self.served);
         let resources = self.cluster.proxy_resources();
         self.cluster.shutdown();
         let outcome = Outcome {
             scenario: world.id.clone(),
             seed: self.seed,
             connections,
+            resolutions,
             checks: std::mem::take(&mut self.checks),
             end,
             skipped: Vec::new(),
@@ -299,23 +337,34 @@ impl<'w> Driver<'w> {
                 deadline: c.deadline,
                 payload: Payload::key(self.seed, ordinal),
             };
-            cells.push((result, spec, client));
+            let by_name = c.resolve.as_ref().map(|h| {
+                let spec = LookupSpec {
+                    name: h.name.clone(),
+                    over: ambient_scenarios::outcome::DnsTransport::Udp,
+                    server: SocketAddr::V4(h.server),
+                    deadline: c.deadline,
+                    id: query_id(self.seed, self.lookups.len() as u64),
+                };
+                let cell = self.new_lookup(&c.id, &c.from, &h.name, netns);
+                ByName { spec, client_ip: c.from.ip, port: c.to.addr.port(), cell }
+            });
+            cells.push((result, spec, client, by_name));
         }
         let net = self.cluster.net.clone();
         let dst = c.to.addr;
         let handles: Vec<JoinHandle<()>> = match c.repeat {
             Repeat::Sequential(_) => vec![tokio::spawn(async move {
-                for (cell, spec, client) in cells {
-                    let r = one_connection(net.clone(), netns, dst, spec, client).await;
+                for (cell, spec, client, by_name) in cells {
+                    let r = one_connection(net.clone(), netns, dst, spec, client, by_name).await;
                     *lock(&cell) = Some(r);
                 }
             })],
             Repeat::Parallel(_) => cells
                 .into_iter()
-                .map(|(cell, spec, client)| {
+                .map(|(cell, spec, client, by_name)| {
                     let net = net.clone();
                     tokio::spawn(async move {
-                        let r = one_connection(net, netns, dst, spec, client).await;
+                        let r = one_connection(net, netns, dst, spec, client, by_name).await;
                         *lock(&cell) = Some(r);
                     })
                 })
@@ -326,6 +375,44 @@ impl<'w> Driver<'w> {
             self.join(Some(&c.id)).await?;
             settle(&self.shared).await;
         }
+        Ok(())
+    }
+
+    /// Registers a lookup of `name` by `from` (in `netns`) under `id`; its report goes to the
+    /// cell returned.
+    fn new_lookup(&mut self, id: &str, from: &Peer, name: &str, netns: NetnsId) -> LookupCell {
+        let report = LookupCell::default();
+        self.lookups.push(Lookup {
+            id: id.to_string(),
+            from: from.label(),
+            name: name.to_string(),
+            netns,
+            report: report.clone(),
+        });
+        report
+    }
+
+    /// A `resolve` step: the client's stub resolver asks its nameserver, then the network
+    /// settles.
+    async fn resolve(&mut self, r: &Resolve) -> Result<(), BackendError> {
+        let netns = self.netns_of(&r.from)?;
+        let spec = LookupSpec {
+            name: r.name.clone(),
+            over: r.over,
+            server: SocketAddr::V4(r.server),
+            deadline: r.deadline,
+            id: query_id(self.seed, self.lookups.len() as u64),
+        };
+        let cell = self.new_lookup(&r.id, &r.from, &r.name, netns);
+        let sockets = SimResolver { net: self.cluster.net.clone(), netns };
+        let client_ip = r.from.ip;
+        let h = tokio::spawn(async move {
+            let report = lookup(&sockets, &spec, client_ip).await;
+            *lock(&cell) = Some(report);
+        });
+        self.running.push((r.id.clone(), netns, h));
+        self.join(Some(&r.id)).await?;
+        settle(&self.shared).await;
         Ok(())
     }
 
@@ -429,5 +516,8 @@ fn describe(a: &Action) -> String {
         Action::Fault(f) => format!("fault {f}"),
         Action::Wait(d) => format!("wait {}", ambient_scenarios::values::format_duration(*d)),
         Action::Check(_) => "check".into(),
+        Action::Resolve(r) => {
+            format!("resolve {} {} {} over {} ({})", r.id, r.from.label(), r.name, r.over, r.server)
+        }
     }
 }

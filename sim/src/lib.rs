@@ -19,6 +19,9 @@
 //! - [`tcp`] — retransmission on Linux's timers (the substrate's own is count-based, off).
 //! - [`pump`] — simulated time: the paused runtime, the pump, `settle`.
 //! - [`net`] — the proxy's socket seam (`Network`) and the apps' streams on simulated sockets.
+//! - [`udp`] — UDP sockets (the seam's `Datagram`) and the kernel's view of them; the packet
+//!   loop carries datagrams through the model like segments, answers one no socket takes with
+//!   ICMP port unreachable, and fails a connected socket with the ICMP error it gets.
 //! - [`cluster`] — the proxies (deterministic keys, crypto, clock) and the apps.
 //! - [`driver`] — steps, faults, waits, checks; the Outcome via `ambient_scenarios::assemble`.
 //! - [`observe`] — conntrack and counters per namespace as the Outcome reports them.
@@ -56,7 +59,9 @@
 //!   never collide across namespaces; the kernel randomises them (conformance normalises).
 //! - **ICMP errors** reach sockets only while they connect: the errno Linux maps the error to
 //!   (ENETUNREACH, EHOSTUNREACH, ECONNREFUSED); established sockets ignore them (soft errors).
-//! - **No UDP** (the proxy has no DNS proxy on 15053).
+//! - **UDP** (`udp.rs`): one socket per port and namespace (no port sharing between
+//!   addresses, no SO_REUSEPORT), no broadcast, no fragments; a datagram that reaches a
+//!   socket is never lost to a full receive buffer.
 //! - **Loopback** (`127.0.0.0/8`) is simulated like any other traffic (OUTPUT → `lo` →
 //!   PREROUTING → INPUT), but its substrate sockets name it by an alias (`241.0.0.0/8`, see
 //!   [`substrate`]), so its MSS is 1,460 as elsewhere. A listener is bound to one address or
@@ -110,6 +115,7 @@
 
 pub mod backend;
 pub mod cluster;
+pub mod dns;
 pub mod driver;
 pub mod fabric;
 pub mod kernel;
@@ -122,5 +128,6 @@ pub mod substrate;
 pub mod tcp;
 pub mod topology;
 pub mod trace;
+pub mod udp;
 
 pub use backend::{Inspect, SimBackend, SimRun, run, run_inspected};

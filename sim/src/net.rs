@@ -14,6 +14,7 @@
 //!   its alias for a loopback one, see `substrate.rs`). SO_MARK becomes the packet mark the
 //!   model sees. A connect to `0.0.0.0` goes to `127.0.0.1`, as on Linux.
 //! - `reset` aborts: no FIN, the peer gets a RST (SO_LINGER 0).
+//! - `bind_udp` gives a UDP socket ([`crate::udp`]).
 //! - Errors read as the Linux kernel's (`Connection refused (os error 111)`), so proxy messages
 //!   are the same on both backends.
 //!
@@ -27,7 +28,7 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 
-use ambient_proxy::net::{Accepted, ConnectOptions, ListenOptions, Listener, Network};
+use ambient_proxy::net::{Accepted, ConnectOptions, ListenOptions, Listener, Network, UdpOptions};
 use ambient_scenarios::traffic::AppStream;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use turmoil_net::shim::tokio::net::{TcpListener, TcpStream};
@@ -36,9 +37,10 @@ use crate::kernel::SocketInfo;
 use crate::shared::Shared;
 use crate::substrate::{SockKey, Ticket, substrate_addr, view_addr};
 use crate::topology::{Host, NetnsId};
+use crate::udp::SimDatagram;
 
 /// The error Linux reports for what turmoil-net reports as `kind`.
-fn linux_error(e: io::Error) -> io::Error {
+pub(crate) fn linux_error(e: io::Error) -> io::Error {
     let errno = match e.kind() {
         io::ErrorKind::ConnectionRefused => 111,
         io::ErrorKind::ConnectionReset => 104,
@@ -56,7 +58,7 @@ fn unsupported(what: String) -> io::Error {
     io::Error::new(io::ErrorKind::Unsupported, what)
 }
 
-fn v4(addr: SocketAddr) -> io::Result<SocketAddrV4> {
+pub(crate) fn v4(addr: SocketAddr) -> io::Result<SocketAddrV4> {
     match addr {
         SocketAddr::V4(a) => Ok(a),
         SocketAddr::V6(a) => Err(unsupported(format!("{a}: the simulator is IPv4 only"))),
@@ -94,6 +96,7 @@ impl Network for SimNetwork {
     type Netns = NetnsId;
     type Listener = SimListener;
     type Stream = SimStream;
+    type Datagram = SimDatagram;
 
     async fn listen(
         &self,
@@ -175,6 +178,16 @@ impl Network for SimNetwork {
 
     fn local_addr(&self, stream: &SimStream) -> io::Result<SocketAddr> {
         Ok(SocketAddr::V4(stream.local))
+    }
+
+    async fn bind_udp(
+        &self,
+        netns: &NetnsId,
+        addr: SocketAddr,
+        opts: &UdpOptions,
+    ) -> io::Result<SimDatagram> {
+        let host = self.host(*netns)?;
+        SimDatagram::bind(self.shared.clone(), host, *netns, v4(addr)?, opts).await
     }
 }
 

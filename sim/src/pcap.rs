@@ -139,8 +139,33 @@ fn options(flags: TcpFlags, len: usize, tsval: u32) -> Vec<u8> {
 fn ipv4(pkt: &Packet, tcp: &TcpWire<'_>) -> Vec<u8> {
     match (pkt.proto, pkt.icmp) {
         (Protocol::Icmp, Some(icmp)) => icmp_bytes(pkt, &icmp),
+        (Protocol::Udp, _) => udp_bytes(pkt, tcp.payload),
         _ => tcp_bytes(pkt, tcp),
     }
+}
+
+fn udp_bytes(pkt: &Packet, payload: &[u8]) -> Vec<u8> {
+    let len = 8 + payload.len();
+    let mut u = Vec::with_capacity(len);
+    u.extend_from_slice(&pkt.sport.to_be_bytes());
+    u.extend_from_slice(&pkt.dport.to_be_bytes());
+    u.extend_from_slice(&(len as u16).to_be_bytes());
+    u.extend_from_slice(&[0, 0]);
+    u.extend_from_slice(payload);
+    let mut pseudo = Vec::with_capacity(12);
+    pseudo.extend_from_slice(&pkt.src.octets());
+    pseudo.extend_from_slice(&pkt.dst.octets());
+    pseudo.extend_from_slice(&[0, 17]);
+    pseudo.extend_from_slice(&(len as u16).to_be_bytes());
+    // A computed zero is sent as all ones (RFC 768).
+    let c = match fold(sum16(sum16(0, &pseudo), &u)) {
+        0 => 0xffff,
+        c => c,
+    };
+    u[6..8].copy_from_slice(&c.to_be_bytes());
+    let mut out = ip_header(pkt, 17, 20 + len).to_vec();
+    out.extend_from_slice(&u);
+    out
 }
 
 fn tcp_bytes(pkt: &Packet, w: &TcpWire<'_>) -> Vec<u8> {
@@ -239,5 +264,31 @@ mod tests {
         pseudo.extend_from_slice(&[0, 6]);
         pseudo.extend_from_slice(&((len2 - 20) as u16).to_be_bytes());
         assert_eq!(fold(sum16(sum16(0, &pseudo), &ip2[20..])), 0, "TCP checksum verifies");
+    }
+
+    #[test]
+    fn udp_records_carry_their_payload_and_checksums_verify() {
+        let mut c = Captures::new(Duration::from_secs(1_767_225_600));
+        let q = Packet::udp("10.0.1.2:40000".parse().unwrap(), "10.0.1.3:53".parse().unwrap())
+            .with_len(28 + 5)
+            .with_payload(5);
+        c.record(
+            "a",
+            Duration::from_secs(1),
+            &q,
+            &TcpWire { payload: b"query", ..TcpWire::default() },
+        );
+        let f = c.into_files().remove("a").unwrap();
+        let rec = &f[24..];
+        let len = u32::from_le_bytes(rec[8..12].try_into().unwrap()) as usize;
+        assert_eq!(len, 33);
+        let ip = &rec[16..16 + len];
+        assert_eq!((ip[9], &ip[28..]), (17, &b"query"[..]));
+        assert_eq!(fold(sum16(0, &ip[..20])), 0, "IP checksum verifies");
+        let mut pseudo = Vec::new();
+        pseudo.extend_from_slice(&ip[12..20]);
+        pseudo.extend_from_slice(&[0, 17]);
+        pseudo.extend_from_slice(&13u16.to_be_bytes());
+        assert_eq!(fold(sum16(sum16(0, &pseudo), &ip[20..])), 0, "UDP checksum verifies");
     }
 }

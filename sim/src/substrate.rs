@@ -117,6 +117,8 @@ pub struct Sockets {
     abandoned: BTreeSet<u64>,
     next_port: u16,
     next_ticket: u64,
+    /// Bound UDP sockets ([`crate::udp`]).
+    pub udp: crate::udp::UdpSockets,
 }
 
 impl Default for Sockets {
@@ -134,6 +136,7 @@ impl Default for Sockets {
             abandoned: BTreeSet::new(),
             next_port: EPHEMERAL.0,
             next_ticket: 1,
+            udp: crate::udp::UdpSockets::default(),
         }
     }
 }
@@ -340,16 +343,20 @@ impl SocketLookup for NetnsSockets<'_> {
         local: SocketAddrV4,
         remote: SocketAddrV4,
     ) -> Option<SocketInfo> {
-        if proto != Protocol::Tcp {
-            return None;
+        match proto {
+            Protocol::Tcp => {}
+            Protocol::Udp => return self.sockets.udp.established(self.netns, local, remote),
+            Protocol::Icmp => return None,
         }
         let key = self.sockets.by_view(self.netns, local, remote)?;
         self.sockets.by_sub.get(&key).map(|v| v.info)
     }
 
     fn listener(&self, proto: Protocol, local: SocketAddrV4) -> Option<SocketInfo> {
-        if proto != Protocol::Tcp {
-            return None;
+        match proto {
+            Protocol::Tcp => {}
+            Protocol::Udp => return self.sockets.udp.listener(self.netns, local),
+            Protocol::Icmp => return None,
         }
         let l = self.sockets.listeners.get(&(self.netns, local.port()))?;
         (l.addr.ip().is_unspecified() || l.addr.ip() == local.ip()).then_some(l.info)

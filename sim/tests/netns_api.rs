@@ -288,3 +288,46 @@ fn a_loopback_source_cannot_leave_through_another_device() {
         PacketVerdict::Drop(DropCause::Route(ambient_sim::kernel::RouteError::LoopbackSource))
     );
 }
+
+/// Kernel 6.18, measured in a namespace with the in-pod rules and nothing on 15053: an app's
+/// DNS query redirected to `127.0.0.1:15053` gets ICMP port unreachable, RELATED to the
+/// query's connection, whose NAT is undone on it (the error comes from the address the app
+/// asked, about the datagram as the app sent it), so the app's connected socket fails with
+/// ECONNREFUSED. The error is not a reply: the entry stays UNREPLIED (30 s). Counters
+/// `[2:94]` on raw/mangle OUTPUT and PREROUTING (33-byte query, 61-byte error), nat OUTPUT
+/// `[1:33]`: nat sees only the query.
+#[test]
+fn a_dns_query_nobody_takes_is_refused_with_the_nat_undone() {
+    let mut n = pod();
+    let (app, asked) = (sa("10.0.1.5:45745"), sa("10.96.0.10:53"));
+    let q = Packet::udp(app, asked).with_len(33).with_payload(5);
+    let o = n.output(q, Some(SocketInfo::default()), secs(0), &NoSockets);
+    assert!(o.accepted() && o.is_local(), "{o:?}");
+    assert_eq!(o.packet.dst_sock(), sa("127.0.0.1:15053"));
+    let icmp = n.port_unreachable(&o.packet).expect("an ICMP error");
+    assert_eq!((icmp.src, icmp.dst, icmp.len), (Ipv4Addr::LOCALHOST, *app.ip(), 61));
+    let e = n.output(icmp, Some(SocketInfo::kernel()), secs(0), &NoSockets);
+    assert!(e.accepted() && e.is_local(), "{e:?}");
+    assert_eq!(e.ctstate, CtState::Related);
+    assert_eq!(e.packet.src, *asked.ip(), "the error comes from the address asked");
+    let inner = e.packet.icmp.and_then(|i| i.inner).expect("a quoted header");
+    assert_eq!(
+        (inner.src, inner.sport, inner.dst, inner.dport),
+        (*app.ip(), 45745, *asked.ip(), 53)
+    );
+    assert_eq!(
+        n.conntrack_dump(secs(1)),
+        "udp      17 29 src=10.0.1.5 dst=10.96.0.10 sport=45745 dport=53 [UNREPLIED] \
+         src=127.0.0.1 dst=10.0.1.5 sport=15053 dport=45745 mark=0 use=1\n"
+    );
+    let save = n.save(true);
+    for line in [
+        ":OUTPUT ACCEPT [2:94]",
+        "[2:94] -A PREROUTING -j ISTIO_PRERT",
+        "[1:33] -A OUTPUT -j ISTIO_OUTPUT",
+        "[1:33] -A ISTIO_OUTPUT ! -o lo -p udp -m mark ! --mark 0x539/0xfff -m udp --dport 53 -j REDIRECT --to-ports 15053",
+    ] {
+        assert!(save.contains(line), "{line} in\n{save}");
+    }
+    assert!(n.port_unreachable(&Packet::tcp(app, asked, TcpFlags::S)).is_none());
+}

@@ -100,6 +100,7 @@ async fn serve(cfg: ambient_proxy::config::LoadedConfig) -> anyhow::Result<ExitC
     let store = CertStore::new(std::sync::Arc::new(ca), keys, clock, provider);
     let mut config = ProxyConfig::new(&file.node, TlsContext::new(std::sync::Arc::new(store), &td));
     config.seed = file.seed;
+    config.dns.upstream = file.dns_upstream;
     let proxy = NodeProxy::new(LinuxNetwork::new(), cfg.mesh.clone(), config);
     for (i, pod) in file.pods.iter().enumerate() {
         let spec =

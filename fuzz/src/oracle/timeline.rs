@@ -293,6 +293,9 @@ pub fn predict(world: &World, fault_points: bool) -> Vec<Prediction> {
                 w.now.lo += *d;
                 w.now.hi += *d;
             }
+            // A lookup takes at most its deadline (the fuzzer generates none; a hand-written
+            // world may have them).
+            Action::Resolve(r) => w.now.hi += r.deadline + SLACK,
             Action::Check(_) => {
                 // Settling named background connections takes at most their hold + deadline.
                 let longest = w.live.iter().map(|l| l.hold + l.deadline).max().unwrap_or_default();

@@ -31,12 +31,18 @@
 //! 2. **Proxies** ([`proxies`]): a real `NodeProxy` per node over `LinuxNetwork`, on the node
 //!    namespace's thread, with its 15001/15006/15008 listeners inside each captured pod's
 //!    namespace; the proxies get `ClusterState::mesh_spec()` at start and after every mesh
-//!    fault. With a [`ProxyPlan`] naming ztunnel ([`NetnsBackend::with_proxies`]), those nodes run
-//!    a real ztunnel instead ([`ztunnels`]: the harness is its CNI agent and its istiod); the
-//!    faults then map as that module says. Apps listen in their pods and hosts ([`traffic`]).
+//!    fault, and the scenario's DNS server (the external host with `dns:`) as their DNS
+//!    upstream. With a [`ProxyPlan`] naming ztunnel ([`NetnsBackend::with_proxies`]), those
+//!    nodes run a real ztunnel instead ([`ztunnels`]: the harness is its CNI agent and its
+//!    istiod; its DNS proxy is off, so DNS scenarios do not apply to it); the faults then map as
+//!    that module says. Apps listen in their pods and hosts ([`traffic`]); the DNS server host
+//!    runs the scenario library's DNS server on UDP and TCP 53.
 //! 3. **Steps** ([`run`]): `connect` runs `traffic::run_client` from the client's namespace
 //!    (`count` one after another, `parallel` at once, `background` started and settled at the
-//!    `check` naming it or at the end); faults as below; `wait` sleeps; `check` snapshots.
+//!    `check` naming it or at the end); `resolve` (and a connect with `resolve: true`, before
+//!    each connection) runs `traffic::dns::lookup` in the client's namespace: a real query to
+//!    the DNS server's address, port 53, which a captured pod's rules REDIRECT to its proxy's
+//!    15053; faults as below; `wait` sleeps; `check` snapshots.
 //! 4. **Observation** ([`observe`]): at each `check` and at the end, once settled, `conntrack -L`
 //!    of every pod and host, `iptables-save -c` of every captured pod, tunnels from the
 //!    proxies' events; connections are assembled from client reports, proxy events and app

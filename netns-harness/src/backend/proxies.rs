@@ -46,6 +46,8 @@ pub struct Proxies {
     trust_domain: String,
     seed: u64,
     nodes: BTreeMap<String, NodeSlot>,
+    /// Where the DNS proxies forward names outside the mesh (the scenario's DNS server).
+    pub dns_upstream: Option<std::net::SocketAddr>,
 }
 
 impl std::fmt::Debug for Proxies {
@@ -82,6 +84,7 @@ impl Proxies {
             trust_domain: trust_domain.to_string(),
             seed,
             nodes,
+            dns_upstream: None,
         }
     }
 
@@ -113,6 +116,7 @@ impl Proxies {
             ProxyConfig::new(node, TlsContext::new(Arc::new(store), self.trust_domain.clone()));
         config.seed = self.seed;
         config.sink = slot.sink.clone();
+        config.dns.upstream = self.dns_upstream;
         let network = self.network.clone();
         let proxy = ns
             .run(move || async move {
@@ -307,6 +311,12 @@ impl std::fmt::Debug for NodeProxies {
 }
 
 impl NodeProxies {
+    /// The DNS server our proxies forward to (the scenario's DNS server host), for proxies
+    /// started from now on. ztunnel nodes run with their DNS proxy off.
+    pub fn set_dns_upstream(&mut self, upstream: Option<std::net::SocketAddr>) {
+        self.ours.dns_upstream = upstream;
+    }
+
     /// Nothing runs yet. With ztunnel on a node, `mesh` is written as its config; with both
     /// kinds, our proxies issue certificates from ztunnel's test root and key (one CA).
     pub fn new(

@@ -9,11 +9,17 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::net::{SocketAddr, SocketAddrV4};
 use std::time::{Duration, Instant};
 
+use ambient_scenarios::assemble::LookupLabels;
 use ambient_scenarios::assemble::{self, Accepts, ConnLabels};
 use ambient_scenarios::outcome::{ConntrackEntry, NetnsState, Outcome, Skipped, Snapshot, State};
+use ambient_scenarios::outcome::{DnsTransport, Resolution};
+use ambient_scenarios::traffic::dns::{
+    ByName, LookupCell, LookupReport, LookupSpec, QueryLog, lookup, query_id,
+};
 use ambient_scenarios::traffic::{ClientEnd, ClientReport, ClientSpec, Payload};
 use ambient_scenarios::world::{
-    Action, App, Connect, Fault, NodeLink, ObjectKey, Peer, PeerKind, Pod, Repeat, Step,
+    Action, App, Connect, DNS_PORT, Fault, NodeLink, ObjectKey, Peer, PeerKind, Pod, Repeat,
+    Resolve, Step,
 };
 use ambient_scenarios::{ClusterState, World};
 
@@ -22,7 +28,10 @@ use super::observe::{self, conntrack_entries, rule_counters};
 use super::plan::Plan;
 use super::proxies::{NodeProxies, PodInfo, ProxyPlan};
 use super::topology::{Topology, TopologyError};
-use super::traffic::{AcceptLog, ClientRun, ClientRuns, FIRST_BYTES, start_apps, start_clients};
+use super::traffic::{
+    AcceptLog, ClientRun, ClientRuns, FIRST_BYTES, KernelResolver, start_apps, start_clients,
+    start_dns_server,
+};
 use crate::netns::{JobHandle, Netns, NetnsError};
 use crate::nfqueue::Delay;
 use crate::sandbox::Sandbox;
@@ -59,6 +68,15 @@ struct Slot {
     /// For a Service target, each endpoint's app (see `ConnLabels::endpoints`).
     endpoints: Vec<(SocketAddrV4, App)>,
     run: Option<ClientRun>,
+}
+
+/// One DNS lookup of the run (a `resolve` step, or a connect's lookup of its name).
+#[derive(Debug)]
+struct LookupSlot {
+    id: String,
+    from: String,
+    name: String,
+    report: LookupCell,
 }
 
 /// A background connect step still running.
@@ -105,6 +123,10 @@ pub(super) struct Runner<'w> {
     step_at: usize,
     /// Pods deleted so far, by label: their clients died with them.
     deleted: BTreeSet<String>,
+    /// Every DNS lookup started, in order.
+    lookups: Vec<LookupSlot>,
+    /// The queries the DNS server host answered.
+    served: QueryLog,
 }
 
 fn topo_err(e: TopologyError) -> RunError {
@@ -125,8 +147,11 @@ impl<'w> Runner<'w> {
         let mut topo = Topology::build(sandbox, plan).map_err(topo_err)?;
         let nodes: Vec<String> = world.nodes.iter().map(|n| n.name.clone()).collect();
         let initial = ClusterState::initial(world).mesh_spec();
-        let proxies = NodeProxies::new(&nodes, &world.trust_domain, seed, proxy_plan, &initial)
+        let mut proxies = NodeProxies::new(&nodes, &world.trust_domain, seed, proxy_plan, &initial)
             .map_err(|e| format!("preparing the node proxies ({}): {e}", proxy_plan.describe()))?;
+        proxies.set_dns_upstream(
+            world.nameserver().map(|h| SocketAddr::V4(SocketAddrV4::new(h.ip, DNS_PORT))),
+        );
         let pods: Vec<&Pod> = world.pods.values().collect();
         topo.add_pods(sandbox, &pods).map_err(topo_err)?;
         let accepts = AcceptLog::default();
@@ -136,6 +161,13 @@ impl<'w> Runner<'w> {
         }
         for h in world.external.values() {
             start_apps(&topo.hosts[&h.name], &h.serve, &accepts)
+                .map_err(|e| format!("host {}: {e}", h.name))?;
+        }
+        let served = QueryLog::default();
+        if let Some(h) = world.nameserver()
+            && let Some(zone) = &h.dns
+        {
+            start_dns_server(&topo.hosts[&h.name], zone, &served)
                 .map_err(|e| format!("host {}: {e}", h.name))?;
         }
         let mut runner = Runner {
@@ -156,6 +188,8 @@ impl<'w> Runner<'w> {
             inject,
             step_at: 0,
             deleted: BTreeSet::new(),
+            lookups: Vec::new(),
+            served,
         };
         for node in &world.nodes {
             runner.start_proxy(&node.name)?;
@@ -185,10 +219,12 @@ impl<'w> Runner<'w> {
         self.settle_background(&names)?;
         let end = self.snapshot()?;
         let connections = self.connections();
+        let resolutions = self.resolutions();
         let outcome = Outcome {
             scenario: self.world.id.clone(),
             seed: self.seed,
             connections,
+            resolutions,
             checks: std::mem::take(&mut self.checks),
             end,
             skipped: std::mem::take(&mut self.skipped),
@@ -205,6 +241,7 @@ impl<'w> Runner<'w> {
                 std::thread::sleep(*d);
                 Ok(())
             }
+            Action::Resolve(r) => self.resolve(r),
             Action::Check(check) => {
                 self.settle_background(&check.settles)?;
                 let state = self.snapshot()?;
@@ -227,14 +264,27 @@ impl<'w> Runner<'w> {
         let endpoints = self.state.endpoint_apps(&c.to);
         let first = self.slots.len();
         let count = c.repeat.count() as usize;
-        let specs: Vec<ClientSpec> = (0..count)
-            .map(|k| ClientSpec {
+        let mut specs = Vec::with_capacity(count);
+        for k in 0..count {
+            let spec = ClientSpec {
                 send: c.send,
                 hold: c.hold,
                 deadline: c.deadline,
                 payload: Payload::key(self.seed, (first + k) as u64),
-            })
-            .collect();
+            };
+            let by_name = c.resolve.as_ref().map(|h| {
+                let spec = LookupSpec {
+                    name: h.name.clone(),
+                    over: DnsTransport::Udp,
+                    server: SocketAddr::V4(h.server),
+                    deadline: c.deadline,
+                    id: query_id(self.seed, self.lookups.len() as u64),
+                };
+                let cell = self.new_lookup(&c.id, &c.from, &h.name);
+                ByName { spec, client_ip: c.from.ip, port: c.to.addr.port(), cell }
+            });
+            specs.push((spec, by_name));
+        }
         for _ in 0..count {
             self.slots.push(Slot {
                 id: c.id.clone(),
@@ -257,6 +307,53 @@ impl<'w> Runner<'w> {
         job.wait().map_err(|e| format!("the clients of {}: {e}", c.id))?;
         self.fill(&slots, runs.take());
         Ok(())
+    }
+
+    /// Registers a lookup of `name` by `from` under `id`; its report goes to the cell returned.
+    fn new_lookup(&mut self, id: &str, from: &Peer, name: &str) -> LookupCell {
+        let report = LookupCell::default();
+        let (id, from, name) = (id.to_string(), from.label(), name.to_string());
+        self.lookups.push(LookupSlot { id, from, name, report: report.clone() });
+        report
+    }
+
+    /// A `resolve` step: the client's stub resolver asks its nameserver from the client's
+    /// namespace (a captured pod's query is REDIRECTed to its proxy's 15053 by the in-pod rules).
+    fn resolve(&mut self, r: &Resolve) -> Result<(), RunError> {
+        let spec = LookupSpec {
+            name: r.name.clone(),
+            over: r.over,
+            server: SocketAddr::V4(r.server),
+            deadline: r.deadline,
+            id: query_id(self.seed, self.lookups.len() as u64),
+        };
+        let cell = self.new_lookup(&r.id, &r.from, &r.name);
+        let client_ip = r.from.ip;
+        let report = self
+            .peer_ns(&r.from)?
+            .run(move || async move { lookup(&KernelResolver, &spec, client_ip).await })
+            .map_err(|e| format!("the lookup {}: {e}", r.id))?;
+        *cell.lock().unwrap_or_else(|e| e.into_inner()) = Some(report);
+        Ok(())
+    }
+
+    /// The Outcome's lookups, in start order.
+    fn resolutions(&self) -> Vec<Resolution> {
+        let log = self.proxies.log();
+        let served = self.served.lock().unwrap_or_else(|e| e.into_inner()).clone();
+        self.lookups
+            .iter()
+            .map(|l| {
+                let report = l
+                    .report
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .clone()
+                    .unwrap_or_else(LookupReport::killed);
+                let labels = LookupLabels { id: &l.id, from: &l.from, name: &l.name };
+                assemble::resolution(labels, &report, &log, &served)
+            })
+            .collect()
     }
 
     fn fill(&mut self, slots: &[usize], runs: Vec<ClientRun>) {
@@ -706,17 +803,30 @@ fn describe(action: &Action) -> String {
         Action::Fault(f) => f.to_string(),
         Action::Wait(d) => format!("wait {d:?}"),
         Action::Check(_) => "check".into(),
+        Action::Resolve(r) => {
+            format!("resolve {} from {} {} over {}", r.id, r.from.label(), r.name, r.over)
+        }
     }
 }
 
-/// Whether no listener holds the proxy's in-pod ports in the current thread's namespace.
+/// Whether no socket of the proxy holds its in-pod ports in the current thread's namespace:
+/// the three TCP listeners, and the DNS proxy's UDP socket and TCP listener on 15053 (a query
+/// reaching a dying DNS socket would be answered or dropped instead of refused).
 fn ports_free() -> bool {
-    use ambient_proxy::inpod::{INBOUND_HBONE_PORT, INBOUND_PLAINTEXT_PORT, OUTBOUND_PORT};
-    [OUTBOUND_PORT, INBOUND_PLAINTEXT_PORT, INBOUND_HBONE_PORT].into_iter().all(|port| {
-        let socket = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None);
-        socket.is_ok_and(|s| {
-            let at = std::net::SocketAddr::from((std::net::Ipv4Addr::UNSPECIFIED, port));
-            s.set_reuse_address(true).is_ok() && s.bind(&at.into()).is_ok()
-        })
-    })
+    use ambient_proxy::inpod::{
+        DNS_CAPTURE_PORT, INBOUND_HBONE_PORT, INBOUND_PLAINTEXT_PORT, OUTBOUND_PORT,
+    };
+    use socket2::{Domain, Socket, Type};
+    let any = std::net::Ipv4Addr::UNSPECIFIED;
+    let tcp_free = [OUTBOUND_PORT, INBOUND_PLAINTEXT_PORT, INBOUND_HBONE_PORT, DNS_CAPTURE_PORT]
+        .into_iter()
+        .all(|port| {
+            Socket::new(Domain::IPV4, Type::STREAM, None).is_ok_and(|s| {
+                let at = std::net::SocketAddr::from((any, port));
+                s.set_reuse_address(true).is_ok() && s.bind(&at.into()).is_ok()
+            })
+        });
+    let udp_free = Socket::new(Domain::IPV4, Type::DGRAM, None)
+        .is_ok_and(|s| s.bind(&std::net::SocketAddr::from((any, DNS_CAPTURE_PORT)).into()).is_ok());
+    tcp_free && udp_free
 }

@@ -12,11 +12,14 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use ambient_scenarios::assemble::Accept;
+use ambient_scenarios::traffic::dns::{
+    ByName, QueryLog, ResolverSockets, connect_by_name, serve_dns_tcp, serve_dns_udp,
+};
 use ambient_scenarios::traffic::{AppStream, ClientReport, ClientSpec, run_client, serve};
-use ambient_scenarios::world::App;
+use ambient_scenarios::world::{App, DNS_PORT, DnsZone};
 use socket2::{Domain, Protocol, SockRef, Socket, Type};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
-use tokio::net::TcpStream;
+use tokio::net::{TcpStream, UdpSocket};
 
 use crate::netns::{JobHandle, Netns};
 use crate::socket::{self, ListenOptions};
@@ -225,20 +228,28 @@ impl ClientRuns {
 }
 
 /// Runs a connect step's clients in `ns` to `dst`, one per spec, one after another or all at
-/// once, recording each in `runs` as it goes.
+/// once, recording each in `runs` as it goes. A client with a [`ByName`] looks its name up
+/// first and connects to the answer instead.
 pub fn start_clients(
     ns: &Netns,
     dst: SocketAddrV4,
-    specs: Vec<ClientSpec>,
+    specs: Vec<(ClientSpec, Option<ByName>)>,
     parallel: bool,
     runs: &ClientRuns,
 ) -> JobHandle<()> {
     let runs = runs.clone();
     ns.spawn(move || async move {
-        let one = |k: usize, spec: ClientSpec| {
+        let one = |k: usize, (spec, by_name): (ClientSpec, Option<ByName>)| {
             let runs = runs.clone();
             async move {
-                let report = run_client(connect(dst, &runs.locals, k), &spec).await;
+                let dial = |dst| connect(dst, &runs.locals, k);
+                let connecting = async {
+                    match &by_name {
+                        None => dial(dst).await,
+                        Some(b) => connect_by_name(&KernelResolver, b, dial).await,
+                    }
+                };
+                let report = run_client(connecting, &spec).await;
                 runs.runs.lock().unwrap_or_else(|e| e.into_inner())[k] = Some(report);
             }
         };
@@ -277,4 +288,59 @@ async fn connect(
     }
     stream.set_nodelay(true)?;
     Ok(KernelStream(stream))
+}
+
+/// The stub resolver's sockets on the kernel, in the namespace of the thread it runs on: a UDP
+/// socket on an ephemeral port connected to the nameserver, or a TCP connection.
+#[derive(Debug, Clone, Copy)]
+pub struct KernelResolver;
+
+impl ResolverSockets for KernelResolver {
+    type Udp = UdpSocket;
+    type Tcp = TcpStream;
+
+    async fn udp(&self, server: SocketAddr) -> io::Result<UdpSocket> {
+        let s = UdpSocket::bind(SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, 0)).await?;
+        s.connect(server).await?;
+        Ok(s)
+    }
+
+    async fn tcp(&self, server: SocketAddr) -> io::Result<(TcpStream, SocketAddr)> {
+        let s = TcpStream::connect(server).await?;
+        let local = s.local_addr()?;
+        Ok((s, local))
+    }
+}
+
+/// Starts the DNS server app in `ns` (the scenario's DNS server host): UDP and TCP on
+/// `0.0.0.0:53`, answering from `zone`; what it answers goes to `log`. It lives as long as the
+/// namespace.
+pub fn start_dns_server(ns: &Netns, zone: &DnsZone, log: &QueryLog) -> io::Result<()> {
+    let (zone, log) = (zone.clone(), log.clone());
+    let bound = ns.run(move || async move {
+        let at = SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, DNS_PORT);
+        let udp = UdpSocket::bind(at).await?;
+        let listener =
+            socket::listen(at, ListenOptions { backlog: 1024, ..ListenOptions::default() })?;
+        tokio::task::spawn_local(serve_dns_udp(udp, zone.clone(), log.clone()));
+        tokio::task::spawn_local(async move {
+            loop {
+                let Ok((stream, peer)) = listener.accept().await else {
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                    continue;
+                };
+                let (zone, log) = (zone.clone(), log.clone());
+                tokio::task::spawn_local(async move {
+                    serve_dns_tcp(stream, peer, &zone, &log).await;
+                });
+            }
+        });
+        Ok::<_, io::Error>(())
+    });
+    match bound {
+        Ok(r) => {
+            r.map_err(|e| io::Error::new(e.kind(), format!("DNS server on port {DNS_PORT}: {e}")))
+        }
+        Err(e) => Err(io::Error::other(e.to_string())),
+    }
 }

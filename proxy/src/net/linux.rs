@@ -10,16 +10,18 @@
 use std::collections::BTreeMap;
 use std::fmt;
 use std::io;
-use std::net::{SocketAddr, TcpListener as StdListener, TcpStream as StdStream};
+use std::net::{
+    SocketAddr, TcpListener as StdListener, TcpStream as StdStream, UdpSocket as StdUdpSocket,
+};
 use std::os::fd::AsFd;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, mpsc};
 use std::time::Duration;
 
 use socket2::{Domain, SockRef, Socket, Type};
-use tokio::net::{TcpListener, TcpSocket, TcpStream};
+use tokio::net::{TcpListener, TcpSocket, TcpStream, UdpSocket};
 
-use super::{Accepted, ConnectOptions, ListenOptions, Listener, Network};
+use super::{Accepted, ConnectOptions, Datagram, ListenOptions, Listener, Network, UdpOptions};
 
 /// A network namespace: `None` is the namespace the process runs in.
 #[derive(Debug, Clone, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -188,6 +190,7 @@ impl Network for LinuxNetwork {
     type Netns = NetnsPath;
     type Listener = LinuxListener;
     type Stream = TcpStream;
+    type Datagram = UdpSocket;
 
     async fn listen(
         &self,
@@ -245,6 +248,46 @@ impl Network for LinuxNetwork {
 
     fn local_addr(&self, stream: &TcpStream) -> io::Result<SocketAddr> {
         stream.local_addr()
+    }
+
+    async fn bind_udp(
+        &self,
+        netns: &NetnsPath,
+        addr: SocketAddr,
+        opts: &UdpOptions,
+    ) -> io::Result<UdpSocket> {
+        let opts = opts.clone();
+        let std = self
+            .in_netns(netns, move || {
+                let s = Socket::new(Domain::for_address(addr), Type::DGRAM, None)?;
+                s.set_nonblocking(true)?;
+                s.set_cloexec(true)?;
+                set_mark(&s, opts.mark)?;
+                s.bind(&addr.into())
+                    .map_err(|e| io::Error::new(e.kind(), format!("bind udp {addr}: {e}")))?;
+                if let Some(peer) = opts.peer {
+                    s.connect(&peer.into()).map_err(|e| {
+                        io::Error::new(e.kind(), format!("connect udp {peer}: {e}"))
+                    })?;
+                }
+                Ok(StdUdpSocket::from(s))
+            })
+            .await?;
+        UdpSocket::from_std(std)
+    }
+}
+
+impl Datagram for UdpSocket {
+    async fn send_to(&self, buf: &[u8], dst: SocketAddr) -> io::Result<usize> {
+        UdpSocket::send_to(self, buf, dst).await
+    }
+
+    async fn recv_from(&self, buf: &mut [u8]) -> io::Result<(usize, SocketAddr)> {
+        UdpSocket::recv_from(self, buf).await
+    }
+
+    fn local_addr(&self) -> io::Result<SocketAddr> {
+        UdpSocket::local_addr(self)
     }
 }
 

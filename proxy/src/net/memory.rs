@@ -8,6 +8,10 @@
 //! ([`Network::reset`] → the peer's next read or write fails with `ConnectionReset`).
 //! Routing is by address ownership ([`MemoryNetwork::add_address`]); redirection is explicit: [`MemoryNetwork::redirect`] records the original destination a
 //! connection from a given source address will report on accept.
+//!
+//! UDP: a datagram goes to the socket bound to its destination (or the wildcard) in the
+//! namespace that owns the address; one nobody takes is dropped (no ICMP error), and a socket
+//! connected to a peer takes datagrams from that peer only.
 
 use std::collections::BTreeMap;
 use std::io;
@@ -20,10 +24,13 @@ use std::task::{Context, Poll};
 use tokio::io::{AsyncRead, AsyncWrite, DuplexStream, ReadBuf};
 use tokio::sync::mpsc;
 
-use super::{Accepted, ConnectOptions, ListenOptions, Listener, Network};
+use super::{Accepted, ConnectOptions, Datagram, ListenOptions, Listener, Network, UdpOptions};
 
 /// Pipe capacity per direction.
 const PIPE_BYTES: usize = 64 * 1024;
+
+/// A bound UDP socket: where its datagrams go, and the peer it is connected to.
+type UdpEntry = (mpsc::UnboundedSender<(SocketAddr, Vec<u8>)>, Option<SocketAddr>);
 
 #[derive(Debug, Default)]
 struct State {
@@ -31,6 +38,8 @@ struct State {
     redirects: BTreeMap<(String, SocketAddr), SocketAddr>,
     /// Which namespace owns an address (where connections to it from elsewhere arrive).
     addresses: BTreeMap<IpAddr, String>,
+    /// Bound UDP sockets: where their datagrams go, and the peer a connected one takes.
+    udp: BTreeMap<(String, SocketAddr), UdpEntry>,
     next_port: u16,
 }
 
@@ -77,7 +86,10 @@ impl MemoryNetwork {
     }
 
     fn next_port(&self) -> u16 {
-        let mut s = self.lock();
+        Self::port_in(&mut self.lock())
+    }
+
+    fn port_in(s: &mut State) -> u16 {
         s.next_port =
             if s.next_port < 40000 { 40000 } else { s.next_port.wrapping_add(1).max(40000) };
         s.next_port
@@ -88,6 +100,7 @@ impl Network for MemoryNetwork {
     type Netns = String;
     type Listener = MemoryListener;
     type Stream = MemoryStream;
+    type Datagram = MemoryDatagram;
 
     async fn listen(
         &self,
@@ -158,6 +171,82 @@ impl Network for MemoryNetwork {
 
     fn local_addr(&self, stream: &MemoryStream) -> io::Result<SocketAddr> {
         Ok(stream.local)
+    }
+
+    async fn bind_udp(
+        &self,
+        netns: &String,
+        addr: SocketAddr,
+        opts: &UdpOptions,
+    ) -> io::Result<MemoryDatagram> {
+        let mut s = self.lock();
+        let addr = match addr.port() {
+            0 => SocketAddr::new(addr.ip(), Self::port_in(&mut s)),
+            _ => addr,
+        };
+        let key = (netns.clone(), addr);
+        if s.udp.get(&key).is_some_and(|(tx, _)| !tx.is_closed()) {
+            return Err(io::Error::new(
+                io::ErrorKind::AddrInUse,
+                format!("udp {addr} in use in netns {netns:?}"),
+            ));
+        }
+        let (tx, rx) = mpsc::unbounded_channel();
+        s.udp.insert(key, (tx, opts.peer));
+        Ok(MemoryDatagram {
+            network: self.clone(),
+            netns: netns.clone(),
+            local: addr,
+            rx: tokio::sync::Mutex::new(rx),
+        })
+    }
+}
+
+/// A bound UDP socket.
+#[derive(Debug)]
+pub struct MemoryDatagram {
+    network: MemoryNetwork,
+    netns: String,
+    local: SocketAddr,
+    rx: tokio::sync::Mutex<mpsc::UnboundedReceiver<(SocketAddr, Vec<u8>)>>,
+}
+
+impl Datagram for MemoryDatagram {
+    async fn send_to(&self, buf: &[u8], dst: SocketAddr) -> io::Result<usize> {
+        let s = self.network.lock();
+        let owner = match s.addresses.get(&dst.ip()) {
+            Some(ns) if !dst.ip().is_loopback() => ns.clone(),
+            _ => self.netns.clone(),
+        };
+        let from = if self.local.ip().is_unspecified() {
+            // The source a wildcard socket gets: the address its namespace owns, if any.
+            let own = s.addresses.iter().find(|(_, ns)| **ns == self.netns).map(|(ip, _)| *ip);
+            SocketAddr::new(own.unwrap_or(IpAddr::from([127, 0, 0, 1])), self.local.port())
+        } else {
+            self.local
+        };
+        let wildcard = SocketAddr::new(IpAddr::from([0, 0, 0, 0]), dst.port());
+        let taker = [dst, wildcard].iter().find_map(|a| {
+            s.udp
+                .get(&(owner.clone(), *a))
+                .filter(|(tx, peer)| !tx.is_closed() && peer.is_none_or(|p| p == from))
+        });
+        if let Some((tx, _)) = taker {
+            let _ = tx.send((from, buf.to_vec()));
+        }
+        Ok(buf.len())
+    }
+
+    async fn recv_from(&self, buf: &mut [u8]) -> io::Result<(usize, SocketAddr)> {
+        let (from, data) =
+            self.rx.lock().await.recv().await.ok_or_else(|| io::Error::other("socket closed"))?;
+        let n = data.len().min(buf.len());
+        buf[..n].copy_from_slice(&data[..n]);
+        Ok((n, from))
+    }
+
+    fn local_addr(&self) -> io::Result<SocketAddr> {
+        Ok(self.local)
     }
 }
 

@@ -2,7 +2,8 @@
 //!
 //! The proxy is generic over one [`Network`]: listen inside a given pod's network namespace,
 //! accept with the original destination (SO_ORIGINAL_DST), connect with a socket mark and an
-//! optional transparent (spoofed) source, and reset a stream. Half-close is the stream's own
+//! optional transparent (spoofed) source, reset a stream, and bind a UDP socket ([`Datagram`],
+//! for the DNS proxy on 15053 and its upstream queries). Half-close is the stream's own
 //! `AsyncWrite::poll_shutdown` (a FIN). Two implementations exist: real Linux sockets
 //! ([`linux::LinuxNetwork`], `cfg(target_os = "linux")`) and the simulator's (in `ambient-sim`);
 //! [`memory::MemoryNetwork`] is an in-process stand-in for tests that need no OS networking.
@@ -25,6 +26,7 @@ pub trait Network: Clone + Send + Sync + 'static {
     type Netns: Clone + Debug + Send + Sync + 'static;
     type Listener: Listener<Stream = Self::Stream>;
     type Stream: AsyncRead + AsyncWrite + Unpin + Send + 'static;
+    type Datagram: Datagram;
 
     /// A TCP listener on `addr` inside `netns`.
     fn listen(
@@ -48,6 +50,44 @@ pub trait Network: Clone + Send + Sync + 'static {
     /// The stream's own address (getsockname): for a transparent connection, the spoofed
     /// source — the peer address the other end sees.
     fn local_addr(&self, stream: &Self::Stream) -> io::Result<SocketAddr>;
+
+    /// A UDP socket bound to `addr` inside `netns` (port 0: an ephemeral port).
+    fn bind_udp(
+        &self,
+        netns: &Self::Netns,
+        addr: SocketAddr,
+        opts: &UdpOptions,
+    ) -> impl Future<Output = io::Result<Self::Datagram>> + Send;
+}
+
+/// A bound UDP socket. An implementation must give: one datagram per `recv_from` (truncated to
+/// the buffer), the sender's address as the kernel delivered it, and — on a socket connected to
+/// a peer ([`UdpOptions::peer`]) — datagrams from that peer only, and an ICMP error about what
+/// it sent (port unreachable: ECONNREFUSED) as the error of its next `recv_from` or `send_to`.
+pub trait Datagram: Send + Sync + 'static {
+    fn send_to(
+        &self,
+        buf: &[u8],
+        dst: SocketAddr,
+    ) -> impl Future<Output = io::Result<usize>> + Send;
+
+    fn recv_from(
+        &self,
+        buf: &mut [u8],
+    ) -> impl Future<Output = io::Result<(usize, SocketAddr)>> + Send;
+
+    fn local_addr(&self) -> io::Result<SocketAddr>;
+}
+
+/// Options of a UDP socket.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct UdpOptions {
+    /// SO_MARK (the proxy's 0x539: the DNS capture rules leave its queries alone and put them
+    /// in conntrack zone 1).
+    pub mark: Option<u32>,
+    /// connect(2) to this peer: the socket then takes datagrams from it only, and ICMP errors
+    /// about it are reported (a dead upstream fails fast instead of timing out).
+    pub peer: Option<SocketAddr>,
 }
 
 /// A listening socket.

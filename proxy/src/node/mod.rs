@@ -9,6 +9,7 @@
 //! them all.
 
 pub mod admit;
+mod dns;
 mod hbone;
 mod inbound;
 mod outbound;
@@ -62,6 +63,37 @@ pub struct ProxyConfig {
     pub pod_drain: Duration,
     /// Bounds against misbehaving peers (`reports/security.md`).
     pub limits: Limits,
+    /// The DNS proxy on 15053.
+    pub dns: DnsConfig,
+}
+
+/// The DNS proxy ztunnel runs in every captured pod (TCP and UDP 15053, where the in-pod rules
+/// send the pod's DNS): it answers the names of mesh Services and forwards the rest.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DnsConfig {
+    /// Serve 15053 at all (ztunnel's `DNS_CAPTURE`).
+    pub enabled: bool,
+    /// Where queries for other names go (`ip:53`), from the pod's namespace with the proxy's
+    /// mark (so the raw table puts them in conntrack zone 1). `None`: they get SERVFAIL.
+    pub upstream: Option<SocketAddr>,
+    /// The cluster's DNS domain.
+    pub domain: String,
+    /// How long the upstream has to answer a forwarded query.
+    pub upstream_timeout: Duration,
+    /// A DNS-over-TCP client connection with no complete query for this long is closed.
+    pub tcp_idle: Duration,
+}
+
+impl Default for DnsConfig {
+    fn default() -> Self {
+        DnsConfig {
+            enabled: true,
+            upstream: None,
+            domain: "cluster.local".to_string(),
+            upstream_timeout: Duration::from_secs(5),
+            tcp_idle: Duration::from_secs(5),
+        }
+    }
 }
 
 /// What one peer may make the proxy hold. The defaults leave room for every legitimate load
@@ -125,6 +157,7 @@ impl ProxyConfig {
             faults: None,
             limits: Limits::default(),
             pod_drain: Duration::from_secs(5),
+            dns: DnsConfig::default(),
         }
     }
 }
@@ -134,7 +167,7 @@ impl ProxyConfig {
 pub struct Resources {
     /// Captured pods served.
     pub pods: usize,
-    /// Of `tasks`, the accept loops of those pods (three each).
+    /// Of `tasks`, the accept loops of those pods (three each, five with the DNS proxy).
     pub listener_tasks: usize,
     /// Tracked tasks alive: accept loops, connection handlers, inbound tunnels, pool drivers.
     pub tasks: usize,
@@ -284,7 +317,9 @@ impl<N: Network> NodeProxy<N> {
         &self.inner.config.node
     }
 
-    /// Start serving a captured pod: bind 15001, 15006 and 15008 in its namespace.
+    /// Start serving a captured pod: bind 15001, 15006 and 15008 in its namespace, and the DNS
+    /// proxy's 15053 (UDP and TCP, on `127.0.0.1`: where REDIRECT sends the pod's queries, and
+    /// the address its answers must leave from to be un-NATed) when it is enabled.
     pub async fn add_pod(&self, pod: PodSpec<N::Netns>) -> io::Result<()> {
         let inner = &self.inner;
         let mesh = inner.mesh.load();
@@ -308,13 +343,17 @@ impl<N: Network> NodeProxy<N> {
         let outbound = net.listen(&pod.netns, at(OUTBOUND_PORT), &opts).await?;
         let plaintext = net.listen(&pod.netns, at(INBOUND_PLAINTEXT_PORT), &opts).await?;
         let hbone = net.listen(&pod.netns, at(INBOUND_HBONE_PORT), &opts).await?;
+        let dns = match inner.config.dns.enabled {
+            true => Some(dns::bind(inner, &pod).await?),
+            false => None,
+        };
         let acceptor = tokio_rustls::TlsAcceptor::from(server_tls);
         let draining = Arc::new(Signal::new(false));
         let pod_draining = draining.clone();
         let (ip, ns) = (pod.ip, pod.netns.clone());
         let handlers = TaskGroup::default();
         let (h1, h2, h3) = (handlers.clone(), handlers.clone(), handlers.clone());
-        let tasks = vec![
+        let mut tasks = vec![
             inner.spawn(accept_loop(inner.clone(), outbound, move |i, a| {
                 i.spawn_in(&h1, i.clone().outbound(ip, ns.clone(), a));
             })),
@@ -333,6 +372,9 @@ impl<N: Network> NodeProxy<N> {
                 }
             })),
         ];
+        if let Some(bound) = dns {
+            tasks.extend(dns::serve(inner, bound, pod.ip, pod.netns.clone(), &handlers));
+        }
         inner
             .pods
             .lock()

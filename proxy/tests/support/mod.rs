@@ -14,11 +14,11 @@ use ambient_proxy::crypto::default_provider;
 use ambient_proxy::events::RecordingSink;
 use ambient_proxy::mesh::{MeshSpec, MeshState, Workload};
 use ambient_proxy::net::linux::{LinuxListener, LinuxNetwork, NetnsPath};
-use ambient_proxy::net::{Accepted, ConnectOptions, ListenOptions, Listener, Network};
+use ambient_proxy::net::{Accepted, ConnectOptions, ListenOptions, Listener, Network, UdpOptions};
 use ambient_proxy::node::{NodeProxy, PodSpec, ProxyConfig};
 use ambient_proxy::tls::TlsContext;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpSocket, TcpStream};
+use tokio::net::{TcpSocket, TcpStream, UdpSocket};
 
 /// Real sockets, plus the original destination of connections made with [`Redirect::app_connect`]
 /// — what the in-pod REDIRECT rules and SO_ORIGINAL_DST provide in a real pod (the netns
@@ -55,6 +55,7 @@ impl Network for Redirect {
     type Netns = NetnsPath;
     type Listener = RedirectListener;
     type Stream = TcpStream;
+    type Datagram = UdpSocket;
 
     async fn listen(
         &self,
@@ -83,6 +84,15 @@ impl Network for Redirect {
 
     fn local_addr(&self, stream: &TcpStream) -> io::Result<SocketAddr> {
         self.inner.local_addr(stream)
+    }
+
+    async fn bind_udp(
+        &self,
+        netns: &NetnsPath,
+        addr: SocketAddr,
+        opts: &UdpOptions,
+    ) -> io::Result<UdpSocket> {
+        self.inner.bind_udp(netns, addr, opts).await
     }
 }
 

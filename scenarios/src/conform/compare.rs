@@ -12,6 +12,7 @@
 //! - `connections` in order (both backends list them in step order): every field, the proxy
 //!   events one by one; a different number of connections is `connections.length`, and the
 //!   common prefix is still compared;
+//! - `resolutions` (DNS lookups) the same way;
 //! - each snapshot (`checks[i]`, `end`): tunnel counts per node pair (a pair one side does not
 //!   list counts 0); the namespaces present; per namespace the conntrack table as a multiset of
 //!   normalised entries — entries of one original tuple are matched up, equal ones first, and the
@@ -26,7 +27,7 @@ use std::fmt::Display;
 use serde::Serialize;
 
 use super::normalize::{Counting, Ports, RuleBook};
-use crate::outcome::{Connection, ConntrackEntry, NetnsState, Outcome, State};
+use crate::outcome::{Connection, ConntrackEntry, NetnsState, Outcome, Resolution, State};
 use crate::world::World;
 
 /// One field whose values differ.
@@ -47,6 +48,8 @@ pub struct Difference {
 pub enum FieldKind {
     /// A field of a connection (`connections[i]…`).
     Connection,
+    /// A field of a DNS lookup (`resolutions[i]…`).
+    Lookup,
     /// A conntrack entry or one of its fields.
     Conntrack,
     /// A counter of a rule only first packets reach (nat, `--ctstate NEW`).
@@ -61,6 +64,7 @@ impl FieldKind {
     pub fn as_str(self) -> &'static str {
         match self {
             FieldKind::Connection => "connection",
+            FieldKind::Lookup => "lookup",
             FieldKind::Conntrack => "conntrack",
             FieldKind::FirstPacketCounter => "first-packet counter",
             FieldKind::EveryPacketCounter => "every-packet counter",
@@ -110,6 +114,28 @@ impl Differ<'_> {
         self.value(format!("{at}.server_identity"), &a.server_identity, &b.server_identity, k);
         self.value(format!("{at}.tunnel"), &a.tunnel, &b.tunnel, k);
         self.value(format!("{at}.reused"), &a.reused, &b.reused, k);
+        let (ea, eb) = (&a.proxy_events, &b.proxy_events);
+        self.value(format!("{at}.proxy_events.length"), &ea.len(), &eb.len(), k);
+        for (j, (x, y)) in ea.iter().zip(eb).enumerate() {
+            let e = format!("{at}.proxy_events[{j}]");
+            self.value(format!("{e}.proxy"), &x.proxy, &y.proxy, k);
+            self.value(format!("{e}.kind"), &x.kind, &y.kind, k);
+            self.value(format!("{e}.detail"), &x.detail, &y.detail, k);
+        }
+    }
+
+    /// A lookup: every field, the proxy events one by one (a DNS event's detail names no
+    /// ephemeral port).
+    fn resolution(&mut self, at: &str, a: &Resolution, b: &Resolution) {
+        let k = FieldKind::Lookup;
+        self.value(format!("{at}.id"), &a.id, &b.id, k);
+        self.value(format!("{at}.from"), &a.from, &b.from, k);
+        self.value(format!("{at}.name"), &a.name, &b.name, k);
+        self.value(format!("{at}.over"), &a.over, &b.over, k);
+        self.value(format!("{at}.outcome"), &a.outcome, &b.outcome, k);
+        self.value(format!("{at}.error"), &a.error, &b.error, k);
+        self.value(format!("{at}.answers"), &a.answers, &b.answers, k);
+        self.value(format!("{at}.path"), &a.path, &b.path, k);
         let (ea, eb) = (&a.proxy_events, &b.proxy_events);
         self.value(format!("{at}.proxy_events.length"), &ea.len(), &eb.len(), k);
         for (j, (x, y)) in ea.iter().zip(eb).enumerate() {
@@ -263,6 +289,11 @@ pub fn compare(world: &World, sim: &Outcome, netns: &Outcome) -> Vec<Difference>
     d.value("connections.length".into(), &ca.len(), &cb.len(), FieldKind::Connection);
     for (i, (a, b)) in ca.iter().zip(cb).enumerate() {
         d.connection(&format!("connections[{i}]"), a, b);
+    }
+    let (ra, rb) = (&sim.resolutions, &netns.resolutions);
+    d.value("resolutions.length".into(), &ra.len(), &rb.len(), FieldKind::Lookup);
+    for (i, (a, b)) in ra.iter().zip(rb).enumerate() {
+        d.resolution(&format!("resolutions[{i}]"), a, b);
     }
     d.value("checks.length".into(), &sim.checks.len(), &netns.checks.len(), FieldKind::Other);
     for (i, (a, b)) in sim.checks.iter().zip(&netns.checks).enumerate() {

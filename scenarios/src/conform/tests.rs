@@ -83,6 +83,7 @@ pub(crate) fn outcome(port: u16) -> Outcome {
         scenario: "same-node-hbone".into(),
         seed: 0,
         connections: vec![conn("call"), conn("again")],
+        resolutions: Vec::new(),
         checks: Vec::new(),
         end,
         skipped: Vec::new(),
@@ -230,7 +231,7 @@ fn a_report_counts_conforming_scenarios_and_entry_usage() {
         file: w.file.clone(),
         status: Status::Ran {
             world: Box::new(w.clone()),
-            run: crate::backend::Run { outcome: o.clone(), artifacts: Vec::new() },
+            run: Box::new(crate::backend::Run { outcome: o.clone(), artifacts: Vec::new() }),
             failures: Vec::new(),
             problems: Vec::new(),
         },
@@ -287,4 +288,48 @@ fn a_report_counts_conforming_scenarios_and_entry_usage() {
         ..infra.results[0].clone()
     });
     assert_eq!(infra.exit_code(), 3);
+}
+
+#[test]
+fn dns_lookups_are_compared_field_by_field() {
+    use crate::outcome::{DnsTransport, ProxyEvent, Resolution, ResolveOutcome, ResolvePath};
+    let w = world();
+    let lookup = Resolution {
+        id: "r".into(),
+        from: "client.default".into(),
+        name: "example.com".into(),
+        over: DnsTransport::Udp,
+        outcome: ResolveOutcome::Answer,
+        error: None,
+        answers: vec!["203.0.113.10".parse().unwrap()],
+        path: Some(ResolvePath::Forwarded),
+        proxy_events: vec![ProxyEvent {
+            proxy: "node-a".into(),
+            kind: crate::outcome::EventKind::Dns,
+            detail: "forwarded example.com A to 203.0.113.53:53: NOERROR 203.0.113.10".into(),
+        }],
+    };
+    let mut sim = outcome(32768);
+    sim.resolutions = vec![lookup.clone(), lookup.clone()];
+    let mut kernel = outcome(32768);
+    kernel.resolutions = vec![lookup.clone(), lookup];
+    assert_eq!(compare(&w, &sim, &kernel), Vec::new());
+    kernel.resolutions[1].outcome = ResolveOutcome::Refused;
+    kernel.resolutions[1].answers.clear();
+    kernel.resolutions[1].path = None;
+    kernel.resolutions[1].proxy_events.clear();
+    let d = compare(&w, &sim, &kernel);
+    assert_eq!(
+        fields(&d),
+        [
+            "resolutions[1].outcome",
+            "resolutions[1].answers",
+            "resolutions[1].path",
+            "resolutions[1].proxy_events.length",
+        ]
+    );
+    assert_eq!((d[0].sim.as_str(), d[0].netns.as_str()), (r#""answer""#, r#""refused""#));
+    assert!(d.iter().all(|x| x.kind == FieldKind::Lookup));
+    kernel.resolutions.pop();
+    assert_eq!(fields(&compare(&w, &sim, &kernel)), ["resolutions.length"]);
 }

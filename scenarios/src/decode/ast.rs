@@ -8,7 +8,8 @@ use std::time::Duration;
 use ambient_proxy::istio::PolicyObject;
 
 use crate::diag::{At, Located};
-use crate::expect::{ConnExpect, CtPattern};
+use crate::expect::{ConnExpect, CtPattern, ResolveExpect};
+use crate::outcome::DnsTransport;
 use crate::values::{NameRef, NodePair, RuleRef, TargetRef};
 use crate::world::{App, Repeat, ServicePort};
 use crate::yaml::Node;
@@ -64,6 +65,15 @@ pub(crate) struct ExternalDoc {
     pub name: Located<String>,
     pub ip: Located<Ipv4Addr>,
     pub serve: Vec<Located<(u16, App)>>,
+    pub dns: Option<DnsDoc>,
+}
+
+/// `dns: {records: {name: ip | [ip, …]}}` as written.
+#[derive(Debug)]
+pub(crate) struct DnsDoc {
+    pub at: At,
+    /// Names (without a trailing dot) and their addresses, in file order.
+    pub records: Vec<Located<(String, Vec<Ipv4Addr>)>>,
 }
 
 #[derive(Debug, Clone)]
@@ -85,13 +95,32 @@ pub(crate) enum StepKind {
     Fault(FaultDoc),
     Wait(Duration),
     Check(ExpectDoc),
+    Resolve(ResolveDoc),
+}
+
+#[derive(Debug)]
+pub(crate) struct ResolveDoc {
+    pub id: Option<Located<String>>,
+    pub from: Located<NameRef>,
+    /// As written, without a trailing dot.
+    pub name: Located<String>,
+    pub over: DnsTransport,
+    pub deadline: Duration,
+    pub expect: Option<ResolveExpect>,
+}
+
+/// A connect step's `to`: a target, or — with `resolve: true` — a DNS name and a port.
+#[derive(Debug)]
+pub(crate) enum ToDoc {
+    Target(TargetRef),
+    Host(String, u16),
 }
 
 #[derive(Debug)]
 pub(crate) struct ConnectDoc {
     pub id: Located<String>,
     pub from: Located<NameRef>,
-    pub to: Located<TargetRef>,
+    pub to: Located<ToDoc>,
     pub send: u64,
     pub repeat: Repeat,
     pub hold: Duration,

@@ -6,6 +6,7 @@
 //! in `world::build`, once the whole document is known.
 
 pub(crate) mod ast;
+mod dns;
 mod expect;
 mod steps;
 
@@ -490,14 +491,15 @@ fn service(d: &mut Dec<'_>, f: &Field<'_>) -> Option<ServiceDoc> {
 
 fn external(d: &mut Dec<'_>, f: &Field<'_>) -> Option<ExternalDoc> {
     let before = d.diags.error_count();
-    let m = d.map(f, &["name", "ip", "serve"])?;
+    let m = d.map(f, &["name", "ip", "serve", "dns"])?;
     let name = d.req(&m, "name").and_then(|f| d.name(&f));
     let ip = d.req(&m, "ip").and_then(|f| d.external_ip(&f));
     let serve = m.get("serve").map_or(Some(Vec::new()), |f| serve(d, &f));
+    let dns = m.get("dns").map(|f| dns::dns_block(d, &f));
     if d.diags.error_count() > before {
         return None;
     }
-    Some(ExternalDoc { at: f.at.clone(), name: name?, ip: ip?, serve: serve? })
+    Some(ExternalDoc { at: f.at.clone(), name: name?, ip: ip?, serve: serve?, dns: dns.flatten() })
 }
 
 const KINDS: [&str; 2] = ["AuthorizationPolicy", "PeerAuthentication"];

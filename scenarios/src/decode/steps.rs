@@ -2,14 +2,14 @@
 
 use std::time::Duration;
 
-use super::ast::{Between, ConnectDoc, FaultDoc, StepDoc, StepKind};
+use super::ast::{Between, ConnectDoc, FaultDoc, StepDoc, StepKind, ToDoc};
 use super::{Dec, Field, expect, found};
 use crate::diag::{Located, list};
 use crate::values::{self, NameRef, TargetRef};
 use crate::world::Repeat;
 use crate::yaml::Value;
 
-const STEP_KEYS: &[&str] = &["connect", "fault", "wait", "check"];
+const STEP_KEYS: &[&str] = &["connect", "fault", "wait", "check", "resolve"];
 
 /// Default bytes a connect step sends.
 pub(crate) const DEFAULT_SEND: u64 = 1024;
@@ -68,13 +68,25 @@ fn step(d: &mut Dec<'_>, f: &Field<'_>) -> Option<StepDoc> {
         "connect" => StepKind::Connect(Box::new(connect(d, &v)?)),
         "fault" => StepKind::Fault(fault(d, &v)?),
         "wait" => StepKind::Wait(d.duration(&v)?),
+        "resolve" => StepKind::Resolve(super::dns::resolve(d, &v)?),
         _ => StepKind::Check(expect::expect_block(d, &v)?),
     };
     Some(StepDoc { at: f.at.clone(), kind })
 }
 
-const CONNECT_KEYS: &[&str] =
-    &["id", "from", "to", "send", "count", "parallel", "hold", "background", "deadline", "expect"];
+const CONNECT_KEYS: &[&str] = &[
+    "id",
+    "from",
+    "to",
+    "resolve",
+    "send",
+    "count",
+    "parallel",
+    "hold",
+    "background",
+    "deadline",
+    "expect",
+];
 
 fn connect(d: &mut Dec<'_>, f: &Field<'_>) -> Option<ConnectDoc> {
     let before = d.diags.error_count();
@@ -88,9 +100,15 @@ fn connect(d: &mut Dec<'_>, f: &Field<'_>) -> Option<ConnectDoc> {
         })
         .map(|v| Located::new(v, f.at))
     });
-    let to = d
-        .req(&m, "to")
-        .and_then(|f| d.parse(&f, |t| t.parse::<TargetRef>()).map(|v| Located::new(v, f.at)));
+    let resolve = m.get("resolve").map_or(Some(false), |f| d.boolean(&f));
+    let to = d.req(&m, "to").and_then(|f| {
+        let to = if resolve == Some(true) {
+            d.parse(&f, host_port)
+        } else {
+            d.parse(&f, |t| t.parse::<TargetRef>().map(ToDoc::Target))
+        };
+        to.map(|v| Located::new(v, f.at))
+    });
     let send = m.get("send").map_or(Some(DEFAULT_SEND), |f| {
         let n = d.size(&f)?;
         if n > MAX_SEND {
@@ -210,6 +228,18 @@ fn fault(d: &mut Dec<'_>, f: &Field<'_>) -> Option<FaultDoc> {
         "add-pod" => FaultDoc::AddPod(Box::new(super::pod(d, &v)?)),
         _ => FaultDoc::Apply(Box::new(super::policy(d, &v)?)),
     })
+}
+
+/// `name:port` of a connect with `resolve: true`: any DNS name.
+fn host_port(text: &str) -> Result<ToDoc, String> {
+    let Some((host, port)) = text.rsplit_once(':') else {
+        return Err(format!(
+            "expected `dns-name:port` (the name is looked up, `resolve: true`); {text:?} has no port"
+        ));
+    };
+    let port = values::parse_port(port)?;
+    let name = values::parse_dns_name(host)?;
+    Ok(ToDoc::Host(name, port))
 }
 
 /// `[node-a, node-b]`: two different node names.

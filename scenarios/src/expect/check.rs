@@ -41,6 +41,13 @@ impl fmt::Display for Failure {
     }
 }
 
+impl Failure {
+    /// "`prefix`expected `expected`, got `actual`", at `at` in `file`.
+    pub(crate) fn new(file: &str, at: &At, prefix: &str, expected: String, actual: String) -> Self {
+        failure(file, at, prefix, expected, actual)
+    }
+}
+
 fn failure(file: &str, at: &At, prefix: &str, expected: String, actual: String) -> Failure {
     Failure {
         file: file.to_string(),
@@ -77,6 +84,25 @@ pub fn check_outcome(world: &World, outcome: &Outcome) -> Vec<Failure> {
                 let expected = format!("{} connection(s) with id {:?}", c.repeat.count(), c.id);
                 let actual = format!("{} in the outcome", records.len());
                 out.push(failure(file, &step.at, "", expected, actual));
+            }
+            None => {}
+        }
+    }
+    for (step, r) in world.resolves() {
+        let records: Vec<&crate::outcome::Resolution> =
+            outcome.resolutions_with_id(&r.id).collect();
+        if let Some(s) = outcome.skipped.iter().find(|s| s.step == step.index)
+            && records.is_empty()
+        {
+            let actual = format!("the step was skipped: {}", s.reason);
+            out.push(failure(file, &step.at, "", "1 lookup".into(), actual));
+            continue;
+        }
+        match &r.expect {
+            Some(e) => out.extend(super::resolve::check_resolutions(file, &r.id, e, &records, 1)),
+            None if records.len() != 1 => {
+                let expected = format!("1 lookup with id {:?}", r.id);
+                out.push(failure(file, &step.at, "", expected, records.len().to_string()));
             }
             None => {}
         }

@@ -3,10 +3,11 @@
 //!
 //! Expectations come from three places, all the same shape: a `connect` step's `expect`, a `check`
 //! step (any expect block, checked at that point), and the top-level `expect` (checked at the
-//! end). Every expectation remembers where it was written ([`At`]), so a failure names its file
+//! end). A `resolve` step's `expect` is about its lookup ([`resolve`]). Every expectation remembers where it was written ([`At`]), so a failure names its file
 //! position and key path.
 
 pub mod check;
+pub mod resolve;
 
 use std::collections::BTreeMap;
 use std::net::Ipv4Addr;
@@ -16,6 +17,7 @@ use crate::outcome::{ConnOutcome, PathKind, Proto, TcpState};
 use crate::values::{NodePair, RuleRef, TuplePattern};
 
 pub use check::{Failure, check_connections, check_outcome, check_state};
+pub use resolve::{ResolveExpect, ResolveField};
 
 /// One expect block, with references resolved: pods and hosts are named by their canonical
 /// label (`client.default`, `web`), as the Outcome names them.

@@ -282,7 +282,7 @@ pub(crate) fn run_one(backend: &dyn Backend, world: &World, opts: &RunOptions) -
             failures: check_outcome(world, &run.outcome),
             problems: problems(world, opts, &run),
             world: Box::new(world.clone()),
-            run,
+            run: Box::new(run),
         },
         Err(error) => Status::BackendFailed { world: Box::new(world.clone()), error },
     }

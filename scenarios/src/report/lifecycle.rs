@@ -569,6 +569,7 @@ fn kind_word(kind: EventKind) -> &'static str {
         EventKind::Rbac => "rbac",
         EventKind::Pool => "pool",
         EventKind::Error => "error",
+        EventKind::Dns => "dns",
     }
 }
 

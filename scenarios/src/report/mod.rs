@@ -130,7 +130,8 @@ pub enum Status {
     /// The backend produced an Outcome.
     Ran {
         world: Box<World>,
-        run: Run,
+        /// Boxed like the World: an Outcome is large.
+        run: Box<Run>,
         /// Expectations the Outcome does not meet.
         failures: Vec<Failure>,
         /// What is wrong with the run itself (an Outcome for another scenario or seed, an

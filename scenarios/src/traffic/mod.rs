@@ -2,11 +2,13 @@
 //! hosts ([`serve`]), the client of a `connect` step ([`run_client`]) and the bytes it sends
 //! ([`Payload`]). Generic over the stream type, so the simulator runs them on simulated sockets
 //! and the netns harness on real ones; only accepting, connecting and resetting differ, and those
-//! are the backends' ([`AppStream`]).
+//! are the backends' ([`AppStream`]). DNS — the stub resolver and the DNS server app — is in
+//! [`dns`].
 //!
 //! Time is `tokio::time` (paused and driven by the simulator; real in the harness).
 
 mod client;
+pub mod dns;
 mod payload;
 mod server;
 

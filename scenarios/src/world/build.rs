@@ -56,6 +56,8 @@ pub(super) struct Builder<'d> {
     /// Node links with a fault on them (unordered pairs).
     pub faulted_links: BTreeSet<(String, String)>,
     pub conns: BTreeMap<String, ConnInfo>,
+    /// Ids of lookups (`resolve` steps), where written.
+    pub lookups: BTreeMap<String, At>,
     /// Every connect id of the document with its first step, to explain references to
     /// connections that are opened after the check naming them.
     pub all_conns: BTreeMap<String, usize>,
@@ -94,6 +96,7 @@ pub(crate) fn build(doc: Doc, file: &str, stem: &str, d: &mut Diagnostics) -> Op
         proxies_down: BTreeMap::new(),
         faulted_links: BTreeSet::new(),
         conns: BTreeMap::new(),
+        lookups: BTreeMap::new(),
         all_conns: BTreeMap::new(),
     };
     for (i, s) in doc.steps.iter().enumerate() {
@@ -317,10 +320,19 @@ impl Builder<'_> {
             if !self.claim(h.ip.value, format!("external host {}", h.name.value), &h.ip.at) {
                 continue;
             }
+            let serve = h.serve.iter().map(|s| s.value).collect();
+            let dns = match &h.dns {
+                Some(doc) => match self.dns_zone(&h.name.value, &serve, doc) {
+                    Some(z) => Some(z),
+                    None => continue,
+                },
+                None => None,
+            };
             let host = ExternalHost {
                 name: h.name.value.clone(),
                 ip: h.ip.value,
-                serve: h.serve.iter().map(|s| s.value).collect(),
+                serve,
+                dns,
                 at: h.at.clone(),
             };
             self.external.insert(host.name.clone(), host);

@@ -13,6 +13,7 @@
 //! - an explicit pod `ip:` must lie in its node's subnet (`.2`–`.254`).
 
 mod build;
+mod dns;
 mod mesh;
 mod policy;
 mod steps;
@@ -31,6 +32,7 @@ use crate::values::{NodePair, RuleRef, rule_positions};
 use crate::yaml;
 
 pub(crate) use build::build;
+pub use dns::{DNS_PORT, DnsZone, HostLookup, Resolve};
 pub use mesh::ClusterState;
 
 /// One scenario, resolved.
@@ -216,6 +218,8 @@ pub struct ExternalHost {
     pub name: String,
     pub ip: Ipv4Addr,
     pub serve: BTreeMap<u16, App>,
+    /// `dns:`: the host is the cluster's DNS server (UDP and TCP 53) with these records.
+    pub dns: Option<DnsZone>,
     pub at: At,
 }
 
@@ -265,6 +269,8 @@ pub enum Action {
     Wait(Duration),
     /// Check these expectations now.
     Check(Check),
+    /// Look a name up through the client's resolver (DNS).
+    Resolve(Resolve),
 }
 
 /// Open connections from a client to a target.
@@ -284,6 +290,10 @@ pub struct Connect {
     /// does not count `hold`.
     pub deadline: Duration,
     pub expect: Option<ConnExpect>,
+    /// `resolve: true`: before each connection the client looks the host of `to` up by DNS
+    /// and connects to the first address of the answer (`to` is what the name resolves to
+    /// when the scenario is loaded).
+    pub resolve: Option<HostLookup>,
 }
 
 /// How many connections a connect step opens.
@@ -428,6 +438,20 @@ pub struct Check {
 impl World {
     pub fn node(&self, name: &str) -> Option<&Node> {
         self.nodes.iter().find(|n| n.name == name)
+    }
+
+    /// The cluster's DNS server (the external host with `dns:`): every pod's nameserver and
+    /// the proxies' upstream resolver.
+    pub fn nameserver(&self) -> Option<&ExternalHost> {
+        self.external.values().find(|h| h.dns.is_some())
+    }
+
+    /// The resolve steps, in order.
+    pub fn resolves(&self) -> impl Iterator<Item = (&Step, &Resolve)> {
+        self.steps.iter().filter_map(|s| match &s.action {
+            Action::Resolve(r) => Some((s, r)),
+            _ => None,
+        })
     }
 
     /// The connect steps, in order.

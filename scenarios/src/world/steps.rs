@@ -5,7 +5,7 @@ use std::net::SocketAddrV4;
 
 use super::build::{Builder, ConnInfo};
 use super::{Action, Check, Connect, Dest, Fault, NodeLink, ObjectKey, PeerKind, Step, Target};
-use crate::decode::ast::{Between, ConnectDoc, ExpectDoc, FaultDoc, StepDoc, StepKind};
+use crate::decode::ast::{Between, ConnectDoc, ExpectDoc, FaultDoc, StepDoc, StepKind, ToDoc};
 use crate::diag::{At, Located, list};
 use crate::expect::{ConnExpect, ConnField, Expectations};
 use crate::values::{NameRef, NodePair, TargetRef};
@@ -18,6 +18,7 @@ impl Builder<'_> {
                 StepKind::Connect(c) => self.connect(c).map(Action::Connect),
                 StepKind::Fault(f) => self.fault(f, index).map(Action::Fault),
                 StepKind::Wait(d) => Some(Action::Wait(*d)),
+                StepKind::Resolve(r) => self.resolve(r, index, &s.at).map(Action::Resolve),
                 StepKind::Check(e) => {
                     let expect = self.expectations(e);
                     let settles = expect
@@ -41,15 +42,28 @@ impl Builder<'_> {
             let msg =
                 format!("duplicate connection id {:?} (first at {})", c.id.value, first.at.pos);
             self.d.error_at(&c.id.at, msg);
+        } else if let Some(first) = self.lookups.get(&c.id.value) {
+            let msg = format!("duplicate id {:?} (first at {})", c.id.value, first.pos);
+            self.d.error_at(&c.id.at, msg);
         } else {
             let info = ConnInfo { at: c.id.at.clone(), background: c.background };
             self.conns.insert(c.id.value.clone(), info);
         }
         let from = self.peer(&c.from);
-        let to = self.target(&c.to);
+        let (to, resolve) = match &c.to.value {
+            ToDoc::Target(t) => (self.target(&Located::new(t.clone(), c.to.at.clone())), None),
+            ToDoc::Host(name, port) => {
+                let name = Located::new(name.clone(), c.to.at.clone());
+                match from.as_ref().and_then(|f| self.host_target(f, &name, *port)) {
+                    Some((t, lookup)) => (Some(t), Some(lookup)),
+                    None => (None, None),
+                }
+            }
+        };
         let expect = c.expect.as_ref().map(|e| self.conn_expect(e));
         Some(Connect {
             id: c.id.value.clone(),
+            resolve,
             from: from?,
             to: to?,
             send: c.send,

@@ -3,7 +3,7 @@
 //! listens for (the port unbound, or bound to another address), a segment for a socket that
 //! is not there (never was, or closed by a reset), and anything that reaches a namespace
 //! without sockets, get the kernel's reset (from no socket: no mark); ICMP errors fail sockets that are
-//! still connecting; a segment already acknowledged gets a duplicate ACK.
+//! still connecting; a segment already acknowledged gets a duplicate ACK. Datagrams: `udp.rs`.
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddrV4};
 
@@ -39,7 +39,7 @@ impl Fabric {
         match pkt.proto {
             Protocol::Tcp => {}
             Protocol::Icmp => return self.icmp(cx, netns, &pkt),
-            Protocol::Udp => return,
+            Protocol::Udp => return self.deliver_udp(cx, netns, pkt, wire),
         }
         let Some(host) = self.topo.slot(netns).host else {
             // No sockets here (a node): the kernel answers with a reset.
@@ -162,8 +162,13 @@ impl Fabric {
     fn icmp(&mut self, cx: &Cx<'_>, netns: NetnsId, pkt: &Packet) {
         let Some(icmp) = pkt.icmp else { return };
         let Some(inner) = icmp.inner else { return };
-        if icmp.kind != kernel::packet::icmp_type::DEST_UNREACH || inner.proto != Protocol::Tcp {
+        if icmp.kind != kernel::packet::icmp_type::DEST_UNREACH {
             return;
+        }
+        match inner.proto {
+            Protocol::Tcp => {}
+            Protocol::Udp => return self.udp_icmp(cx, netns, icmp.code, inner),
+            Protocol::Icmp => return,
         }
         let local = SocketAddrV4::new(inner.src, inner.sport);
         let remote = SocketAddrV4::new(inner.dst, inner.dport);

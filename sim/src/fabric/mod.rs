@@ -38,6 +38,9 @@ use crate::substrate::{SockKey, Sockets, view_addr};
 use crate::tcp::{self, Expiry, Flights};
 
 mod deliver;
+mod udp;
+
+pub use udp::udp_icmp_errno;
 
 use crate::topology::{NetnsId, Topology};
 use deliver::abort_in_place;
@@ -544,14 +547,18 @@ impl Fabric {
     /// A segment a host emitted (`retransmit`: one the harness resends).
     fn egressed(&mut self, cx: &Cx<'_>, p: SubPacket, retransmit: bool) {
         self.stats.segments += 1;
-        if let Transport::Tcp(seg) = &p.payload {
-            self.spend_wire(cx.now, seg.payload.len());
+        match &p.payload {
+            Transport::Tcp(seg) => self.spend_wire(cx.now, seg.payload.len()),
+            Transport::Udp(d) => self.spend_wire(cx.now, d.payload.len()),
         }
-        let (IpAddr::V4(src), IpAddr::V4(dst), Transport::Tcp(seg)) = (p.src, p.dst, p.payload)
-        else {
+        let (IpAddr::V4(src), IpAddr::V4(dst)) = (p.src, p.dst) else {
             self.stats.drops += 1;
-            cx.note("substrate: a non-TCP or IPv6 packet was dropped (not modelled)");
+            cx.note("substrate: an IPv6 packet was dropped (not modelled)");
             return;
+        };
+        let seg = match p.payload {
+            Transport::Tcp(seg) => seg,
+            Transport::Udp(d) => return self.egressed_udp(cx, src, dst, d),
         };
         let Some(&netns) = self.topo.by_host_addr.get(&src) else { return };
         let sub_remote = SocketAddrV4::new(dst, seg.dst_port);

@@ -125,6 +125,8 @@ pub mod icmp_type {
     pub const PARAMETER_PROBLEM: u8 = 12;
     /// The DEST_UNREACH code "fragmentation needed" (path MTU discovery).
     pub const FRAG_NEEDED: u8 = 4;
+    /// The DEST_UNREACH code "port unreachable" (a UDP datagram no socket took).
+    pub const PORT_UNREACH: u8 = 3;
 
     /// Error messages carry the header of the packet they are about.
     pub fn is_error(t: u8) -> bool {

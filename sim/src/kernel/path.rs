@@ -417,6 +417,20 @@ impl Netns {
         }
     }
 
+    /// The ICMP port unreachable the kernel sends for a UDP datagram it delivered locally that
+    /// no socket took (`__udp4_lib_rcv` → `icmp_send`), quoting `delivered` as the socket
+    /// layer saw it (after NAT): from its destination, to its sender. Send it through
+    /// [`Netns::output`] with [`SocketInfo::kernel`]: conntrack finds the datagram's
+    /// connection from the quoted header (RELATED) and undoes its NAT on the error (outer
+    /// source and quoted destination), as `nf_nat_icmp_reply_translation` does. `None` for
+    /// anything but UDP.
+    pub fn port_unreachable(&self, delivered: &Packet) -> Option<Packet> {
+        if delivered.proto != Protocol::Udp {
+            return None;
+        }
+        self.unreachable(delivered, icmp_type::PORT_UNREACH, true)
+    }
+
     /// ICMP destination unreachable about `p` (`icmp_send`), quoting `p`'s header. A packet
     /// routed locally (`local`) is answered from its destination — and not at all when that is
     /// not a local address (a `local` route of another table delivered it: the ICMP's output

@@ -112,6 +112,7 @@ fn passing() -> Outcome {
             conn("more", true),
             conn("more", true),
         ],
+        resolutions: Vec::new(),
         checks: vec![Snapshot {
             step: 2,
             state: State { tunnels: [(pair(), 1)].into(), netns: BTreeMap::new() },

@@ -286,6 +286,7 @@ pub(crate) fn mesh_outcome_as_expected(world: &World) -> Outcome {
             plaintext("plain", 40006),
             direct("direct", 40007),
         ],
+        resolutions: Vec::new(),
         checks: Vec::new(),
         end: end_state(),
         skipped: Vec::new(),
@@ -312,6 +313,7 @@ pub(crate) fn skippy_outcome(world: &World) -> Outcome {
         scenario: world.id.clone(),
         seed: world.seed,
         connections: Vec::new(),
+        resolutions: Vec::new(),
         checks: Vec::new(),
         end: State::default(),
         skipped: vec![

@@ -630,4 +630,31 @@ mod tests {
         assert!(t.entry(id).has(status::ASSURED));
         assert_eq!(t.entry(id).expires, secs(123));
     }
+
+    /// A DNS query and its answer in zone 1 (the proxy's upstream query, `CT --zone 1`) are
+    /// one entry apart from the same tuple in zone 0: `zone=1` in the dump, 30 s once answered
+    /// (not yet a stream), gone after that.
+    #[test]
+    fn udp_in_zone_1_is_its_own_entry_and_expires_after_30_s() {
+        let mut t = Table::new(Config::default());
+        let q = Packet::udp("10.0.1.2:40000".parse().unwrap(), "203.0.113.53:53".parse().unwrap());
+        let a = Packet::udp("203.0.113.53:53".parse().unwrap(), "10.0.1.2:40000".parse().unwrap());
+        let Track::Tracked { id: z1, created: true, .. } = t.track(&q, 1, secs(0)) else {
+            panic!()
+        };
+        assert!(t.confirm(z1));
+        assert!(t.dump(secs(0)).contains("[UNREPLIED]"));
+        assert!(matches!(t.track(&a, 1, secs(0)), Track::Tracked { created: false, .. }));
+        let Track::Tracked { id: z0, created: true, .. } = t.track(&q, 0, secs(0)) else {
+            panic!("zone 0 must not find the zone-1 entry")
+        };
+        assert!(t.confirm(z0));
+        assert_ne!(z0, z1);
+        let dump = t.dump(secs(0));
+        assert_eq!(dump.lines().filter(|l| l.contains("zone=1")).count(), 1, "{dump}");
+        assert_eq!(t.entry(z1).expires, secs(30));
+        assert!(!t.entry(z1).has(status::ASSURED));
+        assert!(t.get(&q.tuple(), 1, secs(29)).is_some());
+        assert!(t.get(&q.tuple(), 1, secs(30)).is_none());
+    }
 }
