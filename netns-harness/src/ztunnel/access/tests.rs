@@ -47,6 +47,7 @@ fn words(events: &[ProxyEvent]) -> Vec<String> {
                 format!("tunnel {source_node}->{destination_node} {gateway}")
             }
             ProxyEvent::TunnelClosed { .. } => "tunnel closed".into(),
+            ProxyEvent::Dns { name, .. } => format!("dns {name}"),
         })
         .collect()
 }
