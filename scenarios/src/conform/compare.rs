@@ -27,7 +27,9 @@ use std::fmt::Display;
 use serde::Serialize;
 
 use super::normalize::{Counting, Ports, RuleBook};
-use crate::outcome::{Connection, ConntrackEntry, NetnsState, Outcome, Resolution, State};
+use crate::outcome::{
+    Connection, ConntrackEntry, NetnsState, Outcome, ProxyEvent, Resolution, State,
+};
 use crate::world::World;
 
 /// One field whose values differ.
@@ -114,14 +116,7 @@ impl Differ<'_> {
         self.value(format!("{at}.server_identity"), &a.server_identity, &b.server_identity, k);
         self.value(format!("{at}.tunnel"), &a.tunnel, &b.tunnel, k);
         self.value(format!("{at}.reused"), &a.reused, &b.reused, k);
-        let (ea, eb) = (&a.proxy_events, &b.proxy_events);
-        self.value(format!("{at}.proxy_events.length"), &ea.len(), &eb.len(), k);
-        for (j, (x, y)) in ea.iter().zip(eb).enumerate() {
-            let e = format!("{at}.proxy_events[{j}]");
-            self.value(format!("{e}.proxy"), &x.proxy, &y.proxy, k);
-            self.value(format!("{e}.kind"), &x.kind, &y.kind, k);
-            self.value(format!("{e}.detail"), &x.detail, &y.detail, k);
-        }
+        self.proxy_events(at, &a.proxy_events, &b.proxy_events, k);
     }
 
     /// A lookup: every field, the proxy events one by one (a DNS event's detail names no
@@ -136,7 +131,11 @@ impl Differ<'_> {
         self.value(format!("{at}.error"), &a.error, &b.error, k);
         self.value(format!("{at}.answers"), &a.answers, &b.answers, k);
         self.value(format!("{at}.path"), &a.path, &b.path, k);
-        let (ea, eb) = (&a.proxy_events, &b.proxy_events);
+        self.proxy_events(at, &a.proxy_events, &b.proxy_events, k);
+    }
+
+    /// A connection's or a lookup's proxy events: their count, then each field one by one.
+    fn proxy_events(&mut self, at: &str, ea: &[ProxyEvent], eb: &[ProxyEvent], k: FieldKind) {
         self.value(format!("{at}.proxy_events.length"), &ea.len(), &eb.len(), k);
         for (j, (x, y)) in ea.iter().zip(eb).enumerate() {
             let e = format!("{at}.proxy_events[{j}]");
