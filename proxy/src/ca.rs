@@ -168,30 +168,12 @@ impl MeshCa {
             cert,
             foreign: false,
         };
-        let probe = ca.issue(
-            &Identity::new(trust_domain, "probe", "probe"),
-            &[7; 32],
-            Duration::ZERO,
-            CA_LIFETIME * 10,
-        )?;
-        let anchor = webpki::anchor_from_trusted_cert(&ca.cert)
-            .map_err(|e| CaError::Pem(format!("CA certificate: {e:?}")))?;
-        let ee = webpki::EndEntityCert::try_from(&probe.cert)
-            .map_err(|e| CaError::Pem(format!("{e:?}")))?;
-        ee.verify_for_usage(
+        ca.verify_probe(
+            (Duration::ZERO, CA_LIFETIME * 10),
+            Duration::from_secs(1_000_000_000),
             &[webpki::ring::ED25519],
-            &[anchor],
-            &[],
-            rustls_pki_types::UnixTime::since_unix_epoch(Duration::from_secs(1_000_000_000)),
-            webpki::KeyUsage::client_auth(),
-            None,
-            None,
-        )
-        .map_err(|e| {
-            CaError::Pem(format!(
-                "the CA certificate and key do not belong together or were not written by `testbed certs` for trust domain {trust_domain} ({e:?})"
-            ))
-        })?;
+            || format!("the CA certificate and key do not belong together or were not written by `testbed certs` for trust domain {trust_domain}"),
+        )?;
         Ok(ca)
     }
 
@@ -232,29 +214,46 @@ impl MeshCa {
         params.distinguished_name = dn;
         let ca =
             MeshCa { trust_domain: trust_domain.to_string(), params, key, cert, foreign: true };
-        let probe = ca.issue(
-            &Identity::new(trust_domain, "probe", "probe"),
-            &[7; 32],
-            Duration::from_secs(2_000_000_000),
-            CA_LIFETIME,
+        ca.verify_probe(
+            (Duration::from_secs(2_000_000_000), CA_LIFETIME),
+            Duration::from_secs(2_000_000_100),
+            webpki::ALL_VERIFICATION_ALGS,
+            || "the CA certificate and key do not belong together".to_string(),
         )?;
-        let anchor = webpki::anchor_from_trusted_cert(&ca.cert)
+        Ok(ca)
+    }
+
+    /// Issues a probe leaf valid for `(from, lifetime)` and verifies it against this CA at
+    /// `at` with `algs`: a certificate and key that do not belong together fail here, with
+    /// `mismatch` as the message, instead of at the first handshake.
+    fn verify_probe(
+        &self,
+        (from, lifetime): (Duration, Duration),
+        at: Duration,
+        algs: &[&dyn rustls_pki_types::SignatureVerificationAlgorithm],
+        mismatch: impl FnOnce() -> String,
+    ) -> Result<(), CaError> {
+        let probe = self.issue(
+            &Identity::new(&self.trust_domain, "probe", "probe"),
+            &[7; 32],
+            from,
+            lifetime,
+        )?;
+        let anchor = webpki::anchor_from_trusted_cert(&self.cert)
             .map_err(|e| CaError::Pem(format!("CA certificate: {e:?}")))?;
         let ee = webpki::EndEntityCert::try_from(&probe.cert)
             .map_err(|e| CaError::Pem(format!("{e:?}")))?;
         ee.verify_for_usage(
-            webpki::ALL_VERIFICATION_ALGS,
+            algs,
             &[anchor],
             &[],
-            rustls_pki_types::UnixTime::since_unix_epoch(Duration::from_secs(2_000_000_100)),
+            rustls_pki_types::UnixTime::since_unix_epoch(at),
             webpki::KeyUsage::client_auth(),
             None,
             None,
         )
-        .map_err(|e| {
-            CaError::Pem(format!("the CA certificate and key do not belong together ({e:?})"))
-        })?;
-        Ok(ca)
+        .map_err(|e| CaError::Pem(format!("{} ({e:?})", mismatch())))?;
+        Ok(())
     }
 
     pub fn trust_domain(&self) -> &str {
