@@ -20,6 +20,9 @@ use ambient_netns::sandbox::Sandbox;
 use ambient_netns::testkit::{CaseResult, Suite};
 use ambient_scenarios::{Backend, RunOptions};
 
+/// Marks the lines that show what the kernel reported for a failing file (not problems).
+const EVIDENCE: &str = "  what the kernel reported: ";
+
 /// Files replayed at once.
 const JOBS: usize = 6;
 
@@ -60,8 +63,9 @@ fn every_regression(sandbox: &Sandbox) -> CaseResult {
     });
     let failed = failed.into_inner().unwrap_or_else(|e| e.into_inner());
     if !failed.is_empty() {
+        let count = failed.iter().filter(|l| !l.contains(EVIDENCE)).count();
         let all = failed.join("\n");
-        return Err(format!("{} problem(s) on the kernel:\n{all}", failed.len()).into());
+        return Err(format!("{count} problem(s) on the kernel:\n{all}").into());
     }
     Ok(())
 }
@@ -78,7 +82,18 @@ fn replay(backend: &NetnsBackend<'_>, file: &PathBuf) -> Vec<String> {
         Err(bug) => return vec![format!("does not load: {:?}", bug.errors)],
     };
     match backend.run(&world, &RunOptions::default()) {
-        Ok(run) => kernel::check(&world, &run.outcome).iter().map(ToString::to_string).collect(),
+        Ok(run) => {
+            let mut problems: Vec<String> =
+                kernel::check(&world, &run.outcome).iter().map(ToString::to_string).collect();
+            // The evidence for triage: a race on the kernel may not come back on a rerun.
+            if !problems.is_empty() {
+                for c in &run.outcome.connections {
+                    let json = serde_json::to_string(c).unwrap_or_else(|e| e.to_string());
+                    problems.push(format!("{EVIDENCE}{json}"));
+                }
+            }
+            problems
+        }
         Err(e) => vec![format!("the kernel run failed: {}", e.message)],
     }
 }
