@@ -75,6 +75,10 @@
 //!   gave up and the proxy forwards what it had read — the app may accept and a destination
 //!   proxy authenticates the client behind a client that saw `timeout`; if the policies then
 //!   in force deny it, `denied` (a policy decision explains everything, `assemble.rs`).
+//! - **A connection that may join an earlier dial of its tunnel pending across a partition**
+//!   (the pool dials once per key) fails with it at its 10 s connect timeout, before its own
+//!   deadline: also `refused` or `reset` — and then no repetition of its step certainly takes
+//!   its deadline, so the next step (a heal) may come that much earlier.
 //! - **A heal while a background connection across the link may still be connecting** (within
 //!   its deadline): it is predicted afresh at the heal and that joins, per endpoint.
 //! - **A captured client's passthrough across a partition** with deadline + hold ≥ 10 s: the

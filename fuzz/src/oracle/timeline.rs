@@ -379,53 +379,69 @@ impl Walk<'_> {
         } else {
             connect.hold + SLACK
         };
-        let one_lo = if all_time_out { connect.deadline } else { Duration::ZERO };
-        // When repetition k may start (sequential ones once the earlier ones ended).
-        let each = if connect.background {
-            (Duration::ZERO, connect.hold + connect.deadline + SLACK)
-        } else {
-            (one_lo, one_hi)
-        };
-        let now = self.now;
-        let start_of = |k: usize| match connect.repeat {
-            Repeat::Parallel(_) => now,
-            Repeat::Sequential(_) => {
-                Span { lo: now.lo + each.0 * k as u32, hi: now.hi + each.1 * k as u32 }
-            }
-        };
-        let mut shared = Vec::new();
-        for k in 0..n {
-            for (i, (alt, t)) in pred.alternatives.iter().zip(&touches).enumerate() {
-                let proxied = [Some(PathKind::Hbone), Some(PathKind::Passthrough)];
-                if !proxied.iter().any(|p| alt.expect.paths.contains(p)) {
-                    continue;
+        let all_lo = if all_time_out { connect.deadline } else { Duration::ZERO };
+        // The dials across a partition this step's connections make, and which of them may
+        // join an earlier failing dial of their tunnel (those may end before their deadline).
+        let dials_from = |one_lo: Duration| {
+            // When repetition k may start (sequential ones once the earlier ones ended).
+            let each = if connect.background {
+                (Duration::ZERO, connect.hold + connect.deadline + SLACK)
+            } else {
+                (one_lo, one_hi)
+            };
+            let now = self.now;
+            let start_of = |k: usize| match connect.repeat {
+                Repeat::Parallel(_) => now,
+                Repeat::Sequential(_) => {
+                    Span { lo: now.lo + each.0 * k as u32, hi: now.hi + each.1 * k as u32 }
                 }
-                let key = alt
-                    .expect
-                    .paths
-                    .contains(&Some(PathKind::Hbone))
-                    .then(|| alt.endpoint.map(|e| (t.client.clone(), *e.ip())))
-                    .flatten();
-                let start = start_of(k);
-                for (a, b) in &t.links {
-                    if !self.partitioned(a, b) {
+            };
+            let mut dials = Vec::new();
+            let mut shared = Vec::new();
+            for k in 0..n {
+                for (i, (alt, t)) in pred.alternatives.iter().zip(&touches).enumerate() {
+                    let proxied = [Some(PathKind::Hbone), Some(PathKind::Passthrough)];
+                    if !proxied.iter().any(|p| alt.expect.paths.contains(p)) {
                         continue;
                     }
-                    if self.joins_failing_dial(key.as_ref(), start, connect) {
-                        shared.push((first + k, i));
+                    let key = alt
+                        .expect
+                        .paths
+                        .contains(&Some(PathKind::Hbone))
+                        .then(|| alt.endpoint.map(|e| (t.client.clone(), *e.ip())))
+                        .flatten();
+                    let start = start_of(k);
+                    for (a, b) in &t.links {
+                        if !self.partitioned(a, b) {
+                            continue;
+                        }
+                        let earlier = self.dials.iter().chain(&dials);
+                        if joins_failing_dial(earlier, key.as_ref(), start, connect) {
+                            shared.push((first + k, i));
+                        }
+                        dials.push(Dial {
+                            preds: vec![first + k],
+                            alt: i,
+                            link: (a.clone(), b.clone()),
+                            start,
+                            node: t.client_proxy.clone(),
+                            key: key.clone(),
+                            rbac: t.rbac.clone(),
+                        });
                     }
-                    self.dials.push(Dial {
-                        preds: vec![first + k],
-                        alt: i,
-                        link: (a.clone(), b.clone()),
-                        start,
-                        node: t.client_proxy.clone(),
-                        key: key.clone(),
-                        rbac: t.rbac.clone(),
-                    });
                 }
             }
+            (dials, shared)
+        };
+        // A repetition that may join a failing dial may be refused when it fails, before its
+        // own deadline: then no repetition certainly takes its deadline, and later ones may
+        // start (and the next step come) that much earlier.
+        let (mut one_lo, (mut dials, mut shared)) = (all_lo, dials_from(all_lo));
+        if !shared.is_empty() && !one_lo.is_zero() {
+            one_lo = Duration::ZERO;
+            (dials, shared) = dials_from(one_lo);
         }
+        self.dials.append(&mut dials);
         for _ in 0..n {
             self.preds.push(pred.clone());
         }
@@ -455,24 +471,6 @@ impl Walk<'_> {
         };
         self.now.lo += one_lo * times;
         self.now.hi += one_hi * times;
-    }
-
-    /// Whether an HBONE connection starting at `start` whose tunnel key is `key` (its client
-    /// and endpoint) across a partition may join a dial of that key already pending (the pool
-    /// dials once per key), which fails at its own 10 s connect timeout — before this
-    /// connection gives up: then it ends `refused` (503) or `reset` too.
-    fn joins_failing_dial(
-        &self,
-        key: Option<&(String, Ipv4Addr)>,
-        start: Span,
-        connect: &Connect,
-    ) -> bool {
-        let Some(key) = key else { return false };
-        self.dials.iter().any(|d| {
-            d.key.as_ref() == Some(key)
-                && d.start.hi + PROXY_CONNECT_TIMEOUT + SLACK >= start.lo
-                && d.start.lo + PROXY_CONNECT_TIMEOUT <= start.hi + connect.hold + connect.deadline
-        })
     }
 
     /// Applies a change to the live background connections it may hit: `hit` gives, per
@@ -1020,6 +1018,24 @@ impl Walk<'_> {
     fn clone_policies(&self) -> Vec<PolicyObject> {
         self.policies.values().cloned().collect()
     }
+}
+
+/// Whether an HBONE connection starting at `start` whose tunnel key is `key` (its client and
+/// endpoint) across a partition may join a dial of that key already pending among `dials` (the
+/// pool dials once per key), which fails at its own 10 s connect timeout — before this
+/// connection gives up: then it ends `refused` (503) or `reset` too.
+fn joins_failing_dial<'a>(
+    dials: impl IntoIterator<Item = &'a Dial>,
+    key: Option<&(String, Ipv4Addr)>,
+    start: Span,
+    connect: &Connect,
+) -> bool {
+    let Some(key) = key else { return false };
+    dials.into_iter().any(|d| {
+        d.key.as_ref() == Some(key)
+            && d.start.hi + PROXY_CONNECT_TIMEOUT + SLACK >= start.lo
+            && d.start.lo + PROXY_CONNECT_TIMEOUT <= start.hi + connect.hold + connect.deadline
+    })
 }
 
 /// Adds `e` as the alternative without a route event, or joins it to the one there is.

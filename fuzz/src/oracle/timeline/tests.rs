@@ -211,6 +211,31 @@ fn a_heal_lands_on_the_dial_of_a_later_repetition() {
 }
 
 #[test]
+fn a_repetition_refused_by_a_failing_dial_ends_the_step_early() {
+    // s9 c86 on the kernel: the later repetitions may join the first one's dial and be
+    // refused when it fails (~10 s) instead of timing out at their deadlines: the heal may
+    // then land within the first dial's 10 s, which completes behind its client's `timeout`.
+    let steps = |count: u32| {
+        format!(
+            "  - {{fault: {{partition: [node-a, node-b]}}}}\n  - {{connect: {{id: c0, from: a, to: b:8080, send: 1KiB, count: {count}, deadline: 5s}}}}\n  - {{fault: heal}}\n  - {{wait: 3s}}\n"
+        )
+    };
+    let p = world("", &steps(3));
+    let first = alt(&p[0], Some("10.0.2.2:8080"));
+    assert_eq!(first.outcomes, [Timeout].into(), "{first:?}");
+    assert_eq!(first.accepted, Tri::Either, "{first:?}");
+    assert_eq!(first.identity, Tri::Either, "{first:?}");
+    // With no repetition to join the dial, the step takes its deadlines: the heal comes after
+    // 15 s, when the first dial has certainly given up.
+    let p = world(
+        "",
+        "  - {fault: {partition: [node-a, node-b]}}\n  - {connect: {id: c0, from: a, to: b:8080, send: 1KiB, deadline: 5s}}\n  - {connect: {id: c1, from: c, to: b:8080, send: 1KiB, deadline: 5s}}\n  - {wait: 10s}\n  - {fault: heal}\n",
+    );
+    let first = alt(&p[0], Some("10.0.2.2:8080"));
+    assert_eq!(first.accepted, Tri::MustNot, "{first:?}");
+}
+
+#[test]
 fn a_revocation_reaches_the_far_end_a_partition_left_behind() {
     // s9 c305: the client timed out behind the partition; its close never reached the
     // destination proxy, which revokes the connection when its pod is deleted: `denied`.
