@@ -12,9 +12,9 @@ use ambient_scenarios::outcome::{
 use ambient_scenarios::values::{RuleRef, Table};
 
 use crate::fabric::Fabric;
-use crate::kernel::conntrack::TcpState as KState;
-use crate::kernel::{Netns, Protocol, TableKind};
 use crate::topology::Role;
+use ambient_kernel::conntrack::TcpState as KState;
+use ambient_kernel::{Netns, Protocol, TableKind};
 
 fn state_of(s: KState) -> TcpState {
     match s {
@@ -31,7 +31,7 @@ fn state_of(s: KState) -> TcpState {
     }
 }
 
-fn tuple(t: &crate::kernel::Tuple) -> Tuple {
+fn tuple(t: &ambient_kernel::Tuple) -> Tuple {
     Tuple {
         src: std::net::SocketAddrV4::new(t.src, t.sport),
         dst: std::net::SocketAddrV4::new(t.dst, t.dport),

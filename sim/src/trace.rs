@@ -26,10 +26,10 @@
 use std::fmt::Write as _;
 use std::time::Duration;
 
-use crate::kernel::conntrack::TcpState;
-use crate::kernel::path::{Disposition, Outcome, PacketVerdict};
-use crate::kernel::trace::Event;
-use crate::kernel::{Netns, Packet, Protocol, Trace};
+use ambient_kernel::conntrack::TcpState;
+use ambient_kernel::path::{Disposition, Outcome, PacketVerdict};
+use ambient_kernel::trace::Event;
+use ambient_kernel::{Netns, Packet, Protocol, Trace};
 
 /// One line, and for a plain segment its flow and shape.
 #[derive(Debug, Clone)]
@@ -165,11 +165,11 @@ impl TraceLog {
         let f = input.tcp_flags;
         let plain = outcome.accepted()
             && input.proto == Protocol::Tcp
-            && (f == crate::kernel::TcpFlags::A || f == crate::kernel::TcpFlags::PA)
+            && (f == ambient_kernel::TcpFlags::A || f == ambient_kernel::TcpFlags::PA)
             && (!tracked
                 || (before.is_some()
                     && before == after
-                    && outcome.ctstate == crate::kernel::CtState::Established));
+                    && outcome.ctstate == ambient_kernel::CtState::Established));
         let plain = plain.then(|| {
             let (a, b) = (input.src_sock(), input.dst_sock());
             let flow = format!("{label} {} {}", a.min(b), a.max(b));

@@ -28,14 +28,14 @@ use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use turmoil_net::{EnterGuard, Packet as SubPacket, TcpFlags as SubFlags, TcpSegment, Transport};
 
-use crate::kernel::conntrack::TcpState;
-use crate::kernel::path::{Disposition, Outcome, PacketVerdict};
-use crate::kernel::{IfIndex, Packet, SocketInfo, TcpFlags, Trace};
 use crate::net::SimStream;
 use crate::pcap::{Captures, TcpWire};
 use crate::shared::{Log, Shared};
 use crate::substrate::{SockKey, Sockets, view_addr};
 use crate::tcp::{self, Expiry, Flights};
+use ambient_kernel::conntrack::TcpState;
+use ambient_kernel::path::{Disposition, Outcome, PacketVerdict};
+use ambient_kernel::{IfIndex, Packet, SocketInfo, TcpFlags, Trace};
 
 mod deliver;
 mod udp;

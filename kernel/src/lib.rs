@@ -1,6 +1,12 @@
-//! A model of one Linux network namespace's IPv4 packet path: netfilter (raw, mangle, nat,
-//! filter), conntrack with NAT, and routing — driven by the same `iptables-restore` text and
-//! `ip` commands as a real namespace.
+//! `ambient-kernel` — a model of one Linux network namespace's IPv4 packet path: netfilter (raw,
+//! mangle, nat, filter), conntrack with NAT, and routing — driven by the same `iptables-restore`
+//! text and `ip` commands as a real namespace, printing the same `iptables-save -c` and
+//! `conntrack -L`.
+//!
+//! It is the simulator's kernel (`ambient-sim` runs one [`Netns`] per pod, node and external
+//! host). It knows nothing of scenarios, proxies or sockets.
+//!
+//! # Map
 //!
 //! | module | what |
 //! | --- | --- |
@@ -19,11 +25,39 @@
 //! start); nothing reads a clock. Everything that is printed is sorted, so output is
 //! deterministic.
 //!
-//! Stated simplifications (each also documented where it applies): IPv4 only; no fragments,
-//! IP options, TTL or checksums; TCP conntrack without sequence/window tracking; no conntrack
-//! helpers/expectations and no early drop when the table is full; NAT picks the lowest
-//! address/port of a range instead of the kernel's hash/random choice; no rp_filter, all
-//! interfaces up; conntrack is active exactly when a loaded rule needs it (as in the kernel).
+//! # Stated simplifications
+//!
+//! Checked against kernel 6.18 with iptables 1.8.9 (nf_tables): the canonical printer against a
+//! captured corpus (`tests/data/canonical`), packet semantics against sixteen real-socket runs
+//! whose per-rule counters and conntrack entries the model reproduces exactly, the TCP
+//! conntrack state machine against 23 raw-segment sequences, state, flags and timeout after
+//! every segment (`tests/data/kernel-runs`), and both against random rulesets and packets
+//! (`tests/data/kernel-fuzz`). It follows what that kernel actually runs, quirks included: e.g.
+//! iptables-nft compiles `! --sport A ! --dport B` (single ports) into one compare of the pair,
+//! so the rule matches unless both ports are equal. Where it differs from the kernel, on purpose:
+//!
+//! - IPv4 only; no IP options, fragments (`-f` is parsed and never matches), TTL or checksums.
+//! - TCP conntrack has no sequence/window tracking: every segment is in window, an ACK
+//!   acknowledges everything the other side sent (so the 5-minute cap while data is
+//!   unacknowledged lifts on the next ACK), where the kernel compares an acknowledgement number
+//!   with a recorded one the model assumes they agree, and retransmissions are not counted.
+//! - No conntrack helpers or expectations (RELATED comes only from ICMP errors and REJECT's
+//!   reset), no accounting, no labels; when the table is full a new connection's packet is
+//!   dropped after expired entries are purged (the kernel's early drop of unassured entries is
+//!   not modelled).
+//! - NAT chooses the lowest address of a range and, when a port must change, the lowest free
+//!   port (the kernel hashes the address choice and randomises the port search for SNAT).
+//! - The kernel's ICMP errors are rate-limited per destination as the kernel does it (see
+//!   [`icmp_limit`]), but not by the namespace-wide limit (a burst of 50 whose credit
+//!   the kernel consumes at random).
+//! - Routing: no metrics/multipath, no rp_filter (0, a new namespace's default), every
+//!   interface is up; no neighbour resolution (an unanswered ARP, and the ICMP error it causes,
+//!   is the caller's to model).
+//! - The model has no sockets: the caller answers socket lookups (`-m socket`, TPROXY) and says
+//!   which socket sent a packet (`-m owner`), see [`sockets`].
+//! - Matches and targets: the set listed in [`rules`]; anything else is refused with an
+//!   error naming line, word and what was expected. An unterminated `"` is an error (the real
+//!   iptables-restore lets the quote run to the end of the line).
 
 pub mod addr;
 pub mod conntrack;

@@ -548,7 +548,7 @@ impl Table {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::kernel::packet::TcpFlags;
+    use crate::packet::TcpFlags;
 
     fn syn(src: &str, dst: &str, flags: TcpFlags) -> Packet {
         Packet::tcp(src.parse().unwrap(), dst.parse().unwrap(), flags)

@@ -7,7 +7,7 @@
 use std::fs;
 use std::path::Path;
 
-use ambient_sim::kernel::rules::{RestoreOptions, Ruleset};
+use ambient_kernel::rules::{RestoreOptions, Ruleset};
 
 fn data(dir: &str) -> std::path::PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data").join(dir)

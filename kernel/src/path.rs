@@ -662,7 +662,7 @@ impl Netns {
 mod tests {
     use std::time::Duration;
 
-    use crate::kernel::{Disposition, Netns, NoSockets, Packet, RestoreOptions, TcpFlags};
+    use crate::{Disposition, Netns, NoSockets, Packet, RestoreOptions, TcpFlags};
 
     /// Kernel 6.18 (differential suite seed 137, reproduced by hand): REJECT in INPUT of a SYN
     /// that nat PREROUTING redirected answers with an ICMP error quoting the SYN as the client
@@ -744,8 +744,8 @@ mod tests {
     /// drops it. The client never connects.
     #[test]
     fn an_invalid_looped_back_packet_is_looked_up_again_in_zone_0_and_rerouted_after_nat() {
-        use crate::kernel::path::DropCause;
-        use crate::kernel::{PacketVerdict, RouteError};
+        use crate::path::DropCause;
+        use crate::{PacketVerdict, RouteError};
         let mut n = Netns::new();
         n.ip("addr add 10.0.1.2/24 dev eth0").unwrap();
         n.ip("route add default via 10.0.1.1 dev eth0").unwrap();
@@ -780,8 +780,8 @@ mod tests {
     /// one REDIRECTed anew, its unconfirmed entry discarded.
     #[test]
     fn a_looped_back_packet_redirected_to_127_0_0_1_is_a_martian() {
-        use crate::kernel::path::DropCause;
-        use crate::kernel::{PacketVerdict, RouteError};
+        use crate::path::DropCause;
+        use crate::{PacketVerdict, RouteError};
         let mut n = Netns::new();
         n.ip("addr add 10.0.1.2/24 dev eth0").unwrap();
         let rules = "*raw\n-A OUTPUT -p tcp --dport 15001 -j CT --zone 1\nCOMMIT\n\

@@ -2,7 +2,7 @@
 //! found at the right rule, in linear time (100k nested chains used to take ~50 s: a linear
 //! name search per jump), and a DAG of diamonds is not walked once per path.
 
-use ambient_sim::kernel::{Netns, RestoreOptions};
+use ambient_kernel::{Netns, RestoreOptions};
 
 fn restore(text: &str) -> Result<(), String> {
     Netns::new().restore(text, RestoreOptions::default()).map_err(|e| e.to_string())

@@ -127,7 +127,7 @@ const TRANSITIONS: [[[u8; 10]; 6]; 2] = [
 ];
 
 fn flag_class(flags: u8) -> u8 {
-    use crate::kernel::packet::TcpFlags as F;
+    use crate::packet::TcpFlags as F;
     if flags & F::RST != 0 {
         RST
     } else if flags & F::SYN != 0 {
@@ -143,7 +143,7 @@ fn flag_class(flags: u8) -> u8 {
 
 /// tcp_error: the flag combinations conntrack accepts (PSH, ECE and CWR ignored).
 pub fn valid_flags(flags: u8) -> bool {
-    use crate::kernel::packet::TcpFlags as F;
+    use crate::packet::TcpFlags as F;
     let f = flags & !(F::PSH | F::ECE | F::CWR);
     const VALID: [u8; 9] = [
         F::SYN,
@@ -289,7 +289,7 @@ impl TcpConn {
             if payload > 0 {
                 self.unacked[d] = true;
             }
-            if flags & crate::kernel::packet::TcpFlags::ACK != 0 {
+            if flags & crate::packet::TcpFlags::ACK != 0 {
                 self.unacked[1 - d] = false;
             }
         }
@@ -332,7 +332,7 @@ impl TcpConn {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::kernel::packet::TcpFlags as F;
+    use crate::packet::TcpFlags as F;
 
     const S: u8 = F::SYN;
     const SA: u8 = F::SYN | F::ACK;

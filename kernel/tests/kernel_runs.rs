@@ -13,8 +13,8 @@ use std::net::SocketAddrV4;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use ambient_sim::kernel::trace::{Direction, Line, parse_line};
-use ambient_sim::kernel::{Netns, Protocol, RestoreOptions, SocketInfo, SocketLookup};
+use ambient_kernel::trace::{Direction, Line, parse_line};
+use ambient_kernel::{Netns, Protocol, RestoreOptions, SocketInfo, SocketLookup};
 
 const REFERENCE: &str = include_str!("../../scenarios/testdata/istio-inpod.rules");
 
@@ -251,7 +251,7 @@ fn forward_icmp() {
 /// segment by segment.
 #[test]
 fn tcp_state_machine_segment_by_segment() {
-    use ambient_sim::kernel::{Packet, TcpFlags};
+    use ambient_kernel::{Packet, TcpFlags};
     let text = fs::read_to_string(dir().join("tcp-states.out")).unwrap();
     let mut n = Netns::new();
     for cmd in [
@@ -400,9 +400,9 @@ fn kernel_fuzz() {
 /// (no socket exists in the fuzz cases): a reset for a TCP segment that is not one, port
 /// unreachable for UDP, an echo reply for an echo request — all from the kernel's control
 /// sockets, each run through the model in turn.
-fn answer_as_the_stack(n: &mut Netns, o: &ambient_sim::kernel::Outcome, now: Duration, depth: u8) {
-    use ambient_sim::kernel::packet::{Icmp, icmp_type};
-    use ambient_sim::kernel::{Packet, TcpFlags};
+fn answer_as_the_stack(n: &mut Netns, o: &ambient_kernel::Outcome, now: Duration, depth: u8) {
+    use ambient_kernel::packet::{Icmp, icmp_type};
+    use ambient_kernel::{Packet, TcpFlags};
     if !o.accepted() || !o.is_local() || depth > 3 {
         return;
     }

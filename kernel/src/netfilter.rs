@@ -443,7 +443,7 @@ mod tests {
     use std::net::SocketAddrV4;
     use std::time::Duration;
 
-    use crate::kernel::{Disposition, Netns, NoSockets, Packet, RestoreOptions, TcpFlags};
+    use crate::{Disposition, Netns, NoSockets, Packet, RestoreOptions, TcpFlags};
 
     /// Kernel 6.18, differential suite seed 12: MASQUERADE of a connection over `lo` takes the
     /// pod's eth0 address, never 127.0.0.1 (host scope, not eligible for RT_SCOPE_UNIVERSE).
@@ -488,7 +488,7 @@ mod tests {
     /// SYN belongs to the connecting socket): the error is dropped, the connect times out.
     #[test]
     fn socket_match_on_an_icmp_error_finds_the_socket_of_the_quoted_packet() {
-        use crate::kernel::{Protocol, SocketInfo, SocketLookup};
+        use crate::{Protocol, SocketInfo, SocketLookup};
         struct Client;
         impl SocketLookup for Client {
             fn established(
@@ -528,7 +528,7 @@ mod tests {
     /// does not match it; the same connection's packets after `accept()` match.
     #[test]
     fn socket_exists_does_not_match_a_connection_not_yet_accepted() {
-        use crate::kernel::SocketInfo;
+        use crate::SocketInfo;
         let mut n = Netns::new();
         n.ip("addr add 10.0.1.2/24 dev eth0").unwrap();
         n.ip("route add default via 10.0.1.1 dev eth0").unwrap();
@@ -553,7 +553,7 @@ mod tests {
     /// and matches `--nowildcard`.
     #[test]
     fn socket_match_prefers_the_socket_tproxy_assigned() {
-        use crate::kernel::{Protocol, SocketInfo, SocketLookup};
+        use crate::{Protocol, SocketInfo, SocketLookup};
         struct Listeners;
         impl SocketLookup for Listeners {
             fn established(

@@ -14,7 +14,7 @@ use std::net::Ipv4Addr;
 use serde::Serialize;
 
 use super::{Dir, EntryId, Table, status};
-use crate::kernel::packet::{Packet, Protocol, Tuple};
+use crate::packet::{Packet, Protocol, Tuple};
 
 /// Which end of the tuple a binding rewrites.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
@@ -206,7 +206,7 @@ impl Table {
 mod tests {
     use super::super::{Config, Track};
     use super::*;
-    use crate::kernel::packet::TcpFlags;
+    use crate::packet::TcpFlags;
     use std::time::Duration;
 
     #[test]
