@@ -4,7 +4,11 @@
 //! `conntrack -L`.
 //!
 //! It is the simulator's kernel (`ambient-sim` runs one [`Netns`] per pod, node and external
-//! host). It knows nothing of scenarios, proxies or sockets.
+//! host) and the vocabulary both backends and the scenario format share: the netfilter
+//! [`Table`]s, rules by name and position ([`RuleRef`], `nat/ISTIO_OUTPUT/6`), conntrack's
+//! [`TcpState`]s, and which rules only first packets of connections reach
+//! ([`rules::counts_first_packets_only`], what decides whether two backends' counters must
+//! agree). It knows nothing of scenarios, proxies or sockets.
 //!
 //! # Map
 //!
@@ -12,7 +16,7 @@
 //! | --- | --- |
 //! | [`addr`] | prefixes and interface-name keys, compared the way the kernel does |
 //! | [`packet`] | the model's packet (IPv4 only) and conntrack tuples |
-//! | [`rules`] | ruleset AST, `iptables-restore` parser, canonical `iptables-save` printer |
+//! | [`rules`] | ruleset AST, `iptables-restore` parser, canonical `iptables-save` printer; rules by position |
 //! | [`netfilter`] | chain traversal: matches, targets, counters, policies |
 //! | [`conntrack`] | connection table, TCP state machine, NAT bindings, `conntrack -L` |
 //! | [`icmp_limit`] | the per-peer rate limit on the ICMP errors the kernel sends |
@@ -73,11 +77,12 @@ pub mod trace;
 use std::net::{Ipv4Addr, SocketAddrV4};
 use std::time::Duration;
 
-pub use netfilter::RuleRef;
+pub use conntrack::TcpState;
+pub use netfilter::RuleIndex;
 pub use packet::{Packet, Protocol, TcpFlags, Tuple};
 pub use path::{CtState, Disposition, DropCause, Outcome, PacketVerdict};
 pub use routing::{IfIndex, RouteError};
-pub use rules::{ParseError, RestoreOptions, Ruleset, TableKind};
+pub use rules::{ParseError, RestoreOptions, RuleRef, Ruleset, Table};
 pub use sockets::{Listeners, NoSockets, SocketInfo, SocketLookup};
 pub use trace::Trace;
 
@@ -275,7 +280,7 @@ impl Netns {
     }
 
     /// `table/chain/position` of a rule (`…/policy` for a chain policy).
-    pub fn rule_name(&self, r: RuleRef) -> String {
+    pub fn rule_name(&self, r: RuleIndex) -> String {
         let chain = self
             .rules
             .table(r.table)

@@ -18,15 +18,18 @@ use super::routing::{IfIndex, Routing};
 use super::rules::MAX_JUMP_DEPTH;
 use super::rules::{
     AddrtypeMatch, ConnmarkOp, Hook, Match, MultiportDir, Policy, PortMatch, Rule, Table,
-    TableKind, Target, ctstate,
+    TableRules, Target, ctstate,
 };
 use super::sockets::{SocketInfo, SocketLookup};
 use super::trace::{Event, Trace};
 
-/// A rule by position: table, chain index in the table, 1-based rule number (0 = the policy).
+/// A rule of the loaded ruleset by index: table, chain index in the table, 1-based rule number
+/// (0 = the chain's policy). What a verdict names; [`Netns::rule_name`](crate::Netns::rule_name)
+/// spells it out, and [`RuleRef`](crate::rules::RuleRef) is the by-name form for everything
+/// outside the model.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub struct RuleRef {
-    pub table: TableKind,
+pub struct RuleIndex {
+    pub table: Table,
     pub chain: u16,
     pub position: u16,
 }
@@ -59,8 +62,8 @@ pub(crate) struct Skb {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) enum Verdict {
     Accept,
-    Drop(RuleRef),
-    Reject(RuleRef, super::rules::RejectWith),
+    Drop(RuleIndex),
+    Reject(RuleIndex, super::rules::RejectWith),
 }
 
 /// What traversal may read or change besides the table and the packet.
@@ -72,7 +75,7 @@ pub(crate) struct Env<'a> {
 }
 
 /// Runs `table`'s chain for `skb.hook`. A table without that hook accepts.
-pub(crate) fn run_table(table: &mut Table, skb: &mut Skb, env: &mut Env<'_>) -> Verdict {
+pub(crate) fn run_table(table: &mut TableRules, skb: &mut Skb, env: &mut Env<'_>) -> Verdict {
     let Some(start) = table.hook_chain(skb.hook) else { return Verdict::Accept };
     if table.chains[start].rules.is_empty() {
         return policy(table, start, skb, env);
@@ -100,7 +103,7 @@ pub(crate) fn run_table(table: &mut Table, skb: &mut Skb, env: &mut Env<'_>) -> 
         }
         let rule = &mut table.chains[chain].rules[pos];
         rule.counters.add(skb.pkt.len);
-        let here = RuleRef { table: kind, chain: chain as u16, position: pos as u16 + 1 };
+        let here = RuleIndex { table: kind, chain: chain as u16, position: pos as u16 + 1 };
         if let Some(t) = env.trace.as_deref_mut() {
             t.push(Event::Rule {
                 table: kind,
@@ -193,7 +196,7 @@ pub(crate) fn run_table(table: &mut Table, skb: &mut Skb, env: &mut Env<'_>) -> 
     }
 }
 
-fn policy(table: &mut Table, chain: usize, skb: &Skb, env: &mut Env<'_>) -> Verdict {
+fn policy(table: &mut TableRules, chain: usize, skb: &Skb, env: &mut Env<'_>) -> Verdict {
     let c = &mut table.chains[chain];
     if c.policy_counted {
         c.policy_counters.add(skb.pkt.len);
@@ -204,7 +207,7 @@ fn policy(table: &mut Table, chain: usize, skb: &Skb, env: &mut Env<'_>) -> Verd
     match c.policy {
         Policy::Accept => Verdict::Accept,
         Policy::Drop => {
-            Verdict::Drop(RuleRef { table: table.kind, chain: chain as u16, position: 0 })
+            Verdict::Drop(RuleIndex { table: table.kind, chain: chain as u16, position: 0 })
         }
     }
 }

@@ -29,10 +29,10 @@ use super::Netns;
 use super::addr::IfKey;
 use super::conntrack::{CtInfo, Dir, EntryId, Manip, TcpState, Track, status};
 use super::icmp_limit;
-use super::netfilter::{Env, RuleRef, Skb, Verdict, run_table};
+use super::netfilter::{Env, RuleIndex, Skb, Verdict, run_table};
 use super::packet::{Icmp, Packet, Protocol, TcpFlags, icmp_type};
 use super::routing::{IfIndex, RouteError, RouteResult, RouteType};
-use super::rules::{Hook, RejectWith, TableKind};
+use super::rules::{Hook, RejectWith, Table};
 use super::sockets::{SocketInfo, SocketLookup};
 use super::trace::{Event, Trace};
 
@@ -41,7 +41,7 @@ use super::trace::{Event, Trace};
 pub enum DropCause {
     /// A DROP rule, a chain policy (position 0), a TPROXY without a socket, a REDIRECT or
     /// MASQUERADE without an address.
-    Rule(RuleRef),
+    Rule(RuleIndex),
     /// Conntrack table full (`nf_conntrack_max`).
     ConntrackFull,
     /// The new connection's tuple clashed with an existing one at confirm.
@@ -60,7 +60,7 @@ pub enum PacketVerdict {
     Drop(DropCause),
     /// Dropped by REJECT; the reply it produced is in [`Outcome::reply`].
     Reject {
-        by: RuleRef,
+        by: RuleIndex,
         with: RejectWith,
     },
 }
@@ -197,7 +197,7 @@ fn route_text(r: &Result<RouteResult, RouteError>, n: &Netns) -> String {
 
 impl Netns {
     #[inline]
-    fn table(&mut self, kind: TableKind, skb: &mut Skb, cx: &mut Ctx<'_>) -> Verdict {
+    fn table(&mut self, kind: Table, skb: &mut Skb, cx: &mut Ctx<'_>) -> Verdict {
         let Some(table) = self.rules.table_mut(kind) else { return Verdict::Accept };
         let mut env = Env {
             conntrack: &mut self.conntrack,
@@ -280,7 +280,7 @@ impl Netns {
     /// binding if no rule set one), the connection's bindings for every packet.
     #[inline]
     fn nat_hook(&mut self, skb: &mut Skb, manip: Manip, cx: &mut Ctx<'_>) -> Verdict {
-        if self.rules.table(TableKind::Nat).is_none() {
+        if self.rules.table(Table::Nat).is_none() {
             return Verdict::Accept;
         }
         let Some((id, info)) = skb.ct else { return Verdict::Accept };
@@ -291,7 +291,7 @@ impl Netns {
             self.conntrack.apply_nat(id, info.dir(), manip, true, &mut skb.pkt);
         } else {
             if (info == CtInfo::New || related) && !self.conntrack.nat_initialized(id, manip) {
-                let v = self.table(TableKind::Nat, skb, cx);
+                let v = self.table(Table::Nat, skb, cx);
                 if v != Verdict::Accept {
                     return v;
                 }
@@ -377,7 +377,7 @@ impl Netns {
         }
     }
 
-    fn reject(&mut self, w: Walk, by: RuleRef, with: RejectWith, cx: &mut Ctx<'_>) -> Outcome {
+    fn reject(&mut self, w: Walk, by: RuleIndex, with: RejectWith, cx: &mut Ctx<'_>) -> Outcome {
         if let (RejectWith::TcpReset, Some((id, _))) = (with, w.skb.ct) {
             // nf_send_reset closes a confirmed connection (nf_ct_set_closing).
             self.conntrack.set_closing(id, cx.now);
@@ -513,12 +513,12 @@ impl Netns {
         // with (`__ip_local_out` builds the hook state once); a re-route after mangle or nat
         // takes effect from POSTROUTING on.
         let hook_oif = (w.skb.oif, w.skb.oif_key);
-        pass!(self, w, cx, self.table(TableKind::Raw, &mut w.skb, cx));
+        pass!(self, w, cx, self.table(Table::Raw, &mut w.skb, cx));
         if let Err(c) = self.conntrack_in(&mut w, cx) {
             return self.finish(w, PacketVerdict::Drop(c), cx);
         }
         let before = (w.skb.pkt.mark, w.skb.pkt.src, w.skb.pkt.dst);
-        pass!(self, w, cx, self.table(TableKind::Mangle, &mut w.skb, cx));
+        pass!(self, w, cx, self.table(Table::Mangle, &mut w.skb, cx));
         if (w.skb.pkt.mark, w.skb.pkt.src, w.skb.pkt.dst) != before
             && let Err(e) = self.route_output(&mut w, cx)
         {
@@ -534,11 +534,11 @@ impl Netns {
         }
         let route = w.route.expect("routed");
         (w.skb.oif, w.skb.oif_key) = hook_oif;
-        pass!(self, w, cx, self.table(TableKind::Filter, &mut w.skb, cx));
+        pass!(self, w, cx, self.table(Table::Filter, &mut w.skb, cx));
         w.skb.oif = Some(route.dev);
         w.skb.oif_key = self.routing.interface(route.dev).key;
         self.enter(&mut w.skb, Hook::Postrouting, cx);
-        pass!(self, w, cx, self.table(TableKind::Mangle, &mut w.skb, cx));
+        pass!(self, w, cx, self.table(Table::Mangle, &mut w.skb, cx));
         pass!(self, w, cx, self.nat_hook(&mut w.skb, Manip::Src, cx));
         if let Err(c) = self.confirm(&mut w, cx) {
             return self.finish(w, PacketVerdict::Drop(c), cx);
@@ -567,12 +567,12 @@ impl Netns {
             w.skb.zone = 0;
         }
         self.enter(&mut w.skb, Hook::Prerouting, cx);
-        pass!(self, w, cx, self.table(TableKind::Raw, &mut w.skb, cx));
+        pass!(self, w, cx, self.table(Table::Raw, &mut w.skb, cx));
         // The entry travels with the packet: no second lookup unless it had none.
         if let Err(c) = self.conntrack_in(&mut w, cx) {
             return self.finish(w, PacketVerdict::Drop(c), cx);
         }
-        pass!(self, w, cx, self.table(TableKind::Mangle, &mut w.skb, cx));
+        pass!(self, w, cx, self.table(Table::Mangle, &mut w.skb, cx));
         let dst = w.skb.pkt.dst;
         pass!(self, w, cx, self.nat_hook(&mut w.skb, Manip::Dst, cx));
         if w.skb.pkt.dst != dst {
@@ -587,8 +587,8 @@ impl Netns {
     #[inline]
     fn local_in(&mut self, mut w: Walk, cx: &mut Ctx<'_>) -> Outcome {
         self.enter(&mut w.skb, Hook::Input, cx);
-        pass!(self, w, cx, self.table(TableKind::Mangle, &mut w.skb, cx));
-        pass!(self, w, cx, self.table(TableKind::Filter, &mut w.skb, cx));
+        pass!(self, w, cx, self.table(Table::Mangle, &mut w.skb, cx));
+        pass!(self, w, cx, self.table(Table::Filter, &mut w.skb, cx));
         pass!(self, w, cx, self.nat_hook(&mut w.skb, Manip::Src, cx));
         if let Err(c) = self.confirm(&mut w, cx) {
             return self.finish(w, PacketVerdict::Drop(c), cx);
@@ -616,11 +616,11 @@ impl Netns {
         };
         let mut w = Walk { skb, created: None, route: None };
         self.enter(&mut w.skb, Hook::Prerouting, cx);
-        pass!(self, w, cx, self.table(TableKind::Raw, &mut w.skb, cx));
+        pass!(self, w, cx, self.table(Table::Raw, &mut w.skb, cx));
         if let Err(c) = self.conntrack_in(&mut w, cx) {
             return self.finish(w, PacketVerdict::Drop(c), cx);
         }
-        pass!(self, w, cx, self.table(TableKind::Mangle, &mut w.skb, cx));
+        pass!(self, w, cx, self.table(Table::Mangle, &mut w.skb, cx));
         pass!(self, w, cx, self.nat_hook(&mut w.skb, Manip::Dst, cx));
         self.route_in(w, iif, cx)
     }
@@ -645,10 +645,10 @@ impl Netns {
         }
         self.set_route(&mut w, r);
         self.enter(&mut w.skb, Hook::Forward, cx);
-        pass!(self, w, cx, self.table(TableKind::Mangle, &mut w.skb, cx));
-        pass!(self, w, cx, self.table(TableKind::Filter, &mut w.skb, cx));
+        pass!(self, w, cx, self.table(Table::Mangle, &mut w.skb, cx));
+        pass!(self, w, cx, self.table(Table::Filter, &mut w.skb, cx));
         self.enter(&mut w.skb, Hook::Postrouting, cx);
-        pass!(self, w, cx, self.table(TableKind::Mangle, &mut w.skb, cx));
+        pass!(self, w, cx, self.table(Table::Mangle, &mut w.skb, cx));
         pass!(self, w, cx, self.nat_hook(&mut w.skb, Manip::Src, cx));
         if let Err(c) = self.confirm(&mut w, cx) {
             return self.finish(w, PacketVerdict::Drop(c), cx);

@@ -32,7 +32,7 @@ use super::Netns;
 use super::conntrack::{CtInfo, Manip, TcpState};
 use super::packet::{Icmp, Packet, Protocol, TcpFlags, Tuple, icmp_type};
 use super::path::{Disposition, Outcome, PacketVerdict};
-use super::rules::{Hook, Policy, TableKind};
+use super::rules::{Hook, Policy, Table};
 
 /// One step of a packet's path.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
@@ -45,9 +45,9 @@ pub enum Event {
     /// Conntrack's verdict on the packet.
     Conntrack { result: String, ctinfo: Option<CtInfo>, tcp_state: Option<TcpState>, zone: u16 },
     /// A rule matched (position is 1-based) and its target ran.
-    Rule { table: TableKind, chain: String, position: usize, target: String },
+    Rule { table: Table, chain: String, position: usize, target: String },
     /// The packet fell off a built-in chain and took its policy.
-    Policy { table: TableKind, chain: String, policy: Policy },
+    Policy { table: Table, chain: String, policy: Policy },
     /// NAT rewrote the packet.
     Nat { manip: Manip, packet: String },
     /// The connection entry was confirmed (inserted into the table), or the confirm failed.

@@ -19,55 +19,8 @@ use serde::{Deserialize, Serialize};
 use crate::netns::Netns;
 use crate::tools::{ToolError, run_tool_in};
 
-/// The four IPv4 tables the harness uses, in canonical order.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Table {
-    /// Before conntrack: `CT`, notrack.
-    Raw,
-    /// Packet/conn marks, TPROXY.
-    Mangle,
-    /// First packets of connections: DNAT/REDIRECT/SNAT/MASQUERADE.
-    Nat,
-    /// Accept/drop/reject.
-    Filter,
-}
-
-impl Table {
-    /// All tables, canonical order.
-    pub const ALL: [Table; 4] = [Table::Raw, Table::Mangle, Table::Nat, Table::Filter];
-
-    /// The table's name as iptables spells it.
-    pub fn name(self) -> &'static str {
-        match self {
-            Table::Raw => "raw",
-            Table::Mangle => "mangle",
-            Table::Nat => "nat",
-            Table::Filter => "filter",
-        }
-    }
-
-    /// Parses a table name.
-    pub fn from_name(name: &str) -> Option<Table> {
-        Table::ALL.into_iter().find(|t| t.name() == name)
-    }
-
-    /// The table's built-in chains, in standard order.
-    pub fn builtin_chains(self) -> &'static [&'static str] {
-        match self {
-            Table::Raw => &["PREROUTING", "OUTPUT"],
-            Table::Mangle => &["PREROUTING", "INPUT", "FORWARD", "OUTPUT", "POSTROUTING"],
-            Table::Nat => &["PREROUTING", "INPUT", "OUTPUT", "POSTROUTING"],
-            Table::Filter => &["INPUT", "FORWARD", "OUTPUT"],
-        }
-    }
-}
-
-impl fmt::Display for Table {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.name())
-    }
-}
+/// The tables, as the kernel model names them (canonical order: raw, mangle, nat, filter).
+pub use ambient_kernel::Table;
 
 /// Packet and byte counters.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
@@ -263,7 +216,7 @@ impl Ruleset {
 
 /// Built-in chains in standard order, then user chains by name.
 fn canonical_chain_order(table: Table, dump: &TableDump) -> Vec<String> {
-    let builtins = table.builtin_chains();
+    let builtins: Vec<&str> = table.builtin_hooks().iter().map(|h| h.name()).collect();
     let mut order: Vec<String> = builtins
         .iter()
         .filter(|b| dump.chains.iter().any(|c| c.name == **b))

@@ -6,7 +6,7 @@ use std::time::Duration;
 use ambient_kernel::trace::Event;
 use ambient_kernel::{
     CtState, Disposition, DropCause, Listeners, Netns, NoSockets, Packet, PacketVerdict, Protocol,
-    RestoreOptions, SocketInfo, TableKind, TcpFlags, Trace,
+    RestoreOptions, SocketInfo, Table, TcpFlags, Trace,
 };
 use ambient_scenarios::rules::{InpodRules, PolicyRouting};
 
@@ -157,8 +157,8 @@ fn tproxy_assigns_the_transparent_listener() {
     let o = n.input(syn, eth0, secs(0), &NoSockets);
     assert_eq!(
         o.verdict,
-        PacketVerdict::Drop(DropCause::Rule(ambient_kernel::RuleRef {
-            table: TableKind::Mangle,
+        PacketVerdict::Drop(DropCause::Rule(ambient_kernel::RuleIndex {
+            table: Table::Mangle,
             chain: 0,
             position: 1
         }))

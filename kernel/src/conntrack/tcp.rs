@@ -11,12 +11,14 @@
 //! recorded sequence number the model assumes they agree — and so the retransmission count
 //! (3 identical segments cap the timeout at 5 minutes) is not kept.
 
+use std::fmt;
+use std::str::FromStr;
 use std::time::Duration;
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
-/// Conntrack's TCP states (`conntrack -L` names).
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
+/// Conntrack's TCP states, serialised (and parsed) as `conntrack -L` names them.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(rename_all = "SCREAMING_SNAKE_CASE")]
 pub enum TcpState {
     None = 0,
@@ -32,6 +34,21 @@ pub enum TcpState {
 }
 
 impl TcpState {
+    /// Every state, in the kernel's numbering (`TCP_CONNTRACK_*`).
+    pub const ALL: [TcpState; 10] = [
+        TcpState::None,
+        TcpState::SynSent,
+        TcpState::SynRecv,
+        TcpState::Established,
+        TcpState::FinWait,
+        TcpState::CloseWait,
+        TcpState::LastAck,
+        TcpState::TimeWait,
+        TcpState::Close,
+        TcpState::SynSent2,
+    ];
+
+    /// The name `conntrack -L` prints (and the Outcome's JSON uses).
     pub fn name(self) -> &'static str {
         match self {
             TcpState::None => "NONE",
@@ -64,18 +81,25 @@ impl TcpState {
     }
 
     fn from_index(i: u8) -> TcpState {
-        [
-            TcpState::None,
-            TcpState::SynSent,
-            TcpState::SynRecv,
-            TcpState::Established,
-            TcpState::FinWait,
-            TcpState::CloseWait,
-            TcpState::LastAck,
-            TcpState::TimeWait,
-            TcpState::Close,
-            TcpState::SynSent2,
-        ][usize::from(i)]
+        TcpState::ALL[usize::from(i)]
+    }
+}
+
+impl FromStr for TcpState {
+    type Err = String;
+
+    /// A `conntrack -L` state name.
+    fn from_str(s: &str) -> Result<Self, String> {
+        TcpState::ALL.into_iter().find(|st| st.name() == s).ok_or_else(|| {
+            let names: Vec<&str> = TcpState::ALL.iter().map(|st| st.name()).collect();
+            format!("unknown value {s:?}; expected one of {}", names.join(", "))
+        })
+    }
+}
+
+impl fmt::Display for TcpState {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
     }
 }
 

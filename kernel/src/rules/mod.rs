@@ -7,7 +7,9 @@
 //! indices and checks what the kernel checks on load (loops, nesting, targets and matches only
 //! valid in some tables/hooks). [`Ruleset::save`] prints canonical `iptables-save [-c]` text.
 //! Evaluation (`netfilter`) reads these same structures; nothing in them needs a string
-//! comparison at packet time.
+//! comparison at packet time. Outside the model a rule is named by position, [`RuleRef`]
+//! (`table/chain/N`, found in restore text by [`rule_positions`]), and
+//! [`counts_first_packets_only`] says whether its counter is a function of the connections.
 //!
 //! Implemented: tables raw, mangle, nat, filter; commands `-A -I -D -N -P -F -X` and `:CHAIN`
 //! lines; `[!] -s/-d/-p/-i/-o` (`+` wildcards), `[!] -f`; matches `tcp` (`--sport --dport`
@@ -22,66 +24,87 @@
 //! `--random-fully`, `--persistent`), TPROXY.
 
 mod parse;
+mod position;
 mod print;
 mod ruleset;
 
 use std::fmt;
 use std::net::Ipv4Addr;
+use std::str::FromStr;
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use super::addr::{Cidr, IfaceMatch};
 
 pub(crate) use parse::parse_u32;
 pub use parse::{Command, ParseError, TableBlock, parse_restore};
+pub use position::{RuleRef, counts_first_packets_only, rule_positions};
 pub use print::save_string;
 pub use ruleset::{MAX_JUMP_DEPTH, RestoreOptions};
 
-/// The four tables the model implements, as ordinals into [`Ruleset`].
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
+/// The four IPv4 netfilter tables, in the order packets meet them (which is also the order
+/// `Ord` sorts them in); `as usize` is the ordinal into [`Ruleset`].
+///
+/// Serialised (and written in scenarios) as iptables spells them: `raw`, `mangle`, `nat`,
+/// `filter`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
-pub enum TableKind {
+pub enum Table {
+    /// Before conntrack: `CT`, notrack.
     Raw = 0,
+    /// Packet and connection marks, TPROXY.
     Mangle = 1,
+    /// First packets of connections: DNAT/REDIRECT/SNAT/MASQUERADE.
     Nat = 2,
+    /// Accept/drop/reject.
     Filter = 3,
 }
 
-impl TableKind {
-    pub const ALL: [TableKind; 4] =
-        [TableKind::Raw, TableKind::Mangle, TableKind::Nat, TableKind::Filter];
+impl Table {
+    /// All tables, in the order packets meet them.
+    pub const ALL: [Table; 4] = [Table::Raw, Table::Mangle, Table::Nat, Table::Filter];
 
     /// The order `iptables-save` (nf_tables backend, 1.8.9) lists tables in, whatever order they
     /// were created in: checked against the real command.
-    pub const SAVE_ORDER: [TableKind; 4] =
-        [TableKind::Mangle, TableKind::Raw, TableKind::Filter, TableKind::Nat];
+    pub const SAVE_ORDER: [Table; 4] = [Table::Mangle, Table::Raw, Table::Filter, Table::Nat];
 
+    /// The table's name as iptables spells it.
     pub fn name(self) -> &'static str {
         match self {
-            TableKind::Raw => "raw",
-            TableKind::Mangle => "mangle",
-            TableKind::Nat => "nat",
-            TableKind::Filter => "filter",
+            Table::Raw => "raw",
+            Table::Mangle => "mangle",
+            Table::Nat => "nat",
+            Table::Filter => "filter",
         }
     }
 
+    /// The table named `name` (as iptables spells it).
     pub fn from_name(name: &str) -> Option<Self> {
-        TableKind::ALL.into_iter().find(|t| t.name() == name)
+        Table::ALL.into_iter().find(|t| t.name() == name)
     }
 
     /// Built-in chains in the order iptables-save prints them.
     pub fn builtin_hooks(self) -> &'static [Hook] {
         use Hook::*;
         match self {
-            TableKind::Raw => &[Prerouting, Output],
-            TableKind::Mangle => &[Prerouting, Input, Forward, Output, Postrouting],
-            TableKind::Nat => &[Prerouting, Input, Output, Postrouting],
-            TableKind::Filter => &[Input, Forward, Output],
+            Table::Raw => &[Prerouting, Output],
+            Table::Mangle => &[Prerouting, Input, Forward, Output, Postrouting],
+            Table::Nat => &[Prerouting, Input, Output, Postrouting],
+            Table::Filter => &[Input, Forward, Output],
         }
     }
 }
 
-impl fmt::Display for TableKind {
+impl FromStr for Table {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, String> {
+        Table::from_name(s)
+            .ok_or_else(|| format!("unknown table {s:?}; tables are raw, mangle, nat, filter"))
+    }
+}
+
+impl fmt::Display for Table {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(self.name())
     }
@@ -154,26 +177,26 @@ pub enum Policy {
 /// the nf_tables backend, `iptables-save` lists only existing tables).
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Ruleset {
-    tables: [Option<Table>; 4],
+    tables: [Option<TableRules>; 4],
 }
 
 impl Ruleset {
-    pub fn table(&self, kind: TableKind) -> Option<&Table> {
+    pub fn table(&self, kind: Table) -> Option<&TableRules> {
         self.tables[kind as usize].as_ref()
     }
 
-    pub fn table_mut(&mut self, kind: TableKind) -> Option<&mut Table> {
+    pub fn table_mut(&mut self, kind: Table) -> Option<&mut TableRules> {
         self.tables[kind as usize].as_mut()
     }
 
     /// The table, created with its built-in chains (ACCEPT policies) if it does not exist yet.
-    pub fn ensure_table(&mut self, kind: TableKind) -> &mut Table {
-        self.tables[kind as usize].get_or_insert_with(|| Table::new(kind))
+    pub fn ensure_table(&mut self, kind: Table) -> &mut TableRules {
+        self.tables[kind as usize].get_or_insert_with(|| TableRules::new(kind))
     }
 
     /// Existing tables in `iptables-save` order.
-    pub fn tables(&self) -> impl Iterator<Item = &Table> {
-        TableKind::SAVE_ORDER.into_iter().filter_map(|k| self.table(k))
+    pub fn tables(&self) -> impl Iterator<Item = &TableRules> {
+        Table::SAVE_ORDER.into_iter().filter_map(|k| self.table(k))
     }
 
     /// Resets every rule and policy counter to zero (`iptables -Z`).
@@ -205,15 +228,15 @@ impl Ruleset {
 /// One table: built-in chains first, in kernel order, then user chains sorted by name (the
 /// order iptables-save prints them in).
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Table {
-    pub kind: TableKind,
+pub struct TableRules {
+    pub kind: Table,
     pub chains: Vec<Chain>,
 }
 
-impl Table {
-    pub fn new(kind: TableKind) -> Self {
+impl TableRules {
+    pub fn new(kind: Table) -> Self {
         let chains = kind.builtin_hooks().iter().map(|&h| Chain::builtin(h)).collect();
-        Table { kind, chains }
+        TableRules { kind, chains }
     }
 
     /// Built-ins by scan (at most five), user chains by binary search (they are sorted).

@@ -10,7 +10,7 @@
 use std::collections::BTreeMap;
 
 use super::parse::{Command, ParseError, TableBlock, parse_restore};
-use super::{Chain, Counters, Hook, Match, Policy, Rule, Ruleset, Table, TableKind, Target};
+use super::{Chain, Counters, Hook, Match, Policy, Rule, Ruleset, Table, TableRules, Target};
 
 /// Options of `iptables-restore`.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -47,7 +47,7 @@ impl Ruleset {
     fn apply_block(&mut self, block: TableBlock, opts: RestoreOptions) -> Result<(), ParseError> {
         let kind = block.table;
         if !opts.noflush {
-            self.tables[kind as usize] = Some(Table::new(kind));
+            self.tables[kind as usize] = Some(TableRules::new(kind));
         }
         let table = self.ensure_table(kind);
         for cmd in block.commands {
@@ -66,7 +66,7 @@ impl Ruleset {
     }
 }
 
-impl Table {
+impl TableRules {
     fn chain_or_err(&self, line: usize, name: &str) -> Result<usize, ParseError> {
         self.chain_index(name).ok_or_else(|| {
             ParseError::new(line, name, format!("an existing chain of table `{}`", self.kind))
@@ -206,7 +206,7 @@ impl Table {
                         "a built-in chain (user chains have no policy)",
                     ));
                 }
-                if self.kind == TableKind::Nat && policy == Policy::Drop {
+                if self.kind == Table::Nat && policy == Policy::Drop {
                     return Err(ParseError::new(
                         line,
                         "DROP",
@@ -397,19 +397,19 @@ fn hook_mask(hooks: &[Hook]) -> u8 {
 }
 
 /// Rejects targets and matches used outside the tables and hooks the kernel allows them in.
-fn check_placement(table: TableKind, reach: u8, rule: &Rule) -> Result<(), ParseError> {
+fn check_placement(table: Table, reach: u8, rule: &Rule) -> Result<(), ParseError> {
     use Hook::*;
-    let (tables, hooks): (&[TableKind], &[Hook]) = match &rule.target {
-        Target::Dnat(_) | Target::Redirect(_) => (&[TableKind::Nat], &[Prerouting, Output]),
-        Target::Snat(_) => (&[TableKind::Nat], &[Postrouting, Input]),
-        Target::Masquerade(_) => (&[TableKind::Nat], &[Postrouting]),
-        Target::Tproxy { .. } => (&[TableKind::Mangle], &[Prerouting]),
-        Target::Ct { .. } | Target::Notrack => (&[TableKind::Raw], &Hook::ALL),
-        Target::Reject(_) => (&[TableKind::Filter], &[Input, Forward, Output]),
-        _ => (&TableKind::ALL, &Hook::ALL),
+    let (tables, hooks): (&[Table], &[Hook]) = match &rule.target {
+        Target::Dnat(_) | Target::Redirect(_) => (&[Table::Nat], &[Prerouting, Output]),
+        Target::Snat(_) => (&[Table::Nat], &[Postrouting, Input]),
+        Target::Masquerade(_) => (&[Table::Nat], &[Postrouting]),
+        Target::Tproxy { .. } => (&[Table::Mangle], &[Prerouting]),
+        Target::Ct { .. } | Target::Notrack => (&[Table::Raw], &Hook::ALL),
+        Target::Reject(_) => (&[Table::Filter], &[Input, Forward, Output]),
+        _ => (&Table::ALL, &Hook::ALL),
     };
     let name = rule.target.name();
-    if table == TableKind::Nat && rule.target == Target::Drop {
+    if table == Table::Nat && rule.target == Target::Drop {
         return Err(ParseError::new(
             rule.line,
             "DROP",

@@ -239,7 +239,7 @@ impl Differ<'_> {
             let (orig, reply) = self.ports.entry(e);
             let attrs = Attrs {
                 reply,
-                state: e.state.map(|s| s.as_str().to_string()),
+                state: e.state.map(|s| s.name().to_string()),
                 mark: e.mark,
                 zone: e.zone,
             };

@@ -26,6 +26,8 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::SocketAddrV4;
 
+use ambient_kernel::rules::counts_first_packets_only;
+
 use crate::outcome::ConntrackEntry;
 use crate::values::{RuleRef, Table, rule_positions};
 use crate::world::{Action, Dest, Fault, World};
@@ -114,18 +116,14 @@ pub enum Counting {
     EveryPacket,
 }
 
-/// Whether only first packets reach a rule whose `-A` line is `spec` in `table` (module docs).
+/// How a rule whose `-A` line is `spec` in `table` counts: the kernel model's classifier
+/// ([`counts_first_packets_only`]), which the differential suite uses too.
 pub fn counting(table: Table, spec: &str) -> Counting {
-    if table == Table::Nat {
-        return Counting::FirstPackets;
+    if counts_first_packets_only(table, spec) {
+        Counting::FirstPackets
+    } else {
+        Counting::EveryPacket
     }
-    let words: Vec<&str> = spec.split_whitespace().collect();
-    let new_only = words.windows(2).enumerate().any(|(i, w)| {
-        matches!(w[0], "--ctstate" | "--state")
-            && (i == 0 || words[i - 1] != "!")
-            && w[1].split(',').all(|state| state == "NEW")
-    });
-    if new_only { Counting::FirstPackets } else { Counting::EveryPacket }
 }
 
 /// Every captured namespace's rules, by the Outcome's namespace label: the pods of the World and
@@ -209,24 +207,5 @@ mod tests {
             !ports.is_ephemeral(32767) && ports.is_ephemeral(60999) && ports.is_ephemeral(65535)
         );
         assert_eq!(placeholder(27), "b1");
-    }
-
-    #[test]
-    fn nat_and_ctstate_new_rules_count_first_packets_only() {
-        assert_eq!(counting(Table::Nat, "-A OUTPUT -j ISTIO_OUTPUT"), Counting::FirstPackets);
-        let new = "-A X -p tcp -m conntrack --ctstate NEW -j ACCEPT";
-        assert_eq!(counting(Table::Filter, new), Counting::FirstPackets);
-        assert_eq!(
-            counting(Table::Mangle, "-A X -m state --state NEW -j MARK"),
-            Counting::FirstPackets
-        );
-        for every in [
-            "-A X -m conntrack ! --ctstate NEW -j ACCEPT",
-            "-A X -m conntrack --ctstate NEW,ESTABLISHED -j ACCEPT",
-            "-A PREROUTING -j ISTIO_PRERT",
-            "-A ISTIO_PRERT -m mark --mark 0x539/0xfff -j CONNMARK --set-xmark 0x111/0xfff",
-        ] {
-            assert_eq!(counting(Table::Mangle, every), Counting::EveryPacket, "{every}");
-        }
     }
 }

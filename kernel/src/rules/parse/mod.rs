@@ -16,8 +16,8 @@ use super::super::addr::{Cidr, IfaceMatch};
 use super::{
     AddrMatch, AddrtypeMatch, ChainRef, ConnmarkOp, Counters, IcmpMatch, LogTarget, MarkMatch,
     Match, MultiportDir, MultiportMatch, NatRange, Policy, PortMatch, PortRange, ProtoMatch,
-    RejectWith, Rule, SocketMatch, StateMatch, TableKind, Target, TcpFlagsMatch, TcpMatch,
-    UdpMatch, addrtype, ctstate,
+    RejectWith, Rule, SocketMatch, StateMatch, Table, Target, TcpFlagsMatch, TcpMatch, UdpMatch,
+    addrtype, ctstate,
 };
 
 mod matches;
@@ -59,7 +59,7 @@ impl std::error::Error for ParseError {}
 /// One `*table … COMMIT` block.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct TableBlock {
-    pub table: TableKind,
+    pub table: Table,
     pub line: usize,
     pub commands: Vec<Command>,
 }
@@ -135,7 +135,7 @@ pub fn parse_restore(text: &str) -> Result<Vec<TableBlock>, ParseError> {
                     ),
                 ));
             }
-            let table = TableKind::from_name(name).ok_or_else(|| {
+            let table = Table::from_name(name).ok_or_else(|| {
                 ParseError::new(line, name, "a table name: raw, mangle, nat or filter")
             })?;
             open = Some(TableBlock { table, line, commands: Vec::new() });
