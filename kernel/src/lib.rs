@@ -80,7 +80,7 @@ use std::time::Duration;
 pub use conntrack::TcpState;
 pub use netfilter::RuleIndex;
 pub use packet::{Packet, Protocol, TcpFlags, Tuple};
-pub use path::{CtState, Disposition, DropCause, Outcome, PacketVerdict};
+pub use path::{CtState, Disposition, DropCause, Fate, PacketVerdict};
 pub use routing::{IfIndex, RouteError};
 pub use rules::{ParseError, RestoreOptions, RuleRef, Ruleset, Table};
 pub use sockets::{Listeners, NoSockets, SocketInfo, SocketLookup};
@@ -227,7 +227,7 @@ impl Netns {
         socket: Option<SocketInfo>,
         now: Duration,
         sockets: &dyn SocketLookup,
-    ) -> Outcome {
+    ) -> Fate {
         let mut cx = Ctx { now, sockets, trace: None };
         let o = self.output_walk(pkt, socket, None, &mut cx);
         self.conntrack.finish_packet();
@@ -242,7 +242,7 @@ impl Netns {
         now: Duration,
         sockets: &dyn SocketLookup,
         trace: &mut Trace,
-    ) -> Outcome {
+    ) -> Fate {
         let mut cx = Ctx { now, sockets, trace: Some(trace) };
         let o = self.output_walk(pkt, socket, None, &mut cx);
         self.conntrack.finish_packet();
@@ -257,7 +257,7 @@ impl Netns {
         iif: IfIndex,
         now: Duration,
         sockets: &dyn SocketLookup,
-    ) -> Outcome {
+    ) -> Fate {
         let mut cx = Ctx { now, sockets, trace: None };
         let o = self.input_walk(pkt, iif, &mut cx);
         self.conntrack.finish_packet();
@@ -272,7 +272,7 @@ impl Netns {
         now: Duration,
         sockets: &dyn SocketLookup,
         trace: &mut Trace,
-    ) -> Outcome {
+    ) -> Fate {
         let mut cx = Ctx { now, sockets, trace: Some(trace) };
         let o = self.input_walk(pkt, iif, &mut cx);
         self.conntrack.finish_packet();

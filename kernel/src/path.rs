@@ -18,7 +18,7 @@
 //! A drop before confirm discards the new conntrack entry. REJECT's reply (TCP RST, attached to
 //! the connection as RELATED, or an ICMP error) and the ICMP unreachable the kernel sends for a
 //! packet it cannot forward are themselves sent through the output path and returned in
-//! [`Outcome::reply`].
+//! [`Fate::reply`].
 
 use std::net::{Ipv4Addr, SocketAddrV4};
 use std::time::Duration;
@@ -58,7 +58,7 @@ pub enum DropCause {
 pub enum PacketVerdict {
     Accept,
     Drop(DropCause),
-    /// Dropped by REJECT; the reply it produced is in [`Outcome::reply`].
+    /// Dropped by REJECT; the reply it produced is in [`Fate::reply`].
     Reject {
         by: RuleIndex,
         with: RejectWith,
@@ -99,9 +99,10 @@ impl CtState {
     }
 }
 
-/// What happened to one packet.
+/// A packet's fate: what the hooks decided (verdict), where it goes next (disposition), what
+/// it looked like then and what conntrack made of it. (Not the scenario `Outcome` of a run.)
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Outcome {
+pub struct Fate {
     pub verdict: PacketVerdict,
     pub disposition: Disposition,
     /// The packet as it left the hooks (after NAT): for local delivery, what the socket layer
@@ -118,10 +119,10 @@ pub struct Outcome {
     pub orig_dst: Option<SocketAddrV4>,
     /// What the kernel sent back: REJECT's reply, or ICMP unreachable for a packet it could not
     /// forward — after its own trip through the output path.
-    pub reply: Option<Box<Outcome>>,
+    pub reply: Option<Box<Fate>>,
 }
 
-impl Outcome {
+impl Fate {
     pub fn accepted(&self) -> bool {
         self.verdict == PacketVerdict::Accept
     }
@@ -154,7 +155,7 @@ struct Walk {
     route: Option<RouteResult>,
 }
 
-/// Stops the walk with the outcome unless the verdict is ACCEPT.
+/// Stops the walk with the packet's fate unless the verdict is ACCEPT.
 macro_rules! pass {
     ($self:ident, $w:ident, $cx:ident, $v:expr) => {
         match $v {
@@ -326,7 +327,7 @@ impl Netns {
     }
 
     #[inline]
-    fn finish(&mut self, w: Walk, verdict: PacketVerdict, cx: &mut Ctx<'_>) -> Outcome {
+    fn finish(&mut self, w: Walk, verdict: PacketVerdict, cx: &mut Ctx<'_>) -> Fate {
         self.finish_with(w, verdict, Disposition::None, None, cx)
     }
 
@@ -336,9 +337,9 @@ impl Netns {
         w: Walk,
         verdict: PacketVerdict,
         disposition: Disposition,
-        reply: Option<Box<Outcome>>,
+        reply: Option<Box<Fate>>,
         _cx: &mut Ctx<'_>,
-    ) -> Outcome {
+    ) -> Fate {
         let skb = &w.skb;
         let (ctstate, tcp_state, orig_dst) = match skb.ct {
             Some((id, info)) => {
@@ -363,7 +364,7 @@ impl Netns {
             self.conntrack.discard_unconfirmed(id);
         }
         let conn = skb.ct.map(|(id, _)| id).filter(|id| self.conntrack.is_live(*id));
-        Outcome {
+        Fate {
             verdict,
             disposition,
             packet: skb.pkt,
@@ -377,7 +378,7 @@ impl Netns {
         }
     }
 
-    fn reject(&mut self, w: Walk, by: RuleIndex, with: RejectWith, cx: &mut Ctx<'_>) -> Outcome {
+    fn reject(&mut self, w: Walk, by: RuleIndex, with: RejectWith, cx: &mut Ctx<'_>) -> Fate {
         if let (RejectWith::TcpReset, Some((id, _))) = (with, w.skb.ct) {
             // nf_send_reset closes a confirmed connection (nf_ct_set_closing).
             self.conntrack.set_closing(id, cx.now);
@@ -453,7 +454,7 @@ impl Netns {
     /// `ip_error`: a packet the kernel would forward but cannot route gets ICMP net/host
     /// unreachable (or communication prohibited) back, when forwarding is on, rate-limited per
     /// sender twice over ([`super::icmp_limit`]).
-    fn no_route(&mut self, w: Walk, e: RouteError, cx: &mut Ctx<'_>) -> Outcome {
+    fn no_route(&mut self, w: Walk, e: RouteError, cx: &mut Ctx<'_>) -> Fate {
         let code = match e {
             RouteError::NetUnreachable => Some(0),
             RouteError::HostUnreachable => Some(1),
@@ -480,7 +481,7 @@ impl Netns {
         socket: Option<SocketInfo>,
         attached: Option<(EntryId, CtInfo)>,
         cx: &mut Ctx<'_>,
-    ) -> Outcome {
+    ) -> Fate {
         let skb = Skb {
             pkt,
             hook: Hook::Output,
@@ -552,7 +553,7 @@ impl Netns {
 
     /// The second half of a locally routed packet: back in through `lo`.
     #[inline]
-    fn loopback(&mut self, mut w: Walk, cx: &mut Ctx<'_>) -> Outcome {
+    fn loopback(&mut self, mut w: Walk, cx: &mut Ctx<'_>) -> Fate {
         cx.event(|| Event::Loopback);
         w.skb.iif = Some(IfIndex::LO);
         w.skb.iif_key = self.routing.interface(IfIndex::LO).key;
@@ -585,7 +586,7 @@ impl Netns {
 
     /// INPUT hook and delivery.
     #[inline]
-    fn local_in(&mut self, mut w: Walk, cx: &mut Ctx<'_>) -> Outcome {
+    fn local_in(&mut self, mut w: Walk, cx: &mut Ctx<'_>) -> Fate {
         self.enter(&mut w.skb, Hook::Input, cx);
         pass!(self, w, cx, self.table(Table::Mangle, &mut w.skb, cx));
         pass!(self, w, cx, self.table(Table::Filter, &mut w.skb, cx));
@@ -598,7 +599,7 @@ impl Netns {
     }
 
     /// A packet arriving on `iif`.
-    pub(crate) fn input_walk(&mut self, pkt: Packet, iif: IfIndex, cx: &mut Ctx<'_>) -> Outcome {
+    pub(crate) fn input_walk(&mut self, pkt: Packet, iif: IfIndex, cx: &mut Ctx<'_>) -> Fate {
         let skb = Skb {
             pkt,
             hook: Hook::Prerouting,
@@ -627,7 +628,7 @@ impl Netns {
 
     /// The input route of an arriving packet after PREROUTING, then local delivery or the
     /// forward path.
-    fn route_in(&mut self, mut w: Walk, iif: IfIndex, cx: &mut Ctx<'_>) -> Outcome {
+    fn route_in(&mut self, mut w: Walk, iif: IfIndex, cx: &mut Ctx<'_>) -> Fate {
         let p = w.skb.pkt;
         let r = self.routing.input(p.dst, p.src, p.mark, iif, self.forwarding);
         cx.event(|| Event::Route {

@@ -31,7 +31,7 @@ use serde::Serialize;
 use super::Netns;
 use super::conntrack::{CtInfo, Manip, TcpState};
 use super::packet::{Icmp, Packet, Protocol, TcpFlags, Tuple, icmp_type};
-use super::path::{Disposition, Outcome, PacketVerdict};
+use super::path::{Disposition, Fate, PacketVerdict};
 use super::rules::{Hook, Policy, Table};
 
 /// One step of a packet's path.
@@ -373,22 +373,16 @@ pub struct Record {
 }
 
 impl Record {
-    /// Builds the record of an outcome (with the trace recorded for it).
-    pub fn new(
-        netns: &Netns,
-        line: usize,
-        now: Duration,
-        outcome: &Outcome,
-        trace: &Trace,
-    ) -> Self {
-        let (verdict, dropped_by, rejected_with) = match &outcome.verdict {
+    /// Builds the record of a packet's fate (with the trace recorded for it).
+    pub fn new(netns: &Netns, line: usize, now: Duration, fate: &Fate, trace: &Trace) -> Self {
+        let (verdict, dropped_by, rejected_with) = match &fate.verdict {
             PacketVerdict::Accept => ("ACCEPT", None, None),
             PacketVerdict::Drop(cause) => ("DROP", Some(netns.describe_drop(cause)), None),
             PacketVerdict::Reject { by, with } => {
                 ("DROP", Some(netns.rule_name(*by)), Some(with.name().to_string()))
             }
         };
-        let (local, oif, next_hop) = match outcome.disposition {
+        let (local, oif, next_hop) = match fate.disposition {
             Disposition::Local { .. } => (true, None, None),
             Disposition::Sent { oif, next_hop, .. } => (
                 false,
@@ -397,7 +391,7 @@ impl Record {
             ),
             Disposition::None => (false, None, None),
         };
-        let reply = outcome
+        let reply = fate
             .reply
             .as_ref()
             .map(|r| Box::new(Record::new(netns, line, now, r, &Trace::default())));
@@ -407,14 +401,14 @@ impl Record {
             verdict,
             dropped_by,
             rejected_with,
-            ctstate: outcome.ctstate.name(),
-            tcp_state: outcome.tcp_state,
-            packet: PacketView::from(&outcome.packet),
+            ctstate: fate.ctstate.name(),
+            tcp_state: fate.tcp_state,
+            packet: PacketView::from(&fate.packet),
             local,
             oif,
             next_hop,
             rules: trace.rules(),
-            orig_dst: outcome.orig_dst.map(|a| a.to_string()),
+            orig_dst: fate.orig_dst.map(|a| a.to_string()),
             reply,
         }
     }

@@ -400,7 +400,7 @@ fn kernel_fuzz() {
 /// (no socket exists in the fuzz cases): a reset for a TCP segment that is not one, port
 /// unreachable for UDP, an echo reply for an echo request — all from the kernel's control
 /// sockets, each run through the model in turn.
-fn answer_as_the_stack(n: &mut Netns, o: &ambient_kernel::Outcome, now: Duration, depth: u8) {
+fn answer_as_the_stack(n: &mut Netns, o: &ambient_kernel::Fate, now: Duration, depth: u8) {
     use ambient_kernel::packet::{Icmp, icmp_type};
     use ambient_kernel::{Packet, TcpFlags};
     if !o.accepted() || !o.is_local() || depth > 3 {

@@ -41,8 +41,8 @@ use std::time::Duration;
 
 use ambient_kernel::packet::icmp_type;
 use ambient_kernel::{
-    Disposition, IfIndex, Netns, Outcome, Packet, Protocol, RestoreOptions, SocketInfo,
-    SocketLookup, TcpFlags,
+    Disposition, Fate, IfIndex, Netns, Packet, Protocol, RestoreOptions, SocketInfo, SocketLookup,
+    TcpFlags,
 };
 use ambient_netns::conntrack::parse_list;
 use ambient_netns::diff::case::{
@@ -624,7 +624,7 @@ impl World<'_> {
     }
 
     /// Follows a packet's outcome in namespace `side`: REJECT's reply, local delivery, the link.
-    fn route(&mut self, side: Side, mut out: Outcome, seg: Seg) {
+    fn route(&mut self, side: Side, mut out: Fate, seg: Seg) {
         if let Some(reply) = out.reply.take() {
             // A reset answers the segment; an ICMP error quotes it (its sequence number).
             let rseg = match reply.packet.proto {
