@@ -25,7 +25,9 @@
 //! | [`path`] | the hooks in kernel order for sent, received, looped-back and forwarded packets |
 //! | [`trace`] | opt-in path traces and the `testbed trace` line/JSON formats |
 //!
-//! [`Netns`] ties them together. Time is always passed in (a [`Duration`] since an arbitrary
+//! [`Netns`] ties them together: [`Netns::output`] and [`Netns::input`] take one packet through
+//! the hooks and return its [`Fate`] (verdict, where it goes next, the packet after NAT, what
+//! conntrack made of it, and any reply the kernel sent). Time is always passed in (a [`Duration`] since an arbitrary
 //! start); nothing reads a clock. Everything that is printed is sorted, so output is
 //! deterministic.
 //!
