@@ -12,7 +12,7 @@
 //! show in it.
 
 use std::collections::BTreeMap;
-use std::fmt::{self, Write as _};
+use std::fmt::Write as _;
 
 use serde::{Deserialize, Serialize};
 
@@ -20,7 +20,7 @@ use crate::netns::Netns;
 use crate::tools::{ToolError, run_tool_in};
 
 /// The tables, as the kernel model names them (canonical order: raw, mangle, nat, filter).
-pub use ambient_kernel::Table;
+pub use ambient_kernel::{RuleRef, Table};
 
 /// Packet and byte counters.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
@@ -69,23 +69,6 @@ pub struct TableDump {
     pub chains: Vec<Chain>,
     /// Rules in listing order.
     pub rules: Vec<Rule>,
-}
-
-/// Where a rule is: `table/chain/position`.
-#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
-pub struct RuleKey {
-    /// Table.
-    pub table: Table,
-    /// Chain.
-    pub chain: String,
-    /// 1-based position in the chain.
-    pub position: u32,
-}
-
-impl fmt::Display for RuleKey {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}/{}/{}", self.table, self.chain, self.position)
-    }
 }
 
 /// A parsed `iptables-save` dump.
@@ -169,13 +152,12 @@ impl Ruleset {
     }
 
     /// Every rule with its key, in canonical order.
-    pub fn rules(&self) -> Vec<(RuleKey, &Rule)> {
+    pub fn rules(&self) -> Vec<(RuleRef, &Rule)> {
         let mut out = Vec::new();
         for (table, dump) in &self.tables {
             for chain in canonical_chain_order(*table, dump) {
                 for rule in dump.rules.iter().filter(|r| r.chain == chain) {
-                    let key =
-                        RuleKey { table: *table, chain: chain.clone(), position: rule.position };
+                    let key = RuleRef { table: *table, chain: chain.clone(), index: rule.position };
                     out.push((key, rule));
                 }
             }
@@ -184,7 +166,7 @@ impl Ruleset {
     }
 
     /// Per-rule counters keyed by `table/chain/position`.
-    pub fn counters(&self) -> BTreeMap<RuleKey, Counters> {
+    pub fn counters(&self) -> BTreeMap<RuleRef, Counters> {
         self.rules().into_iter().map(|(key, rule)| (key, rule.counters)).collect()
     }
 
@@ -348,7 +330,7 @@ COMMIT
     fn parses_counters_keys_and_text() {
         let rs = Ruleset::parse(SAVED).unwrap();
         let counters = rs.counters();
-        let key = |c: &str, p| RuleKey { table: Table::Mangle, chain: c.into(), position: p };
+        let key = |c: &str, p| RuleRef { table: Table::Mangle, chain: c.into(), index: p };
         assert_eq!(counters[&key("OUTPUT", 1)], Counters { packets: 2, bytes: 120 });
         assert_eq!(counters[&key("OUTPUT", 2)], Counters { packets: 1, bytes: 60 });
         assert_eq!(counters[&key("ZED", 1)], Counters::default());

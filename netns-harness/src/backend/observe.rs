@@ -81,8 +81,7 @@ pub fn rule_counters(rules: &Ruleset) -> BTreeMap<RuleRef, Counter> {
         .rules()
         .into_iter()
         .map(|(key, rule)| {
-            let at = RuleRef { table: key.table, chain: key.chain, index: key.position };
-            (at, Counter { packets: rule.counters.packets, bytes: rule.counters.bytes })
+            (key, Counter { packets: rule.counters.packets, bytes: rule.counters.bytes })
         })
         .collect()
 }
