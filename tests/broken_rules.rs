@@ -12,7 +12,7 @@ use std::process::ExitCode;
 use ambient_netns::NetnsBackend;
 use ambient_netns::sandbox::Sandbox;
 use ambient_netns::testkit::{Suite, failure_lines, without_rules};
-use ambient_scenarios::conform::normalize::EPHEMERAL_FROM;
+use ambient_report::conform::normalize::EPHEMERAL_FROM;
 use ambient_scenarios::{Backend, RunOptions, World, check_outcome, load_file};
 use anyhow::{anyhow, ensure};
 

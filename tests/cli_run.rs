@@ -1,6 +1,6 @@
 //! `testbed run` as a binary: usage errors, nothing selected, a malformed file, a foreign output
 //! folder. These need no backend (a file that does not load never reaches one); the runner
-//! itself is tested with a test double backend in `ambient_scenarios::report`.
+//! itself is tested with a test double backend in `ambient_report`.
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};

@@ -12,62 +12,15 @@
 //! show in it.
 
 use std::collections::BTreeMap;
-use std::fmt::{self, Write as _};
+use std::fmt::Write as _;
 
 use serde::{Deserialize, Serialize};
 
 use crate::netns::Netns;
 use crate::tools::{ToolError, run_tool_in};
 
-/// The four IPv4 tables the harness uses, in canonical order.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Table {
-    /// Before conntrack: `CT`, notrack.
-    Raw,
-    /// Packet/conn marks, TPROXY.
-    Mangle,
-    /// First packets of connections: DNAT/REDIRECT/SNAT/MASQUERADE.
-    Nat,
-    /// Accept/drop/reject.
-    Filter,
-}
-
-impl Table {
-    /// All tables, canonical order.
-    pub const ALL: [Table; 4] = [Table::Raw, Table::Mangle, Table::Nat, Table::Filter];
-
-    /// The table's name as iptables spells it.
-    pub fn name(self) -> &'static str {
-        match self {
-            Table::Raw => "raw",
-            Table::Mangle => "mangle",
-            Table::Nat => "nat",
-            Table::Filter => "filter",
-        }
-    }
-
-    /// Parses a table name.
-    pub fn from_name(name: &str) -> Option<Table> {
-        Table::ALL.into_iter().find(|t| t.name() == name)
-    }
-
-    /// The table's built-in chains, in standard order.
-    pub fn builtin_chains(self) -> &'static [&'static str] {
-        match self {
-            Table::Raw => &["PREROUTING", "OUTPUT"],
-            Table::Mangle => &["PREROUTING", "INPUT", "FORWARD", "OUTPUT", "POSTROUTING"],
-            Table::Nat => &["PREROUTING", "INPUT", "OUTPUT", "POSTROUTING"],
-            Table::Filter => &["INPUT", "FORWARD", "OUTPUT"],
-        }
-    }
-}
-
-impl fmt::Display for Table {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.name())
-    }
-}
+/// The tables, as the kernel model names them (canonical order: raw, mangle, nat, filter).
+pub use ambient_kernel::{RuleRef, Table};
 
 /// Packet and byte counters.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
@@ -116,23 +69,6 @@ pub struct TableDump {
     pub chains: Vec<Chain>,
     /// Rules in listing order.
     pub rules: Vec<Rule>,
-}
-
-/// Where a rule is: `table/chain/position`.
-#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
-pub struct RuleKey {
-    /// Table.
-    pub table: Table,
-    /// Chain.
-    pub chain: String,
-    /// 1-based position in the chain.
-    pub position: u32,
-}
-
-impl fmt::Display for RuleKey {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}/{}/{}", self.table, self.chain, self.position)
-    }
 }
 
 /// A parsed `iptables-save` dump.
@@ -216,13 +152,12 @@ impl Ruleset {
     }
 
     /// Every rule with its key, in canonical order.
-    pub fn rules(&self) -> Vec<(RuleKey, &Rule)> {
+    pub fn rules(&self) -> Vec<(RuleRef, &Rule)> {
         let mut out = Vec::new();
         for (table, dump) in &self.tables {
             for chain in canonical_chain_order(*table, dump) {
                 for rule in dump.rules.iter().filter(|r| r.chain == chain) {
-                    let key =
-                        RuleKey { table: *table, chain: chain.clone(), position: rule.position };
+                    let key = RuleRef { table: *table, chain: chain.clone(), index: rule.position };
                     out.push((key, rule));
                 }
             }
@@ -231,7 +166,7 @@ impl Ruleset {
     }
 
     /// Per-rule counters keyed by `table/chain/position`.
-    pub fn counters(&self) -> BTreeMap<RuleKey, Counters> {
+    pub fn counters(&self) -> BTreeMap<RuleRef, Counters> {
         self.rules().into_iter().map(|(key, rule)| (key, rule.counters)).collect()
     }
 
@@ -263,7 +198,7 @@ impl Ruleset {
 
 /// Built-in chains in standard order, then user chains by name.
 fn canonical_chain_order(table: Table, dump: &TableDump) -> Vec<String> {
-    let builtins = table.builtin_chains();
+    let builtins: Vec<&str> = table.builtin_hooks().iter().map(|h| h.name()).collect();
     let mut order: Vec<String> = builtins
         .iter()
         .filter(|b| dump.chains.iter().any(|c| c.name == **b))
@@ -395,7 +330,7 @@ COMMIT
     fn parses_counters_keys_and_text() {
         let rs = Ruleset::parse(SAVED).unwrap();
         let counters = rs.counters();
-        let key = |c: &str, p| RuleKey { table: Table::Mangle, chain: c.into(), position: p };
+        let key = |c: &str, p| RuleRef { table: Table::Mangle, chain: c.into(), index: p };
         assert_eq!(counters[&key("OUTPUT", 1)], Counters { packets: 2, bytes: 120 });
         assert_eq!(counters[&key("OUTPUT", 2)], Counters { packets: 1, bytes: 60 });
         assert_eq!(counters[&key("ZED", 1)], Counters::default());

@@ -37,8 +37,8 @@
 //! observation data types ([`diff::case`]), normalisation ([`diff::normalize`]) and assembly
 //! ([`diff::observe`]), the kernel executor ([`diff::kernel`]), the kernel's own invariants
 //! ([`diff::invariants`]) and the field-by-field comparison ([`diff::compare`]). The model
-//! executor lives in the test target (`tests/differential/`), so `ambient-sim` is only a
-//! dev-dependency.
+//! executor lives in the test target (`tests/differential/`) and drives the kernel model
+//! (`ambient-kernel`); the two backends never depend on each other.
 //!
 //! # Privileges
 //!

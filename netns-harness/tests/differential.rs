@@ -1,6 +1,6 @@
 //! The differential suite: seeded random rulesets and flows run against the real kernel in fresh
-//! namespaces and through the simulator's kernel model (`ambient-sim`, a dev-dependency: the
-//! executor is `differential/model.rs`), compared field by field (`ambient_netns::diff::compare`).
+//! namespaces and through the simulator's kernel model (`ambient-kernel`; the executor is
+//! `differential/model.rs`), compared field by field (`ambient_netns::diff::compare`).
 //! A difference is either listed, with its reason, in `differential-expected.yaml`
 //! (`differential/expected.rs`) or fails its case with the seed, the case and both values. The
 //! kernel runs are also checked against the kernel side's own invariants

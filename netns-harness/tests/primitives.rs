@@ -10,7 +10,7 @@ use std::net::{Ipv4Addr, SocketAddrV4};
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
-use ambient_netns::iptables::{Counters, RuleKey, Table};
+use ambient_netns::iptables::{Counters, RuleRef, Table};
 use ambient_netns::link::{LinkError, Route};
 use ambient_netns::netns::{Netns, NetnsError};
 use ambient_netns::nfqueue::Delay;
@@ -311,7 +311,7 @@ fn inpod_redirect(sb: &Sandbox) -> anyhow::Result<()> {
     // Readers: the REDIRECT rule counted exactly the first packet (a 60-byte SYN) of the one
     // captured connection, and conntrack shows the NAT.
     let (rules, raw) = pod.iptables_save()?;
-    let redirect = RuleKey { table: Table::Nat, chain: "ISTIO_OUTPUT".into(), position: 6 };
+    let redirect = RuleRef { table: Table::Nat, chain: "ISTIO_OUTPUT".into(), index: 6 };
     let rule = rules.rules().into_iter().find(|(k, _)| *k == redirect).map(|(_, r)| r.clone());
     let rule = rule.with_context(|| format!("no rule {redirect} in:\n{raw}"))?;
     ensure!(rule.spec.ends_with("-j REDIRECT --to-ports 15001"), "{redirect} is {}", rule.text());

@@ -22,26 +22,22 @@
 //! - [`yaml`] — YAML → located tree, and a serde deserializer over it (for Istio objects).
 //! - [`rules`] — a captured pod's redirection rules (`iptables-restore` text) and policy routing.
 //! - [`traffic`] — the apps, the connect-step client and its payload: code both backends run.
-//! - [`report`] — running a selection on a backend and reporting it (`testbed run`): the
-//!   driver, per-connection verdicts and truth tables, Mermaid lifecycles, `summary.md`,
-//!   `junit.xml`, the stdout table, the output folder.
-//! - [`conform`] — both backends per scenario, their Outcomes compared field by field, the
-//!   expected-differences file, the conformance matrix (`testbed conform`).
 //! - [`assemble`] — what a backend observed (client reports, proxy events, app accepts) → the
 //!   Outcome's connections and tunnel counts, the same way for both backends.
 //!
 //! Decoding is private (`decode`): its document type is an intermediate the World replaces.
+//!
+//! Running and reporting a selection (`testbed run`) and comparing both backends (`testbed
+//! conform`) sit above the backends, in the crate `ambient-report`.
 
 pub mod assemble;
 pub mod backend;
 pub mod catalog;
-pub mod conform;
 mod decode;
 pub mod diag;
 pub mod expect;
 pub mod load;
 pub mod outcome;
-pub mod report;
 pub mod rules;
 pub mod traffic;
 pub mod values;

@@ -296,27 +296,8 @@ pub enum Proto {
 
 text_enum!(Proto { Tcp = "tcp", Udp = "udp" });
 
-/// The TCP states conntrack tracks, spelled as `conntrack -L` prints them.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
-#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
-pub enum TcpState {
-    None,
-    SynSent,
-    SynRecv,
-    Established,
-    FinWait,
-    CloseWait,
-    LastAck,
-    TimeWait,
-    Close,
-    SynSent2,
-}
-
-text_enum!(TcpState {
-    None = "NONE", SynSent = "SYN_SENT", SynRecv = "SYN_RECV", Established = "ESTABLISHED",
-    FinWait = "FIN_WAIT", CloseWait = "CLOSE_WAIT", LastAck = "LAST_ACK", TimeWait = "TIME_WAIT",
-    Close = "CLOSE", SynSent2 = "SYN_SENT2",
-});
+/// The TCP states conntrack tracks, spelled as `conntrack -L` prints them: the kernel model's.
+pub use ambient_kernel::TcpState;
 
 /// A directed address pair, written `10.0.1.5:40112 -> 10.96.0.10:80`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -363,12 +344,6 @@ impl<'de> Deserialize<'de> for Tuple {
 }
 
 impl<'de> Deserialize<'de> for NodePair {
-    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        from_text(d)
-    }
-}
-
-impl<'de> Deserialize<'de> for RuleRef {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         from_text(d)
     }
@@ -516,7 +491,7 @@ mod tests {
             assert_eq!(serde_json::to_string(o).unwrap(), format!("\"{o}\""));
         }
         for s in TcpState::ALL {
-            assert_eq!(serde_json::to_string(s).unwrap(), format!("\"{s}\""));
+            assert_eq!(serde_json::to_string(&s).unwrap(), format!("\"{s}\""));
         }
     }
 }

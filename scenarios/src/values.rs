@@ -394,102 +394,12 @@ impl fmt::Display for TuplePattern {
     }
 }
 
-/// The netfilter tables, in the order packets meet them.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
-pub enum Table {
-    Raw,
-    Mangle,
-    Nat,
-    Filter,
-}
+// ---------------------------------------------------------------- rules
 
-impl Table {
-    pub fn name(self) -> &'static str {
-        match self {
-            Table::Raw => "raw",
-            Table::Mangle => "mangle",
-            Table::Nat => "nat",
-            Table::Filter => "filter",
-        }
-    }
-}
-
-impl FromStr for Table {
-    type Err = String;
-
-    fn from_str(s: &str) -> Result<Self, String> {
-        match s {
-            "raw" => Ok(Table::Raw),
-            "mangle" => Ok(Table::Mangle),
-            "nat" => Ok(Table::Nat),
-            "filter" => Ok(Table::Filter),
-            _ => Err(format!("unknown table {s:?}; tables are raw, mangle, nat, filter")),
-        }
-    }
-}
-
-/// A rule by position, `table/chain/N` (N 1-based, as `iptables -L --line-numbers` counts).
-#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
-pub struct RuleRef {
-    pub table: Table,
-    pub chain: String,
-    pub index: u32,
-}
-
-impl FromStr for RuleRef {
-    type Err = String;
-
-    fn from_str(text: &str) -> Result<Self, String> {
-        let parts: Vec<&str> = text.split('/').collect();
-        let &[table, chain, index] = parts.as_slice() else {
-            return Err(format!(
-                "expected `table/chain/N` such as `nat/ISTIO_OUTPUT/6`, found {text:?}"
-            ));
-        };
-        let table = table.parse()?;
-        let chain_ok = !chain.is_empty()
-            && chain.len() <= 28
-            && chain.chars().all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-');
-        if !chain_ok {
-            return Err(format!("{chain:?} is not a chain name"));
-        }
-        let index = match index.parse::<u32>() {
-            Ok(n) if n >= 1 => n,
-            _ => return Err(format!("rule position {index:?} must be a number from 1")),
-        };
-        Ok(RuleRef { table, chain: chain.to_string(), index })
-    }
-}
-
-impl fmt::Display for RuleRef {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}/{}/{}", self.table.name(), self.chain, self.index)
-    }
-}
-
-impl Serialize for RuleRef {
-    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        s.collect_str(self)
-    }
-}
-
-/// The rules of an `iptables-restore` text, as `table/chain/N` → the rule's text, in order.
-pub fn rule_positions(restore_text: &str) -> Vec<(RuleRef, String)> {
-    let mut out = Vec::new();
-    let mut table = None;
-    let mut counts: std::collections::BTreeMap<(Table, String), u32> = Default::default();
-    for line in restore_text.lines().map(str::trim) {
-        if let Some(name) = line.strip_prefix('*') {
-            table = name.parse::<Table>().ok();
-        } else if let (Some(rest), Some(t)) = (line.strip_prefix("-A "), table) {
-            let chain = rest.split_whitespace().next().unwrap_or("").to_string();
-            let n = counts.entry((t, chain.clone())).or_default();
-            *n += 1;
-            out.push((RuleRef { table: t, chain, index: *n }, line.to_string()));
-        }
-    }
-    out
-}
+/// Tables and rules by position are the kernel model's vocabulary (`ambient_kernel::rules`),
+/// shared with both backends; the scenario format writes them as that crate parses and prints
+/// them.
+pub use ambient_kernel::rules::{RuleRef, Table, rule_positions};
 
 #[cfg(test)]
 mod tests;

@@ -21,9 +21,9 @@ use std::hint::black_box;
 use std::net::{Ipv4Addr, SocketAddrV4};
 use std::time::{Duration, Instant};
 
+use ambient_kernel::conntrack::{Manip, Track};
+use ambient_kernel::{Netns, NoSockets, Packet, RestoreOptions, TcpFlags};
 use ambient_scenarios::rules::{InpodRules, PolicyRouting};
-use ambient_sim::kernel::conntrack::{Manip, Track};
-use ambient_sim::kernel::{Netns, NoSockets, Packet, RestoreOptions, TcpFlags};
 
 const CONNS: usize = 1024;
 

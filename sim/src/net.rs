@@ -33,11 +33,11 @@ use ambient_scenarios::traffic::AppStream;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use turmoil_net::shim::tokio::net::{TcpListener, TcpStream};
 
-use crate::kernel::SocketInfo;
 use crate::shared::Shared;
 use crate::substrate::{SockKey, Ticket, substrate_addr, view_addr};
 use crate::topology::{Host, NetnsId};
 use crate::udp::SimDatagram;
+use ambient_kernel::SocketInfo;
 
 /// The error Linux reports for what turmoil-net reports as `kind`.
 pub(crate) fn linux_error(e: io::Error) -> io::Error {

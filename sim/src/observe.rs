@@ -5,33 +5,15 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
+use ambient_kernel::rules::RuleRef;
+use ambient_kernel::{Netns, Protocol};
 use ambient_scenarios::assemble::{self, EventLog};
-use ambient_scenarios::outcome::{
-    ConntrackEntry, Counter, NetnsState, Proto, State, TcpState, Tuple,
-};
-use ambient_scenarios::values::{RuleRef, Table};
+use ambient_scenarios::outcome::{ConntrackEntry, Counter, NetnsState, Proto, State, Tuple};
 
 use crate::fabric::Fabric;
-use crate::kernel::conntrack::TcpState as KState;
-use crate::kernel::{Netns, Protocol, TableKind};
 use crate::topology::Role;
 
-fn state_of(s: KState) -> TcpState {
-    match s {
-        KState::None => TcpState::None,
-        KState::SynSent => TcpState::SynSent,
-        KState::SynRecv => TcpState::SynRecv,
-        KState::Established => TcpState::Established,
-        KState::FinWait => TcpState::FinWait,
-        KState::CloseWait => TcpState::CloseWait,
-        KState::LastAck => TcpState::LastAck,
-        KState::TimeWait => TcpState::TimeWait,
-        KState::Close => TcpState::Close,
-        KState::SynSent2 => TcpState::SynSent2,
-    }
-}
-
-fn tuple(t: &crate::kernel::Tuple) -> Tuple {
+fn tuple(t: &ambient_kernel::Tuple) -> Tuple {
     Tuple {
         src: std::net::SocketAddrV4::new(t.src, t.sport),
         dst: std::net::SocketAddrV4::new(t.dst, t.dport),
@@ -54,7 +36,7 @@ pub fn conntrack(model: &Netns, now: Duration) -> Vec<ConntrackEntry> {
                 proto,
                 orig: tuple(e.original()),
                 reply: tuple(e.reply()),
-                state: e.tcp_state().map(state_of),
+                state: e.tcp_state(),
                 mark: e.mark,
                 zone: e.zone,
             })
@@ -64,26 +46,14 @@ pub fn conntrack(model: &Netns, now: Duration) -> Vec<ConntrackEntry> {
     out
 }
 
-fn table_of(k: TableKind) -> Table {
-    match k {
-        TableKind::Raw => Table::Raw,
-        TableKind::Mangle => Table::Mangle,
-        TableKind::Nat => Table::Nat,
-        TableKind::Filter => Table::Filter,
-    }
-}
-
 /// Every rule's `[packets:bytes]`, by `table/chain/N`.
 pub fn counters(model: &Netns) -> BTreeMap<RuleRef, Counter> {
     let mut out = BTreeMap::new();
     for table in model.ruleset().tables() {
         for chain in &table.chains {
             for (i, rule) in chain.rules.iter().enumerate() {
-                let r = RuleRef {
-                    table: table_of(table.kind),
-                    chain: chain.name.clone(),
-                    index: i as u32 + 1,
-                };
+                let r =
+                    RuleRef { table: table.kind, chain: chain.name.clone(), index: i as u32 + 1 };
                 out.insert(
                     r,
                     Counter { packets: rule.counters.packets, bytes: rule.counters.bytes },

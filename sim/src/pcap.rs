@@ -15,8 +15,8 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use crate::kernel::packet::Icmp;
-use crate::kernel::{Packet, Protocol, TcpFlags};
+use ambient_kernel::packet::Icmp;
+use ambient_kernel::{Packet, Protocol, TcpFlags};
 
 /// pcap global header magic (microsecond timestamps) and LINKTYPE_RAW.
 const MAGIC: u32 = 0xa1b2_c3d4;

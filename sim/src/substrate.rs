@@ -30,8 +30,8 @@
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::net::SocketAddrV4;
 
-use crate::kernel::{Protocol, SocketInfo, SocketLookup};
 use crate::topology::NetnsId;
+use ambient_kernel::{Protocol, SocketInfo, SocketLookup};
 
 /// A substrate socket: (namespace, substrate local port, remote as the substrate socket sees
 /// it — the view remote, or its alias for a loopback one).

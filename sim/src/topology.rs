@@ -37,7 +37,7 @@ use ambient_scenarios::BackendError;
 use ambient_scenarios::world::{Action, Fault, ObjectKey, Pod, World};
 use turmoil_net::{HostId, Net};
 
-use crate::kernel::{self, IfIndex, RestoreOptions};
+use ambient_kernel::{self as kernel, IfIndex, RestoreOptions};
 
 /// The underlay network the nodes (and external hosts) share.
 pub const UNDERLAY: (Ipv4Addr, u8) = (Ipv4Addr::new(172, 18, 0, 0), 16);

@@ -26,10 +26,10 @@
 use std::fmt::Write as _;
 use std::time::Duration;
 
-use crate::kernel::conntrack::TcpState;
-use crate::kernel::path::{Disposition, Outcome, PacketVerdict};
-use crate::kernel::trace::Event;
-use crate::kernel::{Netns, Packet, Protocol, Trace};
+use ambient_kernel::conntrack::TcpState;
+use ambient_kernel::path::{Disposition, Fate, PacketVerdict};
+use ambient_kernel::trace::Event;
+use ambient_kernel::{Netns, Packet, Protocol, Trace};
 
 /// One line, and for a plain segment its flow and shape.
 #[derive(Debug, Clone)]
@@ -89,7 +89,7 @@ impl TraceLog {
         model: &Netns,
         arrived: Option<&str>,
         input: &Packet,
-        outcome: &Outcome,
+        fate: &Fate,
         trace: &Trace,
         before: Option<TcpState>,
     ) {
@@ -118,11 +118,11 @@ impl TraceLog {
         }
         let tracked = model.conntrack_enabled();
         if tracked {
-            let _ = write!(s, " | ct {}", outcome.ctstate.name());
+            let _ = write!(s, " | ct {}", fate.ctstate.name());
         } else {
             s.push_str(" | ct off");
         }
-        let after = outcome.tcp_state;
+        let after = fate.tcp_state;
         if tracked && (before.is_some() || after.is_some()) {
             let name = |st: Option<TcpState>| st.map_or("none", |x| x.name());
             if before == after {
@@ -132,26 +132,17 @@ impl TraceLog {
             }
         }
         s.push_str(" | ");
-        match (&outcome.verdict, &outcome.disposition) {
+        match (&fate.verdict, &fate.disposition) {
             (PacketVerdict::Accept, Disposition::Local { .. }) => {
-                let _ = write!(
-                    s,
-                    "local {} > {}",
-                    outcome.packet.src_sock(),
-                    outcome.packet.dst_sock()
-                );
+                let _ = write!(s, "local {} > {}", fate.packet.src_sock(), fate.packet.dst_sock());
             }
             (PacketVerdict::Accept, Disposition::Sent { oif, next_hop, forwarded }) => {
                 let verb = if *forwarded { "forward" } else { "sent" };
                 let dev = &model.routing().interface(*oif).name;
                 let _ = write!(s, "{verb} {dev} via {next_hop}");
-                if outcome.packet != *input {
-                    let _ = write!(
-                        s,
-                        " as {} > {}",
-                        outcome.packet.src_sock(),
-                        outcome.packet.dst_sock()
-                    );
+                if fate.packet != *input {
+                    let _ =
+                        write!(s, " as {} > {}", fate.packet.src_sock(), fate.packet.dst_sock());
                 }
             }
             (PacketVerdict::Drop(cause), _) => {
@@ -163,20 +154,20 @@ impl TraceLog {
             (PacketVerdict::Accept, Disposition::None) => s.push_str("ACCEPT (nowhere)"),
         }
         let f = input.tcp_flags;
-        let plain = outcome.accepted()
+        let plain = fate.accepted()
             && input.proto == Protocol::Tcp
-            && (f == crate::kernel::TcpFlags::A || f == crate::kernel::TcpFlags::PA)
+            && (f == ambient_kernel::TcpFlags::A || f == ambient_kernel::TcpFlags::PA)
             && (!tracked
                 || (before.is_some()
                     && before == after
-                    && outcome.ctstate == crate::kernel::CtState::Established));
+                    && fate.ctstate == ambient_kernel::CtState::Established));
         let plain = plain.then(|| {
             let (a, b) = (input.src_sock(), input.dst_sock());
             let flow = format!("{label} {} {}", a.min(b), a.max(b));
             let shape = s[stamp.len()..].replace(&format!(" len={} ", input.len), " ");
-            let shape = match &outcome.disposition {
+            let shape = match &fate.disposition {
                 Disposition::Local { .. } => shape,
-                _ => shape.replace(&format!(" len={}", outcome.packet.len), ""),
+                _ => shape.replace(&format!(" len={}", fate.packet.len), ""),
             };
             (flow, shape)
         });

@@ -34,11 +34,11 @@ use std::task::{Poll, Waker};
 use ambient_proxy::net::{Datagram, UdpOptions};
 use turmoil_net::shim::tokio::net::UdpSocket;
 
-use crate::kernel::SocketInfo;
 use crate::net::{linux_error, v4};
 use crate::shared::Shared;
 use crate::substrate::{substrate_addr, view_addr};
 use crate::topology::{Host, NetnsId};
+use ambient_kernel::SocketInfo;
 
 /// Errnos of the UDP path.
 pub mod errno {

@@ -7,9 +7,9 @@
 
 use std::time::Duration;
 
+use ambient_kernel::trace::{Direction, Line, Record, parse_line};
+use ambient_kernel::{Netns, NoSockets, RestoreOptions, SocketInfo, Trace};
 use ambient_scenarios::rules::{InpodRules, PolicyRouting};
-use ambient_sim::kernel::trace::{Direction, Line, Record, parse_line};
-use ambient_sim::kernel::{Netns, NoSockets, RestoreOptions, SocketInfo, Trace};
 
 const LIFECYCLE: &str = "
 # 1. the app opens a connection to a remote service: the SYN goes to the proxy's 15001

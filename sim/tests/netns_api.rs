@@ -3,12 +3,12 @@
 use std::net::{Ipv4Addr, SocketAddrV4};
 use std::time::Duration;
 
-use ambient_scenarios::rules::{InpodRules, PolicyRouting};
-use ambient_sim::kernel::trace::Event;
-use ambient_sim::kernel::{
+use ambient_kernel::trace::Event;
+use ambient_kernel::{
     CtState, Disposition, DropCause, Listeners, Netns, NoSockets, Packet, PacketVerdict, Protocol,
-    RestoreOptions, SocketInfo, TableKind, TcpFlags, Trace,
+    RestoreOptions, SocketInfo, Table, TcpFlags, Trace,
 };
+use ambient_scenarios::rules::{InpodRules, PolicyRouting};
 
 fn sa(s: &str) -> SocketAddrV4 {
     s.parse().unwrap()
@@ -157,8 +157,8 @@ fn tproxy_assigns_the_transparent_listener() {
     let o = n.input(syn, eth0, secs(0), &NoSockets);
     assert_eq!(
         o.verdict,
-        PacketVerdict::Drop(DropCause::Rule(ambient_sim::kernel::RuleRef {
-            table: TableKind::Mangle,
+        PacketVerdict::Drop(DropCause::Rule(ambient_kernel::RuleIndex {
+            table: Table::Mangle,
             chain: 0,
             position: 1
         }))
@@ -242,12 +242,8 @@ fn icmp_errors_about_nated_flows_are_translated_inside_and_out() {
         (out.packet.src_sock(), out.packet.dst_sock()),
         (sa("10.0.2.5:20000"), sa("10.0.2.9:5354"))
     );
-    let icmp = ambient_sim::kernel::packet::Icmp {
-        kind: 3,
-        code: 3,
-        id: 0,
-        inner: Some(out.packet.tuple()),
-    };
+    let icmp =
+        ambient_kernel::packet::Icmp { kind: 3, code: 3, id: 0, inner: Some(out.packet.tuple()) };
     let err =
         Packet::icmp(Ipv4Addr::new(10, 0, 2, 9), Ipv4Addr::new(10, 0, 2, 5), icmp).with_len(57);
     let back = n.input(err, eth1, secs(0), &NoSockets);
@@ -285,7 +281,7 @@ fn a_loopback_source_cannot_leave_through_another_device() {
         n.output(Packet::udp(sa("127.0.0.1:5000"), sa("10.0.1.9:53")), None, secs(0), &NoSockets);
     assert_eq!(
         o.verdict,
-        PacketVerdict::Drop(DropCause::Route(ambient_sim::kernel::RouteError::LoopbackSource))
+        PacketVerdict::Drop(DropCause::Route(ambient_kernel::RouteError::LoopbackSource))
     );
 }
 

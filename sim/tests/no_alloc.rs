@@ -7,8 +7,8 @@ use std::net::{Ipv4Addr, SocketAddrV4};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
+use ambient_kernel::{Netns, NoSockets, Packet, RestoreOptions, TcpFlags, Trace};
 use ambient_scenarios::rules::{InpodRules, PolicyRouting};
-use ambient_sim::kernel::{Netns, NoSockets, Packet, RestoreOptions, TcpFlags, Trace};
 
 struct Counting;
 

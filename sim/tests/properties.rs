@@ -8,7 +8,7 @@
 use std::net::{Ipv4Addr, SocketAddrV4};
 use std::time::Duration;
 
-use ambient_sim::kernel::{Netns, NoSockets, Packet, RestoreOptions, Ruleset, TcpFlags};
+use ambient_kernel::{Netns, NoSockets, Packet, RestoreOptions, Ruleset, TcpFlags};
 use proptest::prelude::*;
 
 fn hex() -> impl Strategy<Value = u32> {

@@ -2,7 +2,7 @@
 //! compared field by field, and the conformance matrix.
 //!
 //! Thin: enters the namespace sandbox (first thing, while the process has one thread), loads the
-//! expected-differences file, and hands the rest to `ambient_scenarios::conform` (select, run
+//! expected-differences file, and hands the rest to `ambient_report::conform` (select, run
 //! both backends `--jobs` scenarios at a time, check, compare, write `<out>/<id>/{sim,netns}/
 //! outcome.json`, `<out>/<id>/diff.txt`, `junit.xml`, `conformance.md`). Prints the matrix on
 //! stdout; progress goes to stderr, one line per finished scenario.
@@ -20,8 +20,8 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
-use ambient_scenarios::conform::{self, ConformProgress, ConformRequest, ExpectedDifferences};
-use ambient_scenarios::report::driver::Clock;
+use ambient_report::conform::{self, ConformProgress, ConformRequest, ExpectedDifferences};
+use ambient_report::driver::Clock;
 use ambient_scenarios::{Backend, BackendError, Run, RunOptions, World};
 
 #[derive(Debug, clap::Args)]
@@ -77,7 +77,7 @@ impl ConformProgress for Lines {
         let verdict = if r.conforms() {
             "conforms".to_string()
         } else {
-            let sides = |name: &str, s: &ambient_scenarios::report::ScenarioResult| {
+            let sides = |name: &str, s: &ambient_report::ScenarioResult| {
                 s.first_reason().map(|x| format!("{name} FAIL — {x}"))
             };
             let why = sides("sim", &r.sim)

@@ -1,7 +1,7 @@
 //! `testbed run [PATH…]` — run scenarios on a backend and write their reports.
 //!
 //! Thin: parses arguments, opens the backend ([`open_backend`], the one place backends are
-//! registered), and hands everything else to `ambient_scenarios::report` (load, select, run,
+//! registered), and hands everything else to `ambient_report` (load, select, run,
 //! check, write `<out>/<id>/outcome.json`, `junit.xml`, `summary.md`). Prints the summary table
 //! on stdout; progress goes to stderr (a bar on a terminal, one line per scenario otherwise).
 //!
@@ -19,8 +19,8 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
-use ambient_scenarios::report::driver::{Clock, LineProgress, Progress, Request};
-use ambient_scenarios::report::{self, ScenarioResult};
+use ambient_report::driver::{Clock, LineProgress, Progress, Request};
+use ambient_report::{self as report, ScenarioResult};
 use ambient_scenarios::{Backend, BackendError, RunOptions};
 use indicatif::{ProgressBar, ProgressStyle};
 

@@ -1,7 +1,7 @@
 //! `testbed trace` — packets through the kernel model of one network namespace.
 //!
 //! Loads `--rules` (iptables-restore text) into a fresh model namespace with `--addr`
-//! interfaces, runs every packet line (see `ambient_sim::kernel::trace` for the format) with
+//! interfaces, runs every packet line (see `ambient_kernel::trace` for the format) with
 //! conntrack state carried from line to line, and prints one JSON object per packet. All input
 //! is read and checked before anything runs, so a bad line produces an error (line, word,
 //! expectation; exit 2) and no output.
@@ -11,9 +11,9 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 
+use ambient_kernel::trace::{Direction, Line, Record, parse_line};
+use ambient_kernel::{Listeners, Netns, Protocol, RestoreOptions, SocketInfo, Trace};
 use ambient_proxy::config::{read_limited, read_text};
-use ambient_sim::kernel::trace::{Direction, Line, Record, parse_line};
-use ambient_sim::kernel::{Listeners, Netns, Protocol, RestoreOptions, SocketInfo, Trace};
 use anyhow::{Context as _, bail};
 
 #[derive(Debug, clap::Args)]

@@ -24,10 +24,10 @@ use std::net::{SocketAddr, SocketAddrV4};
 use ambient_proxy::events::{Direction, ProxyEvent};
 use ambient_scenarios::assemble::EventLog;
 use ambient_scenarios::outcome::{ConntrackEntry, Counter, Proto, TcpState, Tuple};
-use ambient_scenarios::values::{RuleRef, Table};
+use ambient_scenarios::values::RuleRef;
 
 use crate::conntrack::{self, Entry};
-use crate::iptables::{self, Ruleset};
+use crate::iptables::Ruleset;
 
 /// A conntrack listing in the Outcome's form (see the module docs). An entry the Outcome cannot
 /// hold faithfully (an unknown TCP state, a zone split by direction) is an error naming it.
@@ -81,14 +81,7 @@ pub fn rule_counters(rules: &Ruleset) -> BTreeMap<RuleRef, Counter> {
         .rules()
         .into_iter()
         .map(|(key, rule)| {
-            let table = match key.table {
-                iptables::Table::Raw => Table::Raw,
-                iptables::Table::Mangle => Table::Mangle,
-                iptables::Table::Nat => Table::Nat,
-                iptables::Table::Filter => Table::Filter,
-            };
-            let at = RuleRef { table, chain: key.chain, index: key.position };
-            (at, Counter { packets: rule.counters.packets, bytes: rule.counters.bytes })
+            (key, Counter { packets: rule.counters.packets, bytes: rule.counters.bytes })
         })
         .collect()
 }

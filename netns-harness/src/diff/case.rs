@@ -9,7 +9,7 @@ use std::net::{Ipv4Addr, SocketAddrV4};
 
 use serde::{Deserialize, Serialize};
 
-use crate::iptables::{Counters, RuleKey, Table};
+use crate::iptables::{Counters, RuleRef, Table};
 use crate::socket::ConnectErrorKind;
 
 /// One namespace of the topology.
@@ -348,7 +348,7 @@ pub struct NormEntry {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct RuleObservation {
     /// Where it is.
-    pub key: RuleKey,
+    pub key: RuleRef,
     /// `-A CHAIN spec`.
     pub text: String,
     /// Its counters.
@@ -397,7 +397,7 @@ pub struct Observation {
 /// A small, valid case and the kernel observation of it, for the comparison and invariant tests.
 #[cfg(test)]
 pub(crate) fn sample() -> (Case, Observation) {
-    use crate::iptables::{Counters, RuleKey, Table};
+    use crate::iptables::{Counters, RuleRef, Table};
     let pod = Ipv4Addr::new(10, 0, 1, 2);
     let flow = FlowSpec {
         id: 0,
@@ -436,13 +436,13 @@ pub(crate) fn sample() -> (Case, Observation) {
         canonical_rules: "*nat\n:PREROUTING ACCEPT [0:0]\n:INPUT ACCEPT [0:0]\n:OUTPUT ACCEPT [0:0]\n:POSTROUTING ACCEPT [0:0]\n-A OUTPUT -p tcp -j REDIRECT --to-ports 15001\nCOMMIT\n".into(),
         rules: vec![
             RuleObservation {
-                key: RuleKey { table: Table::Nat, chain: "OUTPUT".into(), position: 1 },
+                key: RuleRef { table: Table::Nat, chain: "OUTPUT".into(), index: 1 },
                 text: "-A OUTPUT -p tcp -j REDIRECT --to-ports 15001".into(),
                 counters: Counters { packets: 1, bytes: 60 },
                 first_packets_only: true,
             },
             RuleObservation {
-                key: RuleKey { table: Table::Filter, chain: "OUTPUT".into(), position: 1 },
+                key: RuleRef { table: Table::Filter, chain: "OUTPUT".into(), index: 1 },
                 text: "-A OUTPUT -j ACCEPT".into(),
                 counters: Counters { packets: 9, bytes: 700 },
                 first_packets_only: false,

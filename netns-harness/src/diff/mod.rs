@@ -20,9 +20,9 @@
 //! IP_TRANSPARENT, SO_ORIGINAL_DST); conntrack listed with `conntrack -L` with the connections
 //! open and after they closed, the rules with `iptables-save -c`.
 //!
-//! **Model** (`tests/differential/model.rs`, the test target's own module: `ambient-sim` is a
-//! dev-dependency of this crate, never a library edge between the backends): two
-//! `ambient_sim::kernel::Netns` built from the same [`case::Topology`] with the model's `ip …
+//! **Model** (`tests/differential/model.rs`, the test target's own module, on the kernel model
+//! crate `ambient-kernel`, never on the simulator backend): two
+//! `ambient_kernel::Netns` built from the same [`case::Topology`] with the model's `ip …
 //! add` commands and joined by a simulated link; the ruleset loaded with the model's
 //! `iptables-restore`. The model has no sockets, so the executor plays them: a TCP endpoint per
 //! connection (`tests/differential/tcp.rs`: handshake, one segment per write — veth and lo take

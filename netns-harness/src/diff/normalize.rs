@@ -3,16 +3,18 @@
 //! conntrack entries stripped of timers and reference counts, and each
 //! rule marked "first packets only" or not.
 //!
-//! Which counters are comparable: a rule only first packets of connections reach — every rule of
-//! the nat table (netfilter runs nat chains once per connection, on its first packet), and any
-//! rule with a positive `--ctstate` match whose states are all `NEW` — counts one packet (the SYN)
-//! per connection that reached it, so its packets *and* bytes (a Linux SYN with its options is 60
+//! Which counters are comparable: a rule only first packets of connections reach
+//! ([`counts_first_packets_only`], the kernel model's classifier, which conformance uses too:
+//! every rule of the nat table, and any rule with a positive `--ctstate`/`--state` match whose
+//! states are all `NEW`) counts one packet (the SYN) per connection that reached it, so its packets *and* bytes (a Linux SYN with its options is 60
 //! bytes) are a function of the flows. Every other counter also counts ACKs, data segments, FINs,
 //! whose number depends on delayed ACKs, segmentation and timing: those are recorded but not
 //! compared.
 
 use std::collections::BTreeMap;
 use std::net::SocketAddrV4;
+
+use ambient_kernel::rules::counts_first_packets_only;
 
 use super::case::{Endpoint, NormEntry, NormTuple, PolicyObservation, Port, RuleObservation};
 use super::flowgen::{EPHEMERAL_PORTS, EXPLICIT_PORT_BASE};
@@ -96,19 +98,6 @@ pub fn entry_flow(entry: &NormEntry) -> Option<u32> {
     client(&entry.orig.src.port).or_else(|| client(&entry.orig.dst.port))
 }
 
-/// Whether only first packets of connections reach a rule (see the module docs).
-pub fn first_packets_only(table: Table, spec: &str) -> bool {
-    if table == Table::Nat {
-        return true;
-    }
-    let words: Vec<&str> = spec.split_whitespace().collect();
-    words.windows(2).enumerate().any(|(i, w)| {
-        w[0] == "--ctstate"
-            && (i == 0 || words[i - 1] != "!")
-            && w[1].split(',').all(|state| state == "NEW")
-    })
-}
-
 /// Whether a listing has a `CT --zone` rule that can apply to TCP (one not limited to `-p udp` or
 /// `-p icmp`): then TCP connections may be split across zones, and some fields become
 /// timing-dependent (see [`super::compare`] and [`super::invariants`]).
@@ -132,7 +121,7 @@ pub fn connmark_follows_packets(rules_text: &str) -> bool {
         }
         let writes = line.contains("-j CONNMARK")
             && (line.contains("--set-xmark") || line.contains("--save-mark"));
-        writes && table.is_some_and(|t| !first_packets_only(t, line))
+        writes && table.is_some_and(|t| !counts_first_packets_only(t, line))
     })
 }
 
@@ -142,7 +131,7 @@ pub fn rule_observations(ruleset: &Ruleset) -> (Vec<RuleObservation>, Vec<Policy
         .rules()
         .into_iter()
         .map(|(key, rule)| RuleObservation {
-            first_packets_only: first_packets_only(key.table, &rule.spec),
+            first_packets_only: counts_first_packets_only(key.table, &rule.spec),
             key,
             text: rule.text(),
             counters: rule.counters,
@@ -150,8 +139,8 @@ pub fn rule_observations(ruleset: &Ruleset) -> (Vec<RuleObservation>, Vec<Policy
         .collect();
     let mut policies = Vec::new();
     for (table, dump) in &ruleset.tables {
-        for name in table.builtin_chains() {
-            if let Some(chain) = dump.chains.iter().find(|c| c.name == *name) {
+        for hook in table.builtin_hooks() {
+            if let Some(chain) = dump.chains.iter().find(|c| c.name == hook.name()) {
                 policies.push(PolicyObservation {
                     table: *table,
                     chain: chain.name.clone(),
@@ -209,18 +198,6 @@ mod tests {
         let explicit = ep([10, 0, 1, 2], Port::Fixed(20007));
         assert_eq!(entry_flow(&entry(server, explicit)), Some(7));
         assert_eq!(entry_flow(&entry(server, ep([10, 0, 1, 2], Port::Fixed(8080)))), None);
-    }
-
-    #[test]
-    fn first_packet_rules() {
-        assert!(first_packets_only(Table::Nat, "-j ACCEPT"));
-        assert!(first_packets_only(Table::Filter, "-p tcp -m conntrack --ctstate NEW -j DROP"));
-        assert!(!first_packets_only(Table::Filter, "-m conntrack ! --ctstate NEW -j DROP"));
-        assert!(!first_packets_only(
-            Table::Mangle,
-            "-m conntrack --ctstate NEW,ESTABLISHED -j ACCEPT"
-        ));
-        assert!(!first_packets_only(Table::Mangle, "-j MARK --set-xmark 0x1/0xff"));
     }
 
     #[test]

@@ -164,12 +164,12 @@ pub fn generate_ruleset(dice: &mut Dice) -> String {
 
 fn generate_table(dice: &mut Dice, table: Table, out: &mut String) {
     let mut chains: Vec<ChainState> = table
-        .builtin_chains()
+        .builtin_hooks()
         .iter()
-        .map(|name| ChainState {
-            name: name.to_string(),
+        .map(|hook| ChainState {
+            name: hook.name().to_string(),
             builtin: true,
-            hooks: Hooks([hook_of(name)].into_iter().collect()),
+            hooks: Hooks([hook_of(hook.name())].into_iter().collect()),
             rules: 0,
         })
         .collect();
@@ -208,7 +208,7 @@ fn generate_table(dice: &mut Dice, table: Table, out: &mut String) {
         // An unreferenced user chain never runs, but the kernel may still check its rules against
         // every hook of the table: only use what is valid everywhere there.
         if chains[index].hooks.0.is_empty() {
-            let all = table.builtin_chains().iter().map(|c| hook_of(c)).collect();
+            let all = table.builtin_hooks().iter().map(|h| hook_of(h.name())).collect();
             chains[index].hooks = Hooks(all);
         }
         for _ in 0..count {

@@ -1,4 +1,4 @@
-//! The model executor: runs a [`Case`] through the kernel model of `ambient-sim` and returns what
+//! The model executor: runs a [`Case`] through the kernel model (`ambient-kernel`) and returns what
 //! the model did as an [`Observation`] — the counterpart of `ambient_netns::diff::kernel`, step
 //! for step (see that module's sequence).
 //!
@@ -39,6 +39,11 @@ use std::collections::BTreeMap;
 use std::net::{Ipv4Addr, SocketAddrV4};
 use std::time::Duration;
 
+use ambient_kernel::packet::icmp_type;
+use ambient_kernel::{
+    Disposition, Fate, IfIndex, Netns, Packet, Protocol, RestoreOptions, SocketInfo, SocketLookup,
+    TcpFlags,
+};
 use ambient_netns::conntrack::parse_list;
 use ambient_netns::diff::case::{
     Case, CloseOrder, CloseResult, ConnectResult, EchoResult, FlowSpec, NodeSpec, Observation, Side,
@@ -46,11 +51,6 @@ use ambient_netns::diff::case::{
 use ambient_netns::diff::kernel::CLOSE_TIMEOUT;
 use ambient_netns::diff::observe::{ServerRecord, is_closing};
 use ambient_netns::socket::ConnectErrorKind;
-use ambient_sim::kernel::packet::icmp_type;
-use ambient_sim::kernel::{
-    Disposition, IfIndex, Netns, Outcome, Packet, Protocol, RestoreOptions, SocketInfo,
-    SocketLookup, TcpFlags,
-};
 
 use super::tcp::{AppEvent, Reaction, Seg, State, Tcb};
 
@@ -624,7 +624,7 @@ impl World<'_> {
     }
 
     /// Follows a packet's outcome in namespace `side`: REJECT's reply, local delivery, the link.
-    fn route(&mut self, side: Side, mut out: Outcome, seg: Seg) {
+    fn route(&mut self, side: Side, mut out: Fate, seg: Seg) {
         if let Some(reply) = out.reply.take() {
             // A reset answers the segment; an ICMP error quotes it (its sequence number).
             let rseg = match reply.packet.proto {

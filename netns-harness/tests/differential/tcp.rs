@@ -1,6 +1,6 @@
 //! A small TCP endpoint for the model executor: the part of a Linux TCP stack the differential
 //! flows exercise, as a pure state machine — segments in, segments and application events out,
-//! time passed in. The model kernel (`ambient_sim::kernel`) has no sockets; this plays them.
+//! time passed in. The model kernel (`ambient_kernel`) has no sockets; this plays them.
 //!
 //! What it does the way Linux does (kernel 6.x), because it decides which packets netfilter sees:
 //! - the handshake (SYN, SYN-ACK, ACK), a listener's request socket completing on any valid ACK
@@ -26,7 +26,7 @@ use std::collections::VecDeque;
 use std::net::SocketAddrV4;
 use std::time::Duration;
 
-use ambient_sim::kernel::TcpFlags;
+use ambient_kernel::TcpFlags;
 
 /// Retransmission timeout of a SYN or SYN-ACK (`TCP_TIMEOUT_INIT`).
 pub const RTO_SYN: Duration = Duration::from_secs(1);

@@ -11,9 +11,9 @@ use bytes::Bytes;
 use turmoil_net::{EnterGuard, Packet as SubPacket, TcpFlags as SubFlags, TcpSegment, Transport};
 
 use super::{Cx, Fabric, Wire, errno, to_sub_flags};
-use crate::kernel::{self, Packet, Protocol, SocketInfo, TcpFlags};
 use crate::tcp;
 use crate::topology::NetnsId;
+use ambient_kernel::{self as kernel, Packet, Protocol, SocketInfo, TcpFlags};
 
 /// Aborts a substrate socket without any packet on the wire: a RST only its host sees.
 pub(super) fn abort_in_place(guard: &EnterGuard, host: Ipv4Addr, port: u16, remote: SocketAddrV4) {

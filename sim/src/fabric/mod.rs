@@ -28,14 +28,14 @@ use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use turmoil_net::{EnterGuard, Packet as SubPacket, TcpFlags as SubFlags, TcpSegment, Transport};
 
-use crate::kernel::conntrack::TcpState;
-use crate::kernel::path::{Disposition, Outcome, PacketVerdict};
-use crate::kernel::{IfIndex, Packet, SocketInfo, TcpFlags, Trace};
 use crate::net::SimStream;
 use crate::pcap::{Captures, TcpWire};
 use crate::shared::{Log, Shared};
 use crate::substrate::{SockKey, Sockets, view_addr};
 use crate::tcp::{self, Expiry, Flights};
+use ambient_kernel::conntrack::TcpState;
+use ambient_kernel::path::{Disposition, Fate, PacketVerdict};
+use ambient_kernel::{IfIndex, Packet, SocketInfo, TcpFlags, Trace};
 
 mod deliver;
 mod udp;
@@ -633,7 +633,7 @@ impl Fabric {
             return;
         }
         self.stats.walks += 1;
-        let outcome = if self.tracing {
+        let fate = if self.tracing {
             let before = self.ct_before(netns, &pkt, cx.now);
             let mut trace = Trace::default();
             let lookup = self.sockets.lookup(netns);
@@ -645,13 +645,13 @@ impl Fabric {
             let lookup = self.sockets.lookup(netns);
             self.topo.slots[netns.0 as usize].model.output(pkt, socket, cx.now, &lookup)
         };
-        if let (Some(c), true) = (self.captures.as_mut(), outcome.accepted()) {
-            c.record(netns, cx.now, &outcome.packet, &wire.tcp());
+        if let (Some(c), true) = (self.captures.as_mut(), fate.accepted()) {
+            c.record(netns, cx.now, &fate.packet, &wire.tcp());
         }
         let w = self.walks.entry(netns).or_default();
         w.output += 1;
-        w.looped += u64::from(outcome.accepted() && outcome.is_local());
-        self.dispose(cx, netns, outcome, wire, 0);
+        w.looped += u64::from(fate.accepted() && fate.is_local());
+        self.dispose(cx, netns, fate, wire, 0);
     }
 
     fn input(
@@ -672,7 +672,7 @@ impl Fabric {
         if let Some(c) = self.captures.as_mut() {
             c.record(netns, cx.now, &pkt, &wire.tcp());
         }
-        let outcome = if self.tracing {
+        let fate = if self.tracing {
             let before = self.ct_before(netns, &pkt, cx.now);
             let mut trace = Trace::default();
             let lookup = self.sockets.lookup(netns);
@@ -685,7 +685,7 @@ impl Fabric {
             let lookup = self.sockets.lookup(netns);
             self.topo.slots[netns.0 as usize].model.input(pkt, iif, cx.now, &lookup)
         };
-        self.dispose(cx, netns, outcome, wire, hops);
+        self.dispose(cx, netns, fate, wire, hops);
     }
 
     #[allow(clippy::too_many_arguments)]
@@ -695,7 +695,7 @@ impl Fabric {
         netns: NetnsId,
         iif: Option<&str>,
         pkt: &Packet,
-        o: &Outcome,
+        o: &Fate,
         trace: &Trace,
         before: Option<TcpState>,
     ) {
@@ -705,8 +705,8 @@ impl Fabric {
         }
     }
 
-    /// Where an outcome sends the packet next.
-    fn dispose(&mut self, cx: &Cx<'_>, netns: NetnsId, mut o: Outcome, wire: Wire, hops: u8) {
+    /// Where the packet goes next, by its fate.
+    fn dispose(&mut self, cx: &Cx<'_>, netns: NetnsId, mut o: Fate, wire: Wire, hops: u8) {
         if let Some(reply) = o.reply.take() {
             // REJECT's reply or the kernel's ICMP error: it has been through the output path.
             let rw = Wire { seq: wire.ack, ack: wire.seq.wrapping_add(1), ..Wire::default() };

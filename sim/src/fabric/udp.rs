@@ -10,10 +10,10 @@ use std::net::{IpAddr, Ipv4Addr, SocketAddrV4};
 use turmoil_net::{Packet as SubPacket, Transport, UdpDatagram};
 
 use super::{Cx, Fabric, Wire, errno};
-use crate::kernel::packet::Tuple;
-use crate::kernel::{Packet, SocketInfo};
 use crate::substrate::{substrate_addr, view_addr};
 use crate::topology::NetnsId;
+use ambient_kernel::packet::Tuple;
+use ambient_kernel::{Packet, SocketInfo};
 
 /// The error a connected UDP socket reports for ICMP destination unreachable `code`, when the
 /// kernel reports one at all: `__udp4_lib_err` without IP_RECVERR sets `sk_err` only for the
