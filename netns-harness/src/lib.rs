@@ -14,7 +14,7 @@
 //! | [`backend::traffic`] | the scenario apps and clients (`ambient_scenarios::traffic`) on real sockets |
 //! | [`backend::faults`] | link faults (partition, loss, latency, heal) as state and as the node namespaces' rules |
 //! | [`backend::observe`] | conntrack and counters in the Outcome's form; the predicates snapshots settle on (pure) |
-//! | [`backend::run`] | the step driver: World → Outcome |
+//! | [`backend::run`] | the kernel's effects for the shared step driver (`ambient_scenarios::step_driver`): World → Outcome |
 //!
 //! Namespace primitives (what the harness and its tests stand on):
 //!

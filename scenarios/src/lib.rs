@@ -8,10 +8,15 @@
 //! text ──yaml::parse──▶ located tree ──decode──▶ document ──world::build──▶ World
 //!        (positions)                  (keys, types,        (references, defaults,
 //!                                      value syntax)        addresses, semantics)
-//! World ──backend (sim or netns)──▶ Outcome ──expect::check_outcome──▶ failures
+//! World ──step_driver, with a backend's effects (sim or netns)──▶ Outcome
+//! Outcome ──expect::check_outcome──▶ failures
 //! ```
 //!
 //! - [`backend`] — the seam both backends implement: World → [`Outcome`].
+//! - [`step_driver`] — one driver of a World's steps for both backends
+//!   ([`step_driver::StepDriver`]): step order, connection slots, payload keys and query ids,
+//!   background joins, how each fault breaks down (delete-pod's order included); a backend
+//!   performs the primitive effects it asks for ([`step_driver::Effects`]).
 //! - [`load`] — load one file: [`load::load_file`], [`load::load_str`] → [`load::Loaded`].
 //! - [`catalog`] — files and folders, catalog-wide unique ids, tag filters, shards.
 //! - [`world`] — the resolved scenario: topology, policies, steps, faults, expectations.
@@ -39,6 +44,7 @@ pub mod expect;
 pub mod load;
 pub mod outcome;
 pub mod rules;
+pub mod step_driver;
 pub mod traffic;
 pub mod values;
 pub mod world;

@@ -8,11 +8,10 @@ use std::sync::{Arc, Mutex};
 
 use ambient_proxy::net::{ConnectOptions, ListenOptions, Listener, Network, UdpOptions};
 use ambient_scenarios::BackendError;
-use ambient_scenarios::assemble::{self, EventLog, LookupLabels};
+use ambient_scenarios::assemble::{self, EventLog};
 use ambient_scenarios::outcome::Resolution;
-use ambient_scenarios::traffic::dns::{
-    LookupCell, LookupReport, QueryLog, ResolverSockets, serve_dns_tcp, serve_dns_udp,
-};
+use ambient_scenarios::step_driver::LookupSlot;
+use ambient_scenarios::traffic::dns::{QueryLog, ResolverSockets, serve_dns_tcp, serve_dns_udp};
 use ambient_scenarios::world::{DNS_PORT, DnsZone};
 use tokio::task::AbortHandle;
 
@@ -44,32 +43,14 @@ impl ResolverSockets for SimResolver {
     }
 }
 
-/// One lookup of the run.
-#[derive(Debug)]
-pub struct Lookup {
-    pub id: String,
-    pub from: String,
-    pub name: String,
-    /// The client's namespace (its lookups die with its pod).
-    pub netns: NetnsId,
-    pub report: LookupCell,
-}
-
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 /// The Outcome's entries for every lookup, in order.
-pub fn resolutions(lookups: &[Lookup], log: &EventLog, served: &QueryLog) -> Vec<Resolution> {
+pub fn resolutions(lookups: &[LookupSlot], log: &EventLog, served: &QueryLog) -> Vec<Resolution> {
     let served = lock(served).clone();
-    lookups
-        .iter()
-        .map(|l| {
-            let report = lock(&l.report).clone().unwrap_or_else(LookupReport::killed);
-            let labels = LookupLabels { id: &l.id, from: &l.from, name: &l.name };
-            assemble::resolution(labels, &report, log, &served)
-        })
-        .collect()
+    lookups.iter().map(|l| assemble::resolution(l.labels(), &l.report(), log, &served)).collect()
 }
 
 /// Starts the DNS server app in `netns` (UDP and TCP 53); its tasks go to `tasks`.

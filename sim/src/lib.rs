@@ -23,7 +23,9 @@
 //!   loop carries datagrams through the model like segments, answers one no socket takes with
 //!   ICMP port unreachable, and fails a connected socket with the ICMP error it gets.
 //! - [`cluster`] — the proxies (deterministic keys, crypto, clock) and the apps.
-//! - [`driver`] — steps, faults, waits, checks; the Outcome via `ambient_scenarios::assemble`.
+//! - [`driver`] — the simulator's effects for the shared step driver
+//!   (`ambient_scenarios::step_driver`): clients, lookups, link and proxy faults, pods coming and
+//!   going, settling, snapshots; the Outcome via `ambient_scenarios::assemble`.
 //! - [`observe`] — conntrack and counters per namespace as the Outcome reports them.
 //! - [`trace`] — the readable trace; [`pcap`] — packets per namespace as pcap files.
 //!

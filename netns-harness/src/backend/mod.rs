@@ -37,7 +37,9 @@
 //!    istiod; its DNS proxy is off, so DNS scenarios do not apply to it); the faults then map as
 //!    that module says. Apps listen in their pods and hosts ([`traffic`]); the DNS server host
 //!    runs the scenario library's DNS server on UDP and TCP 53.
-//! 3. **Steps** ([`run`]): `connect` runs `traffic::run_client` from the client's namespace
+//! 3. **Steps** ([`run`]): the shared `ambient_scenarios::step_driver` walks them and decides
+//!    the order of effects, the slots and keys (the same code as the simulator); [`run`]
+//!    performs the effects. `connect` runs `traffic::run_client` from the client's namespace
 //!    (`count` one after another, `parallel` at once, `background` started and settled at the
 //!    `check` naming it or at the end); `resolve` (and a connect with `resolve: true`, before
 //!    each connection) runs `traffic::dns::lookup` in the client's namespace: a real query to
@@ -62,7 +64,7 @@
 //! | `crash` / `start` / `restart: proxy@n` | `NodeProxy::crash` (every task and socket dropped now) / a new `NodeProxy` with the node's captured pods re-added |
 //! | `flush-conntrack: x` | `conntrack -F` in x's namespace |
 //! | `delete-pod` | as a real deletion: its namespace goes first — its apps and its own clients die with it (a client that had not reported reports `ClientReport::killed`, as in the simulator) and the kernel closes their sockets while the pod is still plugged in; then the proxy stops serving it (GOAWAY; its tunnels close once unused), the mesh is updated, and its veth goes |
-//! | `add-pod` | the mesh is updated, then the pod is built like the others and added to its node's proxy |
+//! | `add-pod` | the pod is built like the others (namespace, veth, rules), the mesh is updated, its apps start, then it is added to its node's proxy |
 //! | `apply` / `remove` | the mesh is updated; the proxies re-check live connections |
 //!
 //! # Simplifications

@@ -1,33 +1,33 @@
-//! One scenario on the kernel, step by step: the driver between a [`World`] and an [`Outcome`].
+//! One scenario on the kernel: the kernel's side of the shared step driver, between a
+//! [`World`] and an [`Outcome`].
 //!
-//! The driver runs on the caller's thread and only sends work to namespaces' threads and waits
-//! for it; it keeps the [`ClusterState`] (what the proxies are told after each mesh fault), the
-//! connections in start order, the link faults with their delay lines, the snapshots and the
-//! skipped steps.
+//! [`StepDriver`] walks the steps and decides what happens; the `Runner` performs the
+//! primitive effects it asks for ([`Effects`]) on the namespaces, iptables and proxies. It runs
+//! on the caller's thread and only sends work to namespaces' threads and waits for it (its
+//! effects block in their bodies, so [`block_on`] runs the driver to its end at its first
+//! poll). It keeps what the clients reported by slot, the link faults with their delay lines
+//! and the skipped steps.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::{SocketAddr, SocketAddrV4};
+use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
-use ambient_scenarios::assemble::LookupLabels;
-use ambient_scenarios::assemble::{self, Accepts, ConnLabels};
-use ambient_scenarios::outcome::{ConntrackEntry, NetnsState, Outcome, Skipped, Snapshot, State};
-use ambient_scenarios::outcome::{DnsTransport, Resolution};
-use ambient_scenarios::traffic::dns::{
-    ByName, LookupCell, LookupReport, LookupSpec, QueryLog, lookup, query_id,
+use ambient_scenarios::assemble::{self, Accepts};
+use ambient_scenarios::outcome::{ConntrackEntry, NetnsState, Outcome, Resolution, Skipped, State};
+use ambient_scenarios::step_driver::{
+    ClientBatch, ConnSlot, Effects, LookupSlot, StepDriver, block_on,
 };
-use ambient_scenarios::traffic::{ClientEnd, ClientReport, ClientSpec, Payload};
-use ambient_scenarios::world::{
-    Action, App, Connect, DNS_PORT, Fault, NodeLink, ObjectKey, Peer, PeerKind, Pod, Repeat,
-    Resolve, Step,
-};
+use ambient_scenarios::traffic::dns::{LookupCell, LookupSpec, QueryLog, lookup};
+use ambient_scenarios::traffic::{ClientEnd, ClientReport, Payload};
+use ambient_scenarios::world::{DNS_PORT, NodeLink, ObjectKey, Peer, PeerKind, Pod, Step};
 use ambient_scenarios::{ClusterState, World};
 
 use super::faults::{LinkFaults, LinkState, queue_num};
 use super::observe::{self, conntrack_entries, rule_counters};
 use super::plan::Plan;
 use super::proxies::{NodeProxies, PodInfo, ProxyPlan};
-use super::topology::{Topology, TopologyError};
+use super::topology::{Topology, TopologyError, Unplug};
 use super::traffic::{
     AcceptLog, ClientRun, ClientRuns, FIRST_BYTES, KernelResolver, start_apps, start_clients,
     start_dns_server,
@@ -58,31 +58,10 @@ pub type RunError = String;
 /// (ztunnel's logs, with the trace).
 pub type Finished = (Outcome, Option<String>, Vec<(String, Vec<u8>)>);
 
-/// A connection of the Outcome, filled when its client finished.
-#[derive(Debug)]
-struct Slot {
-    id: String,
-    from: String,
-    to: String,
-    app: Option<App>,
-    /// For a Service target, each endpoint's app (see `ConnLabels::endpoints`).
-    endpoints: Vec<(SocketAddrV4, App)>,
-    run: Option<ClientRun>,
-}
-
-/// One DNS lookup of the run (a `resolve` step, or a connect's lookup of its name).
-#[derive(Debug)]
-struct LookupSlot {
-    id: String,
-    from: String,
-    name: String,
-    report: LookupCell,
-}
-
-/// A background connect step still running.
+/// A connect step whose clients have not been joined yet.
 struct Pending {
     id: String,
-    slots: Vec<usize>,
+    slots: std::ops::Range<usize>,
     job: JobHandle<()>,
     runs: ClientRuns,
     /// The client's label (its pod may be deleted while it runs).
@@ -110,21 +89,21 @@ pub(super) struct Runner<'w> {
     world: &'w World,
     sandbox: &'w Sandbox,
     seed: u64,
-    state: ClusterState<'w>,
     accepts: AcceptLog,
-    slots: Vec<Slot>,
+    /// What each connection's client reported, by the driver's slot.
+    runs: Vec<Option<ClientRun>>,
     pending: Vec<Pending>,
     faults: LinkFaults,
-    checks: Vec<Snapshot>,
     skipped: Vec<Skipped>,
     trace: Option<String>,
     inject: Option<(usize, Injected)>,
-    /// The step being performed (for skipped-step reports).
-    step_at: usize,
+    /// The step being performed, if one is (for error messages and skipped-step reports).
+    step_at: Option<usize>,
     /// Pods deleted so far, by label: their clients died with them.
     deleted: BTreeSet<String>,
-    /// Every DNS lookup started, in order.
-    lookups: Vec<LookupSlot>,
+    /// Pods whose processes died and whose network has not gone yet: what is left to unplug,
+    /// and their namespace's path (the CNI DEL names it).
+    dying: BTreeMap<ObjectKey, (Unplug, PathBuf)>,
     /// The queries the DNS server host answered.
     served: QueryLog,
 }
@@ -146,9 +125,15 @@ impl<'w> Runner<'w> {
         let plan = Plan::of(world)?;
         let mut topo = Topology::build(sandbox, plan).map_err(topo_err)?;
         let nodes: Vec<String> = world.nodes.iter().map(|n| n.name.clone()).collect();
-        let initial = ClusterState::initial(world).mesh_spec();
-        let mut proxies = NodeProxies::new(&nodes, &world.trust_domain, seed, proxy_plan, &initial)
-            .map_err(|e| format!("preparing the node proxies ({}): {e}", proxy_plan.describe()))?;
+        let initial = ClusterState::initial(world);
+        let mut proxies = NodeProxies::new(
+            &nodes,
+            &world.trust_domain,
+            seed,
+            proxy_plan,
+            &initial.mesh_spec(),
+        )
+        .map_err(|e| format!("preparing the node proxies ({}): {e}", proxy_plan.describe()))?;
         proxies.set_dns_upstream(
             world.nameserver().map(|h| SocketAddr::V4(SocketAddrV4::new(h.ip, DNS_PORT))),
         );
@@ -177,78 +162,47 @@ impl<'w> Runner<'w> {
             world,
             sandbox,
             seed,
-            state: ClusterState::initial(world),
             accepts,
-            slots: Vec::new(),
+            runs: Vec::new(),
             pending: Vec::new(),
             faults: LinkFaults::default(),
-            checks: Vec::new(),
             skipped: Vec::new(),
             trace: trace.then(String::new),
             inject,
-            step_at: 0,
+            step_at: None,
             deleted: BTreeSet::new(),
-            lookups: Vec::new(),
+            dying: BTreeMap::new(),
             served,
         };
         for node in &world.nodes {
-            runner.start_proxy(&node.name)?;
+            runner.start_proxy_now(&node.name, &initial)?;
         }
         Ok(runner)
     }
 
-    /// Runs every step, settles, and returns the Outcome.
+    /// Runs every step (the shared driver deciding, this runner performing), and returns the
+    /// Outcome.
     pub fn run(mut self) -> Result<Finished, RunError> {
-        for step in &self.world.steps {
-            self.step_at = step.index;
-            if let Some((at, what)) = self.inject
-                && at == step.index
-            {
-                match what {
-                    Injected::Error => return Err(format!("step {at}: injected failure")),
-                    Injected::Panic => panic!("step {at}: injected panic"),
-                }
+        let world = self.world;
+        let driven = block_on(StepDriver::new(world, self.seed).run(&mut self)).map_err(|e| {
+            match self.step_at.and_then(|i| world.steps.get(i)) {
+                Some(step) => format!("step {} ({}): {e}", step.index, step.at.path),
+                None => e,
             }
-            self.step(step).map_err(|e| format!("step {} ({}): {e}", step.index, step.at.path))?;
-            if self.trace.is_some() {
-                let state = self.snapshot()?;
-                self.trace_step(step, &state);
-            }
-        }
-        let names: Vec<String> = self.pending.iter().map(|p| p.id.clone()).collect();
-        self.settle_background(&names)?;
-        let end = self.snapshot()?;
-        let connections = self.connections();
-        let resolutions = self.resolutions();
+        })?;
+        let connections = self.connections(&driven.slots);
+        let resolutions = self.resolutions(&driven.lookups);
         let outcome = Outcome {
-            scenario: self.world.id.clone(),
+            scenario: world.id.clone(),
             seed: self.seed,
             connections,
             resolutions,
-            checks: std::mem::take(&mut self.checks),
-            end,
+            checks: driven.checks,
+            end: driven.end,
             skipped: std::mem::take(&mut self.skipped),
         };
         let artifacts = if self.trace.is_some() { self.proxies.artifacts() } else { Vec::new() };
         Ok((outcome, self.trace.take(), artifacts))
-    }
-
-    fn step(&mut self, step: &Step) -> Result<(), RunError> {
-        match &step.action {
-            Action::Connect(c) => self.connect(c),
-            Action::Fault(f) => self.fault(f),
-            Action::Wait(d) => {
-                std::thread::sleep(*d);
-                Ok(())
-            }
-            Action::Resolve(r) => self.resolve(r),
-            Action::Check(check) => {
-                self.settle_background(&check.settles)?;
-                let state = self.snapshot()?;
-                self.checks.push(Snapshot { step: step.index, state });
-                Ok(())
-            }
-        }
     }
 
     fn peer_ns(&self, peer: &Peer) -> Result<&Netns, RunError> {
@@ -259,131 +213,25 @@ impl<'w> Runner<'w> {
         .ok_or_else(|| format!("{} does not exist at this step", peer.label()))
     }
 
-    fn connect(&mut self, c: &Connect) -> Result<(), RunError> {
-        let app = self.state.app_for(&c.to);
-        let endpoints = self.state.endpoint_apps(&c.to);
-        let first = self.slots.len();
-        let count = c.repeat.count() as usize;
-        let mut specs = Vec::with_capacity(count);
-        for k in 0..count {
-            let spec = ClientSpec {
-                send: c.send,
-                hold: c.hold,
-                deadline: c.deadline,
-                payload: Payload::key(self.seed, (first + k) as u64),
-            };
-            let by_name = c.resolve.as_ref().map(|h| {
-                let spec = LookupSpec {
-                    name: h.name.clone(),
-                    over: DnsTransport::Udp,
-                    server: SocketAddr::V4(h.server),
-                    deadline: c.deadline,
-                    id: query_id(self.seed, self.lookups.len() as u64),
-                };
-                let cell = self.new_lookup(&c.id, &c.from, &h.name);
-                ByName { spec, client_ip: c.from.ip, port: c.to.addr.port(), cell }
-            });
-            specs.push((spec, by_name));
-        }
-        for _ in 0..count {
-            self.slots.push(Slot {
-                id: c.id.clone(),
-                from: c.from.label(),
-                to: c.to.label.clone(),
-                app,
-                endpoints: endpoints.clone(),
-                run: None,
-            });
-        }
-        let parallel = matches!(c.repeat, Repeat::Parallel(_));
-        let runs = ClientRuns::new(count);
-        let job = start_clients(self.peer_ns(&c.from)?, c.to.addr, specs, parallel, &runs);
-        let slots: Vec<usize> = (first..first + count).collect();
-        if c.background {
-            let (id, from) = (c.id.clone(), c.from.label());
-            self.pending.push(Pending { id, slots, job, runs, from });
-            return Ok(());
-        }
-        job.wait().map_err(|e| format!("the clients of {}: {e}", c.id))?;
-        self.fill(&slots, runs.take());
-        Ok(())
-    }
-
-    /// Registers a lookup of `name` by `from` under `id`; its report goes to the cell returned.
-    fn new_lookup(&mut self, id: &str, from: &Peer, name: &str) -> LookupCell {
-        let report = LookupCell::default();
-        let (id, from, name) = (id.to_string(), from.label(), name.to_string());
-        self.lookups.push(LookupSlot { id, from, name, report: report.clone() });
-        report
-    }
-
-    /// A `resolve` step: the client's stub resolver asks its nameserver from the client's
-    /// namespace (a captured pod's query is REDIRECTed to its proxy's 15053 by the in-pod rules).
-    fn resolve(&mut self, r: &Resolve) -> Result<(), RunError> {
-        let spec = LookupSpec {
-            name: r.name.clone(),
-            over: r.over,
-            server: SocketAddr::V4(r.server),
-            deadline: r.deadline,
-            id: query_id(self.seed, self.lookups.len() as u64),
-        };
-        let cell = self.new_lookup(&r.id, &r.from, &r.name);
-        let client_ip = r.from.ip;
-        let report = self
-            .peer_ns(&r.from)?
-            .run(move || async move { lookup(&KernelResolver, &spec, client_ip).await })
-            .map_err(|e| format!("the lookup {}: {e}", r.id))?;
-        *cell.lock().unwrap_or_else(|e| e.into_inner()) = Some(report);
-        Ok(())
+    fn peer_ns_of_pod(&self, pod: &Pod) -> Result<&Netns, RunError> {
+        let pod_ns = self.topo.pods.get(&pod.key).map(|p| &p.ns);
+        pod_ns.ok_or_else(|| format!("pod {} does not exist at this step", pod.label()))
     }
 
     /// The Outcome's lookups, in start order.
-    fn resolutions(&self) -> Vec<Resolution> {
+    fn resolutions(&self, lookups: &[LookupSlot]) -> Vec<Resolution> {
         let log = self.proxies.log();
         let served = self.served.lock().unwrap_or_else(|e| e.into_inner()).clone();
-        self.lookups
+        lookups
             .iter()
-            .map(|l| {
-                let report = l
-                    .report
-                    .lock()
-                    .unwrap_or_else(|e| e.into_inner())
-                    .clone()
-                    .unwrap_or_else(LookupReport::killed);
-                let labels = LookupLabels { id: &l.id, from: &l.from, name: &l.name };
-                assemble::resolution(labels, &report, &log, &served)
-            })
+            .map(|l| assemble::resolution(l.labels(), &l.report(), &log, &served))
             .collect()
     }
 
-    fn fill(&mut self, slots: &[usize], runs: Vec<ClientRun>) {
-        for (i, run) in slots.iter().zip(runs) {
-            self.slots[*i].run = Some(run);
-        }
-    }
-
-    /// Waits for the named background connections to finish (their hold and deadline bound it).
-    fn settle_background(&mut self, ids: &[String]) -> Result<(), RunError> {
-        let (done, keep): (Vec<Pending>, Vec<Pending>) =
-            std::mem::take(&mut self.pending).into_iter().partition(|p| ids.contains(&p.id));
-        self.pending = keep;
-        for p in done {
-            match p.job.wait() {
-                Ok(()) => {}
-                // Cancelled as its pod's namespace went: the clients that had not reported
-                // died with the pod (`ClientRuns::take` reports them killed).
-                Err(NetnsError::Cancelled { .. }) if self.deleted.contains(&p.from) => {}
-                Err(e) => return Err(format!("the clients of {}: {e}", p.id)),
-            }
-            self.fill(&p.slots, p.runs.take());
-        }
-        Ok(())
-    }
-
-    fn start_proxy(&mut self, node: &str) -> Result<(), RunError> {
+    fn start_proxy_now(&mut self, node: &str, cluster: &ClusterState<'_>) -> Result<(), RunError> {
         let index = self.node_index(node)?;
-        let mesh = self.state.mesh_spec();
-        let pods = self.captured_on(node);
+        let mesh = cluster.mesh_spec();
+        let pods = self.captured_on(node, cluster);
         let ns = &self.topo.nodes[index];
         self.proxies
             .start(node, ns, &mesh, &pods)
@@ -394,10 +242,10 @@ impl<'w> Runner<'w> {
     /// pod it served: the abort is asynchronous, and a SYN reaching a dying listener would be
     /// accepted and then reset instead of refused. Probed by binding the ports (no packet sent,
     /// nothing in conntrack or the counters).
-    fn crash_proxy(&mut self, node: &str) -> Result<(), RunError> {
+    fn crash_proxy_now(&mut self, node: &str, cluster: &ClusterState<'_>) -> Result<(), RunError> {
         self.proxies.crash(node);
         let deadline = Instant::now() + SETTLE;
-        for PodInfo { ip, .. } in self.captured_on(node) {
+        for PodInfo { ip, .. } in self.captured_on(node, cluster) {
             let Some(pod) = self.topo.pods.values().find(|p| p.ip == ip) else { continue };
             loop {
                 let free = pod
@@ -417,71 +265,14 @@ impl<'w> Runner<'w> {
         self.topo.plan.node(node).map(|n| n.index).ok_or_else(|| format!("no node {node}"))
     }
 
-    /// The captured pods of `node` that exist now, with their namespaces.
-    fn captured_on(&self, node: &str) -> Vec<PodInfo> {
-        self.state
+    /// The captured pods of `node` in `cluster` that exist now, with their namespaces.
+    fn captured_on(&self, node: &str, cluster: &ClusterState<'_>) -> Vec<PodInfo> {
+        cluster
             .pods
             .values()
             .filter(|p| p.node == node && p.is_captured())
             .filter_map(|p| self.topo.pods.get(&p.key).map(|ns| pod_info(p, ns.ns.path())))
             .collect()
-    }
-
-    /// Gives the proxies the mesh as it is now. Our proxies take it live; a ztunnel reads its
-    /// config only at startup, so each running one is restarted, and the step is reported as
-    /// skipped: a restart cuts live connections and empties the pools, which an xDS push would
-    /// not do.
-    fn mesh_changed(&mut self) -> Result<(), RunError> {
-        let mesh = self.state.mesh_spec();
-        let restart = self
-            .proxies
-            .update_mesh(&mesh)
-            .map_err(|e| format!("giving the proxies the new mesh: {e}"))?;
-        if restart.is_empty() {
-            return Ok(());
-        }
-        for node in &restart {
-            self.crash_proxy(node)?;
-            self.start_proxy(node)?;
-        }
-        self.skipped.push(Skipped {
-            step: self.step_at,
-            reason: format!(
-                "ztunnel reads its config (LOCAL_XDS_PATH) only at startup: the mesh change was \
-                 applied by restarting the ztunnel of {}, which cuts their live connections and \
-                 empties their connection pools (istiod's xDS push would do neither)",
-                restart.join(", ")
-            ),
-        });
-        Ok(())
-    }
-
-    fn fault(&mut self, fault: &Fault) -> Result<(), RunError> {
-        match fault {
-            Fault::Partition(link) => self.link_fault(link, |s| s.partitioned = true),
-            Fault::Loss { link, rate } => {
-                let rate = *rate;
-                self.link_fault(link, |s| s.loss = Some(rate))
-            }
-            Fault::Latency { link, add } => self.latency(link, *add),
-            Fault::Heal(link) => self.heal(link.as_ref()),
-            Fault::RestartProxy(node) => {
-                self.crash_proxy(node)?;
-                self.start_proxy(node)
-            }
-            Fault::CrashProxy(node) => self.crash_proxy(node),
-            Fault::StartProxy(node) => self.start_proxy(node),
-            Fault::FlushConntrack(peer) => self
-                .peer_ns(peer)?
-                .conntrack_flush()
-                .map_err(|e| format!("flushing conntrack of {}: {e}", peer.label())),
-            Fault::DeletePod { pod, .. } => self.delete_pod(fault, pod),
-            Fault::AddPod { pod, .. } => self.add_pod(fault, pod),
-            Fault::Apply(_) | Fault::Remove(_) => {
-                self.state.apply(fault);
-                self.mesh_changed()
-            }
-        }
     }
 
     fn link_indices(&self, link: &NodeLink) -> Result<(usize, usize), RunError> {
@@ -509,31 +300,6 @@ impl<'w> Runner<'w> {
         Ok(())
     }
 
-    /// Latency on a link: a delay line per direction, bound to its queue *before* the rule that
-    /// feeds it is loaded (unbound, the queue would drop); a new delay on a delayed link only
-    /// retunes the lines. A zero delay removes the fault.
-    fn latency(&mut self, link: &NodeLink, add: Duration) -> Result<(), RunError> {
-        let (a, b) = self.link_indices(link)?;
-        if add.is_zero() {
-            self.faults.update(a, b, |s| s.latency = None);
-            self.load_filters(&[a, b])?;
-            return self.stop_delays(a, b);
-        }
-        for (here, there) in [(a, b), (b, a)] {
-            if let Some(line) = self.delays.get(&(here, there)) {
-                line.set_add(add);
-                continue;
-            }
-            let line =
-                Delay::start(&self.topo.nodes[here], queue_num(there), add).map_err(|e| {
-                    format!("starting node {}'s delay line: {e}", self.world.nodes[here].name)
-                })?;
-            self.delays.insert((here, there), line);
-        }
-        self.faults.update(a, b, |s| s.latency = Some(add));
-        self.load_filters(&[a, b])
-    }
-
     /// Stops the delay lines of link `(a, b)`, once their rules are gone: what they hold is
     /// released at once.
     fn stop_delays(&mut self, a: usize, b: usize) -> Result<(), RunError> {
@@ -547,85 +313,16 @@ impl<'w> Runner<'w> {
         Ok(())
     }
 
-    fn heal(&mut self, link: Option<&NodeLink>) -> Result<(), RunError> {
-        let links = match link {
-            Some(l) => vec![self.link_indices(l)?],
-            None => self.faults.faulted(),
-        };
-        let mut nodes = BTreeSet::new();
-        for &(a, b) in &links {
-            self.faults.update(a, b, |s| *s = LinkState::default());
-            nodes.extend([a, b]);
-        }
-        self.load_filters(&nodes.into_iter().collect::<Vec<_>>())?;
-        for (a, b) in links {
-            self.stop_delays(a, b)?;
-        }
-        Ok(())
-    }
-
-    /// The order of a real pod deletion, as in the simulator: the pod's processes die first —
-    /// its namespace's worker stops, ending its apps and its own clients, and the kernel closes
-    /// their sockets while the pod is still plugged in; then the node proxy is told (the CNI
-    /// plugin's DEL) and sends GOAWAY on the pod's tunnels; once their source proxies have
-    /// closed them (bounded by [`SETTLE`]), the pod's veth goes.
-    fn delete_pod(&mut self, fault: &Fault, key: &ObjectKey) -> Result<(), RunError> {
-        let pod = self.state.pods.get(key).cloned();
-        let path = self.topo.pods.get(key).map(|p| p.ns.path().to_path_buf()).unwrap_or_default();
-        let killed = self.topo.kill_pod(key);
-        self.deleted.insert(key.to_string());
-        // The closes of its sockets reach their peers (and the proxies log them).
-        std::thread::sleep(KILL_SETTLE);
-        self.state.apply(fault);
-        if let Some(pod) = &pod
-            && pod.is_captured()
-        {
-            let info = pod_info(pod, &path);
-            let ns = &self.topo.nodes[self.node_index(&pod.node)?];
-            self.proxies.remove_pod(&pod.node, ns, &info).map_err(|e| {
-                format!("removing pod {} from proxy@{}: {e}", pod.label(), pod.node)
-            })?;
-            let gateway = SocketAddr::new(pod.ip.into(), ambient_proxy::inpod::INBOUND_HBONE_PORT);
-            let deadline = Instant::now() + SETTLE;
-            while observe::open_tunnels_to(&self.proxies.log_since_crash(), gateway) > 0
-                && Instant::now() < deadline
-            {
-                std::thread::sleep(SETTLE_POLL);
-            }
-        }
-        self.mesh_changed()?;
-        match killed {
-            Some(gone) => self.topo.unplug(key, gone).map_err(topo_err),
-            None => Ok(()),
-        }
-    }
-
-    fn add_pod(&mut self, fault: &Fault, pod: &Pod) -> Result<(), RunError> {
-        self.state.apply(fault);
-        self.topo.add_pods(self.sandbox, &[pod]).map_err(topo_err)?;
-        self.mesh_changed()?;
-        let ns = &self.topo.pods[&pod.key].ns;
-        start_apps(ns, &pod.serve, &self.accepts)
-            .map_err(|e| format!("pod {}: {e}", pod.label()))?;
-        if pod.is_captured() {
-            let info = pod_info(pod, ns.path());
-            self.proxies
-                .add_pod(&pod.node, ns, &info)
-                .map_err(|e| format!("adding pod {} to proxy@{}: {e}", pod.label(), pod.node))?;
-        }
-        Ok(())
-    }
-
     /// The clients whose connections have finished (their addresses).
     fn finished_clients(&self) -> BTreeSet<SocketAddr> {
-        self.slots.iter().filter_map(|s| s.run.as_ref()?.local).collect()
+        self.runs.iter().filter_map(|r| r.as_ref()?.local).collect()
     }
 
     /// The state now: once the proxies have logged the end of every finished connection and
     /// conntrack holds no connection half-way through opening or closing, or has not changed
     /// for [`SETTLE_QUIET`] (together bounded by [`SETTLE`]), every existing pod's and host's conntrack table, every captured pod's rule
     /// counters, and the tunnels opened so far.
-    fn snapshot(&self) -> Result<State, RunError> {
+    fn snapshot_now(&self, cluster: &ClusterState<'_>) -> Result<State, RunError> {
         let clients = self.finished_clients();
         let deadline = Instant::now() + SETTLE;
         while !observe::open_clients(&self.proxies.log_since_crash(), &clients).is_empty()
@@ -636,7 +333,7 @@ impl<'w> Runner<'w> {
         // One bound for both: what keeps a proxy busy usually keeps conntrack busy too.
         let mut last: Option<(BTreeMap<String, Vec<ConntrackEntry>>, Instant)> = None;
         let conntrack = loop {
-            let tables = self.read_conntrack()?;
+            let tables = self.read_conntrack(cluster)?;
             let busy = tables.values().flatten().any(observe::transient);
             let now = Instant::now();
             let quiet = match &last {
@@ -653,7 +350,7 @@ impl<'w> Runner<'w> {
             }
             std::thread::sleep(SETTLE_POLL);
         };
-        let counters = self.read_counters()?;
+        let counters = self.read_counters(cluster)?;
         let mut netns = BTreeMap::new();
         for (label, entries) in conntrack {
             let counters = counters.get(&label).cloned().unwrap_or_default();
@@ -663,9 +360,9 @@ impl<'w> Runner<'w> {
     }
 
     /// Every pod and host namespace, by its Outcome label.
-    fn labelled(&self) -> Vec<(String, &Netns, bool)> {
+    fn labelled(&self, cluster: &ClusterState<'_>) -> Vec<(String, &Netns, bool)> {
         let pods = self.topo.pods.iter().map(|(key, p)| {
-            let captured = self.state.pods.get(key).is_some_and(Pod::is_captured);
+            let captured = cluster.pods.get(key).is_some_and(Pod::is_captured);
             (key.to_string(), &p.ns, captured)
         });
         let hosts = self.topo.hosts.iter().map(|(name, ns)| (name.clone(), ns, false));
@@ -674,9 +371,10 @@ impl<'w> Runner<'w> {
 
     fn read_conntrack(
         &self,
+        cluster: &ClusterState<'_>,
     ) -> Result<BTreeMap<String, Vec<ambient_scenarios::outcome::ConntrackEntry>>, RunError> {
         let jobs: Vec<(String, JobHandle<_>)> = self
-            .labelled()
+            .labelled(cluster)
             .into_iter()
             .map(|(label, ns, _)| (label, ns.spawn(|| async { crate::conntrack::list_in().await })))
             .collect();
@@ -695,6 +393,7 @@ impl<'w> Runner<'w> {
 
     fn read_counters(
         &self,
+        cluster: &ClusterState<'_>,
     ) -> Result<
         BTreeMap<
             String,
@@ -703,7 +402,7 @@ impl<'w> Runner<'w> {
         RunError,
     > {
         let jobs: Vec<(String, JobHandle<_>)> = self
-            .labelled()
+            .labelled(cluster)
             .into_iter()
             .filter(|(_, _, captured)| *captured)
             .map(|(label, ns, _)| (label, ns.spawn(|| async { crate::iptables::save_in().await })))
@@ -721,17 +420,17 @@ impl<'w> Runner<'w> {
     }
 
     /// The Outcome's connections, in start order.
-    fn connections(&self) -> Vec<ambient_scenarios::outcome::Connection> {
+    fn connections(&self, slots: &[ConnSlot]) -> Vec<ambient_scenarios::outcome::Connection> {
         let mut log = self.proxies.log();
         let records = self.accepts.lock().unwrap_or_else(|e| e.into_inner()).clone();
         let mut ties = BTreeMap::new();
         if self.proxies.has_ztunnel() {
             let clients: Vec<(SocketAddr, Vec<u8>)> = self
-                .slots
+                .runs
                 .iter()
                 .enumerate()
-                .filter_map(|(i, s)| {
-                    let run = s.run.as_ref()?;
+                .filter_map(|(i, run)| {
+                    let run = run.as_ref()?;
                     let mut first = vec![0u8; (run.report.sent as usize).min(FIRST_BYTES)];
                     Payload::new(Payload::key(self.seed, i as u64)).fill(&mut first);
                     Some((run.local?, first))
@@ -758,18 +457,12 @@ impl<'w> Runner<'w> {
             },
             local: None,
         };
-        self.slots
+        slots
             .iter()
-            .map(|s| {
-                let run = s.run.as_ref().unwrap_or(&unfinished);
-                let labels = ConnLabels {
-                    id: &s.id,
-                    from: &s.from,
-                    to: &s.to,
-                    app: s.app,
-                    endpoints: &s.endpoints,
-                };
-                assemble::connection(labels, &run.report, run.local, &log, &mut accepts)
+            .enumerate()
+            .map(|(i, s)| {
+                let run = self.runs.get(i).and_then(Option::as_ref).unwrap_or(&unfinished);
+                assemble::connection(s.labels(), &run.report, run.local, &log, &mut accepts)
             })
             .collect()
     }
@@ -779,10 +472,267 @@ impl<'w> Runner<'w> {
         let json = serde_json::to_string_pretty(state).unwrap_or_default();
         trace.push_str(&format!(
             "== step {} ({}): {}\n{json}\n",
-            step.index,
-            step.at.path,
-            describe(&step.action)
+            step.index, step.at.path, step.action
         ));
+    }
+}
+
+impl Runner<'_> {
+    /// Gives the proxies the mesh of `cluster`. Our proxies take it live; a ztunnel reads its
+    /// config only at startup, so each running one is restarted, and the step is reported as
+    /// skipped: a restart cuts live connections and empties the pools, which an xDS push would
+    /// not do.
+    fn mesh_changed(&mut self, cluster: &ClusterState<'_>) -> Result<(), RunError> {
+        let mesh = cluster.mesh_spec();
+        let restart = self
+            .proxies
+            .update_mesh(&mesh)
+            .map_err(|e| format!("giving the proxies the new mesh: {e}"))?;
+        if restart.is_empty() {
+            return Ok(());
+        }
+        for node in &restart {
+            self.crash_proxy_now(node, cluster)?;
+            self.start_proxy_now(node, cluster)?;
+        }
+        self.skipped.push(Skipped {
+            step: self.step_at.unwrap_or_default(),
+            reason: format!(
+                "ztunnel reads its config (LOCAL_XDS_PATH) only at startup: the mesh change was \
+                 applied by restarting the ztunnel of {}, which cuts their live connections and \
+                 empties their connection pools (istiod's xDS push would do neither)",
+                restart.join(", ")
+            ),
+        });
+        Ok(())
+    }
+}
+
+impl Effects for Runner<'_> {
+    type Error = RunError;
+
+    async fn step_started(&mut self, step: &Step) -> Result<(), RunError> {
+        self.step_at = Some(step.index);
+        match self.inject {
+            Some((at, Injected::Error)) if at == step.index => Err("injected failure".into()),
+            Some((at, Injected::Panic)) if at == step.index => panic!("step {at}: injected panic"),
+            _ => Ok(()),
+        }
+    }
+
+    async fn step_done(&mut self, step: &Step, cluster: &ClusterState<'_>) -> Result<(), RunError> {
+        if self.trace.is_some() {
+            let state = self.snapshot_now(cluster)?;
+            self.trace_step(step, &state);
+        }
+        self.step_at = None;
+        Ok(())
+    }
+
+    async fn start_clients(&mut self, batch: ClientBatch<'_>) -> Result<(), RunError> {
+        let slots = batch.slots();
+        if slots.start != self.runs.len() {
+            return Err(format!(
+                "connect {}: slot {} started after {} slots (harness bug)",
+                batch.id,
+                slots.start,
+                self.runs.len()
+            ));
+        }
+        self.runs.resize_with(slots.end, || None);
+        let runs = ClientRuns::new(slots.len());
+        let ns = self.peer_ns(batch.from)?;
+        let job = start_clients(ns, batch.dst, batch.clients, batch.parallel, &runs);
+        let (id, from) = (batch.id.to_string(), batch.from.label());
+        self.pending.push(Pending { id, slots, job, runs, from });
+        Ok(())
+    }
+
+    /// Waits for the connections (their hold and deadline bound it).
+    async fn join(&mut self, id: &str) -> Result<(), RunError> {
+        let (done, keep): (Vec<Pending>, Vec<Pending>) =
+            std::mem::take(&mut self.pending).into_iter().partition(|p| p.id == id);
+        self.pending = keep;
+        for p in done {
+            match p.job.wait() {
+                Ok(()) => {}
+                // Cancelled as its pod's namespace went: the clients that had not reported
+                // died with the pod (`ClientRuns::take` reports them killed).
+                Err(NetnsError::Cancelled { .. }) if self.deleted.contains(&p.from) => {}
+                Err(e) => return Err(format!("the clients of {}: {e}", p.id)),
+            }
+            for (i, run) in p.slots.zip(p.runs.take()) {
+                self.runs[i] = Some(run);
+            }
+        }
+        Ok(())
+    }
+
+    /// The client's stub resolver asks its nameserver from the client's namespace (a captured
+    /// pod's query is REDIRECTed to its proxy's 15053 by the in-pod rules).
+    async fn lookup(
+        &mut self,
+        id: &str,
+        from: &Peer,
+        spec: LookupSpec,
+        cell: LookupCell,
+    ) -> Result<(), RunError> {
+        let client_ip = from.ip;
+        let report = self
+            .peer_ns(from)?
+            .run(move || async move { lookup(&KernelResolver, &spec, client_ip).await })
+            .map_err(|e| format!("the lookup {id}: {e}"))?;
+        *cell.lock().unwrap_or_else(|e| e.into_inner()) = Some(report);
+        Ok(())
+    }
+
+    /// The kernel runs by itself: snapshots settle on their own.
+    async fn settle(&mut self) {}
+
+    async fn snapshot(&mut self, cluster: &ClusterState<'_>) -> Result<State, RunError> {
+        self.snapshot_now(cluster)
+    }
+
+    async fn wait(&mut self, d: Duration) {
+        std::thread::sleep(d);
+    }
+
+    async fn partition(&mut self, link: &NodeLink) -> Result<(), RunError> {
+        self.link_fault(link, |s| s.partitioned = true)
+    }
+
+    /// A delay line per direction, bound to its queue *before* the rule that feeds it is
+    /// loaded (unbound, the queue would drop); a new delay on a delayed link only retunes the
+    /// lines. A zero delay removes the fault.
+    async fn latency(&mut self, link: &NodeLink, add: Duration) -> Result<(), RunError> {
+        let (a, b) = self.link_indices(link)?;
+        if add.is_zero() {
+            self.faults.update(a, b, |s| s.latency = None);
+            self.load_filters(&[a, b])?;
+            return self.stop_delays(a, b);
+        }
+        for (here, there) in [(a, b), (b, a)] {
+            if let Some(line) = self.delays.get(&(here, there)) {
+                line.set_add(add);
+                continue;
+            }
+            let line =
+                Delay::start(&self.topo.nodes[here], queue_num(there), add).map_err(|e| {
+                    format!("starting node {}'s delay line: {e}", self.world.nodes[here].name)
+                })?;
+            self.delays.insert((here, there), line);
+        }
+        self.faults.update(a, b, |s| s.latency = Some(add));
+        self.load_filters(&[a, b])
+    }
+
+    async fn loss(&mut self, link: &NodeLink, rate: f64) -> Result<(), RunError> {
+        self.link_fault(link, |s| s.loss = Some(rate))
+    }
+
+    async fn heal(&mut self, link: Option<&NodeLink>) -> Result<(), RunError> {
+        let links = match link {
+            Some(l) => vec![self.link_indices(l)?],
+            None => self.faults.faulted(),
+        };
+        let mut nodes = BTreeSet::new();
+        for &(a, b) in &links {
+            self.faults.update(a, b, |s| *s = LinkState::default());
+            nodes.extend([a, b]);
+        }
+        self.load_filters(&nodes.into_iter().collect::<Vec<_>>())?;
+        for (a, b) in links {
+            self.stop_delays(a, b)?;
+        }
+        Ok(())
+    }
+
+    async fn crash_proxy(
+        &mut self,
+        node: &str,
+        cluster: &ClusterState<'_>,
+    ) -> Result<(), RunError> {
+        self.crash_proxy_now(node, cluster)
+    }
+
+    async fn start_proxy(
+        &mut self,
+        node: &str,
+        cluster: &ClusterState<'_>,
+    ) -> Result<(), RunError> {
+        self.start_proxy_now(node, cluster)
+    }
+
+    async fn flush_conntrack(&mut self, peer: &Peer) -> Result<(), RunError> {
+        self.peer_ns(peer)?
+            .conntrack_flush()
+            .map_err(|e| format!("flushing conntrack of {}: {e}", peer.label()))
+    }
+
+    async fn update_mesh(&mut self, cluster: &ClusterState<'_>) -> Result<(), RunError> {
+        self.mesh_changed(cluster)
+    }
+
+    /// Its namespace goes: its worker stops, ending its apps and its own clients, and the
+    /// kernel closes their sockets while the pod is still plugged in; the closes are given
+    /// [`KILL_SETTLE`] to reach their peers (and the proxies to log them).
+    async fn kill_pod(&mut self, pod: &Pod) -> Result<(), RunError> {
+        let path = self.topo.pods.get(&pod.key).map(|p| p.ns.path().to_path_buf());
+        let (Some(path), Some(gone)) = (path, self.topo.kill_pod(&pod.key)) else {
+            return Err(format!("delete-pod: {} has no namespace", pod.label()));
+        };
+        self.dying.insert(pod.key.clone(), (gone, path));
+        self.deleted.insert(pod.label());
+        std::thread::sleep(KILL_SETTLE);
+        Ok(())
+    }
+
+    /// The node proxy stops serving the pod and sends GOAWAY on its tunnels; returns once their
+    /// source proxies have closed them (bounded by [`SETTLE`]).
+    async fn release_pod(&mut self, pod: &Pod) -> Result<(), RunError> {
+        let path = self.dying.get(&pod.key).map(|(_, path)| path.clone()).unwrap_or_default();
+        let info = pod_info(pod, &path);
+        let ns = &self.topo.nodes[self.node_index(&pod.node)?];
+        self.proxies
+            .remove_pod(&pod.node, ns, &info)
+            .map_err(|e| format!("removing pod {} from proxy@{}: {e}", pod.label(), pod.node))?;
+        let gateway = SocketAddr::new(pod.ip.into(), ambient_proxy::inpod::INBOUND_HBONE_PORT);
+        let deadline = Instant::now() + SETTLE;
+        while observe::open_tunnels_to(&self.proxies.log_since_crash(), gateway) > 0
+            && Instant::now() < deadline
+        {
+            std::thread::sleep(SETTLE_POLL);
+        }
+        Ok(())
+    }
+
+    async fn unplug_pod(&mut self, pod: &Pod) -> Result<(), RunError> {
+        match self.dying.remove(&pod.key) {
+            Some((gone, _)) => self.topo.unplug(&pod.key, gone).map_err(topo_err),
+            None => Ok(()),
+        }
+    }
+
+    /// Built like the initial pods: namespace, veth, addresses, routes, and a captured pod's
+    /// rules and policy routing.
+    async fn plug_pod(&mut self, pod: &Pod, _: usize) -> Result<(), RunError> {
+        self.topo.add_pods(self.sandbox, &[pod]).map_err(topo_err)
+    }
+
+    async fn start_apps(&mut self, pod: &Pod) -> Result<(), RunError> {
+        let ns = self.peer_ns_of_pod(pod)?;
+        start_apps(ns, &pod.serve, &self.accepts).map_err(|e| format!("pod {}: {e}", pod.label()))
+    }
+
+    async fn attach_pod(&mut self, pod: &Pod) -> Result<(), RunError> {
+        // The pod's namespace and the proxies are borrowed apart (fields, not `self`).
+        let Some(ns) = self.topo.pods.get(&pod.key).map(|p| &p.ns) else {
+            return Err(format!("pod {} does not exist at this step", pod.label()));
+        };
+        let info = pod_info(pod, ns.path());
+        self.proxies
+            .add_pod(&pod.node, ns, &info)
+            .map_err(|e| format!("adding pod {} to proxy@{}: {e}", pod.label(), pod.node))
     }
 }
 
@@ -793,19 +743,6 @@ fn pod_info(p: &Pod, netns: &std::path::Path) -> PodInfo {
         name: p.key.name.clone(),
         namespace: p.key.namespace.clone(),
         service_account: p.service_account.clone(),
-    }
-}
-
-/// A step in a few words, for the trace.
-fn describe(action: &Action) -> String {
-    match action {
-        Action::Connect(c) => format!("connect {} from {} to {}", c.id, c.from.label(), c.to.label),
-        Action::Fault(f) => f.to_string(),
-        Action::Wait(d) => format!("wait {d:?}"),
-        Action::Check(_) => "check".into(),
-        Action::Resolve(r) => {
-            format!("resolve {} from {} {} over {}", r.id, r.from.label(), r.name, r.over)
-        }
     }
 }
 

@@ -411,6 +411,41 @@ impl fmt::Display for Fault {
     }
 }
 
+/// `step <index> <action>`: how traces and progress lines name a step.
+impl fmt::Display for Step {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "step {} {}", self.index, self.action)
+    }
+}
+
+/// The step's action in a few words, with what tells it apart in a trace (`connect c1 client.default
+/// -> server.default:8080 (10.0.2.2:8080) count 3 background`).
+impl fmt::Display for Action {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Action::Connect(c) => {
+                write!(f, "connect {} {} -> {} ({})", c.id, c.from.label(), c.to.label, c.to.addr)?;
+                match c.repeat {
+                    Repeat::Sequential(1) => {}
+                    Repeat::Sequential(n) => write!(f, " count {n}")?,
+                    Repeat::Parallel(n) => write!(f, " parallel {n}")?,
+                }
+                if c.background {
+                    f.write_str(" background")?;
+                }
+                Ok(())
+            }
+            Action::Fault(fault) => write!(f, "fault {fault}"),
+            Action::Wait(d) => write!(f, "wait {}", crate::values::format_duration(*d)),
+            Action::Check(_) => f.write_str("check"),
+            Action::Resolve(r) => {
+                let (id, from, name) = (&r.id, r.from.label(), &r.name);
+                write!(f, "resolve {id} {from} {name} over {} ({})", r.over, r.server)
+            }
+        }
+    }
+}
+
 /// Two distinct nodes; link faults apply in both directions.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct NodeLink {
