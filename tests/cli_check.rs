@@ -1,28 +1,13 @@
 //! `testbed check`: what it prints and its exit status (0 valid, 1 invalid, 2 usage).
 
-use std::path::Path;
-use std::process::{Command, Output};
+mod common;
+
+use std::process::Output;
+
+use common::{catalog_files, stdout, testbed};
 
 fn check(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_testbed"))
-        .arg("check")
-        .args(args)
-        .current_dir(Path::new(env!("CARGO_MANIFEST_DIR")))
-        .output()
-        .expect("run testbed")
-}
-
-fn stdout(o: &Output) -> String {
-    String::from_utf8_lossy(&o.stdout).into_owned()
-}
-
-/// The number of scenario files in the catalog (it grows; the tests must not pin it).
-fn catalog_files() -> usize {
-    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("scenarios/catalog");
-    std::fs::read_dir(dir)
-        .expect("scenarios/catalog")
-        .filter(|e| e.as_ref().is_ok_and(|e| e.path().extension().is_some_and(|x| x == "yaml")))
-        .count()
+    testbed(&[&["check"], args].concat())
 }
 
 #[test]

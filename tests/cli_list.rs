@@ -2,26 +2,11 @@
 //! not load is listed with its error (exit 1); a glob that matches nothing is a usage error
 //! naming it (exit 2) for list, run and conform.
 
-use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+mod common;
 
-fn testbed(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_testbed"))
-        .args(args)
-        .current_dir(Path::new(env!("CARGO_MANIFEST_DIR")))
-        .output()
-        .expect("run testbed")
-}
+use common::{catalog_files, out_dir, testbed, text};
 
-fn text(bytes: &[u8]) -> String {
-    String::from_utf8_lossy(bytes).into_owned()
-}
-
-fn out_dir(name: &str) -> PathBuf {
-    let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!("cli-list-{name}"));
-    let _ = std::fs::remove_dir_all(&dir);
-    dir
-}
+const BIN: &str = "cli-list";
 
 #[test]
 fn list_prints_every_catalog_scenario_sorted_by_id_with_tags_and_file() {
@@ -29,10 +14,7 @@ fn list_prints_every_catalog_scenario_sorted_by_id_with_tags_and_file() {
     assert_eq!(o.status.code(), Some(0), "{}", text(&o.stderr));
     let stdout = text(&o.stdout);
     let lines: Vec<Vec<&str>> = stdout.lines().map(|l| l.split('\t').collect()).collect();
-    let files = std::fs::read_dir(Path::new(env!("CARGO_MANIFEST_DIR")).join("scenarios/catalog"))
-        .unwrap()
-        .filter(|e| e.as_ref().is_ok_and(|e| e.path().extension().is_some_and(|x| x == "yaml")))
-        .count();
+    let files = catalog_files();
     assert_eq!(lines.len(), files, "{stdout}");
     assert!(lines.iter().all(|l| l.len() == 3), "{stdout}");
     let ids: Vec<&str> = lines.iter().map(|l| l[0]).collect();
@@ -96,7 +78,7 @@ fn a_glob_that_matches_nothing_is_a_usage_error_naming_it() {
     );
     assert!(o.stdout.is_empty());
     for cmd in ["run", "conform"] {
-        let out = out_dir(cmd);
+        let out = out_dir(BIN, cmd);
         let o = testbed(&[cmd, "--scenario", "no-such-*", "--out", out.to_str().unwrap()]);
         assert_eq!(o.status.code(), Some(2), "{cmd}: {}", text(&o.stderr));
         assert!(
@@ -110,7 +92,7 @@ fn a_glob_that_matches_nothing_is_a_usage_error_naming_it() {
 
 #[test]
 fn run_runs_only_what_the_glob_selects() {
-    let out = out_dir("run-one");
+    let out = out_dir(BIN, "run-one");
     let o = testbed(&["run", "--scenario", "same-node-hbone", "--out", out.to_str().unwrap()]);
     assert_eq!(o.status.code(), Some(0), "{}", text(&o.stderr));
     assert!(text(&o.stdout).contains("\n1 scenario: 1 passed, 0 failed (backend sim)"));

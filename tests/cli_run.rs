@@ -2,27 +2,11 @@
 //! folder. These need no backend (a file that does not load never reaches one); the runner
 //! itself is tested with a test double backend in `ambient_report`.
 
-use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+mod common;
 
-fn testbed(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_testbed"))
-        .args(args)
-        .current_dir(Path::new(env!("CARGO_MANIFEST_DIR")))
-        .output()
-        .expect("run testbed")
-}
+use common::{catalog_files, command, out_dir, testbed, text};
 
-fn text(bytes: &[u8]) -> String {
-    String::from_utf8_lossy(bytes).into_owned()
-}
-
-/// A fresh output folder path (not created).
-fn out_dir(name: &str) -> PathBuf {
-    let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!("cli-run-{name}"));
-    let _ = std::fs::remove_dir_all(&dir);
-    dir
-}
+const BIN: &str = "cli-run";
 
 #[test]
 fn usage_errors_exit_2() {
@@ -39,7 +23,7 @@ fn usage_errors_exit_2() {
 
 #[test]
 fn a_missing_path_exits_2() {
-    let out = out_dir("missing");
+    let out = out_dir(BIN, "missing");
     let o = testbed(&["run", "scenarios/no-such-folder", "--out", out.to_str().unwrap()]);
     assert_eq!(o.status.code(), Some(2));
     assert!(text(&o.stderr).contains("scenarios/no-such-folder"), "{}", text(&o.stderr));
@@ -48,13 +32,10 @@ fn a_missing_path_exits_2() {
 
 #[test]
 fn nothing_selected_exits_2_and_writes_nothing() {
-    let out = out_dir("nothing");
+    let out = out_dir(BIN, "nothing");
     let o = testbed(&["run", "--include", "no-such-tag", "--out", out.to_str().unwrap()]);
     assert_eq!(o.status.code(), Some(2), "{}", text(&o.stderr));
-    let n = std::fs::read_dir(Path::new(env!("CARGO_MANIFEST_DIR")).join("scenarios/catalog"))
-        .expect("scenarios/catalog")
-        .filter(|e| e.as_ref().is_ok_and(|e| e.path().extension().is_some_and(|x| x == "yaml")))
-        .count();
+    let n = catalog_files();
     assert_eq!(
         text(&o.stderr),
         format!(
@@ -68,7 +49,7 @@ fn nothing_selected_exits_2_and_writes_nothing() {
 
 #[test]
 fn a_malformed_file_is_a_failed_scenario_with_its_reason_in_every_report() {
-    let out = out_dir("malformed");
+    let out = out_dir(BIN, "malformed");
     let o = testbed(&[
         "run",
         "scenarios/tests/malformed/unknown-node.yaml",
@@ -98,7 +79,7 @@ fn a_malformed_file_is_a_failed_scenario_with_its_reason_in_every_report() {
 
 #[test]
 fn a_folder_that_is_not_ours_is_refused_and_left_alone() {
-    let out = out_dir("foreign");
+    let out = out_dir(BIN, "foreign");
     std::fs::create_dir_all(&out).unwrap();
     std::fs::write(out.join("notes.txt"), "mine").unwrap();
     let o = testbed(&[
@@ -115,11 +96,10 @@ fn a_folder_that_is_not_ours_is_refused_and_left_alone() {
 #[test]
 fn rust_log_reaches_the_one_subscriber_without_colours_off_a_terminal() {
     let run = |rust_log: Option<&str>, name: &str| {
-        let out = out_dir(name);
-        let mut cmd = Command::new(env!("CARGO_BIN_EXE_testbed"));
+        let out = out_dir(BIN, name);
+        let mut cmd = command();
         cmd.args(["run", "scenarios/catalog/same-node-hbone.yaml", "--out"])
             .arg(&out)
-            .current_dir(Path::new(env!("CARGO_MANIFEST_DIR")))
             .env_remove("RUST_LOG");
         if let Some(v) = rust_log {
             cmd.env("RUST_LOG", v);
@@ -140,12 +120,12 @@ fn rust_log_reaches_the_one_subscriber_without_colours_off_a_terminal() {
     let o = run(Some("ambient_proxy=loud"), "log-bad");
     assert_eq!(o.status.code(), Some(2), "{}", text(&o.stderr));
     assert!(text(&o.stderr).contains("RUST_LOG=\"ambient_proxy=loud\" does not parse"));
-    assert!(!out_dir("log-bad").exists());
+    assert!(!out_dir(BIN, "log-bad").exists());
 }
 
 #[test]
 fn pcap_on_the_netns_backend_is_refused_naming_the_alternative() {
-    let out = out_dir("netns-pcap");
+    let out = out_dir(BIN, "netns-pcap");
     let o = testbed(&["run", "--backend", "netns", "--pcap", "--out", out.to_str().unwrap()]);
     assert_eq!(o.status.code(), Some(2), "{}", text(&o.stderr));
     let e = text(&o.stderr);

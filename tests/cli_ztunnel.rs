@@ -1,26 +1,13 @@
 //! `--proxy ztunnel` without a ztunnel binary: a usage error (exit 2) that says how to give one,
 //! before any namespace is made or any scenario runs, for `testbed run` and `testbed conform`.
 
-use std::path::Path;
-use std::process::{Command, Output};
+mod common;
 
-fn testbed(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_testbed"))
-        .args(args)
-        .current_dir(Path::new(env!("CARGO_MANIFEST_DIR")))
-        .env_remove("TESTBED_ZTUNNEL")
-        .env_remove("TESTBED_ZTUNNEL_CA")
-        .output()
-        .expect("run testbed")
-}
-
-fn stderr(o: &Output) -> String {
-    String::from_utf8_lossy(&o.stderr).into_owned()
-}
+use common::{out_dir, stderr, testbed};
 
 #[test]
 fn ztunnel_without_a_binary_is_a_usage_error_naming_the_option() {
-    let out = Path::new(env!("CARGO_TARGET_TMPDIR")).join("cli-ztunnel-out");
+    let out = out_dir("cli-ztunnel", "out");
     for args in [
         &["run", "--backend", "netns", "--proxy", "ztunnel"][..],
         &["run", "--backend", "netns", "--proxy", "ours,ztunnel"],
