@@ -83,6 +83,13 @@
 //!   its deadline): it is predicted afresh at the heal and that joins, per endpoint.
 //! - **A captured client's passthrough across a partition** with deadline + hold ≥ 10 s: the
 //!   proxy's dial gives up first, also `refused` or `reset` (as for HBONE).
+//! - **A RST across a lossy link**: where the connection's own TCP crosses a lossy link
+//!   outside a tunnel (inbound plaintext and direct calls across nodes, a passthrough proxy's
+//!   upstream) and it ends with a RST sent after the handshake (a `reset` app; a proxy that
+//!   accepted it, then refuses or denies it), also `timeout`: a lost RST is not retransmitted,
+//!   and a client whose bytes and FIN were acknowledged waits for its deadline. A refusal by
+//!   a RST to the SYN is not widened (the SYN is retransmitted). A loss that starts while such
+//!   a connection to a `reset` app holds widens it the same way.
 //! - **Repetitions of a background step** (`count: k`) are not timed individually: once its
 //!   client pod is deleted, the later ones are reported unchecked ("unmodelled", with the
 //!   reason); once its client's proxy stops, a later one may also be refused with no route.
@@ -178,6 +185,22 @@ impl Expect {
             && self.paths.len() == 1
             && self.accepted != Tri::Either
             && self.identity != Tri::Either
+    }
+
+    /// The connection's own TCP crosses a lossy link outside any tunnel, and `ends_by_rst`:
+    /// it ends with a RST its client's peer sends after the handshake (an app's reset, or a
+    /// proxy that accepted it and then refuses or denies it). A RST is never retransmitted:
+    /// lost, it leaves a client whose bytes and FIN were all acknowledged waiting for its
+    /// deadline, so also `timeout` (nothing else changes: who was reached stays as it was).
+    pub(crate) fn allow_lost_rst(&mut self, link: &(String, String)) {
+        use ConnOutcome::{Denied, Refused, Reset, Timeout};
+        if self.outcomes.iter().any(|o| matches!(o, Refused | Denied | Reset)) {
+            self.outcomes.insert(Timeout);
+            self.notes.push(format!(
+                "its ending RST may be lost on the lossy link {}<->{}",
+                link.0, link.1
+            ));
+        }
     }
 
     /// Also allow `outcomes`, for `why`; the app may or may not have been reached.

@@ -62,6 +62,9 @@ struct Touches {
     /// With `rbac`: what the connection does if RBAC allows it (a change that lands before
     /// the connection is certainly authorized may let it through).
     allowed: Option<Expect>,
+    /// The links the connection's own TCP crosses outside a tunnel (inbound plaintext and
+    /// direct calls, a passthrough proxy's upstream): a RST ending it there may be lost.
+    bare_links: BTreeSet<(String, String)>,
     /// The client's netns label.
     client: String,
     /// The client's node, when the client is a captured pod (its proxy routes it).
@@ -564,8 +567,18 @@ impl Walk<'_> {
             }
             Fault::Latency { .. } => {}
             Fault::Loss { link, rate } => {
-                let l = self.links.entry(link_key(&link.a, &link.b)).or_default();
+                let k = link_key(&link.a, &link.b);
+                let l = self.links.entry(k.clone()).or_default();
                 l.lossy = *rate > 0.0;
+                if *rate > 0.0 {
+                    // A `reset` app holding a connection across the link resets it later: that
+                    // RST may be lost (`Expect::allow_lost_rst`).
+                    self.hit_live("loss on its link", |_, t| {
+                        (t.bare_links.contains(&k) && t.app == Some(App::Reset))
+                            .then(|| Hit::open(vec![Timeout]))
+                            .flatten()
+                    });
+                }
             }
             Fault::RestartProxy(node) | Fault::CrashProxy(node) => {
                 let now = self.now;

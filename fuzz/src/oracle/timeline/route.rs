@@ -143,10 +143,17 @@ impl Walk<'_> {
                 }
                 return (e, t);
             }
-            return (
-                self.app_expect(dst.ip, port, connect.send, PathKind::Passthrough, Tri::MustNot),
-                t,
-            );
+            let mut e =
+                self.app_expect(dst.ip, port, connect.send, PathKind::Passthrough, Tri::MustNot);
+            if n != m {
+                let link = link_key(&n, &m);
+                // The proxy's upstream: a reset app's RST to it may be lost.
+                if self.lossy(&n, &m) && self.app_at(dst.ip, port) == Some(App::Reset) {
+                    e.allow_lost_rst(&link);
+                }
+                t.bare_links.insert(link);
+            }
+            return (e, t);
         }
         t.proxies.insert(m.clone());
         t.rbac = Some((dst.key.clone(), c.ip, c.identity.clone(), dst.ip, port));
@@ -278,18 +285,26 @@ impl Walk<'_> {
         if let Some(dst) = pod_at(ip) {
             let m = dst.node.clone();
             let crosses = c.node.as_ref().filter(|n| **n != m);
+            let links: BTreeSet<_> = crosses.map(|n| [link_key(n, &m)].into()).unwrap_or_default();
             let mut t = Touches {
-                links: crosses.map(|n| [link_key(n, &m)].into()).unwrap_or_default(),
+                links: links.clone(),
+                bare_links: links.clone(),
                 netns: [c.label.clone(), dst.label()].into(),
                 ..Touches::default()
             };
+            let lossy = crosses.is_some_and(|n| self.lossy(n, &m));
             // Every way this ends without a proxy in between, the SYN was sent.
             let sent = unrouted_path(Unrouted::SynLeft);
             if crosses.is_some_and(|n| self.partitioned(n, &m)) {
                 return Ok((c, one(Expect::one(Timeout, sent, Tri::MustNot, Tri::MustNot), t)));
             }
             if !dst.is_captured() {
-                let e = self.app_expect(ip, port, connect.send, PathKind::Direct, Tri::MustNot);
+                let mut e = self.app_expect(ip, port, connect.send, PathKind::Direct, Tri::MustNot);
+                // Only a reset app's RST comes after the handshake (a closed port answers the
+                // SYN, which is retransmitted).
+                if lossy && self.app_at(ip, port) == Some(App::Reset) {
+                    links.iter().for_each(|l| e.allow_lost_rst(l));
+                }
                 return Ok((c, one(e, t)));
             }
             t.proxies.insert(m.clone());
@@ -306,11 +321,16 @@ impl Walk<'_> {
                 Tri::MustNot,
             ));
             let plain = Some(PathKind::InboundPlaintext);
-            let e = if !self.allowed(dst, c.ip, None, port) {
+            let mut e = if !self.allowed(dst, c.ip, None, port) {
                 Expect::one(Denied, plain, Tri::MustNot, Tri::MustNot)
             } else {
                 self.app_expect(ip, port, connect.send, PathKind::InboundPlaintext, Tri::MustNot)
             };
+            // The proxy accepted it on 15006: a denial, a closed port behind it or a reset
+            // app all end it with a RST from across the link.
+            if lossy {
+                links.iter().for_each(|l| e.allow_lost_rst(l));
+            }
             return Ok((c, one(e, t)));
         }
         if c.node.is_none() {

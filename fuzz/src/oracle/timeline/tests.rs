@@ -320,3 +320,52 @@ fn a_conntrack_flush_while_a_proxy_may_still_be_dialing() {
     let p = world("", &steps("1s"));
     assert!(!alt(&p[0], Some("10.0.1.3:8080")).outcomes.contains(&Refused));
 }
+
+#[test]
+fn a_rst_across_a_lossy_link_may_be_lost() {
+    // s43 c313: an uncaptured client on node-b calls a captured pod on node-a at a closed port
+    // across a lossy link; the proxy accepted it on 15006 and its RST was lost, so the client,
+    // its bytes and FIN acknowledged, waited for its deadline.
+    let v = "    - {name: v, node: node-b, ip: 10.0.2.9, serviceAccount: sv, serve: [{port: 9090, app: reset}]}\n";
+    let loss = "  - {fault: {loss: {between: [node-a, node-b], rate: 0.05}}}\n";
+    let calls = "  - {connect: {id: plain-closed, from: v, to: a:7070, send: 1KiB, deadline: 30s}}
+  - {connect: {id: plain-reset, from: u, to: b:9090, send: 1KiB, deadline: 30s}}
+  - {connect: {id: direct-reset, from: u, to: v:9090, send: 1KiB, deadline: 30s}}
+  - {connect: {id: direct-closed, from: u, to: v:7070, send: 1KiB, deadline: 30s}}
+  - {connect: {id: passthrough-reset, from: a, to: v:9090, send: 1KiB, deadline: 30s}}
+  - {connect: {id: hbone-reset, from: a, to: b:9090, send: 1KiB, deadline: 30s}}
+";
+    let lossy = world(v, &format!("{loss}{calls}"));
+    let clean = world(v, calls);
+    let expected: [(&str, &[ConnOutcome]); 6] = [
+        // A RST after the handshake, across the link: it may be lost.
+        ("plain-closed", &[Refused, Timeout]),
+        ("plain-reset", &[Reset, Timeout]),
+        ("direct-reset", &[Reset, Timeout]),
+        ("passthrough-reset", &[Reset, Timeout]),
+        // A RST to the SYN: the SYN is retransmitted until one comes back.
+        ("direct-closed", &[Refused]),
+        // The app's reset crosses the link inside the tunnel, which is reliable.
+        ("hbone-reset", &[Reset]),
+    ];
+    for (id, want) in expected {
+        let find = |ps: &[Prediction]| {
+            let p = ps.iter().find(|p| p.id == id).unwrap_or_else(|| panic!("{id}"));
+            p.alternatives.iter().flat_map(|a| a.expect.outcomes.iter().copied()).collect()
+        };
+        let got: BTreeSet<ConnOutcome> = find(&lossy);
+        assert_eq!(got, want.iter().copied().collect(), "{id} across the lossy link");
+        let got: BTreeSet<ConnOutcome> = find(&clean);
+        let first = want[0];
+        assert_eq!(got, [first].into(), "{id} without loss");
+    }
+    // The same for a connection to a reset app already holding when the loss starts.
+    let p = world(
+        v,
+        &format!(
+            "  - {{connect: {{id: held, from: u, to: b:9090, send: 1KiB, hold: 20s, background: true, deadline: 30s}}}}\n  - {{wait: 1s}}\n{loss}"
+        ),
+    );
+    let e = alt(&p[0], None);
+    assert_eq!(outcomes(e), [Reset, Timeout].into(), "{e:?}");
+}
