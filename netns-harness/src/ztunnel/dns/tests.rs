@@ -116,6 +116,9 @@ fn the_access_log_lines_parse_and_nothing_else_does() {
     assert_eq!(parse("not json"), None);
 }
 
+/// A dns event's port, transport, name, result, rcode, service and upstream.
+type Row<'a> = (u16, &'a str, &'a str, DnsResult, &'a str, Option<&'a str>, Option<SocketAddr>);
+
 #[test]
 fn lookups_take_the_first_line_of_their_pod_and_name_in_order() {
     let udp = DnsTransport::Udp;
@@ -147,7 +150,7 @@ fn lookups_take_the_first_line_of_their_pod_and_name_in_order() {
         },
     ];
     let events = tie_lookups("node-a", &lines(), &asked, Some(NS.parse().unwrap()), &ctx());
-    let got: Vec<(u16, &str, &str, DnsResult, &str, Option<&str>, Option<SocketAddr>)> = events
+    let got: Vec<Row<'_>> = events
         .iter()
         .map(|e| match e {
             ProxyEvent::Dns {
