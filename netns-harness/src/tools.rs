@@ -187,6 +187,48 @@ pub(crate) fn die_with_spawning_thread(command: &mut tokio::process::Command) {
     }
 }
 
+/// Makes the child start in a mount namespace of its own with `file` bound over `target` (a
+/// path the program reads and cannot be told otherwise, like ztunnel's `/etc/resolv.conf`).
+/// Recursively private first, so the bind cannot propagate to the harness's mount namespace.
+#[allow(unsafe_code)]
+pub(crate) fn bind_in_own_mount_ns(
+    command: &mut tokio::process::Command,
+    file: &Path,
+    target: &'static std::ffi::CStr,
+) -> io::Result<()> {
+    use std::ffi::{CStr, CString};
+    use std::os::unix::ffi::OsStrExt as _;
+
+    use nix::mount::{MsFlags, mount};
+    use nix::sched::{CloneFlags, unshare};
+
+    if !file.is_file() {
+        return Err(io::Error::other(format!(
+            "{} (to be mounted over {}) is missing",
+            file.display(),
+            target.to_string_lossy()
+        )));
+    }
+    // Made here: the closure runs between fork and exec and must not allocate.
+    let source = CString::new(file.as_os_str().as_bytes())
+        .map_err(|_| io::Error::other(format!("{} has a NUL byte", file.display())))?;
+    const ROOT: &CStr = c"/";
+    const NONE: Option<&CStr> = None;
+    let errno = |e: nix::errno::Errno| io::Error::from_raw_os_error(e as i32);
+    // SAFETY: the closure runs in the forked child between fork and exec. It makes only the
+    // unshare(2) and mount(2) system calls, on C strings made before the fork; it allocates
+    // nothing and takes no lock, so it is async-signal-safe.
+    unsafe {
+        command.pre_exec(move || {
+            unshare(CloneFlags::CLONE_NEWNS).map_err(errno)?;
+            mount(NONE, ROOT, NONE, MsFlags::MS_REC | MsFlags::MS_PRIVATE, NONE).map_err(errno)?;
+            mount(Some(source.as_c_str()), target, NONE, MsFlags::MS_BIND, NONE).map_err(errno)?;
+            Ok(())
+        });
+    }
+    Ok(())
+}
+
 /// `/proc/sys/...` path of a dotted sysctl key (`net.ipv4.conf.all.rp_filter`). Interface names
 /// containing dots are not supported; pass the key with slashes instead.
 fn sysctl_path(key: &str) -> PathBuf {
@@ -275,5 +317,17 @@ impl Netns {
     pub fn sysctl_read(&self, key: &str) -> Result<String, ToolError> {
         let key = key.to_string();
         self.run_blocking(move || sysctl_read_in(&key))?
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn a_missing_file_to_bind_is_an_error_before_any_fork() {
+        let mut command = tokio::process::Command::new("/bin/true");
+        let file = std::path::Path::new("/nonexistent/resolv.conf");
+        let err = super::bind_in_own_mount_ns(&mut command, file, c"/etc/resolv.conf").unwrap_err();
+        let text = err.to_string();
+        assert!(text.contains("/nonexistent/resolv.conf") && text.contains("/etc/resolv.conf"));
     }
 }

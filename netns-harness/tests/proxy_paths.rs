@@ -102,7 +102,7 @@ impl Cluster {
             payload: 7,
         };
         let runs = ClientRuns::new(1);
-        start_clients(ns, dst, vec![(spec, None)], false, &runs).wait()?;
+        start_clients(ns, dst, vec![(spec, None)], false, &runs, &Default::default()).wait()?;
         let run = runs.take().pop().context("no client report")?;
         ensure!(
             run.report.end == ClientEnd::Closed && run.report.intact(3000),

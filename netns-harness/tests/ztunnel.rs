@@ -18,6 +18,7 @@ use ambient_netns::sandbox::Sandbox;
 use ambient_netns::testkit::Suite;
 use ambient_netns::ztunnel::ZtunnelSetup;
 use ambient_netns::{NetnsBackend, ProxyKind, ProxyPlan};
+use ambient_scenarios::outcome::{EventKind, ResolvePath};
 use ambient_scenarios::{Backend, RunOptions, check_outcome, load_file};
 use anyhow::{Context as _, bail, ensure};
 
@@ -48,6 +49,10 @@ const ZTUNNEL: &[&str] = &[
     "source-proxy-restart",
 ];
 
+/// DNS scenarios real ztunnel meets with its DNS proxy on (the harness gives it the scenario's
+/// DNS server through a resolv.conf of its own), its log tied to the lookups.
+const DNS: &[&str] = &["dns-service-name", "dns-forward-external", "dns-proxy-down"];
+
 /// Scenarios run in mixed clusters, both ways round.
 const MIXED: &[&str] = &[
     "cross-node-hbone-pooling",
@@ -73,8 +78,20 @@ fn main() -> ExitCode {
                 Ok(passes(sb, stem, &[ProxyKind::Ztunnel, ProxyKind::Ours])?)
             });
     }
+    for stem in DNS {
+        suite = suite
+            .case(&format!("dns::{stem}"), move |sb| Ok(passes(sb, stem, &[ProxyKind::Ztunnel])?));
+    }
+    // The client pods of the DNS scenarios are on the first node: ztunnel answers them only
+    // when it comes first.
+    suite = suite.case("mixed::ztunnel_to_ours::dns-connect-by-hostname", |sb| {
+        Ok(passes(sb, "dns-connect-by-hostname", &[ProxyKind::Ztunnel, ProxyKind::Ours])?)
+    });
     suite = suite.case("known::ztunnel_turns_an_upstream_reset_into_a_clean_close", |sb| {
         Ok(swallows_resets(sb)?)
+    });
+    suite = suite.case("known::ztunnel_answers_a_repeated_name_from_its_cache", |sb| {
+        Ok(caches_answers(sb)?)
     });
     suite.run()
 }
@@ -99,7 +116,54 @@ fn passes(sandbox: &Sandbox, stem: &str, kinds: &[ProxyKind]) -> anyhow::Result<
             run.outcome.to_json()
         );
     }
-    ensure!(!run.outcome.connections.is_empty(), "no connection ran");
+    ensure!(
+        !run.outcome.connections.is_empty() || !run.outcome.resolutions.is_empty(),
+        "no connection or lookup ran"
+    );
+    // A lookup ztunnel handled has its event (its log line tied to the lookup), whatever the
+    // scenario expects of it.
+    for r in &run.outcome.resolutions {
+        let handled = matches!(r.path, Some(ResolvePath::Proxy | ResolvePath::Forwarded));
+        ensure!(
+            !handled || r.proxy_events.iter().any(|e| e.kind == EventKind::Dns),
+            "lookup {} ({}) has no dns event: {}",
+            r.id,
+            r.name,
+            run.outcome.to_json()
+        );
+    }
+    Ok(())
+}
+
+/// Pins ztunnel's forwarding cache (the `ztunnel-caches-forwarded-answers` difference): in
+/// dns-forward-external four lookups are forwarded, one of them (`over-tcp`) a name asked
+/// before, and only three queries leave the client pod for the nameserver (zone-1 conntrack
+/// entries). When ztunnel stops caching this fails, and the entry is out of date.
+fn caches_answers(sandbox: &Sandbox) -> anyhow::Result<()> {
+    let world = load_file(&catalog("dns-forward-external"))
+        .into_result()
+        .map_err(|d| anyhow::anyhow!("{d:?}"))?;
+    let run = backend(sandbox, &[ProxyKind::Ztunnel])?.run(&world, &RunOptions::default())?;
+    let forwarded: Vec<&str> = run
+        .outcome
+        .resolutions
+        .iter()
+        .filter(|r| r.path == Some(ResolvePath::Forwarded))
+        .map(|r| r.id.as_str())
+        .collect();
+    ensure!(forwarded == ["external", "two-records", "missing", "over-tcp"], "{forwarded:?}");
+    let client = run.outcome.end.netns.get("client.default").context("no client.default")?;
+    let upstream: Vec<String> = client
+        .conntrack
+        .iter()
+        .filter(|e| e.zone == 1 && e.orig.dst.to_string() == "203.0.113.53:53")
+        .map(|e| format!("{} -> {}", e.orig.src, e.orig.dst))
+        .collect();
+    ensure!(
+        upstream.len() == 3,
+        "expected three queries to the nameserver (example.com answered from the cache the \
+         second time), got {upstream:?} (has ztunnel stopped caching?)"
+    );
     Ok(())
 }
 

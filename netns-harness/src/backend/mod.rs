@@ -34,8 +34,8 @@
 //!    fault, and the scenario's DNS server (the external host with `dns:`) as their DNS
 //!    upstream. With a [`ProxyPlan`] naming ztunnel ([`NetnsBackend::with_proxies`]), those
 //!    nodes run a real ztunnel instead ([`ztunnels`]: the harness is its CNI agent and its
-//!    istiod; its DNS proxy is off, so DNS scenarios do not apply to it); the faults then map as
-//!    that module says. Apps listen in their pods and hosts ([`traffic`]); the DNS server host
+//!    istiod; its DNS proxy forwards to the DNS server host, named in a resolv.conf of its
+//!    own); the faults then map as that module says. Apps listen in their pods and hosts ([`traffic`]); the DNS server host
 //!    runs the scenario library's DNS server on UDP and TCP 53.
 //! 3. **Steps** ([`run`]): the shared `ambient_scenarios::step_driver` walks them and decides
 //!    the order of effects, the slots and keys (the same code as the simulator); [`run`]

@@ -311,10 +311,25 @@ impl std::fmt::Debug for NodeProxies {
 }
 
 impl NodeProxies {
-    /// The DNS server our proxies forward to (the scenario's DNS server host), for proxies
-    /// started from now on. ztunnel nodes run with their DNS proxy off.
-    pub fn set_dns_upstream(&mut self, upstream: Option<std::net::SocketAddr>) {
+    /// The DNS server the proxies forward to (the scenario's DNS server host), for proxies
+    /// started from now on. ztunnel's DNS proxy is on only with one (it reads the address from
+    /// its resolv.conf, which has no port: the DNS server's is 53).
+    pub fn set_dns_upstream(&mut self, upstream: Option<std::net::SocketAddr>) -> io::Result<()> {
         self.ours.dns_upstream = upstream;
+        if let Some(z) = self.ztunnels.as_mut() {
+            let ip = match upstream {
+                Some(std::net::SocketAddr::V4(a)) if a.port() == 53 => Some(*a.ip()),
+                Some(other) => {
+                    return Err(io::Error::other(format!(
+                        "ztunnel's upstream resolver is read from a resolv.conf, which names \
+                         an IPv4 nameserver on port 53; {other} is not one"
+                    )));
+                }
+                None => None,
+            };
+            z.set_nameserver(ip)?;
+        }
+        Ok(())
     }
 
     /// Nothing runs yet. With ztunnel on a node, `mesh` is written as its config; with both
@@ -458,6 +473,14 @@ impl NodeProxies {
     /// Every node's events since its proxy last crashed.
     pub fn log_since_crash(&self) -> EventLog {
         self.merged(self.ours.log_since_crash(), true)
+    }
+
+    /// Adds the ztunnel nodes' `dns` events to `log`: ztunnel's DNS log names no socket, so
+    /// its lines are tied to the lookups made (`asked`); our proxies' events are in `log`.
+    pub fn tie_lookups(&self, log: &mut EventLog, asked: &[crate::ztunnel::dns::Asked<'_>]) {
+        if let Some(z) = self.ztunnels.as_ref() {
+            z.tie_lookups(log, asked);
+        }
     }
 
     /// ztunnel's output per node, as artifacts (`ztunnel-<node>.log`).

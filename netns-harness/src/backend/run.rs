@@ -29,8 +29,8 @@ use super::plan::Plan;
 use super::proxies::{NodeProxies, PodInfo, ProxyPlan};
 use super::topology::{Topology, TopologyError, Unplug};
 use super::traffic::{
-    AcceptLog, ClientRun, ClientRuns, FIRST_BYTES, KernelResolver, start_apps, start_clients,
-    start_dns_server,
+    AcceptLog, ClientRun, ClientRuns, FIRST_BYTES, KernelResolver, LookupWindows, now_us,
+    start_apps, start_clients, start_dns_server,
 };
 use crate::netns::{JobHandle, Netns, NetnsError};
 use crate::nfqueue::Delay;
@@ -106,6 +106,8 @@ pub(super) struct Runner<'w> {
     dying: BTreeMap<ObjectKey, (Unplug, PathBuf)>,
     /// The queries the DNS server host answered.
     served: QueryLog,
+    /// Each lookup made, with when it started and ended.
+    lookup_windows: LookupWindows,
 }
 
 fn topo_err(e: TopologyError) -> RunError {
@@ -134,9 +136,11 @@ impl<'w> Runner<'w> {
             &initial.mesh_spec(),
         )
         .map_err(|e| format!("preparing the node proxies ({}): {e}", proxy_plan.describe()))?;
-        proxies.set_dns_upstream(
-            world.nameserver().map(|h| SocketAddr::V4(SocketAddrV4::new(h.ip, DNS_PORT))),
-        );
+        proxies
+            .set_dns_upstream(
+                world.nameserver().map(|h| SocketAddr::V4(SocketAddrV4::new(h.ip, DNS_PORT))),
+            )
+            .map_err(|e| format!("the node proxies' DNS upstream: {e}"))?;
         let pods: Vec<&Pod> = world.pods.values().collect();
         topo.add_pods(sandbox, &pods).map_err(topo_err)?;
         let accepts = AcceptLog::default();
@@ -173,6 +177,7 @@ impl<'w> Runner<'w> {
             deleted: BTreeSet::new(),
             dying: BTreeMap::new(),
             served,
+            lookup_windows: LookupWindows::default(),
         };
         for node in &world.nodes {
             runner.start_proxy_now(&node.name, &initial)?;
@@ -220,11 +225,31 @@ impl<'w> Runner<'w> {
 
     /// The Outcome's lookups, in start order.
     fn resolutions(&self, lookups: &[LookupSlot]) -> Vec<Resolution> {
-        let log = self.proxies.log();
+        let mut log = self.proxies.log();
+        let reports: Vec<_> = lookups.iter().map(|l| l.report()).collect();
+        let windows = self.lookup_windows.lock().unwrap_or_else(|e| e.into_inner()).clone();
+        let asked: Vec<crate::ztunnel::dns::Asked<'_>> = lookups
+            .iter()
+            .zip(&reports)
+            .filter_map(|(l, report)| {
+                let pod = self.world.pods.values().find(|p| p.label() == l.from)?;
+                let (_, window_us) =
+                    windows.iter().find(|(c, _)| std::sync::Arc::ptr_eq(c, &l.report))?;
+                Some(crate::ztunnel::dns::Asked {
+                    pod: &pod.key.name,
+                    namespace: &pod.key.namespace,
+                    name: &l.name,
+                    report,
+                    window_us: *window_us,
+                })
+            })
+            .collect();
+        self.proxies.tie_lookups(&mut log, &asked);
         let served = self.served.lock().unwrap_or_else(|e| e.into_inner()).clone();
         lookups
             .iter()
-            .map(|l| assemble::resolution(l.labels(), &l.report(), &log, &served))
+            .zip(&reports)
+            .map(|(l, report)| assemble::resolution(l.labels(), report, &log, &served))
             .collect()
     }
 
@@ -542,7 +567,8 @@ impl Effects for Runner<'_> {
         self.runs.resize_with(slots.end, || None);
         let runs = ClientRuns::new(slots.len());
         let ns = self.peer_ns(batch.from)?;
-        let job = start_clients(ns, batch.dst, batch.clients, batch.parallel, &runs);
+        let windows = &self.lookup_windows;
+        let job = start_clients(ns, batch.dst, batch.clients, batch.parallel, &runs, windows);
         let (id, from) = (batch.id.to_string(), batch.from.label());
         self.pending.push(Pending { id, slots, job, runs, from });
         Ok(())
@@ -578,10 +604,13 @@ impl Effects for Runner<'_> {
         cell: LookupCell,
     ) -> Result<(), RunError> {
         let client_ip = from.ip;
+        let started = now_us();
         let report = self
             .peer_ns(from)?
             .run(move || async move { lookup(&KernelResolver, &spec, client_ip).await })
             .map_err(|e| format!("the lookup {id}: {e}"))?;
+        let window = (cell.clone(), (started, now_us()));
+        self.lookup_windows.lock().unwrap_or_else(|e| e.into_inner()).push(window);
         *cell.lock().unwrap_or_else(|e| e.into_inner()) = Some(report);
         Ok(())
     }

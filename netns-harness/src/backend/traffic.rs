@@ -13,7 +13,7 @@ use std::time::Duration;
 
 use ambient_scenarios::assemble::Accept;
 use ambient_scenarios::traffic::dns::{
-    ByName, QueryLog, ResolverSockets, connect_by_name, serve_dns_tcp, serve_dns_udp,
+    ByName, LookupCell, QueryLog, ResolverSockets, connect_by_name, serve_dns_tcp, serve_dns_udp,
 };
 use ambient_scenarios::traffic::{AppStream, ClientReport, ClientSpec, run_client, serve};
 use ambient_scenarios::world::{App, DNS_PORT, DnsZone};
@@ -227,26 +227,46 @@ impl ClientRuns {
     }
 }
 
+/// Each lookup a run made, with when it started and ended (µs since the Unix epoch, see
+/// [`now_us`]): ztunnel's DNS log names no socket, and its lines are tied to lookups by time.
+pub type LookupWindows = Arc<Mutex<Vec<(LookupCell, (u64, u64))>>>;
+
+/// The wall clock in µs since the Unix epoch (ztunnel stamps its log lines on this clock).
+pub fn now_us() -> u64 {
+    let since = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH);
+    since.map(|d| u64::try_from(d.as_micros()).unwrap_or(u64::MAX)).unwrap_or(0)
+}
+
 /// Runs a connect step's clients in `ns` to `dst`, one per spec, one after another or all at
 /// once, recording each in `runs` as it goes. A client with a [`ByName`] looks its name up
-/// first and connects to the answer instead.
+/// first and connects to the answer instead; the lookup's window (until the connect to the
+/// answer ends: the two are one call) goes to `windows`.
 pub fn start_clients(
     ns: &Netns,
     dst: SocketAddrV4,
     specs: Vec<(ClientSpec, Option<ByName>)>,
     parallel: bool,
     runs: &ClientRuns,
+    windows: &LookupWindows,
 ) -> JobHandle<()> {
     let runs = runs.clone();
+    let windows = windows.clone();
     ns.spawn(move || async move {
         let one = |k: usize, (spec, by_name): (ClientSpec, Option<ByName>)| {
             let runs = runs.clone();
+            let windows = windows.clone();
             async move {
                 let dial = |dst| connect(dst, &runs.locals, k);
                 let connecting = async {
                     match &by_name {
                         None => dial(dst).await,
-                        Some(b) => connect_by_name(&KernelResolver, b, dial).await,
+                        Some(b) => {
+                            let started = now_us();
+                            let connected = connect_by_name(&KernelResolver, b, dial).await;
+                            let window = (b.cell.clone(), (started, now_us()));
+                            windows.lock().unwrap_or_else(|e| e.into_inner()).push(window);
+                            connected
+                        }
                     }
                 };
                 let report = run_client(connecting, &spec).await;

@@ -5,13 +5,15 @@
 //! | fault or change | ztunnel |
 //! | --- | --- |
 //! | start | a new process; the agent accepts its connection and sends the node's captured pods (each with its netns fd), then `SnapshotSent` |
-//! | crash | SIGKILL (every socket of it closes, as a crashed process's would) |
+//! | crash | SIGKILL (every socket of it closes, as a crashed process's would), once its output has been quiet for [`QUIET`]: ztunnel writes its log from a thread of its own, so a line about a query or connection it handled just before could otherwise die with it, unwritten |
 //! | restart | crash, then start |
 //! | add-pod / delete-pod | a ZDS add (with the pod's netns fd) / delete to the pod's node's ztunnel |
 //! | a mesh change (add-pod, delete-pod, apply, remove) | ztunnel reads `LOCAL_XDS_PATH` once, at startup: the config is rewritten and every ztunnel restarted. That cuts its live connections and empties its pools, which istiod's xDS push would not do, so the step is reported as skipped with that reason |
 //!
-//! Files live in the sandbox's private `/run`, one folder per run: the config (`mesh.yaml`) and
-//! each node agent's socket (`<node>.sock`).
+//! Files live in the sandbox's private `/run`, one folder per run: the config (`mesh.yaml`),
+//! each node agent's socket (`<node>.sock`) and, when the scenario has a DNS server host, the
+//! resolv.conf every ztunnel sees as its `/etc/resolv.conf` (`resolv.conf`; see
+//! [`crate::ztunnel::process`]).
 
 use std::collections::BTreeMap;
 use std::io;
@@ -27,13 +29,17 @@ use crate::netns::Netns;
 use crate::ztunnel::access::{self, Context};
 use crate::ztunnel::agent::{NodeAgent, PodEntry};
 use crate::ztunnel::config;
-use crate::ztunnel::process::{Launch, LogLines, Ztunnel};
+use crate::ztunnel::process::{self, DnsLaunch, Launch, LogLines, Ztunnel};
 use crate::ztunnel::zds::{Request, WorkloadInfo};
 
 /// How long a starting ztunnel may take to connect to its agent and take the snapshot.
 const STARTUP: Duration = Duration::from_secs(30);
 /// How long one ZDS request may wait for its ack.
 const ACK: Duration = Duration::from_secs(15);
+/// How long a ztunnel's output must stay unchanged before it is killed (see the module docs).
+const QUIET: Duration = Duration::from_millis(60);
+/// The longest a kill waits for that.
+const QUIET_AT_MOST: Duration = Duration::from_secs(2);
 /// Lines of ztunnel's output quoted in an error.
 const TAIL: usize = 15;
 
@@ -79,6 +85,8 @@ pub struct Ztunnels {
     trust_domain: String,
     nodes: BTreeMap<String, ZNode>,
     context: Context,
+    /// The DNS proxy's upstream, once written.
+    dns: Option<DnsLaunch>,
 }
 
 impl std::fmt::Debug for Ztunnels {
@@ -121,7 +129,27 @@ impl Ztunnels {
             trust_domain: trust_domain.to_string(),
             nodes: map,
             context: Context::default(),
+            dns: None,
         })
+    }
+
+    /// Turns the DNS proxy of ztunnels started from now on on, forwarding to `nameserver` (the
+    /// scenario's DNS server host), or off.
+    pub fn set_nameserver(&mut self, nameserver: Option<Ipv4Addr>) -> io::Result<()> {
+        let Some(ip) = nameserver else {
+            self.dns = None;
+            return Ok(());
+        };
+        let path = self.dir.join("resolv.conf");
+        std::fs::write(&path, process::resolv_conf(ip))
+            .map_err(|e| io::Error::new(e.kind(), format!("{}: {e}", path.display())))?;
+        self.dns = Some(DnsLaunch { nameserver: ip, resolv_conf: path });
+        Ok(())
+    }
+
+    /// The DNS proxy's upstream, when it is on.
+    pub fn nameserver(&self) -> Option<Ipv4Addr> {
+        self.dns.as_ref().map(|d| d.nameserver)
     }
 
     /// Writes the config for `mesh` (read by ztunnels started from now on).
@@ -148,6 +176,7 @@ impl Ztunnels {
             config: self.config.clone(),
             trust_domain: self.trust_domain.clone(),
             worker_threads: None,
+            dns: self.dns.clone(),
         };
         let binary = self.binary.clone();
         let slot = self.node(node)?;
@@ -168,11 +197,12 @@ impl Ztunnels {
         Ok(())
     }
 
-    /// Kills `node`'s ztunnel (if running).
+    /// Kills `node`'s ztunnel (if running), once its output is quiet.
     pub fn crash(&mut self, node: &str) {
         if let Some(slot) = self.nodes.get_mut(node)
             && let Some(p) = slot.process.take()
         {
+            wait_quiet(&slot.log);
             let _ = p.kill();
             slot.agent.disconnect();
             slot.crashed_at = slot.log.lock().unwrap_or_else(|e| e.into_inner()).len();
@@ -224,6 +254,24 @@ impl Ztunnels {
         self.events_from(node, |n| n.crashed_at)
     }
 
+    /// Adds to `log` each ztunnel node's `dns` events, from its DNS access log tied to the
+    /// lookups `asked` (see [`crate::ztunnel::dns`]).
+    pub fn tie_lookups(
+        &self,
+        log: &mut ambient_scenarios::assemble::EventLog,
+        asked: &[crate::ztunnel::dns::Asked<'_>],
+    ) {
+        let upstream = self
+            .nameserver()
+            .map(|ip| std::net::SocketAddr::from((ip, ambient_scenarios::world::DNS_PORT)));
+        for (node, slot) in &self.nodes {
+            let lines = slot.log.lock().unwrap_or_else(|e| e.into_inner());
+            let events =
+                crate::ztunnel::dns::tie_lookups(node, &lines, asked, upstream, &self.context);
+            log.entry(node.clone()).or_default().extend(events);
+        }
+    }
+
     /// Every node's raw output (for the run's artifacts).
     pub fn logs(&self) -> Vec<(String, String)> {
         self.nodes
@@ -249,10 +297,28 @@ impl Ztunnels {
     }
 }
 
+/// Waits until `log` has not grown for [`QUIET`] (at most [`QUIET_AT_MOST`]).
+fn wait_quiet(log: &LogLines) {
+    let len = || log.lock().unwrap_or_else(|e| e.into_inner()).len();
+    let give_up = std::time::Instant::now() + QUIET_AT_MOST;
+    let mut last = len();
+    while std::time::Instant::now() < give_up {
+        std::thread::sleep(QUIET);
+        let now = len();
+        if now == last {
+            return;
+        }
+        last = now;
+    }
+}
+
 impl Drop for Ztunnels {
     fn drop(&mut self) {
         self.crash_all();
         let _ = std::fs::remove_file(&self.config);
+        if let Some(d) = &self.dns {
+            let _ = std::fs::remove_file(&d.resolv_conf);
+        }
         self.nodes.clear();
         let _ = std::fs::remove_dir(&self.dir);
     }

@@ -58,6 +58,11 @@ impl Context {
         self.nodes.get(&ip).map(String::as_str)
     }
 
+    /// The `name.namespace` of the Service with this VIP.
+    pub fn service_of_vip(&self, ip: IpAddr) -> Option<String> {
+        self.vips.get(&ip).cloned()
+    }
+
     fn service(&self, hostname: &str) -> String {
         self.services.get(hostname).cloned().unwrap_or_else(|| hostname.to_string())
     }

@@ -14,12 +14,14 @@
 //! | [`config`] | the mesh as ztunnel's `LOCAL_XDS_PATH` file: workloads, services, policies as istiod would send them (pure) |
 //! | [`process`] | the ztunnel process: its environment, started in a node namespace, its output kept |
 //! | [`access`] | ztunnel's JSON log → the proxy events an Outcome is assembled from (pure) |
+//! | [`dns`] | ztunnel's DNS access log → `dns` events, tied to the harness's lookups (pure) |
 //!
 //! The backend side (one ztunnel per node, faults) is [`crate::backend::ztunnels`].
 
 pub mod access;
 pub mod agent;
 pub mod config;
+pub mod dns;
 pub mod process;
 pub mod zds;
 

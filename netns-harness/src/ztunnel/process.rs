@@ -10,11 +10,21 @@
 //! bind in the node namespace, one ztunnel per node; its in-pod listeners bind in each pod's
 //! namespace when the agent adds the pod.
 //!
+//! DNS: ztunnel's DNS proxy (15053 in each pod's namespace, `ISTIO_META_DNS_CAPTURE=true`)
+//! forwards names it does not know to the nameservers of `/etc/resolv.conf`, a path it reads
+//! (through hickory's system config) and cannot be given. When the scenario has a DNS server
+//! host, each ztunnel therefore starts in a mount namespace of its own with a resolv.conf the
+//! harness wrote ([`resolv_conf`]) bind-mounted over `/etc/resolv.conf`; the harness's own
+//! mounts are untouched. Without a DNS server host the proxy stays off, as before: a query
+//! from a captured pod is then refused (nothing on 15053), where a proxy forwarding to the
+//! machine's own resolver would make the run depend on the host.
+//!
 //! The child gets `PR_SET_PDEATHSIG(SIGKILL)` towards the node namespace's worker thread and
 //! `kill_on_drop`, like every tool the harness starts: it dies with the run, the sandbox, or a
 //! SIGKILL of the harness.
 
 use std::io;
+use std::net::Ipv4Addr;
 use std::path::{Path, PathBuf};
 use std::process::{ExitStatus, Stdio};
 use std::sync::{Arc, Mutex};
@@ -27,10 +37,31 @@ use crate::netns::{JobHandle, Netns};
 pub type LogLines = Arc<Mutex<Vec<String>>>;
 
 /// The log filter: connection-level access logs (`access`, including `connection opened` at
-/// debug), the inbound HBONE request (its `Forwarded` header ties a tunnelled stream to the
-/// client) and the pool's dial decisions, at debug; the rest at info.
+/// debug), the DNS proxy's access log (target `dns`, debug only), the inbound HBONE request
+/// (its `Forwarded` header ties a tunnelled stream to the client) and the pool's dial
+/// decisions, at debug; the rest at info.
 pub const LOG_FILTER: &str =
-    "info,access=debug,ztunnel::proxy::inbound=debug,ztunnel::proxy::pool=debug";
+    "info,access=debug,dns=debug,ztunnel::proxy::inbound=debug,ztunnel::proxy::pool=debug";
+
+/// ztunnel's DNS proxy, when the scenario has a DNS server host.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DnsLaunch {
+    /// The DNS server host (its port is 53: resolv.conf cannot say another).
+    pub nameserver: Ipv4Addr,
+    /// The file [`resolv_conf`] was written to, mounted over `/etc/resolv.conf` for ztunnel.
+    pub resolv_conf: PathBuf,
+}
+
+/// The resolv.conf ztunnel reads its upstream from: the nameserver alone. No `search` line:
+/// ztunnel takes search domains from resolv.conf only in its dedicated (sidecar) mode; in
+/// shared (in-pod) mode it derives them from the client's namespace, and its forwarder drops
+/// them before asking the upstream. No `options`: hickory's defaults (5 s, two attempts) are ztunnel's in a cluster.
+pub fn resolv_conf(nameserver: Ipv4Addr) -> String {
+    format!(
+        "# ztunnel's upstream in an ambient-testbed run: the scenario's DNS server host\n\
+         nameserver {nameserver}\n"
+    )
+}
 
 /// What ztunnel is told at startup.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -44,6 +75,8 @@ pub struct Launch {
     pub trust_domain: String,
     /// `ZTUNNEL_WORKER_THREADS`, when set.
     pub worker_threads: Option<usize>,
+    /// The DNS proxy is on with this upstream; off when `None`.
+    pub dns: Option<DnsLaunch>,
 }
 
 impl Launch {
@@ -60,8 +93,6 @@ impl Launch {
             // The in-pod rules route replies to spoofed sources back (connmark 0x111, table
             // 100), so original-source preservation must work; fail rather than fall back.
             ("ENABLE_ORIG_SRC", "true"),
-            // No DNS capture: the scenarios use addresses, and the rules do not redirect 53.
-            ("ISTIO_META_DNS_CAPTURE", "false"),
             // RBAC decisions at info level, with the deciding policy.
             ("AUTHZ_POLICY_INFO_LOGGING", "true"),
             ("LOG_FORMAT", "json"),
@@ -74,6 +105,10 @@ impl Launch {
         env.push(("INPOD_UDS".into(), self.uds.display().to_string()));
         env.push(("LOCAL_XDS_PATH".into(), self.config.display().to_string()));
         env.push(("TRUST_DOMAIN".into(), self.trust_domain.clone()));
+        // The in-pod rules REDIRECT every captured query to 15053; the proxy answers there only
+        // when it has the scenario's nameserver to forward to (see the module docs).
+        let capture = if self.dns.is_some() { "true" } else { "false" };
+        env.push(("ISTIO_META_DNS_CAPTURE".into(), capture.into()));
         if let Some(n) = self.worker_threads {
             env.push(("ZTUNNEL_WORKER_THREADS".into(), n.to_string()));
         }
@@ -95,6 +130,7 @@ impl Ztunnel {
     pub fn start(ns: &Netns, binary: &Path, launch: &Launch, log: LogLines) -> io::Result<Ztunnel> {
         let binary = binary.to_path_buf();
         let env = launch.environment();
+        let resolv = launch.dns.as_ref().map(|d| d.resolv_conf.clone());
         let (pid_tx, pid_rx) = std::sync::mpsc::channel::<io::Result<u32>>();
         let (kill_tx, kill_rx) = tokio::sync::oneshot::channel::<()>();
         let exit = ns.spawn(move || async move {
@@ -109,6 +145,13 @@ impl Ztunnel {
                 .stderr(Stdio::piped())
                 .kill_on_drop(true);
             crate::tools::die_with_spawning_thread(&mut command);
+            if let Some(file) = &resolv
+                && let Err(e) =
+                    crate::tools::bind_in_own_mount_ns(&mut command, file, c"/etc/resolv.conf")
+            {
+                let _ = pid_tx.send(Err(e));
+                return Err(io::Error::other("not started"));
+            }
             let mut child = match command.spawn() {
                 Ok(child) => child,
                 Err(e) => {
@@ -188,6 +231,7 @@ mod tests {
             config: "/run/z/mesh.yaml".into(),
             trust_domain: "cluster.local".into(),
             worker_threads: None,
+            dns: None,
         };
         let env = launch.environment();
         let get = |k: &str| env.iter().find(|(n, _)| n == k).map(|(_, v)| v.as_str());
@@ -204,5 +248,32 @@ mod tests {
         assert!(["POD_NAME", "POD_NAMESPACE", "SERVICE_ACCOUNT"].iter().all(|k| get(k).is_none()));
         let names: std::collections::BTreeSet<_> = env.iter().map(|(k, _)| k).collect();
         assert_eq!(names.len(), env.len(), "no variable twice");
+        assert_eq!(get("ISTIO_META_DNS_CAPTURE"), Some("false"), "no DNS server host: off");
+        assert!(get("RUST_LOG").is_some_and(|f| f.split(',').any(|d| d == "dns=debug")));
+    }
+
+    #[test]
+    fn with_a_dns_server_host_the_dns_proxy_is_on_and_reads_only_that_nameserver() {
+        let launch = Launch {
+            node: "node-a".into(),
+            uds: "/run/z/node-a.sock".into(),
+            config: "/run/z/mesh.yaml".into(),
+            trust_domain: "cluster.local".into(),
+            worker_threads: None,
+            dns: Some(DnsLaunch {
+                nameserver: Ipv4Addr::new(203, 0, 113, 53),
+                resolv_conf: "/run/z/resolv.conf".into(),
+            }),
+        };
+        let env = launch.environment();
+        let get = |k: &str| env.iter().find(|(n, _)| n == k).map(|(_, v)| v.as_str());
+        assert_eq!(get("ISTIO_META_DNS_CAPTURE"), Some("true"));
+        // The upstream is the file, not a variable: ztunnel has none for it.
+        assert!(env.iter().all(|(_, v)| !v.contains("203.0.113.53")));
+        let text = resolv_conf(Ipv4Addr::new(203, 0, 113, 53));
+        let directives: Vec<&str> =
+            text.lines().filter(|l| !l.starts_with('#') && !l.trim().is_empty()).collect();
+        assert_eq!(directives, ["nameserver 203.0.113.53"]);
+        assert!(text.ends_with('\n'));
     }
 }

@@ -4,9 +4,12 @@
 //! expected-differences file).
 //!
 //! **Ephemeral ports.** The simulator hands out ephemeral ports from one counter starting at
-//! 32768; the kernel picks them at random from `ip_local_port_range` (32768–60999). So a port is
-//! *ephemeral* when it is ≥ 32768 and is none of the scenario's fixed ports (a port an app
-//! serves, a Service port or target port, a port a `connect` step names, the proxy's ports).
+//! 32768; the kernel picks them at random from `ip_local_port_range` (32768–60999); a DNS
+//! resolver that randomises its query's source port itself (RFC 5452; ztunnel's, hickory, binds
+//! a random port in 1024–65535) picks from the whole unprivileged range. So a port is
+//! *ephemeral* when it is ≥ 1024 and is none of the scenario's fixed ports (a port an app
+//! serves, a Service port or target port, a port a `connect` step names, the DNS port, the
+//! proxy's ports): a port nobody in the scenario chose.
 //! Within one conntrack entry, ephemeral ports are replaced by placeholders in order of
 //! appearance (original source, original destination, reply source, reply destination): the
 //! first distinct one becomes `$a`, the second `$b`. The shape of the entry survives — a NAT
@@ -32,9 +35,13 @@ use ambient_scenarios::outcome::ConntrackEntry;
 use ambient_scenarios::values::{RuleRef, Table, rule_positions};
 use ambient_scenarios::world::{Action, Dest, Fault, World};
 
-/// The lowest ephemeral port (Linux's default `ip_local_port_range` starts here, and so does the
-/// simulator's counter).
+/// The lowest ephemeral port of the kernel's allocator (Linux's default `ip_local_port_range`
+/// starts here, and so does the simulator's counter).
 pub const EPHEMERAL_FROM: u16 = 32768;
+
+/// The lowest port an allocator may hand out: the kernel's, or a program's own (a resolver
+/// randomising its source port); below are the privileged ports, which only a choice binds.
+pub const ALLOCATED_FROM: u16 = 1024;
 
 /// The proxy's fixed ports (outbound, inbound plaintext, HBONE, DNS; admin, metrics, readiness).
 const PROXY_PORTS: [u16; 7] = [15001, 15006, 15008, 15053, 15000, 15020, 15021];
@@ -50,6 +57,7 @@ impl Ports {
     /// the proxy's.
     pub fn of(world: &World) -> Ports {
         let mut fixed: BTreeSet<u16> = PROXY_PORTS.into_iter().collect();
+        fixed.insert(ambient_scenarios::world::DNS_PORT);
         for pod in world.pods.values() {
             fixed.extend(pod.serve.keys());
         }
@@ -78,7 +86,7 @@ impl Ports {
     }
 
     pub fn is_ephemeral(&self, port: u16) -> bool {
-        port >= EPHEMERAL_FROM && !self.fixed.contains(&port)
+        port >= ALLOCATED_FROM && !self.fixed.contains(&port)
     }
 
     /// A conntrack entry with its ephemeral ports replaced by `$a`, `$b`, … (see the module
@@ -186,7 +194,7 @@ mod tests {
 
     #[test]
     fn ephemeral_ports_become_placeholders_by_order_within_the_entry() {
-        let ports = Ports { fixed: [8080, 40000].into_iter().collect() };
+        let ports = Ports { fixed: [8080, 15001, 40000].into_iter().collect() };
         // The simulator's first port and a kernel's random one read the same.
         let sim = ports
             .entry(&entry("10.0.1.2:32768 -> 10.96.0.10:80", "127.0.0.1:15001 -> 10.0.1.2:32768"));
@@ -199,13 +207,21 @@ mod tests {
         let natted = ports
             .entry(&entry("10.0.1.2:33000 -> 10.0.2.2:8080", "10.0.2.2:8080 -> 10.0.9.9:45000"));
         assert_eq!(natted.1, "10.0.2.2:8080 -> 10.0.9.9:$b");
-        // A fixed port in the ephemeral range stays as it is; low ports are never ephemeral.
+        // A fixed port in the ephemeral range stays as it is; privileged ports are never
+        // ephemeral.
         let fixed = ports
             .entry(&entry("10.0.1.2:40000 -> 10.0.2.2:1000", "10.0.2.2:1000 -> 10.0.1.2:40000"));
         assert_eq!(fixed.0, "10.0.1.2:40000 -> 10.0.2.2:1000");
         assert!(
-            !ports.is_ephemeral(32767) && ports.is_ephemeral(60999) && ports.is_ephemeral(65535)
+            !ports.is_ephemeral(1023) && ports.is_ephemeral(60999) && ports.is_ephemeral(65535)
         );
+        // A resolver's own random source port (ztunnel's forwarded query) is below the
+        // kernel's range and masked all the same.
+        let forwarded = ports.entry(&entry(
+            "10.0.1.2:29392 -> 203.0.113.53:53",
+            "203.0.113.53:53 -> 10.0.1.2:29392",
+        ));
+        assert_eq!(forwarded.0, "10.0.1.2:$a -> 203.0.113.53:53");
         assert_eq!(placeholder(27), "b1");
     }
 }
