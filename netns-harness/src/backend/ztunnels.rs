@@ -5,7 +5,7 @@
 //! | fault or change | ztunnel |
 //! | --- | --- |
 //! | start | a new process; the agent accepts its connection and sends the node's captured pods (each with its netns fd), then `SnapshotSent` |
-//! | crash | SIGKILL (every socket of it closes, as a crashed process's would), once its output has been quiet for [`QUIET`]: ztunnel writes its log from a thread of its own, so a line about a query or connection it handled just before could otherwise die with it, unwritten |
+//! | crash | SIGKILL (every socket of it closes, as a crashed process's would), once its output has been quiet for `QUIET` (60 ms): ztunnel writes its log from a thread of its own, so a line about a query or connection it handled just before could otherwise die with it, unwritten |
 //! | restart | crash, then start |
 //! | add-pod / delete-pod | a ZDS add (with the pod's netns fd) / delete to the pod's node's ztunnel |
 //! | a mesh change (add-pod, delete-pod, apply, remove) | ztunnel reads `LOCAL_XDS_PATH` once, at startup: the config is rewritten and every ztunnel restarted. That cuts its live connections and empties its pools, which istiod's xDS push would not do, so the step is reported as skipped with that reason |
