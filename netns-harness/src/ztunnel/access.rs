@@ -42,6 +42,18 @@ pub struct Context {
 }
 
 impl Context {
+    /// The context of a catalog scenario's initial mesh (`scenarios/catalog/<id>.yaml`), for
+    /// the translation tests.
+    #[cfg(test)]
+    pub(crate) fn of_catalog_scenario(id: &str) -> Context {
+        let file = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join(format!("../scenarios/catalog/{id}.yaml"));
+        let world = ambient_scenarios::load_file(&file).into_result().unwrap();
+        let mut c = Context::default();
+        c.learn(&ambient_scenarios::ClusterState::initial(&world).mesh_spec());
+        c
+    }
+
     /// Learns `mesh` (an address keeps the node it last had).
     pub fn learn(&mut self, mesh: &MeshSpec) {
         for w in &mesh.workloads {

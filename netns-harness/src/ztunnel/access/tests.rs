@@ -9,14 +9,7 @@ fn lines(text: &str) -> Vec<String> {
 }
 
 fn ctx() -> Context {
-    let world = ambient_scenarios::load_file(
-        &std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
-            .join("../scenarios/catalog/deny-policy.yaml"),
-    )
-    .into_result()
-    .unwrap();
-    let mut c = Context::default();
-    c.learn(&ambient_scenarios::ClusterState::initial(&world).mesh_spec());
+    let mut c = Context::of_catalog_scenario("deny-policy");
     // The second server of refused-closed-port and service-no-endpoints.
     c.nodes.insert("10.0.2.3".parse().unwrap(), "node-b".into());
     c

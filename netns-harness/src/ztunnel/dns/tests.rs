@@ -16,15 +16,7 @@ fn lines() -> Vec<String> {
 }
 
 fn ctx() -> Context {
-    let world = ambient_scenarios::load_file(
-        &std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
-            .join("../scenarios/catalog/dns-service-name.yaml"),
-    )
-    .into_result()
-    .unwrap();
-    let mut c = Context::default();
-    c.learn(&ambient_scenarios::ClusterState::initial(&world).mesh_spec());
-    c
+    Context::of_catalog_scenario("dns-service-name")
 }
 
 fn answer(port: u16, over: DnsTransport, rcode: Rcode, ips: &[[u8; 4]]) -> LookupReport {
